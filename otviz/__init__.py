@@ -1,0 +1,9 @@
+"""otviz: representation transfer by optimal transport, made visible.
+
+Layers are compared as sets of neurons. A neuron is seen through its responses
+to a probe batch of inputs (the *functional view*), a layer is the uniform
+distribution over its neurons, and two layers are compared by the optimal
+transport (OT) distance between these distributions.
+"""
+
+__version__ = "0.1.0"
