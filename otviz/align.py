@@ -1,0 +1,355 @@
+"""Layer-by-layer comparison of two networks.
+
+:func:`layer_distances` feeds the same probe batch to a teacher and a student,
+turns each chosen layer into its neurons (:func:`otviz.capture.neurons`) and
+fills a teacher-layer x student-layer table with the optimal transport
+distance between the two neuron sets (:func:`otviz.transport.align`), or, for
+comparison, with linear CKA (:func:`cka`), the usual sample-space similarity.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from otviz.capture import capture, neurons
+
+__all__ = ["cka", "layer_distances"]
+
+Layers = Union[str, Sequence[str]]
+_MEASURES = ("ot", "cka")
+
+
+# ----------------------------------------------------------------------------
+# linear CKA
+# ----------------------------------------------------------------------------
+def _as_samples(X: Any, name: str) -> np.ndarray:
+    """Return ``X`` as a finite float64 matrix of shape (n samples, features)."""
+    if isinstance(X, torch.Tensor):
+        if X.is_complex():
+            raise TypeError(f"{name} is complex; pass real-valued activations.")
+        arr = X.detach().cpu().to(torch.float64).numpy()
+    elif isinstance(X, np.ndarray):
+        if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or np.iscomplexobj(X):
+            raise TypeError(f"{name} has dtype {X.dtype}; pass a real-valued numeric array.")
+        arr = X.astype(np.float64, copy=False)
+    else:
+        raise TypeError(
+            f"{name} must be a numpy array or a torch.Tensor, got {type(X).__name__}."
+        )
+    if arr.ndim < 2:
+        raise ValueError(
+            f"{name} has shape {arr.shape}; expected (n samples, features) or a conv activation "
+            "(n, c, h, w). For a single feature use X.reshape(-1, 1)."
+        )
+    if arr.shape[0] < 2:
+        raise ValueError(
+            f"{name} has {arr.shape[0]} sample(s); CKA needs at least 2 samples (rows)."
+        )
+    arr = arr.reshape(arr.shape[0], -1)
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has no features (shape {arr.shape}).")
+    if not np.isfinite(arr).all():
+        raise ValueError(
+            f"{name} contains {int((~np.isfinite(arr)).sum())} non-finite value(s) (NaN or inf)."
+        )
+    return arr
+
+
+def _centred_unit(arr: np.ndarray, name: str) -> np.ndarray:
+    """Centre the columns and scale to unit Frobenius norm (CKA is invariant to both)."""
+    centred = arr - arr.mean(axis=0, keepdims=True)
+    norm = np.linalg.norm(centred)
+    if norm <= 1e-12 * np.linalg.norm(arr):
+        raise ValueError(
+            f"{name} has zero variance: every feature is constant across the samples, so its "
+            "similarity to anything is undefined. Check that the probe inputs differ and that "
+            "the layer is not dead (e.g. all-zero ReLU outputs)."
+        )
+    return centred / norm
+
+
+def cka(X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor) -> float:
+    r"""Linear centred kernel alignment between two representations of the same samples.
+
+    With :math:`X \in \mathbb{R}^{n \times p}` and :math:`Y \in
+    \mathbb{R}^{n \times q}` the representations of the same :math:`n` inputs,
+    and :math:`X_c = HX`, :math:`Y_c = HY` their column-centred versions
+    (:math:`H = I_n - \frac{1}{n}\mathbf{1}\mathbf{1}^\top`),
+
+    .. math::
+        \mathrm{CKA}(X, Y) = \frac{\|Y_c^\top X_c\|_F^2}
+                                  {\|X_c^\top X_c\|_F \, \|Y_c^\top Y_c\|_F}
+        = \frac{\langle K_c, L_c \rangle_F}{\|K_c\|_F \, \|L_c\|_F},
+
+    where :math:`K_c = X_c X_c^\top` and :math:`L_c = Y_c Y_c^\top` are the
+    centred :math:`n \times n` Gram matrices (Kornblith et al., 2019). The
+    value lies in :math:`[0, 1]`, equals 1 when :math:`Y` is an orthogonal
+    transform of :math:`X` up to scale and translation, and is invariant to
+    orthogonal transforms and isotropic scaling of either argument.
+
+    The cheaper of the two forms is used: the :math:`n \times n` Gram form
+    when the feature dimensions are large compared with :math:`n`, the
+    feature-space form otherwise. Computation is in float64.
+
+    Parameters
+    ----------
+    X : numpy.ndarray or torch.Tensor, shape (n, p) or (n, c, ...)
+        First representation, one row per sample. Conv activations
+        ``(n, c, h, w)`` are flattened to ``(n, c*h*w)``.
+    Y : numpy.ndarray or torch.Tensor, shape (n, q) or (n, c, ...)
+        Second representation of the same samples, in the same order.
+
+    Returns
+    -------
+    float
+        Linear CKA in :math:`[0, 1]`.
+
+    Raises
+    ------
+    ValueError
+        Different numbers of samples, fewer than 2 samples, fewer than 2 axes,
+        NaN or inf values, or a representation with zero variance.
+    TypeError
+        Arguments that are not real numeric arrays or tensors.
+
+    References
+    ----------
+    S. Kornblith, M. Norouzi, H. Lee, G. Hinton. "Similarity of Neural Network
+    Representations Revisited." ICML 2019.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(50, 10))
+    >>> round(cka(X, 3.0 * X + 1.0), 6)
+    1.0
+    """
+    x = _as_samples(X, "X")
+    y = _as_samples(Y, "Y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"X and Y must describe the same samples: X has {x.shape[0]} rows, Y has "
+            f"{y.shape[0]}. Feed both models the same probe batch."
+        )
+    n, p = x.shape
+    q = y.shape[1]
+    xc = _centred_unit(x, "X")
+    yc = _centred_unit(y, "Y")
+    # cost of the Gram form ~ n^2 (p + q), of the feature form ~ n (p^2 + pq + q^2)
+    if n * (p + q) < p * p + p * q + q * q:
+        K = xc @ xc.T
+        L = yc @ yc.T
+        num = float(np.sum(K * L))
+        den = float(np.linalg.norm(K) * np.linalg.norm(L))
+    else:
+        num = float(np.linalg.norm(yc.T @ xc) ** 2)
+        den = float(np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+    # den > 0: xc and yc have unit Frobenius norm, so K and L are non-zero.
+    return float(min(max(num / den, 0.0), 1.0))
+
+
+# ----------------------------------------------------------------------------
+# layer x layer tables
+# ----------------------------------------------------------------------------
+def _sample_features(act: torch.Tensor, spatial: str, size: Any) -> torch.Tensor:
+    """Per-sample features (n, features) for CKA, consistent with ``neurons``' options."""
+    if act.ndim <= 2 or spatial == "flatten" and size is None:
+        return act.reshape(act.shape[0], -1)
+    # neurons() validates spatial/size and does the pooling; (c, n) or (c, n*prod(size))
+    mat = neurons(act, spatial=spatial, size=size)
+    n, c = act.shape[0], act.shape[1]
+    # (c, n, *size) -> (n, c, *size) -> (n, c * prod(size))
+    return mat.reshape(c, n, -1).permute(1, 0, 2).reshape(n, -1)
+
+
+def _describe(act: torch.Tensor) -> str:
+    return "x".join(str(s) for s in act.shape[2:]) if act.ndim > 2 else "none: dense"
+
+
+def _map_shape(act: torch.Tensor, spatial: str, size: Any) -> tuple[int, ...]:
+    """Spatial shape that one response of a neuron covers, after ``neurons``' options."""
+    if act.ndim <= 2 or spatial == "mean":
+        return ()
+    if size is None:
+        return tuple(act.shape[2:])
+    return (size,) * (act.ndim - 2) if isinstance(size, numbers.Integral) else tuple(size)
+
+
+def _same_space(ta: torch.Tensor, sa: torch.Tensor, spatial: str, size: Any) -> bool:
+    """Whether teacher and student neurons index the same (input, position) pairs."""
+    a, b = _map_shape(ta, spatial, size), _map_shape(sa, spatial, size)
+    return a == b or (int(np.prod(a)) == 1 and int(np.prod(b)) == 1)
+
+
+def layer_distances(
+    teacher_model: nn.Module,
+    student_model: nn.Module,
+    inputs: torch.Tensor | np.ndarray,
+    teacher_layers: Layers,
+    student_layers: Layers,
+    measure: str = "ot",
+    *,
+    spatial: str = "mean",
+    size: int | tuple[int, ...] | None = None,
+    batch_size: int | None = None,
+    **align_kwargs: Any,
+) -> pd.DataFrame:
+    r"""Compare every teacher layer with every student layer on one probe batch.
+
+    Both models are run once on ``inputs`` (without gradients; their
+    train/eval modes are left as they are, so call ``.eval()`` first). For
+    each teacher layer :math:`T` and student layer :math:`S`:
+
+    - ``measure="ot"``: the optimal transport distance between the two layers
+      seen as uniform distributions over their neurons,
+
+      .. math::
+          \mathrm{OT}(\mu_T, \mu_S) = \min_{P \in U(a, b)} \sum_{ij} P_{ij}\,
+          c(t_i, s_j),
+
+      with :math:`t_i` the rows of ``neurons(act_T, spatial, size)`` and
+      :math:`s_j` those of ``neurons(act_S, spatial, size)``, computed by
+      :func:`otviz.transport.align` (``.distance``). Lower is more similar.
+    - ``measure="cka"``: linear CKA (:func:`cka`) between the per-sample
+      features, after the same spatial treatment (``"mean"``: one feature per
+      channel; ``"flatten"``: every channel and position, after resizing to
+      ``size`` if given). Higher is more similar.
+
+    Parameters
+    ----------
+    teacher_model, student_model : torch.nn.Module
+        The two networks (may be the same object).
+    inputs : torch.Tensor or numpy.ndarray
+        Probe batch fed to both models (see :func:`otviz.capture.capture`).
+    teacher_layers, student_layers : str or sequence of str
+        Dotted module names in each model (duplicates are ignored).
+    measure : {"ot", "cka"}, default "ot"
+        What to compute.
+    spatial : {"mean", "flatten"}, default "mean"
+        How a convolutional channel becomes a vector (see
+        :func:`otviz.capture.neurons`). With ``"flatten"`` and
+        ``measure="ot"``, both layers of a pair need maps of the same size,
+        so pass ``size`` when they differ.
+    size : int or tuple of int, optional
+        Resize convolutional maps to this size (adaptive average pooling)
+        before flattening; only with ``spatial="flatten"``. Dense layers are
+        left as they are.
+    batch_size : int, optional
+        Run the probe batch through each model in chunks of this size.
+    **align_kwargs
+        Options for :func:`otviz.transport.align` (``cost``, ``normalize``,
+        ``method``, ``eps``, ...); only with ``measure="ot"``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: teacher layers; columns: student layers; values: float64.
+        ``df.attrs`` records ``measure``, ``spatial``, ``size``,
+        ``align_kwargs`` and ``n_inputs``.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``measure``; ``align_kwargs`` given with ``measure="cka"``;
+        with ``measure="ot"``, a pair whose neurons live in different spaces
+        (maps of different sizes with ``spatial="flatten"`` and no ``size``,
+        or a dense layer paired with a flattened conv layer); plus everything
+        :func:`otviz.capture.capture`, :func:`otviz.capture.neurons` and
+        :func:`otviz.transport.align` reject.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> x = np.random.default_rng(0).normal(size=(32, 4))
+    >>> df = layer_distances(net, net, x, ["0", "2"], ["0", "2"], measure="cka")
+    >>> df.shape
+    (2, 2)
+    >>> float(df.loc["0", "0"].round(6))
+    1.0
+    """
+    if measure not in _MEASURES:
+        raise ValueError(f"Unknown measure={measure!r}. Pass one of {list(_MEASURES)}.")
+    if measure == "cka" and align_kwargs:
+        raise ValueError(
+            f"Options {sorted(align_kwargs)} are for the OT solver and have no effect with "
+            "measure='cka'. Drop them, or pass measure='ot'."
+        )
+    if spatial not in ("flatten", "mean"):
+        raise ValueError(f"Unknown spatial={spatial!r}. Pass one of ['flatten', 'mean'].")
+    if size is not None and spatial != "flatten":
+        raise ValueError(
+            f"size={size!r} only has an effect with spatial='flatten'. Pass size=None, or "
+            "spatial='flatten'."
+        )
+    t_acts = capture(teacher_model, inputs, teacher_layers, batch_size=batch_size)
+    s_acts = capture(student_model, inputs, student_layers, batch_size=batch_size)
+    t_names, s_names = list(t_acts), list(s_acts)
+    n_t = next(iter(t_acts.values())).shape[0]
+    for side, acts in (("teacher", t_acts), ("student", s_acts)):
+        for name, act in acts.items():
+            if act.ndim == 0 or act.shape[0] != n_t:
+                raise ValueError(
+                    f"{side} layer {name!r} has activation shape {tuple(act.shape)}, whose first "
+                    f"axis is not the probe batch ({n_t} inputs). Only layers with the batch on "
+                    "the first axis can be compared."
+                )
+
+    values = np.empty((len(t_names), len(s_names)), dtype=np.float64)
+    if measure == "cka":
+        t_feats = {k: _sample_features(v, spatial, size) for k, v in t_acts.items()}
+        s_feats = {k: _sample_features(v, spatial, size) for k, v in s_acts.items()}
+        for i, tn in enumerate(t_names):
+            for j, sn in enumerate(s_names):
+                values[i, j] = cka(t_feats[tn], s_feats[sn])
+    else:
+        from otviz.transport import align
+
+        def view(act: torch.Tensor) -> torch.Tensor:
+            return neurons(act, spatial=spatial, size=size if act.ndim > 2 else None)
+
+        t_neur = {k: view(v) for k, v in t_acts.items()}
+        s_neur = {k: view(v) for k, v in s_acts.items()}
+        for i, tn in enumerate(t_names):
+            for j, sn in enumerate(s_names):
+                ta, sa = t_acts[tn], s_acts[sn]
+                if not _same_space(ta, sa, spatial, size):
+                    if ta.ndim > 2 and sa.ndim > 2 and ta.ndim == sa.ndim:
+                        common = tuple(min(a, b) for a, b in zip(ta.shape[2:], sa.shape[2:]))
+                        fix = f"pass size= (e.g. size={common}) to resize both maps, or spatial='mean'"
+                    else:
+                        fix = "pass spatial='mean' (one response per input for every layer)"
+                    raise ValueError(
+                        f"Teacher layer {tn!r} (maps {_describe(ta)}) and student layer {sn!r} "
+                        f"(maps {_describe(sa)}) give neurons in different spaces "
+                        f"(lengths {t_neur[tn].shape[1]} and {s_neur[sn].shape[1]}) with "
+                        f"spatial={spatial!r}, size={size!r}, so they cannot be compared: {fix}."
+                    )
+                result = align(t_neur[tn], s_neur[sn], **align_kwargs)
+                distance = float(result.distance)
+                if not np.isfinite(distance):
+                    raise ValueError(
+                        f"The OT distance between teacher layer {tn!r} and student layer {sn!r} "
+                        f"is not finite ({distance}); try another solver or a larger eps."
+                    )
+                values[i, j] = distance
+
+    df = pd.DataFrame(
+        values,
+        index=pd.Index(list(t_names), name="teacher"),
+        columns=pd.Index(list(s_names), name="student"),
+    )
+    df.attrs.update(
+        measure=measure,
+        spatial=spatial,
+        size=size,
+        align_kwargs=dict(align_kwargs),
+        n_inputs=int(n_t),
+    )
+    return df
