@@ -96,7 +96,7 @@ else
 fi
 
 say "installing otviz (editable)"
-pip_install -e . --no-deps
+"$PY" -m pip install -qq -e . --no-deps
 
 "$PY" -c 'import otviz, torch; print("[setup] otviz", otviz.__version__, "with torch", torch.__version__, "(CUDA available)" if torch.cuda.is_available() else "(CPU)")'
 
