@@ -1,0 +1,1467 @@
+"""The run store: trainings, their metrics and plan snapshots in one SQLite file.
+
+A training process writes to the store while any number of readers (the
+dashboard, a notebook, the command line) read from it. The store is a single
+SQLite database in WAL mode, so readers never block the writer and a process
+killed at any moment leaves a consistent database that keeps every committed
+write.
+
+Where the store lives
+---------------------
+``RunStore()`` opens :func:`default_store_path`: the file named by the
+environment variable ``OTVIZ_STORE`` if it is set, else ``~/.otviz/runs.db``.
+Pass a path to use another file (the command line's ``--store PATH``). Missing
+parent directories are created.
+
+What it holds
+-------------
+``runs``
+    One row per training: name, setting, method, the full configuration as
+    JSON, status (``running``, ``completed``, ``failed`` or ``interrupted``),
+    created/started/ended timestamps, a heartbeat timestamp, the process id and
+    host of the writer, the error text of a failed run, and live progress
+    (last step and epoch, total steps, a free-form message).
+``metrics``
+    Long format: one row per (run, step, key) with the epoch, the value and
+    the wall time at which it was logged. Values are always finite.
+``snapshots``
+    Arrays such as transport plans, one per (run, key, step), stored as
+    zlib-compressed ``.npy`` bytes with their shape, dtype and an optional
+    JSON ``meta`` dict (for example the teacher and student layer names).
+
+Liveness
+--------
+A writer refreshes its run's heartbeat on every write, and
+:meth:`RunStore.track` also runs a background thread that refreshes it every
+few seconds while long steps run. A ``running`` run whose heartbeat is older
+than ``stale_after`` seconds, or whose process is gone on this host, is
+*reported* as ``interrupted`` by :meth:`RunStore.runs` and :meth:`RunStore.run`;
+:meth:`RunStore.reap` writes that status to the database.
+
+Examples
+--------
+>>> store = RunStore("/tmp/example-runs.db")                # doctest: +SKIP
+>>> with store.track({"setting": "distill", "method": "ot"}) as rec:  # doctest: +SKIP
+...     for step in range(100):
+...         rec.log({"loss": 0.5}, step=step, epoch=0)
+>>> store.runs()[["run_id", "name", "status"]]              # doctest: +SKIP
+>>> store.metrics_wide(rec.run_id)                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import numbers
+import operator
+import os
+import signal
+import socket
+import sqlite3
+import threading
+import time
+import traceback
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pandas is imported lazily: a training process only writes.
+    import pandas as pd
+
+__all__ = [
+    "ENV_VAR",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "RunNotFoundError",
+    "RunRecorder",
+    "RunStore",
+    "RunStoreError",
+    "default_store_path",
+]
+
+#: Environment variable naming the run store file.
+ENV_VAR = "OTVIZ_STORE"
+
+#: Version of the database schema, kept in ``PRAGMA user_version``.
+SCHEMA_VERSION = 1
+
+#: The statuses a run can have.
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+_FINAL_STATUSES = ("completed", "failed", "interrupted")
+
+
+class RunStoreError(RuntimeError):
+    """The run store cannot be opened, read or written (corrupt, locked, too new)."""
+
+
+class RunNotFoundError(RunStoreError, LookupError):
+    """No run (or snapshot) with the requested id exists in the store."""
+
+
+def default_store_path() -> Path:
+    """Return the path of the run store used when none is given.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$OTVIZ_STORE`` (with ``~`` expanded) if that environment variable is
+        set and not empty, else ``~/.otviz/runs.db``. The file and its
+        directory are not created here; :class:`RunStore` creates them.
+    """
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".otviz" / "runs.db"
+
+
+# --------------------------------------------------------------------------- schema
+
+_SCHEMA_V1 = """
+CREATE TABLE runs (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    name          TEXT    NOT NULL,
+    setting       TEXT,
+    method        TEXT,
+    config        TEXT    NOT NULL,
+    status        TEXT    NOT NULL
+                  CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+    created_at    REAL    NOT NULL,
+    started_at    REAL,
+    ended_at      REAL,
+    heartbeat_at  REAL,
+    pid           INTEGER,
+    hostname      TEXT,
+    error         TEXT,
+    message       TEXT,
+    step          INTEGER,
+    total_steps   INTEGER,
+    epoch         INTEGER
+);
+CREATE TABLE metrics (
+    run_id  INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    step    INTEGER NOT NULL,
+    epoch   INTEGER,
+    key     TEXT    NOT NULL,
+    value   REAL    NOT NULL,
+    time    REAL    NOT NULL,
+    UNIQUE (run_id, step, key)
+);
+CREATE TABLE snapshots (
+    id      INTEGER PRIMARY KEY,
+    run_id  INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    key     TEXT    NOT NULL,
+    epoch   INTEGER NOT NULL,
+    step    INTEGER NOT NULL,
+    shape   TEXT    NOT NULL,
+    dtype   TEXT    NOT NULL,
+    data    BLOB    NOT NULL,
+    meta    TEXT,
+    time    REAL    NOT NULL,
+    UNIQUE (run_id, key, step)
+);
+CREATE INDEX runs_status ON runs (status);
+"""
+
+
+# Migrations: _MIGRATIONS[v] upgrades a database from version v to v + 1. Each
+# runs inside the caller's write transaction, so statements are executed one by
+# one (``executescript`` would commit).
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    0: tuple(s.strip() for s in _SCHEMA_V1.split(";") if s.strip()),
+}
+
+_RUN_COLUMNS = (
+    "id", "name", "setting", "method", "config", "status", "created_at", "started_at",
+    "ended_at", "heartbeat_at", "pid", "hostname", "error", "message", "step",
+    "total_steps", "epoch",
+)
+_TIME_COLUMNS = ("created_at", "started_at", "ended_at", "heartbeat_at")
+
+# Orphaned connections inherited across fork(): kept referenced so the child
+# never closes SQLite handles that belong to its parent.
+_FORK_ORPHANS: list[sqlite3.Connection] = []
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_int(value: Any, what: str, *, minimum: int | None = 0,
+               allow_none: bool = False) -> int | None:
+    """Return ``value`` as a Python int, or raise a TypeError/ValueError naming ``what``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, got a bool ({value!r})")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{what} must be an int, got {type(value).__name__} ({value!r})"
+        ) from None
+    if minimum is not None and out < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {out}")
+    return out
+
+
+def _check_run_id(run_id: Any) -> int:
+    return _check_int(run_id, "run_id", minimum=1)  # type: ignore[return-value]
+
+
+def _check_key(key: Any, what: str = "key") -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"{what} must be a str, got {type(key).__name__} ({key!r})")
+    if not key.strip():
+        raise ValueError(f"{what} must be a non-empty string")
+    return key
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError  # message is built by _find_unserialisable
+
+
+def _find_unserialisable(obj: Any, where: str) -> str | None:
+    """Return a description of the first value that JSON cannot encode."""
+    if obj is None or isinstance(obj, (str, bool, int, np.generic, os.PathLike)):
+        return None
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            return f"{where} is {obj!r}, which JSON cannot encode"
+        return None
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                return f"{where} has a key of type {type(k).__name__} ({k!r})"
+            found = _find_unserialisable(v, f"{where}[{k!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _find_unserialisable(v, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    return f"{where} is of type {type(obj).__name__} ({obj!r:.60})"
+
+
+def _to_json(obj: Any, what: str) -> str:
+    """Encode ``obj`` as JSON, raising a TypeError that names the offending entry."""
+    try:
+        return json.dumps(obj, default=_json_default, allow_nan=False, sort_keys=False)
+    except (TypeError, ValueError):
+        problem = _find_unserialisable(obj, what) or f"{what} cannot be encoded"
+        raise TypeError(
+            f"{problem}; {what} must be JSON-serialisable: use str, int, float (finite), "
+            "bool, None, and lists or dicts of these"
+        ) from None
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"config must be a dict (or a dataclass instance), got {type(config).__name__}"
+        )
+    return dict(config)
+
+
+def _check_metrics(metrics: Any, step: int) -> list[tuple[str, float]]:
+    if not isinstance(metrics, Mapping):
+        raise TypeError(
+            f"metrics must be a dict mapping names to numbers, got {type(metrics).__name__}"
+        )
+    out: list[tuple[str, float]] = []
+    bad: list[str] = []
+    for key, value in metrics.items():
+        _check_key(key, "metric name")
+        if isinstance(value, (str, bytes)) or value is None:
+            raise TypeError(
+                f"metric {key!r} must be a number, got {type(value).__name__} ({value!r})"
+            )
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"metric {key!r} must be a number (or a 0-d array/tensor), got "
+                f"{type(value).__name__}"
+            ) from None
+        if not math.isfinite(number):
+            bad.append(f"{key}={number}")
+        out.append((key, number))
+    if bad:
+        raise ValueError(
+            f"non-finite metric value at step {step}: {', '.join(bad)}; nothing was logged. "
+            "The store keeps only finite values: stop or fail the run instead "
+            "(a NaN loss is a failed run)."
+        )
+    return out
+
+
+def _as_array(array: Any) -> np.ndarray:
+    if hasattr(array, "detach") and callable(array.detach):  # a torch tensor
+        array = array.detach().cpu().numpy()
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "biufc":
+        raise TypeError(
+            f"snapshot arrays must be numeric (bool, int, float or complex), got dtype "
+            f"{arr.dtype}"
+        )
+    if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():
+        n_bad = int(arr.size - np.isfinite(arr).sum())
+        raise ValueError(
+            f"snapshot array has {n_bad} non-finite value(s) (NaN or inf); the store keeps "
+            "only finite arrays"
+        )
+    return arr
+
+
+def _encode_array(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return zlib.compress(buf.getvalue(), 6)
+
+
+def _decode_array(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(zlib.decompress(blob)), allow_pickle=False)
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+def _pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists on this host (zombies count as dead).
+
+    Unknown answers (no pid, not a POSIX system) are ``True``: the heartbeat
+    then decides.
+    """
+    if pid is None or pid <= 0:
+        return True
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    try:  # a killed child that its parent has not waited for yet
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+        if state in (b"Z", b"X"):
+            return False
+    except (OSError, IndexError):
+        pass
+    return True
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class _Local(threading.local):
+    con: sqlite3.Connection | None = None
+    pid: int = -1
+
+
+class RunStore:
+    """A SQLite run store shared by training processes and readers.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        The database file. Defaults to :func:`default_store_path`
+        (``$OTVIZ_STORE`` or ``~/.otviz/runs.db``). Missing parent directories
+        are created; a missing file becomes an empty store.
+    stale_after : float, default 30.0
+        Seconds without a heartbeat after which a ``running`` run is reported
+        as ``interrupted``.
+    timeout : float, default 10.0
+        Seconds to wait for a lock held by another process (SQLite's
+        ``busy_timeout``) before raising :class:`RunStoreError`.
+
+    Raises
+    ------
+    RunStoreError
+        If the file is not an otviz run store (corrupt, or another
+        application's database), was written by a newer otviz, or cannot be
+        created or locked.
+
+    Notes
+    -----
+    Each thread (and each process) gets its own SQLite connection, created on
+    first use, so one ``RunStore`` can be shared by the threads of a server
+    and pickled to a subprocess. Every write is one transaction; reads see the
+    last committed state and never wait for a writer.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 stale_after: float = 30.0, timeout: float = 10.0) -> None:
+        if path is None:
+            path = default_store_path()
+        if isinstance(path, str) and (path == ":memory:" or path.startswith("file:")):
+            raise ValueError(
+                "the run store must be a file shared between processes; pass a file path "
+                "(for a throwaway store, a file in a temporary directory)"
+            )
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        self._path = Path(path).expanduser().absolute()
+        self._stale_after = self._check_seconds(stale_after, "stale_after")
+        self._timeout = self._check_seconds(timeout, "timeout")
+        self._local = _Local()
+        self._init_store()
+
+    # ----------------------------------------------------------------- plumbing
+
+    @staticmethod
+    def _check_seconds(value: Any, what: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{what} must be a number of seconds, got {value!r}")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+        return float(value)
+
+    @property
+    def path(self) -> Path:
+        """Absolute path of the database file."""
+        return self._path
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without a heartbeat after which a running run is reported interrupted."""
+        return self._stale_after
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self._path)!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self._path, "stale_after": self._stale_after,
+                "timeout": self._timeout}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._path = state["path"]
+        self._stale_after = state["stale_after"]
+        self._timeout = state["timeout"]
+        self._local = _Local()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the calling thread's connection (reopened on next use)."""
+        con, self._local.con = self._local.con, None
+        if con is not None and self._local.pid == os.getpid():
+            con.close()
+
+    def _corrupt_error(self, exc: BaseException) -> RunStoreError:
+        return RunStoreError(
+            f"{self._path} is not a readable otviz run store (SQLite: {exc}). "
+            "The file is corrupt or is not a SQLite database. Move it aside (or delete it) "
+            f"to start a fresh store, or point {ENV_VAR} / --store at another file."
+        )
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Translate sqlite3 errors into RunStoreError with an actionable message."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            msg = str(exc)
+            if "locked" in msg or "busy" in msg:
+                raise RunStoreError(
+                    f"the run store {self._path} stayed locked by another connection for "
+                    f"more than {self._timeout:g} s ({msg}). Another process is writing a "
+                    "long transaction or hung while holding the lock; retry, or stop that "
+                    "process."
+                ) from exc
+            if "unable to open" in msg or "readonly" in msg or "read-only" in msg:
+                raise RunStoreError(
+                    f"cannot open the run store {self._path} for writing ({msg}); check "
+                    f"the permissions of the file and its directory, or point {ENV_VAR} / "
+                    "--store at a writable location."
+                ) from exc
+            if "malformed" in msg or "not a database" in msg:
+                raise self._corrupt_error(exc) from exc
+            raise RunStoreError(f"run store {self._path}: {msg}") from exc
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", ...
+            raise self._corrupt_error(exc) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(
+            self._path, timeout=self._timeout, isolation_level=None,
+            check_same_thread=True,
+        )
+        try:
+            con.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+            con.execute("PRAGMA foreign_keys = ON")
+            con.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _con(self) -> sqlite3.Connection:
+        """The calling thread's connection, (re)opened after a fork or close()."""
+        local = self._local
+        pid = os.getpid()
+        if local.con is None or local.pid != pid:
+            if local.con is not None:
+                _FORK_ORPHANS.append(local.con)
+            local.con = None
+            with self._errors():
+                local.con = self._connect()
+            local.pid = pid
+        return local.con
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
+        con = self._con()
+        with self._errors():
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        con = self._con()
+        with self._errors():
+            return con.execute(sql, tuple(params)).fetchall()
+
+    def _init_store(self) -> None:
+        if self._path.is_dir():
+            raise RunStoreError(
+                f"{self._path} is a directory; the run store is a file: pass a path such "
+                f"as {self._path / 'runs.db'}"
+            )
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunStoreError(
+                f"cannot create the directory {self._path.parent} for the run store "
+                f"({exc}); point {ENV_VAR} / --store at a writable location."
+            ) from exc
+        con = self._con()
+        with self._errors():
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RunStoreError(
+                    f"the run store {self._path} has schema version {version}, newer than "
+                    f"this otviz understands ({SCHEMA_VERSION}); upgrade otviz or use "
+                    "another store."
+                )
+            mode = con.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                con.execute("PRAGMA journal_mode = WAL")
+            if version < SCHEMA_VERSION:
+                self._migrate()
+
+    def _migrate(self) -> None:
+        with self._write() as con:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                tables = con.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%'"
+                ).fetchall()
+                if tables:
+                    names = ", ".join(sorted(t[0] for t in tables))
+                    raise RunStoreError(
+                        f"{self._path} is a SQLite database but not an otviz run store "
+                        f"(it has tables: {names}); pass another path to --store / "
+                        f"{ENV_VAR}."
+                    )
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    con.execute(statement)
+                version += 1
+                con.execute(f"PRAGMA user_version = {version}")
+
+    # ----------------------------------------------------------------- writing
+
+    def create_run(self, config: Mapping[str, Any] | Any, *, name: str | None = None,
+                   total_steps: int | None = None) -> int:
+        """Register a new run, owned by the calling process, with status ``running``.
+
+        Parameters
+        ----------
+        config : dict or dataclass instance
+            The run's configuration. Must be JSON-serialisable (numpy scalars and
+            paths are converted). Its ``"setting"`` and ``"method"`` entries, if
+            present, fill the columns of the same name.
+        name : str, optional
+            A display name. Defaults to ``"<setting>-<method>-<id>"`` (or
+            ``"run-<id>"``).
+        total_steps : int, optional
+            The number of steps planned, for progress displays.
+
+        Returns
+        -------
+        int
+            The new run's id.
+
+        Raises
+        ------
+        TypeError
+            If ``config`` is not a dict/dataclass or holds a value JSON cannot
+            encode (the message names the entry).
+        """
+        cfg = _config_dict(config)
+        config_json = _to_json(cfg, "config")
+        if name is not None:
+            name = _check_key(name, "name")
+        total = _check_int(total_steps, "total_steps", allow_none=True)
+        setting = cfg.get("setting")
+        method = cfg.get("method")
+        setting = None if setting is None else str(setting)
+        method = None if method is None else str(method)
+        now = time.time()
+        with self._write() as con:
+            cur = con.execute(
+                "INSERT INTO runs (name, setting, method, config, status, created_at, "
+                "started_at, heartbeat_at, pid, hostname, total_steps) "
+                "VALUES ('', ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (setting, method, config_json, now, now, now, os.getpid(),
+                 socket.gethostname(), total),
+            )
+            run_id = int(cur.lastrowid)  # type: ignore[arg-type]
+            if name is None:
+                parts = [p for p in (setting, method) if p] or ["run"]
+                name = "-".join(parts + [str(run_id)])
+            con.execute("UPDATE runs SET name = ? WHERE id = ?", (name, run_id))
+        return run_id
+
+    def _touch(self, con: sqlite3.Connection, run_id: int, now: float,
+               step: int | None = None, epoch: int | None = None) -> None:
+        """Refresh the heartbeat and last step of a running run; raise if it is unknown."""
+        cur = con.execute(
+            "UPDATE runs SET "
+            "heartbeat_at = CASE WHEN status = 'running' THEN ? ELSE heartbeat_at END, "
+            "step = CASE WHEN ? IS NULL THEN step ELSE MAX(COALESCE(step, ?), ?) END, "
+            "epoch = CASE WHEN ? IS NULL THEN epoch ELSE MAX(COALESCE(epoch, ?), ?) END "
+            "WHERE id = ?",
+            (now, step, step, step, epoch, epoch, epoch, run_id),
+        )
+        if cur.rowcount == 0:
+            raise RunNotFoundError(f"no run with id {run_id} in {self._path}")
+
+    def log_metrics(self, run_id: int, metrics: Mapping[str, float], *, step: int,
+                    epoch: int | None = None) -> None:
+        """Record scalar metrics of one step, in one transaction.
+
+        Logging a key again at the same step replaces the earlier value. The
+        run's heartbeat and last step/epoch are refreshed.
+
+        Parameters
+        ----------
+        run_id : int
+        metrics : dict of str to float
+            Values may be Python/numpy numbers or 0-d arrays/tensors.
+        step : int
+            The global step (>= 0).
+        epoch : int, optional
+            The epoch the step belongs to (>= 0).
+
+        Raises
+        ------
+        ValueError
+            If any value is NaN or infinite (the message names the keys);
+            nothing is written then.
+        TypeError
+            If a name is not a string or a value is not a number.
+        RunNotFoundError
+            If the run does not exist.
+        """
+        run_id = _check_run_id(run_id)
+        step = _check_int(step, "step")  # type: ignore[assignment]
+        epoch = _check_int(epoch, "epoch", allow_none=True)
+        rows = _check_metrics(metrics, step)
+        now = time.time()
+        with self._write() as con:
+            self._touch(con, run_id, now, step, epoch)
+            con.executemany(
+                "INSERT OR REPLACE INTO metrics (run_id, step, epoch, key, value, time) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, step, epoch, key, value, now) for key, value in rows],
+            )
+
+    def log_snapshot(self, run_id: int, key: str, array: Any, *, epoch: int, step: int,
+                     meta: Mapping[str, Any] | None = None) -> None:
+        """Store an array (typically a transport plan) for one run, key and step.
+
+        Parameters
+        ----------
+        run_id : int
+        key : str
+            What the array is, e.g. the layer pair ``"features.conv2->features.conv2"``.
+        array : array_like
+            A numeric numpy array or torch tensor; stored losslessly (compressed).
+        epoch, step : int
+            When it was taken. A second snapshot with the same key and step
+            replaces the first.
+        meta : dict, optional
+            Small JSON-serialisable details, e.g. ``{"teacher": ..., "student": ...}``.
+
+        Raises
+        ------
+        TypeError
+            If the array is not numeric or ``meta`` is not JSON-serialisable.
+        ValueError
+            If the array holds NaN or infinite values.
+        RunNotFoundError
+            If the run does not exist.
+        """
+        run_id = _check_run_id(run_id)
+        key = _check_key(key)
+        epoch = _check_int(epoch, "epoch")  # type: ignore[assignment]
+        step = _check_int(step, "step")  # type: ignore[assignment]
+        if meta is not None and not isinstance(meta, Mapping):
+            raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
+        meta_json = None if meta is None else _to_json(dict(meta), "meta")
+        arr = _as_array(array)
+        blob = _encode_array(arr)
+        now = time.time()
+        with self._write() as con:
+            self._touch(con, run_id, now)
+            con.execute(
+                "INSERT OR REPLACE INTO snapshots "
+                "(run_id, key, epoch, step, shape, dtype, data, meta, time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, key, epoch, step, json.dumps(list(arr.shape)), arr.dtype.str,
+                 blob, meta_json, now),
+            )
+
+    def heartbeat(self, run_id: int, message: str | None = None) -> None:
+        """Mark a running run as alive now, optionally updating its progress message.
+
+        Parameters
+        ----------
+        run_id : int
+        message : str, optional
+            Replaces the run's free-form progress message when given.
+        """
+        self.set_progress(run_id, message=message)
+
+    def set_progress(self, run_id: int, *, step: int | None = None,
+                     total_steps: int | None = None, epoch: int | None = None,
+                     message: str | None = None) -> None:
+        """Update a run's live progress (and its heartbeat).
+
+        Parameters
+        ----------
+        run_id : int
+        step : int, optional
+            The current global step.
+        total_steps : int, optional
+            The number of steps planned.
+        epoch : int, optional
+            The current epoch.
+        message : str, optional
+            A short free-form status line, e.g. ``"epoch 2/5, evaluating"``.
+
+        Only the fields given are changed.
+        """
+        run_id = _check_run_id(run_id)
+        fields: dict[str, Any] = {}
+        if step is not None:
+            fields["step"] = _check_int(step, "step")
+        if total_steps is not None:
+            fields["total_steps"] = _check_int(total_steps, "total_steps")
+        if epoch is not None:
+            fields["epoch"] = _check_int(epoch, "epoch")
+        if message is not None:
+            if not isinstance(message, str):
+                raise TypeError(f"message must be a str, got {type(message).__name__}")
+            fields["message"] = message
+        now = time.time()
+        with self._write() as con:
+            self._touch(con, run_id, now)
+            if fields:
+                assignments = ", ".join(f"{column} = ?" for column in fields)
+                con.execute(f"UPDATE runs SET {assignments} WHERE id = ?",
+                            (*fields.values(), run_id))
+
+    def finish(self, run_id: int, status: str = "completed", error: str | None = None) -> None:
+        """Mark a run as ended.
+
+        Parameters
+        ----------
+        run_id : int
+        status : {"completed", "failed", "interrupted"}
+        error : str, optional
+            The error text (a traceback for failed runs, a reason for interrupted ones).
+        """
+        run_id = _check_run_id(run_id)
+        if status not in _FINAL_STATUSES:
+            raise ValueError(
+                f"status must be one of {', '.join(map(repr, _FINAL_STATUSES))}, got {status!r}"
+            )
+        if error is not None and not isinstance(error, str):
+            raise TypeError(f"error must be a str or None, got {type(error).__name__}")
+        now = time.time()
+        with self._write() as con:
+            cur = con.execute(
+                "UPDATE runs SET status = ?, error = ?, ended_at = ?, heartbeat_at = ? "
+                "WHERE id = ?",
+                (status, error, now, now, run_id),
+            )
+            if cur.rowcount == 0:
+                raise RunNotFoundError(f"no run with id {run_id} in {self._path}")
+
+    def reap(self, *, stale_after: float | None = None) -> list[int]:
+        """Persist ``interrupted`` for running runs whose process is gone.
+
+        A run is reaped when its heartbeat is older than ``stale_after``
+        seconds, or when it was started on this host by a process that no
+        longer exists. Its end time becomes its last heartbeat.
+
+        Parameters
+        ----------
+        stale_after : float, optional
+            Defaults to the store's ``stale_after``.
+
+        Returns
+        -------
+        list of int
+            The ids of the runs marked ``interrupted``.
+        """
+        limit = self._stale(stale_after)
+        reaped: list[int] = []
+        with self._write() as con:
+            rows = con.execute(
+                "SELECT id, heartbeat_at, pid, hostname FROM runs WHERE status = 'running'"
+            ).fetchall()
+            now = time.time()
+            for run_id, beat, pid, host in rows:
+                reason = self._dead_reason(beat, pid, host, now, limit)
+                if reason is None:
+                    continue
+                con.execute(
+                    "UPDATE runs SET status = 'interrupted', ended_at = ?, "
+                    "error = COALESCE(error, ?) WHERE id = ? AND status = 'running'",
+                    (beat if beat is not None else now, reason, run_id),
+                )
+                reaped.append(int(run_id))
+        return reaped
+
+    def delete_run(self, run_id: int, *, force: bool = False) -> None:
+        """Delete a run with its metrics and snapshots.
+
+        Parameters
+        ----------
+        run_id : int
+        force : bool, default False
+            Also delete a run that is still running (its process will then
+            fail on its next write).
+
+        Raises
+        ------
+        RunNotFoundError
+            If the run does not exist.
+        RunStoreError
+            If the run is running and ``force`` is False.
+        """
+        run_id = _check_run_id(run_id)
+        with self._write() as con:
+            row = con.execute(
+                "SELECT status, heartbeat_at, pid, hostname FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run with id {run_id} in {self._path}")
+            status, beat, pid, host = row
+            alive = status == "running" and self._dead_reason(
+                beat, pid, host, time.time(), self._stale_after) is None
+            if alive and not force:
+                raise RunStoreError(
+                    f"run {run_id} is still running (pid {pid} on {host}); stop it first, "
+                    "or pass force=True"
+                )
+            con.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            con.execute("DELETE FROM snapshots WHERE run_id = ?", (run_id,))
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    # ----------------------------------------------------------------- liveness
+
+    def _stale(self, stale_after: float | None) -> float:
+        if stale_after is None:
+            return self._stale_after
+        return self._check_seconds(stale_after, "stale_after")
+
+    @staticmethod
+    def _dead_reason(beat: float | None, pid: int | None, host: str | None, now: float,
+                     stale_after: float) -> str | None:
+        """Why a ``running`` run must be considered interrupted, or None if it is alive."""
+        if host == socket.gethostname() and not _pid_alive(pid):
+            return f"the process (pid {pid} on {host}) ended without finishing the run"
+        if beat is None or now - beat > stale_after:
+            age = "never" if beat is None else f"{now - beat:.0f} s ago"
+            return (f"no heartbeat for more than {stale_after:g} s (last: {age}); the "
+                    f"process (pid {pid} on {host}) was probably killed")
+        return None
+
+    def _effective(self, row: dict[str, Any], now: float, stale_after: float) -> dict[str, Any]:
+        if row["status"] == "running":
+            reason = self._dead_reason(row["heartbeat_at"], row["pid"], row["hostname"],
+                                       now, stale_after)
+            if reason is not None:
+                row["status"] = "interrupted"
+                if row["error"] is None:
+                    row["error"] = reason
+        return row
+
+    # ----------------------------------------------------------------- reading
+
+    def _run_rows(self, run_ids: Iterable[int] | None, stale_after: float | None
+                  ) -> list[dict[str, Any]]:
+        limit = self._stale(stale_after)
+        sql = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
+        params: tuple[int, ...] = ()
+        if run_ids is not None:
+            params = tuple(_check_run_id(r) for r in run_ids)
+            sql += f" WHERE id IN ({', '.join('?' * len(params))})" if params else " WHERE 0"
+        rows = self._read(sql + " ORDER BY id", params)
+        now = time.time()
+        return [self._effective(dict(zip(_RUN_COLUMNS, r)), now, limit) for r in rows]
+
+    def run(self, run_id: int, *, stale_after: float | None = None) -> dict[str, Any]:
+        """Return one run as a dict.
+
+        Parameters
+        ----------
+        run_id : int
+        stale_after : float, optional
+            Override the store's staleness threshold (seconds).
+
+        Returns
+        -------
+        dict
+            Keys: ``run_id``, ``name``, ``setting``, ``method``, ``config`` (a
+            dict), ``status`` (as reported, see :meth:`runs`), ``created_at``,
+            ``started_at``, ``ended_at``, ``heartbeat_at`` (UTC
+            ``pandas.Timestamp`` or None), ``duration`` (seconds), ``pid``,
+            ``hostname``, ``error``, ``message``, ``step``, ``total_steps``,
+            ``epoch``.
+
+        Raises
+        ------
+        RunNotFoundError
+            If the run does not exist.
+        """
+        import pandas as pd
+
+        run_id = _check_run_id(run_id)
+        rows = self._run_rows([run_id], stale_after)
+        if not rows:
+            raise RunNotFoundError(f"no run with id {run_id} in {self._path}")
+        row = rows[0]
+        row["duration"] = self._duration(row, time.time())
+        out: dict[str, Any] = {"run_id": row.pop("id")}
+        for column, value in row.items():
+            if column in _TIME_COLUMNS:
+                value = None if value is None else _utc(pd.Series([value])).iloc[0]
+            elif column == "config":
+                value = json.loads(value)
+            out[column] = value
+        return out
+
+    @staticmethod
+    def _duration(row: Mapping[str, Any], now: float) -> float | None:
+        start = row["started_at"]
+        if start is None:
+            return None
+        if row["ended_at"] is not None:
+            end = row["ended_at"]
+        elif row["status"] == "running":
+            end = now
+        else:  # reported interrupted: it stopped at its last sign of life
+            end = row["heartbeat_at"] if row["heartbeat_at"] is not None else start
+        return max(0.0, end - start)
+
+    def runs(self, *, stale_after: float | None = None) -> pd.DataFrame:
+        """Return all runs, one row each, oldest first.
+
+        A run stored as ``running`` is reported as ``interrupted`` when its
+        heartbeat is older than ``stale_after`` seconds or its process no longer
+        exists on this host (its ``error`` then says why). Use :meth:`reap` to
+        write that status to the store.
+
+        Parameters
+        ----------
+        stale_after : float, optional
+            Override the store's staleness threshold (seconds).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``run_id, name, setting, method, status, created_at,
+            started_at, ended_at, heartbeat_at, duration, pid, hostname, step,
+            total_steps, epoch, message, error, config`` (``config`` is the JSON
+            text), then one ``config.<key>`` column per configuration entry
+            (nested dicts flattened with dots; lists kept as JSON text).
+            Timestamps are UTC; ``duration`` is in seconds. An empty store gives
+            an empty frame with these columns.
+        """
+        import pandas as pd
+
+        rows = self._run_rows(None, stale_after)
+        now = time.time()
+        columns = ["run_id", "name", "setting", "method", "status", "created_at",
+                   "started_at", "ended_at", "heartbeat_at", "duration", "pid", "hostname",
+                   "step", "total_steps", "epoch", "message", "error", "config"]
+        records = []
+        flat: list[dict[str, Any]] = []
+        for row in rows:
+            row["duration"] = self._duration(row, now)
+            row["run_id"] = row.pop("id")
+            records.append(row)
+            flat.append(_flatten(json.loads(row["config"]), "config."))
+        df = pd.DataFrame.from_records(records, columns=columns)
+        for column in _TIME_COLUMNS:
+            df[column] = _utc(df[column])
+        df["run_id"] = df["run_id"].astype("int64")
+        df["duration"] = df["duration"].astype("float64")
+        for column in ("pid", "step", "total_steps", "epoch"):
+            df[column] = df[column].astype("Int64")
+        for column in ("name", "setting", "method", "status", "hostname", "message",
+                       "error", "config"):
+            df[column] = df[column].astype(object)
+        if flat:
+            cfg = pd.DataFrame.from_records(flat, index=df.index)
+            cfg = cfg[sorted(cfg.columns)]
+            for column in cfg.columns:
+                cfg[column] = _uniform(cfg[column])
+            df = pd.concat([df, cfg], axis=1)
+        return df
+
+    def metrics(self, run_id: int, keys: str | Iterable[str] | None = None, *,
+                since_step: int | None = None) -> pd.DataFrame:
+        """Return a run's metrics in long format.
+
+        Parameters
+        ----------
+        run_id : int
+        keys : str or iterable of str, optional
+            Only these metrics (default: all).
+        since_step : int, optional
+            Only steps strictly greater than this, for cheap live polling:
+            pass the last step already seen.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``step`` (int64), ``epoch`` (nullable Int64), ``key``,
+            ``value`` (float64), ``time`` (UTC timestamp of the write), sorted
+            by step then key.
+
+        Raises
+        ------
+        RunNotFoundError
+            If the run does not exist.
+        """
+        run_id = _check_run_id(run_id)
+        self._require_run(run_id)
+        return self._metrics_frame([run_id], keys, since_step).drop(columns="run_id")
+
+    def _require_run(self, run_id: int) -> None:
+        if not self._read("SELECT 1 FROM runs WHERE id = ?", (run_id,)):
+            raise RunNotFoundError(f"no run with id {run_id} in {self._path}")
+
+    def _metrics_frame(self, run_ids: list[int] | None, keys: str | Iterable[str] | None,
+                       since_step: int | None) -> pd.DataFrame:
+        import pandas as pd
+
+        where: list[str] = []
+        params: list[Any] = []
+        if run_ids is not None:
+            where.append(f"run_id IN ({', '.join('?' * len(run_ids))})" if run_ids else "0")
+            params += run_ids
+        if keys is not None:
+            key_list = [keys] if isinstance(keys, str) else list(keys)
+            for key in key_list:
+                _check_key(key, "metric name")
+            where.append(f"key IN ({', '.join('?' * len(key_list))})" if key_list else "0")
+            params += key_list
+        if since_step is not None:
+            where.append("step > ?")
+            params.append(_check_int(since_step, "since_step", minimum=None))
+        sql = "SELECT run_id, step, epoch, key, value, time FROM metrics"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._read(sql + " ORDER BY run_id, step, key", params)
+        df = pd.DataFrame.from_records(
+            rows, columns=["run_id", "step", "epoch", "key", "value", "time"])
+        df["run_id"] = df["run_id"].astype("int64")
+        df["step"] = df["step"].astype("int64")
+        df["epoch"] = df["epoch"].astype("Int64")
+        df["key"] = df["key"].astype(object)
+        df["value"] = df["value"].astype("float64")
+        df["time"] = _utc(df["time"])
+        return df
+
+    def metrics_wide(self, run_id: int, keys: str | Iterable[str] | None = None, *,
+                     since_step: int | None = None) -> pd.DataFrame:
+        """Return a run's metrics with one row per step and one column per key.
+
+        Parameters
+        ----------
+        run_id, keys, since_step
+            As in :meth:`metrics`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``step``, ``epoch`` (nullable Int64), then one float column
+            per metric key (sorted); a key not logged at a step is NaN there.
+        """
+        import pandas as pd
+
+        long = self.metrics(run_id, keys, since_step=since_step)
+        if long.empty:
+            return pd.DataFrame({"step": pd.Series([], dtype="int64"),
+                                 "epoch": pd.Series([], dtype="Int64")})
+        wide = long.pivot(index="step", columns="key", values="value")
+        wide = wide[sorted(wide.columns)]
+        wide.columns.name = None
+        epoch = long.groupby("step")["epoch"].max()
+        wide.insert(0, "epoch", epoch.astype("Int64"))
+        return wide.reset_index()
+
+    def snapshots(self, run_id: int, key: str | None = None) -> pd.DataFrame:
+        """List a run's snapshots (without their data).
+
+        Parameters
+        ----------
+        run_id : int
+        key : str, optional
+            Only snapshots with this key.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``key``, ``epoch``, ``step``, ``shape`` (tuple), ``dtype``
+            (str), ``nbytes`` (compressed size), ``time`` (UTC), ``meta`` (dict
+            or None), sorted by key then step.
+        """
+        import pandas as pd
+
+        run_id = _check_run_id(run_id)
+        self._require_run(run_id)
+        sql = ("SELECT key, epoch, step, shape, dtype, length(data), time, meta "
+               "FROM snapshots WHERE run_id = ?")
+        params: list[Any] = [run_id]
+        if key is not None:
+            sql += " AND key = ?"
+            params.append(_check_key(key))
+        rows = self._read(sql + " ORDER BY key, step", params)
+        records = [
+            (k, e, s, tuple(json.loads(shape)), np.dtype(dt).name, n, t,
+             None if meta is None else json.loads(meta))
+            for k, e, s, shape, dt, n, t, meta in rows
+        ]
+        df = pd.DataFrame.from_records(
+            records,
+            columns=["key", "epoch", "step", "shape", "dtype", "nbytes", "time", "meta"])
+        for column in ("epoch", "step", "nbytes"):
+            df[column] = df[column].astype("int64")
+        for column in ("key", "shape", "dtype", "meta"):
+            df[column] = df[column].astype(object)
+        df["time"] = _utc(df["time"])
+        return df
+
+    def snapshot(self, run_id: int, key: str, epoch: int | None = None, *,
+                 step: int | None = None) -> np.ndarray:
+        """Load one snapshot array.
+
+        Parameters
+        ----------
+        run_id : int
+        key : str
+        epoch : int, optional
+            The latest snapshot of this epoch. Default: the latest overall.
+        step : int, optional
+            Exactly this step (instead of ``epoch``).
+
+        Returns
+        -------
+        numpy.ndarray
+            The array as stored (same dtype and shape).
+
+        Raises
+        ------
+        RunNotFoundError
+            If there is no such snapshot (the message lists what there is).
+        """
+        run_id = _check_run_id(run_id)
+        key = _check_key(key)
+        if epoch is not None and step is not None:
+            raise ValueError("pass epoch or step, not both")
+        sql = "SELECT data FROM snapshots WHERE run_id = ? AND key = ?"
+        params: list[Any] = [run_id, key]
+        if epoch is not None:
+            sql += " AND epoch = ?"
+            params.append(_check_int(epoch, "epoch"))
+        if step is not None:
+            sql += " AND step = ?"
+            params.append(_check_int(step, "step"))
+        rows = self._read(sql + " ORDER BY step DESC LIMIT 1", params)
+        if not rows:
+            raise RunNotFoundError(self._missing_snapshot(run_id, key, epoch, step))
+        try:
+            return _decode_array(rows[0][0])
+        except (zlib.error, ValueError, OSError) as exc:
+            raise RunStoreError(
+                f"snapshot {key!r} of run {run_id} in {self._path} cannot be decoded ({exc})"
+            ) from exc
+
+    def _missing_snapshot(self, run_id: int, key: str, epoch: int | None,
+                          step: int | None) -> str:
+        self._require_run(run_id)
+        where = "" if epoch is None and step is None else (
+            f" at epoch {epoch}" if epoch is not None else f" at step {step}")
+        keys = [r[0] for r in self._read(
+            "SELECT DISTINCT key FROM snapshots WHERE run_id = ? ORDER BY key", (run_id,))]
+        if key not in keys:
+            have = ", ".join(map(repr, keys)) if keys else "none"
+            return f"run {run_id} has no snapshot {key!r}{where}; its snapshot keys: {have}"
+        column = "epoch" if epoch is not None else "step"
+        values = [r[0] for r in self._read(
+            f"SELECT DISTINCT {column} FROM snapshots WHERE run_id = ? AND key = ? "
+            f"ORDER BY {column}", (run_id, key))]
+        return (f"run {run_id} has no snapshot {key!r}{where}; available {column}s: "
+                f"{', '.join(map(str, values))}")
+
+    def export_csv(self, directory: str | os.PathLike[str],
+                   run_ids: Iterable[int] | None = None) -> dict[str, Path]:
+        """Write runs and metrics as CSV files.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            Created if missing. Receives ``runs.csv`` (as :meth:`runs`) and
+            ``metrics.csv`` (long format with a ``run_id`` column).
+        run_ids : iterable of int, optional
+            Only these runs (default: all).
+
+        Returns
+        -------
+        dict
+            ``{"runs": path, "metrics": path}``.
+        """
+        out = Path(directory).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out} exists and is not a directory; pass a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        ids = None if run_ids is None else [_check_run_id(r) for r in run_ids]
+        runs = self.runs()
+        if ids is not None:
+            missing = sorted(set(ids) - set(runs["run_id"]))
+            if missing:
+                raise RunNotFoundError(f"no runs with ids {missing} in {self._path}")
+            runs = runs[runs["run_id"].isin(ids)]
+        metrics = self._metrics_frame(ids, None, None)
+        paths = {"runs": out / "runs.csv", "metrics": out / "metrics.csv"}
+        runs.to_csv(paths["runs"], index=False)
+        metrics.to_csv(paths["metrics"], index=False)
+        return paths
+
+    def integrity_check(self) -> str:
+        """Run SQLite's ``PRAGMA integrity_check``; ``"ok"`` means the file is sound."""
+        rows = self._read("PRAGMA integrity_check")
+        return "\n".join(str(r[0]) for r in rows)
+
+    # ----------------------------------------------------------------- recording
+
+    @contextmanager
+    def track(self, config: Mapping[str, Any] | Any, *, name: str | None = None,
+              total_steps: int | None = None, heartbeat_interval: float = 5.0,
+              handle_sigterm: bool = True) -> Iterator[RunRecorder]:
+        """Record a run for the duration of a ``with`` block.
+
+        On normal exit the run is marked ``completed``; if the block raises,
+        ``failed`` with the traceback as error text; on ``KeyboardInterrupt``
+        (Ctrl-C, or SIGTERM, see below), ``interrupted``. The exception is
+        re-raised. A daemon thread refreshes the heartbeat every
+        ``heartbeat_interval`` seconds while the block runs, so long steps do
+        not make the run look dead.
+
+        Parameters
+        ----------
+        config : dict or dataclass instance
+            As in :meth:`create_run`.
+        name : str, optional
+        total_steps : int, optional
+        heartbeat_interval : float, default 5.0
+            Seconds between heartbeats; keep it well below ``stale_after``.
+        handle_sigterm : bool, default True
+            When called from the main thread and SIGTERM has its default
+            action, turn SIGTERM into ``KeyboardInterrupt`` inside the block so
+            a terminated run is recorded as ``interrupted``. The previous
+            handler is restored on exit.
+
+        Yields
+        ------
+        RunRecorder
+            With ``run_id``, ``log``, ``snapshot``, ``progress`` and ``finish``.
+
+        Examples
+        --------
+        >>> with store.track({"method": "ot", "lam": 0.1}) as rec:  # doctest: +SKIP
+        ...     rec.progress(total_steps=100)
+        ...     for step in range(100):
+        ...         rec.log({"loss": train_step()}, step=step, epoch=0)
+        """
+        interval = self._check_seconds(heartbeat_interval, "heartbeat_interval")
+        run_id = self.create_run(config, name=name, total_steps=total_steps)
+        recorder = RunRecorder(self, run_id)
+        beat = _HeartbeatThread(self, run_id, interval)
+        beat.start()
+        previous = None
+        if (handle_sigterm and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+            previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        status, error = "completed", None
+        try:
+            yield recorder
+        except KeyboardInterrupt as exc:
+            status = "interrupted"
+            error = str(exc) or "KeyboardInterrupt"
+            raise
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                status, error = "failed", f"SystemExit({exc.code!r})"
+            raise
+        except BaseException as exc:
+            status = "failed"
+            error = "".join(traceback.format_exception(exc)).rstrip()
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            beat.stop()
+            if not (recorder.finished and status == "completed"):
+                self.finish(run_id, status, error)
+
+
+def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt("terminated by SIGTERM")
+
+
+def _utc(seconds: pd.Series) -> pd.Series:
+    """Unix seconds (float, NaN/None allowed) to UTC timestamps at microsecond resolution."""
+    import pandas as pd
+
+    stamps = pd.to_datetime(seconds.astype("float64").round(6), unit="s", utc=True)
+    return stamps.astype("datetime64[us, UTC]")
+
+
+def _flatten(config: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name + "."))
+        elif isinstance(value, (list, dict)):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _uniform(column: pd.Series) -> pd.Series:
+    """Make a flattened config column single-typed (mixed types become text)."""
+    kinds = {type(v) for v in column if v is not None and v == v}
+    if len(kinds) <= 1 or kinds <= {int, float}:
+        return column
+    return column.map(lambda v: v if v is None or v != v else str(v)).astype(object)
+
+
+class _HeartbeatThread(threading.Thread):
+    """Refreshes a run's heartbeat on its own connection until stopped."""
+
+    def __init__(self, store: RunStore, run_id: int, interval: float) -> None:
+        super().__init__(name=f"otviz-heartbeat-{run_id}", daemon=True)
+        self._store = store
+        self._run_id = run_id
+        self._interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.wait(self._interval):
+                try:
+                    self._store.heartbeat(self._run_id)
+                except RunNotFoundError:
+                    return  # the run was deleted
+                except (RunStoreError, sqlite3.Error):
+                    continue  # locked for a while: try again next time
+        finally:
+            self._store.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=self._store._timeout + 1.0)
+
+
+class RunRecorder:
+    """Writes to one run; returned by :meth:`RunStore.track`.
+
+    Parameters
+    ----------
+    store : RunStore
+    run_id : int
+    """
+
+    def __init__(self, store: RunStore, run_id: int) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.finished = False
+
+    def __repr__(self) -> str:
+        return f"RunRecorder(run_id={self.run_id}, store={self.store!r})"
+
+    def log(self, metrics: Mapping[str, float], *, step: int, epoch: int | None = None) -> None:
+        """Record scalar metrics of one step (see :meth:`RunStore.log_metrics`)."""
+        self.store.log_metrics(self.run_id, metrics, step=step, epoch=epoch)
+
+    def snapshot(self, key: str, array: Any, *, epoch: int, step: int,
+                 meta: Mapping[str, Any] | None = None) -> None:
+        """Store an array, e.g. a transport plan (see :meth:`RunStore.log_snapshot`)."""
+        self.store.log_snapshot(self.run_id, key, array, epoch=epoch, step=step, meta=meta)
+
+    def progress(self, *, step: int | None = None, total_steps: int | None = None,
+                 epoch: int | None = None, message: str | None = None) -> None:
+        """Update live progress (see :meth:`RunStore.set_progress`)."""
+        self.store.set_progress(self.run_id, step=step, total_steps=total_steps,
+                                epoch=epoch, message=message)
+
+    def finish(self, status: str = "completed", error: str | None = None) -> None:
+        """End the run now with this status; the ``with`` block then keeps it.
+
+        An exception raised later in the block still marks the run failed
+        (or interrupted).
+        """
+        self.store.finish(self.run_id, status, error)
+        self.finished = True
