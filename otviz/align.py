@@ -291,7 +291,7 @@ def layer_distances(
     t_acts = capture(teacher_model, inputs, teacher_layers, batch_size=batch_size)
     s_acts = capture(student_model, inputs, student_layers, batch_size=batch_size)
     t_names, s_names = list(t_acts), list(s_acts)
-    n_t = next(iter(t_acts.values())).shape[0]
+    n_t = int(np.shape(inputs)[0]) if not isinstance(inputs, torch.Tensor) else int(inputs.shape[0])
     for side, acts in (("teacher", t_acts), ("student", s_acts)):
         for name, act in acts.items():
             if act.ndim == 0 or act.shape[0] != n_t:
@@ -309,16 +309,14 @@ def layer_distances(
             for j, sn in enumerate(s_names):
                 values[i, j] = cka(t_feats[tn], s_feats[sn])
     else:
-        from otviz.transport import align
-
         def view(act: torch.Tensor) -> torch.Tensor:
             return neurons(act, spatial=spatial, size=size if act.ndim > 2 else None)
 
         t_neur = {k: view(v) for k, v in t_acts.items()}
         s_neur = {k: view(v) for k, v in s_acts.items()}
-        for i, tn in enumerate(t_names):
-            for j, sn in enumerate(s_names):
-                ta, sa = t_acts[tn], s_acts[sn]
+        # check every pair before solving anything
+        for tn, ta in t_acts.items():
+            for sn, sa in s_acts.items():
                 if not _same_space(ta, sa, spatial, size):
                     if ta.ndim > 2 and sa.ndim > 2 and ta.ndim == sa.ndim:
                         common = tuple(min(a, b) for a, b in zip(ta.shape[2:], sa.shape[2:]))
@@ -331,6 +329,11 @@ def layer_distances(
                         f"(lengths {t_neur[tn].shape[1]} and {s_neur[sn].shape[1]}) with "
                         f"spatial={spatial!r}, size={size!r}, so they cannot be compared: {fix}."
                     )
+
+        from otviz.transport import align
+
+        for i, tn in enumerate(t_names):
+            for j, sn in enumerate(s_names):
                 result = align(t_neur[tn], s_neur[sn], **align_kwargs)
                 distance = float(result.distance)
                 if not np.isfinite(distance):
