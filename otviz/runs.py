@@ -536,14 +536,19 @@ class RunStore:
         """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
         con = self._con()
         with self._errors():
-            con.execute("BEGIN IMMEDIATE")
+            if con.in_transaction:  # left open by a write interrupted by a signal
+                con.execute("ROLLBACK")
             try:
+                con.execute("BEGIN IMMEDIATE")
                 yield con
+                con.execute("COMMIT")
             except BaseException:
                 if con.in_transaction:
-                    con.execute("ROLLBACK")
+                    try:
+                        con.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 raise
-            con.execute("COMMIT")
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         con = self._con()
@@ -1361,7 +1366,10 @@ class RunStore:
                 signal.signal(signal.SIGTERM, previous)
             beat.stop()
             if not (recorder.finished and status == "completed"):
-                self.finish(run_id, status, error)
+                try:
+                    self.finish(run_id, status, error)
+                except RunNotFoundError:
+                    pass  # the run was deleted meanwhile (delete_run(force=True))
 
 
 def _sigterm_to_interrupt(signum: int, frame: Any) -> None:

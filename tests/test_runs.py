@@ -1,0 +1,589 @@
+"""Tests of the run store: round-trips, liveness, concurrency and crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from otviz.runs import (
+    ENV_VAR,
+    SCHEMA_VERSION,
+    RunNotFoundError,
+    RunStore,
+    RunStoreError,
+    default_store_path,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A training-like writer: one run, metrics committed step by step, each step
+# printed only after its commit. argv: store path, number of steps, delay (s).
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from otviz.runs import RunStore
+
+    path, n, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    store = RunStore(path)
+    with store.track({"setting": "test", "method": "writer"},
+                     heartbeat_interval=0.2) as rec:
+        print("run", rec.run_id, flush=True)
+        for step in range(n):
+            rec.log({"loss": 1.0 / (step + 1), "acc": step / n}, step=step,
+                    epoch=step // 10)
+            print("step", step, flush=True)
+            if delay:
+                time.sleep(delay)
+    """
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    s = RunStore(tmp_path / "runs.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def writer_script(tmp_path: Path) -> Path:
+    path = tmp_path / "writer.py"
+    path.write_text(WRITER)
+    return path
+
+
+def start_writer(script: Path, db: Path, n: int, delay: float) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    env.pop(ENV_VAR, None)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(db), str(n), str(delay)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def read_run_id(proc: subprocess.Popen) -> int:
+    line = proc.stdout.readline()
+    assert line.startswith("run "), (line, proc.stderr.read() if proc.poll() else "")
+    return int(line.split()[1])
+
+
+def raw(store: RunStore) -> sqlite3.Connection:
+    return sqlite3.connect(store.path, isolation_level=None)
+
+
+# --------------------------------------------------------------------------- location
+
+
+def test_default_store_path_env_and_home(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "env" / "s.db"))
+    assert default_store_path() == tmp_path / "env" / "s.db"
+    s = RunStore()
+    assert s.path == tmp_path / "env" / "s.db" and s.path.is_file()
+    s.close()
+
+    monkeypatch.delenv(ENV_VAR)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_store_path() == tmp_path / "home" / ".otviz" / "runs.db"
+    RunStore().close()
+    assert (tmp_path / "home" / ".otviz" / "runs.db").is_file()
+
+
+def test_new_store_is_wal_with_schema_version(store):
+    con = raw(store)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"runs", "metrics", "snapshots"} <= tables
+    con.close()
+    # Reopening an existing store is fine and empty stores give empty frames.
+    again = RunStore(store.path)
+    assert again.runs().empty and "status" in again.runs().columns
+    assert store.integrity_check() == "ok"
+
+
+# --------------------------------------------------------------------------- round-trips
+
+
+def test_create_log_finish_round_trip(store):
+    config = {"setting": "distill", "method": "ot", "lam": 0.1,
+              "pairs": [["features.conv2", "features.conv1"]], "optim": {"lr": 0.01}}
+    rid = store.create_run(config, total_steps=30)
+    for step in range(30):
+        store.log_metrics(rid, {"loss": 1.0 / (step + 1), "ot/conv2": np.float32(0.5)},
+                          step=step, epoch=step // 10)
+    store.log_metrics(rid, {"test_acc": 0.9}, step=29, epoch=2)
+    store.finish(rid)
+
+    runs = store.runs()
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row["run_id"] == rid and row["name"] == f"distill-ot-{rid}"
+    assert (row["setting"], row["method"], row["status"]) == ("distill", "ot", "completed")
+    assert row["step"] == 29 and row["epoch"] == 2 and row["total_steps"] == 30
+    assert row["pid"] == os.getpid() and row["error"] is None
+    assert row["ended_at"] >= row["started_at"] and row["duration"] >= 0
+    assert row["config.lam"] == 0.1 and row["config.optim.lr"] == 0.01
+    assert json.loads(row["config.pairs"]) == config["pairs"]
+    assert json.loads(row["config"]) == config
+    assert isinstance(row["created_at"], pd.Timestamp) and str(row["created_at"].tz) == "UTC"
+
+    info = store.run(rid)
+    assert info["config"] == config and info["status"] == "completed"
+
+    m = store.metrics(rid)
+    assert list(m.columns) == ["step", "epoch", "key", "value", "time"]
+    assert len(m) == 61
+    loss = m[m.key == "loss"].set_index("step")["value"]
+    np.testing.assert_allclose(loss.to_numpy(), 1.0 / np.arange(1, 31))
+    assert m[m.key == "test_acc"]["epoch"].tolist() == [2]
+
+    assert set(store.metrics(rid, "loss")["key"]) == {"loss"}
+    assert set(store.metrics(rid, ["loss", "test_acc"])["key"]) == {"loss", "test_acc"}
+    recent = store.metrics(rid, since_step=27)
+    assert sorted(set(recent["step"])) == [28, 29]
+
+    wide = store.metrics_wide(rid)
+    assert list(wide.columns) == ["step", "epoch", "loss", "ot/conv2", "test_acc"]
+    assert len(wide) == 30 and wide["step"].tolist() == list(range(30))
+    assert wide["test_acc"].isna().sum() == 29 and wide["test_acc"].iloc[-1] == 0.9
+    assert store.metrics_wide(rid, since_step=100).columns.tolist() == ["step", "epoch"]
+
+
+def test_relogging_a_step_replaces_the_value(store):
+    rid = store.create_run({"x": 1}, name="mine")
+    store.log_metrics(rid, {"loss": 1.0}, step=3)
+    store.log_metrics(rid, {"loss": 2.0}, step=3)
+    m = store.metrics(rid)
+    assert m["value"].tolist() == [2.0] and store.run(rid)["name"] == "mine"
+
+
+def test_progress_and_heartbeat(store):
+    rid = store.create_run({})
+    before = store.run(rid)["heartbeat_at"]
+    time.sleep(0.01)
+    store.set_progress(rid, step=5, total_steps=100, epoch=1, message="epoch 1/4")
+    store.heartbeat(rid, "evaluating")
+    info = store.run(rid)
+    assert (info["step"], info["total_steps"], info["epoch"]) == (5, 100, 1)
+    assert info["message"] == "evaluating" and info["heartbeat_at"] > before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.bool_])
+@pytest.mark.parametrize("shape", [(7, 5), (3,), (2, 3, 4), (0, 4)])
+def test_snapshot_round_trip_exact(store, dtype, shape):
+    rid = store.create_run({})
+    arr = (np.random.default_rng(0).standard_normal(shape) * 10).astype(dtype)
+    store.log_snapshot(rid, "a->b", arr, epoch=0, step=10)
+    back = store.snapshot(rid, "a->b", 0)
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_snapshots_listing_and_selection(store):
+    rid = store.create_run({})
+    plans = {e: np.full((4, 2), e, dtype=np.float64) / 8 for e in range(3)}
+    meta = {"teacher": "features.conv2", "student": "features.conv1"}
+    for e, plan in plans.items():
+        store.log_snapshot(rid, "features.conv2->features.conv1", plan, epoch=e,
+                           step=10 * e + 9, meta=meta)
+    store.log_snapshot(rid, "head->head", np.asfortranarray(np.eye(3)), epoch=2, step=29)
+
+    listing = store.snapshots(rid)
+    assert list(listing.columns) == ["key", "epoch", "step", "shape", "dtype", "nbytes",
+                                     "time", "meta"]
+    assert len(listing) == 4 and "data" not in listing.columns
+    one = store.snapshots(rid, "features.conv2->features.conv1")
+    assert one["epoch"].tolist() == [0, 1, 2] and one["shape"].iloc[0] == (4, 2)
+    assert one["dtype"].iloc[0] == "float64" and one["meta"].iloc[0] == meta
+
+    key = "features.conv2->features.conv1"
+    np.testing.assert_array_equal(store.snapshot(rid, key, 1), plans[1])
+    np.testing.assert_array_equal(store.snapshot(rid, key), plans[2])  # latest
+    np.testing.assert_array_equal(store.snapshot(rid, key, step=9), plans[0])
+    np.testing.assert_array_equal(store.snapshot(rid, "head->head"), np.eye(3))
+    with pytest.raises(RunNotFoundError, match="available epochs: 0, 1, 2"):
+        store.snapshot(rid, key, 7)
+    with pytest.raises(RunNotFoundError, match="head->head"):
+        store.snapshot(rid, "nope")
+
+
+def test_snapshot_accepts_tensor_like_and_rejects_bad_arrays(store):
+    rid = store.create_run({})
+
+    class FakeTensor:  # the duck type of a torch tensor with requires_grad
+        def detach(self):
+            return self
+
+        def cpu(self):
+            return self
+
+        def numpy(self):
+            return np.arange(6.0).reshape(2, 3)
+
+    store.log_snapshot(rid, "t", FakeTensor(), epoch=0, step=0)
+    np.testing.assert_array_equal(store.snapshot(rid, "t"), np.arange(6.0).reshape(2, 3))
+    with pytest.raises(ValueError, match="non-finite"):
+        store.log_snapshot(rid, "p", np.array([1.0, np.nan]), epoch=0, step=0)
+    with pytest.raises(TypeError, match="numeric"):
+        store.log_snapshot(rid, "p", np.array(["a"]), epoch=0, step=0)
+    with pytest.raises(TypeError, match="meta"):
+        store.log_snapshot(rid, "p", np.ones(2), epoch=0, step=0, meta={"f": object()})
+
+
+def test_export_csv(store, tmp_path):
+    a = store.create_run({"method": "kd", "lam": 0.5})
+    b = store.create_run({"method": "ot", "lam": 0.1})
+    for rid in (a, b):
+        for step in range(5):
+            store.log_metrics(rid, {"loss": step * 0.1}, step=step, epoch=0)
+        store.finish(rid)
+    paths = store.export_csv(tmp_path / "out")
+    runs = pd.read_csv(paths["runs"])
+    metrics = pd.read_csv(paths["metrics"])
+    assert runs["run_id"].tolist() == [a, b] and runs["method"].tolist() == ["kd", "ot"]
+    assert runs["config.lam"].tolist() == [0.5, 0.1]
+    assert list(metrics.columns) == ["run_id", "step", "epoch", "key", "value", "time"]
+    assert len(metrics) == 10
+
+    only_b = store.export_csv(tmp_path / "b", run_ids=[b])
+    assert pd.read_csv(only_b["runs"])["run_id"].tolist() == [b]
+    assert set(pd.read_csv(only_b["metrics"])["run_id"]) == {b}
+    with pytest.raises(RunNotFoundError):
+        store.export_csv(tmp_path / "c", run_ids=[99])
+
+
+def test_delete_run(store):
+    rid = store.create_run({})
+    store.log_metrics(rid, {"loss": 1.0}, step=0)
+    store.log_snapshot(rid, "k", np.ones(2), epoch=0, step=0)
+    with pytest.raises(RunStoreError, match="still running"):
+        store.delete_run(rid)
+    store.finish(rid, "failed", "boom")
+    store.delete_run(rid)
+    assert store.runs().empty
+    con = raw(store)
+    assert con.execute("SELECT count(*) FROM metrics").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM snapshots").fetchone()[0] == 0
+    con.close()
+    with pytest.raises(RunNotFoundError):
+        store.delete_run(rid)
+    other = store.create_run({})
+    store.delete_run(other, force=True)
+
+
+# --------------------------------------------------------------------------- track()
+
+
+def test_track_completed(store):
+    with store.track({"method": "ot"}, name="ok") as rec:
+        rec.progress(total_steps=2, message="starting")
+        rec.log({"loss": 1.0}, step=0, epoch=0)
+        rec.log({"loss": 0.5}, step=1, epoch=0)
+        rec.snapshot("a->b", np.eye(2), epoch=0, step=1)
+    info = store.run(rec.run_id)
+    assert info["status"] == "completed" and info["error"] is None
+    assert info["ended_at"] is not None and info["step"] == 1
+    assert len(store.metrics(rec.run_id)) == 2 and len(store.snapshots(rec.run_id)) == 1
+
+
+def test_track_failed_keeps_traceback_and_reraises(store):
+    with pytest.raises(ZeroDivisionError):
+        with store.track({"method": "ot"}) as rec:
+            rec.log({"loss": 1.0}, step=0)
+            1 / 0
+    info = store.run(rec.run_id)
+    assert info["status"] == "failed"
+    assert "Traceback" in info["error"] and "ZeroDivisionError" in info["error"]
+    assert store.metrics(rec.run_id)["value"].tolist() == [1.0]
+
+
+def test_track_interrupted_on_keyboard_interrupt(store):
+    with pytest.raises(KeyboardInterrupt):
+        with store.track({}) as rec:
+            raise KeyboardInterrupt
+    assert store.run(rec.run_id)["status"] == "interrupted"
+
+
+def test_track_explicit_finish_is_kept(store):
+    with store.track({}) as rec:
+        rec.finish("failed", "loss became NaN at step 12")
+    info = store.run(rec.run_id)
+    assert info["status"] == "failed" and info["error"] == "loss became NaN at step 12"
+
+
+def test_track_heartbeat_thread_keeps_run_alive_and_stops(store):
+    with store.track({}, heartbeat_interval=0.05) as rec:
+        first = store.run(rec.run_id)["heartbeat_at"]
+        deadline = time.monotonic() + 10
+        # A "long step" with no writes: the thread alone refreshes the heartbeat.
+        while store.run(rec.run_id)["heartbeat_at"] < first + pd.Timedelta(seconds=0.3):
+            assert time.monotonic() < deadline, "heartbeat thread did not beat"
+            time.sleep(0.05)
+    time.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("otviz-heartbeat")]
+    assert store.run(rec.run_id)["status"] == "completed"
+
+
+def test_track_sigterm_marks_interrupted(tmp_path, writer_script):
+    db = tmp_path / "term.db"
+    proc = start_writer(writer_script, db, 100_000, 0.001)
+    try:
+        rid = read_run_id(proc)
+        proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    info = RunStore(db).run(rid)
+    assert info["status"] == "interrupted" and "SIGTERM" in info["error"]
+    assert info["ended_at"] is not None  # written by the process itself
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+def test_stale_heartbeat_reported_then_reaped(store):
+    rid = store.create_run({})
+    fresh = store.create_run({})
+    con = raw(store)
+    con.execute("UPDATE runs SET heartbeat_at = heartbeat_at - 120 WHERE id = ?", (rid,))
+    con.close()
+    runs = store.runs().set_index("run_id")
+    assert runs.loc[rid, "status"] == "interrupted"
+    assert "no heartbeat" in runs.loc[rid, "error"]
+    assert runs.loc[fresh, "status"] == "running"
+    assert store.run(rid, stale_after=600)["status"] == "running"
+    # Reporting does not write; reap() does.
+    con = raw(store)
+    assert con.execute("SELECT status FROM runs WHERE id = ?", (rid,)).fetchone()[0] == "running"
+    assert store.reap() == [rid]
+    assert con.execute("SELECT status FROM runs WHERE id = ?", (rid,)).fetchone()[0] \
+        == "interrupted"
+    con.close()
+    assert store.reap() == []
+
+
+def test_dead_or_zombie_pid_on_this_host_is_interrupted(store):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zombie.kill()
+    try:
+        deadline = time.monotonic() + 10
+        while b") Z " not in Path(f"/proc/{zombie.pid}/stat").read_bytes():
+            assert time.monotonic() < deadline  # killed, not yet waited for: a zombie
+            time.sleep(0.01)
+        dead_id, zombie_id, live_id = (store.create_run({}) for _ in range(3))
+        con = raw(store)
+        con.execute("UPDATE runs SET pid = ? WHERE id = ?", (gone.pid, dead_id))
+        con.execute("UPDATE runs SET pid = ? WHERE id = ?", (zombie.pid, zombie_id))
+        con.close()
+        status = store.runs().set_index("run_id")["status"]
+        assert status[dead_id] == "interrupted" and status[zombie_id] == "interrupted"
+        assert status[live_id] == "running"
+        assert "ended without finishing" in store.run(dead_id)["error"]
+    finally:
+        zombie.wait()
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def test_reader_reads_while_another_process_writes(tmp_path, writer_script):
+    db = tmp_path / "live.db"
+    n = 120
+    RunStore(db).close()
+    proc = start_writer(writer_script, db, n, 0.004)
+    reader = RunStore(db)
+    try:
+        rid = read_run_id(proc)
+        last_step, polls, partial = -1, 0, False
+        frames = []
+        while True:
+            done = proc.poll() is not None
+            new = reader.metrics(rid, since_step=last_step)
+            status = reader.run(rid)["status"]
+            assert status in ("running", "completed")
+            partial |= status == "running" and 0 <= last_step < n - 1
+            if len(new):
+                # Each step is one transaction: a reader sees both keys or neither.
+                assert (new.groupby("step").size() == 2).all()
+                assert new["step"].min() > last_step
+                last_step = int(new["step"].max())
+                frames.append(new)
+            polls += 1
+            if done:
+                break
+            time.sleep(0.01)
+        assert proc.returncode == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+    all_rows = pd.concat(frames)
+    assert sorted(set(all_rows["step"])) == list(range(n))
+    assert partial and polls > 3 and reader.run(rid)["status"] == "completed"
+
+
+def test_threads_share_one_store(store):
+    rid = store.create_run({})
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for step in range(offset, offset + 50):
+                store.log_metrics(rid, {"loss": float(step)}, step=step)
+                store.metrics(rid, since_step=step - 1)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=work, args=(k * 100,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(store.metrics(rid)) == 150
+
+
+def test_store_pickles_to_a_fresh_connection(store):
+    rid = store.create_run({"a": 1})
+    clone = pickle.loads(pickle.dumps(store))
+    clone.log_metrics(rid, {"loss": 1.0}, step=0)
+    assert len(store.metrics(rid)) == 1 and clone.path == store.path
+
+
+def test_locked_store_fails_with_a_clear_error_and_readers_still_read(tmp_path):
+    path = tmp_path / "locked.db"
+    RunStore(path).close()
+    s = RunStore(path, timeout=0.2)
+    rid = s.create_run({})
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        assert s.run(rid)["status"] == "running"  # reading is not blocked
+        t0 = time.monotonic()
+        with pytest.raises(RunStoreError, match="locked") as err:
+            s.log_metrics(rid, {"loss": 1.0}, step=0)
+        assert time.monotonic() - t0 >= 0.15  # waited for the busy timeout first
+        assert str(path) in str(err.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    s.log_metrics(rid, {"loss": 1.0}, step=0)  # works again once released
+    assert len(s.metrics(rid)) == 1
+
+
+# --------------------------------------------------------------------------- crash safety
+
+
+def test_sigkill_mid_run_keeps_store_consistent(tmp_path, writer_script):
+    db = tmp_path / "crash.db"
+    proc = start_writer(writer_script, db, 1_000_000, 0.0)
+    try:
+        rid = read_run_id(proc)
+        reported = []
+        while len(reported) < 300:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            reported.append(int(line.split()[1]))
+        os.kill(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    reported += [int(line.split()[1]) for line in out.splitlines() if line.startswith("step")]
+
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    store = RunStore(db)
+    assert store.integrity_check() == "ok"
+    m = store.metrics(rid)
+    steps = sorted(set(m["step"]))
+    assert set(reported) <= set(steps)           # every reported commit survived
+    assert steps == list(range(len(steps)))      # and nothing in between is missing
+    assert (m.groupby("step").size() == 2).all()  # no half-written step
+    info = store.run(rid)
+    assert info["status"] == "interrupted" and "ended without finishing" in info["error"]
+    assert store.reap() == [rid]
+    store.log_metrics(rid, {"after": 1.0}, step=0)  # the store is still writable
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_non_finite_metric_is_rejected_and_nothing_written(store):
+    rid = store.create_run({})
+    with pytest.raises(ValueError, match=r"loss=nan"):
+        store.log_metrics(rid, {"acc": 0.5, "loss": float("nan")}, step=3)
+    with pytest.raises(ValueError, match=r"ot=inf"):
+        store.log_metrics(rid, {"ot": np.inf}, step=3)
+    assert store.metrics(rid).empty
+    with pytest.raises(TypeError, match="'acc' must be a number"):
+        store.log_metrics(rid, {"acc": "high"}, step=0)
+    with pytest.raises(TypeError, match="metric name"):
+        store.log_metrics(rid, {3: 1.0}, step=0)
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        store.log_metrics(rid, {"acc": 1.0}, step=-1)
+    with pytest.raises(TypeError, match="step must be an int"):
+        store.log_metrics(rid, {"acc": 1.0}, step=1.5)
+    with pytest.raises(RunNotFoundError, match="no run with id 999"):
+        store.log_metrics(999, {"acc": 1.0}, step=0)
+    with pytest.raises(ValueError, match="status must be one of"):
+        store.finish(rid, "done")
+
+
+def test_non_json_config_is_a_type_error(store):
+    with pytest.raises(TypeError, match=r"config\['model'\]\['act'\] is of type function"):
+        store.create_run({"model": {"act": lambda x: x}})
+    with pytest.raises(TypeError, match="nan"):
+        store.create_run({"lam": float("nan")})
+    with pytest.raises(TypeError, match="must be a dict"):
+        store.create_run(["not", "a", "dict"])
+    assert store.runs().empty
+    rid = store.create_run({"seed": np.int64(3), "out": Path("/tmp/x")})
+    assert store.run(rid)["config"] == {"seed": 3, "out": "/tmp/x"}
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not a database, it is a text file\n" * 200)
+    with pytest.raises(RunStoreError, match="not a readable otviz run store") as err:
+        RunStore(bad)
+    assert str(bad) in str(err.value) and "OTVIZ_STORE" in str(err.value)
+
+
+def test_foreign_or_newer_database_is_refused(tmp_path):
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE customers (id INTEGER)")
+    con.commit()
+    con.close()
+    with pytest.raises(RunStoreError, match="not an otviz run store"):
+        RunStore(other)
+
+    newer = tmp_path / "newer.db"
+    con = sqlite3.connect(newer)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(RunStoreError, match="newer"):
+        RunStore(newer)
+
+    with pytest.raises(RunStoreError, match="is a directory"):
+        RunStore(tmp_path)
+    with pytest.raises(ValueError, match="file path"):
+        RunStore(":memory:")
