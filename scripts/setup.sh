@@ -40,9 +40,9 @@ TORCH_SPEC="${OTVIZ_TORCH:-torch==2.13.0}"
 
 say() { echo "[setup] $*"; }
 
-# pip stays quiet (-q) but still prints errors; no version nag, no prompts.
+# pip stays quiet (-qq: no warnings, no progress) but still prints errors; no version nag, no prompts.
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-pip_install() { "$PY" -m pip install -q "$@"; }
+pip_install() { "$PY" -m pip install -qq "$@"; }
 
 # --- 1. the virtual environment -------------------------------------------------
 if [[ -n "${OTVIZ_PYTHON:-}" ]]; then
