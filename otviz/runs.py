@@ -422,7 +422,11 @@ class RunStore:
         self._stale_after = self._check_seconds(stale_after, "stale_after")
         self._timeout = self._check_seconds(timeout, "timeout")
         self._local = _Local()
-        self._init_store()
+        try:
+            self._init_store()
+        except BaseException:
+            self.close()
+            raise
 
     # ----------------------------------------------------------------- plumbing
 
@@ -577,27 +581,31 @@ class RunStore:
                     f"this otviz understands ({SCHEMA_VERSION}); upgrade otviz or use "
                     "another store."
                 )
+            if version == 0:
+                self._refuse_foreign(con)  # before changing anything in the file
             mode = con.execute("PRAGMA journal_mode").fetchone()[0]
             if str(mode).lower() != "wal":
                 con.execute("PRAGMA journal_mode = WAL")
             if version < SCHEMA_VERSION:
                 self._migrate()
 
+    def _refuse_foreign(self, con: sqlite3.Connection) -> None:
+        """Raise if an unversioned database already holds tables (another application's)."""
+        tables = con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+        if tables:
+            names = ", ".join(sorted(t[0] for t in tables))
+            raise RunStoreError(
+                f"{self._path} is a SQLite database but not an otviz run store (it has "
+                f"tables: {names}); pass another path to --store / {ENV_VAR}."
+            )
+
     def _migrate(self) -> None:
         with self._write() as con:
             version = con.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
-                tables = con.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' "
-                    "AND name NOT LIKE 'sqlite_%'"
-                ).fetchall()
-                if tables:
-                    names = ", ".join(sorted(t[0] for t in tables))
-                    raise RunStoreError(
-                        f"{self._path} is a SQLite database but not an otviz run store "
-                        f"(it has tables: {names}); pass another path to --store / "
-                        f"{ENV_VAR}."
-                    )
+                self._refuse_foreign(con)  # re-checked under the write lock
             while version < SCHEMA_VERSION:
                 for statement in _MIGRATIONS[version]:
                     con.execute(statement)

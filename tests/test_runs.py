@@ -575,6 +575,10 @@ def test_foreign_or_newer_database_is_refused(tmp_path):
     con.close()
     with pytest.raises(RunStoreError, match="not an otviz run store"):
         RunStore(other)
+    con = sqlite3.connect(other)  # left untouched
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 0
+    con.close()
 
     newer = tmp_path / "newer.db"
     con = sqlite3.connect(newer)
