@@ -51,8 +51,8 @@ device: call ``loss.to(device)`` before building the optimiser.
 
 from __future__ import annotations
 
-import inspect
 import math
+import warnings
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +61,9 @@ from typing import Any, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from otviz import transport as _transport
+from otviz.capture import neurons
 
 __all__ = [
     "AttentionTransfer",
@@ -93,6 +96,7 @@ _OT_NORMALIZE = (None, "center", "standardize", "unit")
 _OT_METHODS = ("emd", "sinkhorn", "unbalanced")
 _SPATIAL = ("flatten", "mean")
 _FEATURE_SCALES = ("mean", "sum")
+_SOLVER_OPTIONS = ("reg_m", "tol", "max_iter")
 
 
 # ----------------------------------------------------------------------------
@@ -861,11 +865,6 @@ def _check_ot_options(cost: str, normalize: str | None, method: str, eps: float 
         raise ValueError(f"Unknown normalize={normalize!r}. Pass one of {list(_OT_NORMALIZE)}.")
     if method not in _OT_METHODS:
         raise ValueError(f"Unknown OT method={method!r}. Pass one of {list(_OT_METHODS)}.")
-    if method in ("sinkhorn", "unbalanced") and eps is None:
-        raise ValueError(
-            f"OT method={method!r} needs eps (the entropic regularisation, relative to the "
-            "largest cost), e.g. eps=0.05; or use method='emd'."
-        )
     if eps is not None:
         _check_weight(eps, "eps", allow_zero=False)
     if spatial not in _SPATIAL:
@@ -879,8 +878,6 @@ def _check_ot_options(cost: str, normalize: str | None, method: str, eps: float 
 def _pair_neurons(t: torch.Tensor, s: torch.Tensor, spatial: str, size: Any, key: str
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Neuron matrices of a pair, in a common response space."""
-    from otviz.capture import neurons
-
     _check_batches(t, s, key, "ot")
     if spatial == "mean" or (t.ndim == 2 and s.ndim == 2):
         return neurons(t, spatial=spatial), neurons(s, spatial=spatial)
@@ -908,23 +905,6 @@ def _scale_factor(cost: str, normalize: str | None, feature_scale: str, d: int) 
     if cost == "euclidean":
         return 1.0 / math.sqrt(d)
     return 1.0  # cosine, correlation: already scale-free
-
-
-class _Solver:
-    """Calls :func:`otviz.transport.ot_distance`, passing only the options it accepts."""
-
-    def __init__(self) -> None:
-        from otviz.transport import ot_distance
-
-        self.fn = ot_distance
-        params = inspect.signature(ot_distance).parameters
-        self.accepts = set(params)
-        self.var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-    def __call__(self, t: torch.Tensor, s: torch.Tensor, **kwargs: Any) -> Any:
-        if not self.var_kw:
-            kwargs = {k: v for k, v in kwargs.items() if k in self.accepts}
-        return self.fn(t, s, **kwargs)
 
 
 class OTRegularizer(TransferLoss):
@@ -955,11 +935,20 @@ class OTRegularizer(TransferLoss):
     cost is divided by :math:`\kappa_\ell = d` (and the Euclidean cost by
     :math:`\sqrt d`), so the cost is the *mean* squared difference of two
     neurons' responses and :math:`\lambda` does not depend on the batch size
-    or the map size. This is the same as rescaling the distance, as the plan
-    of the (relative-``eps``) problem does not change when the cost is
-    multiplied by a constant. Costs that are already scale-free (``cosine``,
-    ``correlation``, or ``normalize="unit"``) are left as they are.
-    ``feature_scale="sum"`` uses the raw cost, :math:`\kappa_\ell = 1`.
+    or the map size. It is applied to the distance: since ``eps`` and
+    ``reg_m`` of :func:`otviz.transport.ot_distance` are relative to the
+    largest cost, the plan does not change when the cost is multiplied by a
+    constant, so this equals solving with the rescaled cost, for every
+    method. With ``normalize="standardize"`` the rescaled cost is 2(1 - r)
+    for two neurons of correlation r. Costs that are already scale-free
+    (``cosine``, ``correlation``, or ``normalize="unit"``) are left as they
+    are. ``feature_scale="sum"`` uses the raw cost, :math:`\kappa_\ell = 1`.
+
+    **Normalisation and dead units.** ``normalize="standardize"`` or
+    ``"unit"`` (and the ``cosine``/``correlation`` costs) are undefined for a
+    neuron whose responses on the minibatch are constant (``"unit"``,
+    ``cosine``: all zero), e.g. a dead ReLU channel; the transport module
+    then raises ``ValueError``. ``None`` and ``"center"`` accept any neuron.
 
     Parameters
     ----------
@@ -973,8 +962,10 @@ class OTRegularizer(TransferLoss):
     method : {"emd", "sinkhorn", "unbalanced"}, default "emd"
         Exact OT, entropic OT, or unbalanced entropic OT.
     eps : float, optional
-        Entropic regularisation, relative to the largest cost; required for
-        ``"sinkhorn"`` and ``"unbalanced"``.
+        Entropic regularisation, relative to the largest cost, for
+        ``"sinkhorn"`` and ``"unbalanced"`` (``None``: the transport module's
+        default, 1e-2). Ignored by ``"emd"`` (a warning is issued once, at
+        construction).
     spatial : {"flatten", "mean"}, default "flatten"
         How a conv channel becomes a vector (:func:`otviz.capture.neurons`).
         With ``"flatten"``, maps of different sizes are average-pooled to the
@@ -989,10 +980,17 @@ class OTRegularizer(TransferLoss):
         Compute the distances without a graph and return zero: for logging
         the OT distance of methods that do not train with it.
     warm_start : bool, default True
-        Start each pair's solver from its previous potentials.
+        Start each pair's entropic solver from the dual potentials of its
+        previous call (the previous minibatch); the exact solver ignores them.
     **solver_options
-        Passed on to :func:`otviz.transport.ot_distance` (``reg_m``, ``tol``,
-        ``max_iter``, ...).
+        ``reg_m``, ``tol`` or ``max_iter``, passed on to
+        :func:`otviz.transport.ot_distance`.
+
+    Notes
+    -----
+    After each call, :attr:`last_alignments` holds each pair's
+    :class:`otviz.transport.Alignment` (plan, cost matrix, convergence) and
+    :meth:`diagnostics` the scaled distances ``"ot/<teacher>-><student>"``.
 
     References
     ----------
@@ -1024,6 +1022,18 @@ class OTRegularizer(TransferLoss):
                 f"size={size!r} only has an effect with spatial='flatten'; pass size=None, or "
                 "spatial='flatten'."
             )
+        unknown = sorted(set(solver_options) - set(_SOLVER_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"OTRegularizer got unknown option(s) {unknown}; solver options accepted are "
+                f"{list(_SOLVER_OPTIONS)} (see otviz.transport.ot_distance)."
+            )
+        if method == "emd" and eps is not None:
+            warnings.warn(
+                f"eps={eps!r} is ignored by the exact solver (method='emd'); pass "
+                "method='sinkhorn' for entropic OT.", UserWarning, stacklevel=2,
+            )
+            eps = None
         self.pairs = layer_pairs(pairs, "ot")
         self.cost, self.normalize, self.method, self.eps = cost, normalize, method, eps
         self.spatial, self.size, self.feature_scale = spatial, size, feature_scale
@@ -1034,7 +1044,6 @@ class OTRegularizer(TransferLoss):
         self.student_layers = _unique(p[1] for p in self.pairs)
         if self.monitor:
             self.name = "ot_monitor"
-        self._solver: _Solver | None = None
         self._potentials: dict[str, Any] = {}
         self._alignments: dict[str, Any] = {}
         self._last: dict[str, float] = {}
@@ -1050,7 +1059,8 @@ class OTRegularizer(TransferLoss):
     def last_alignments(self) -> dict[str, Any]:
         """The last :class:`otviz.transport.Alignment` of each pair, keyed by :func:`pair_key`.
 
-        Empty if the transport module does not return alignments.
+        Holds the plan (``.plan``), the cost matrix and the solver's convergence
+        information of the last call, e.g. for plan snapshots.
         """
         return dict(self._alignments)
 
@@ -1063,28 +1073,15 @@ class OTRegularizer(TransferLoss):
 
     # -- computation --------------------------------------------------------
     def _solve(self, key: str, tn: torch.Tensor, sn: torch.Tensor) -> torch.Tensor:
-        if self._solver is None:
-            self._solver = _Solver()
         warm = self._potentials.get(key) if self.use_warm_start else None
-        value, alignment = self._call_solver(tn, sn, warm)
-        if alignment is not None:
-            self._alignments[key] = alignment
-            pots = getattr(alignment, "potentials", None)
-            if pots is not None:
-                self._potentials[key] = pots
-        return value
-
-    def _call_solver(self, tn: torch.Tensor, sn: torch.Tensor, warm: Any) -> tuple[torch.Tensor, Any]:
-        solver = self._solver
-        assert solver is not None
-        kwargs: dict[str, Any] = dict(
-            cost=self.cost, normalize=self.normalize, method=self.method, eps=self.eps,
+        value, alignment = _transport.ot_distance(
+            tn, sn, cost=self.cost, normalize=self.normalize, method=self.method, eps=self.eps,
             grad="envelope", warm_start=warm, return_alignment=True, **self.solver_options,
         )
-        out = solver(tn, sn, **kwargs)
-        if isinstance(out, tuple):
-            return out[0], out[1]
-        return out, None
+        self._alignments[key] = alignment
+        if alignment.potentials is not None:
+            self._potentials[key] = alignment.potentials
+        return value
 
     def pair_distances(self, ctx: StepContext, *, grad: bool = True) -> dict[str, torch.Tensor]:
         """Scaled OT distance of every pair on this step's features (unweighted)."""
@@ -1097,6 +1094,13 @@ class OTRegularizer(TransferLoss):
                 if not grad:
                     s = s.detach()
                 tn, sn = _pair_neurons(t, s, self.spatial, self.size, key)
+                if tn.shape[1] != sn.shape[1]:
+                    raise ValueError(
+                        f"{self.name}: pair {key!r} gives teacher neurons of {tn.shape[1]} "
+                        f"responses and student neurons of {sn.shape[1]} (features "
+                        f"{tuple(t.shape)} and {tuple(s.shape)}), so they live in different "
+                        "spaces. Pass spatial='mean', or pair layers of the same kind."
+                    )
                 tn = tn.to(sn.dtype)
                 scale = _scale_factor(self.cost, self.normalize, self.feature_scale, sn.shape[1])
                 out[key] = self._solve(key, tn, sn) * scale

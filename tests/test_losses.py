@@ -382,8 +382,12 @@ def test_ot_monitor_mode_and_layer_distance_log_without_grad():
 def test_ot_option_errors():
     with pytest.raises(ValueError, match="cost"):
         OTRegularizer(["f"], cost="manhattan")
-    with pytest.raises(ValueError, match="needs eps"):
-        OTRegularizer(["f"], method="sinkhorn")
+    with pytest.warns(UserWarning, match="ignored"):
+        assert OTRegularizer(["f"], method="emd", eps=0.1).eps is None
+    with pytest.raises(TypeError, match="max_iter"):
+        OTRegularizer(["f"], maxiter=10)
+    with pytest.raises(ValueError, match="normalize"):
+        OTRegularizer(["f"], normalize="zscore")
     with pytest.raises(ValueError, match="feature_scale"):
         OTRegularizer(["f"], feature_scale="max")
     reg = OTRegularizer(["f"])
