@@ -717,7 +717,9 @@ def make_task(
         Model family of teacher and student (``"cnn"`` or ``"mlp"``); only
         used to name the matching teacher and the student architecture.
     student_width : float, optional
-        Override the setting's student width multiplier.
+        Override the setting's student width multiplier. A student narrower
+        or wider than the teacher cannot start from the teacher's weights,
+        so any width other than 1 makes ``student_init`` ``"scratch"``.
 
     Returns
     -------
