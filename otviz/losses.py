@@ -13,21 +13,23 @@ trainer sums nothing itself: :func:`build_loss` returns one module (a
 
 where the regularisers :math:`\mathcal{R}_m` are
 
-=============  =====================================================  ================================
-method         term                                                   reference
-=============  =====================================================  ================================
-``scratch``    none (random initialisation)                           --
-``finetune``   none (initialised from the teacher)                    --
-``l2sp``       :math:`\frac{\alpha}{2}\|w_S - w_S^0\|^2
-               + \frac{\beta}{2}\|w_{\bar S}\|^2`                      Li, Grandvalet, Davoine 2018
-``kd``         :math:`T^2\,\mathrm{KL}(\sigma(z_T/T)\,\|\,\sigma(z_S/T))`  Hinton, Vinyals, Dean 2015
-``fitnets``    :math:`\sum_\ell \mathrm{MSE}(r_\ell(S_\ell), T_\ell)`   Romero et al. 2015
-``at``         :math:`\frac{\beta}{2}\sum_\ell \mathrm{mean}
-               (q_S^\ell - q_T^\ell)^2`                                Zagoruyko, Komodakis 2017
-``ot``         :math:`\lambda \sum_\ell \mathrm{OT}(\mu_{T_\ell}, \mu_{S_\ell})`
-                                                                      Li, Grandvalet, Flamary,
-                                                                      Courty, Dou 2020
-=============  =====================================================  ================================
+- ``scratch``, ``finetune``: none. The objective is the task loss alone; the
+  two differ in the student's initialisation (random, or the teacher's
+  weights), which is the trainer's job.
+- ``l2sp`` (:class:`L2SP`; Li, Grandvalet, Davoine 2018):
+  :math:`\frac{\alpha}{2}\|w_S - w_S^0\|^2 + \frac{\beta}{2}\|w_{\bar S}\|^2`.
+- ``kd`` (:class:`KD`; Hinton, Vinyals, Dean 2015):
+  :math:`T^2\,\mathrm{KL}(\sigma(z_T/T)\,\|\,\sigma(z_S/T))`.
+- ``fitnets`` (:class:`FitNets`; Romero et al. 2015):
+  :math:`\sum_\ell \mathrm{MSE}(r_\ell(S_\ell), T_\ell)` with learned 1x1
+  regressors :math:`r_\ell`.
+- ``at`` (:class:`AttentionTransfer`; Zagoruyko & Komodakis 2017):
+  :math:`\frac{\beta}{2}\sum_\ell \mathrm{mean}(q_S^\ell - q_T^\ell)^2` on
+  normalised spatial attention maps.
+- ``ot`` (:class:`OTRegularizer`; Li, Grandvalet, Flamary, Courty, Dou 2020):
+  :math:`\lambda \sum_\ell \mathrm{OT}(\mu_{T_\ell}, \mu_{S_\ell})`, the OT
+  distance between the teacher's and the student's layers seen as sets of
+  neurons, on every minibatch.
 
 Methods combine with ``+`` (``"kd+ot"``): the terms are summed.
 
@@ -43,17 +45,38 @@ Every loss exposes what the trainer needs to know before the first step:
   ``StepContext.student_features`` (with the graph);
 - ``extra_parameters()`` -- trainable parameters owned by the loss (the
   FitNets regressors), to be added to the optimiser;
-- ``diagnostics()`` -- floats describing the last call, for logging.
+- ``diagnostics()`` -- floats describing the last call, for logging;
+- ``needs_teacher`` -- whether the teacher must run at all (logits or
+  features); false for ``scratch``, ``finetune`` and ``l2sp``.
 
 A loss that owns parameters or reference tensors must live on the training
 device: call ``loss.to(device)`` before building the optimiser.
+
+One training step, as the trainer runs it::
+
+    loss = build_loss("kd+ot", pairs=[("features.conv2", "features.conv2")], lam=0.1)
+    loss.to(device)
+    opt = torch.optim.Adam([*student.parameters(), *loss.extra_parameters()])
+    ...
+    with torch.no_grad(), hooked(teacher, loss.teacher_layers) as t_feats:
+        t_logits = teacher(x)
+    with hooked(student, loss.student_layers) as s_feats:
+        s_logits = student(x)
+    ctx = StepContext(x, y, s_logits, t_logits, dict(s_feats), dict(t_feats), student, step)
+    value = loss(ctx)
+    opt.zero_grad(); value.backward(); opt.step()
+    log(loss.diagnostics())   # {"loss/ce": ..., "loss/kd": ..., "ot/features.conv2->...": ...}
+
+(:func:`otviz.capture.hooked` refuses an empty list of layers: skip the
+hooks when ``loss.student_layers`` is empty, and the teacher's forward pass
+when ``loss.needs_teacher`` is false.)
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 import numbers
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union

@@ -342,6 +342,28 @@ def test_ot_different_map_sizes_are_pooled_to_the_smaller():
     assert reg(_ot_ctx(t, s)).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_ot_spatial_options_and_dense_against_conv():
+    torch.manual_seed(0)
+    t = torch.randn(6, 5, 4, 4)
+    s = torch.randn(6, 3, 4, 4)
+    mean = OTRegularizer(["f"], weight=1.0, spatial="mean")(_ot_ctx(t, s)).item()
+    pooled = OTRegularizer(["f"], weight=1.0, size=1)(_ot_ctx(t, s)).item()
+    assert mean == pytest.approx(pooled, rel=1e-5)  # a 1x1 map is the spatial mean
+    # a dense student layer against a conv teacher map: compared through the map's mean
+    dense = t.mean(dim=(2, 3))[:, :3].clone().requires_grad_()
+    reg = OTRegularizer([("t", "s")], weight=1.0)
+    ctx = make_ctx(n=6, teacher_features={"t": t}, student_features={"s": dense})
+    assert reg(ctx).item() < OTRegularizer([("t", "s")], weight=1.0)(
+        make_ctx(n=6, teacher_features={"t": t}, student_features={"s": torch.randn(6, 3)})).item()
+    with pytest.raises(ValueError, match="different spaces"):
+        OTRegularizer([("t", "s")], size=2)(ctx)
+    # standardised neurons: the mean-scaled cost is 2 (1 - correlation), in [0, 4]
+    std = OTRegularizer(["f"], weight=1.0, normalize="standardize")(_ot_ctx(t, s)).item()
+    assert 0.0 < std <= 4.0
+    assert OTRegularizer(["f"], weight=1.0, normalize="standardize")(
+        _ot_ctx(t, 3 * t + 1)).item() == pytest.approx(0.0, abs=1e-5)
+
+
 def test_ot_warm_start_is_used_on_the_second_call(monkeypatch):
     import otviz.transport as transport
 
@@ -501,11 +523,16 @@ def test_losses_follow_the_device_of_their_inputs():
 # a real training step: hooks on two networks of different widths
 # ----------------------------------------------------------------------------
 def _step_ctx(teacher: nn.Module, student: nn.Module, loss: CombinedLoss, x, y) -> StepContext:
+    from contextlib import nullcontext
+
     from otviz.capture import hooked
 
-    with torch.no_grad(), hooked(teacher, loss.teacher_layers) as t_feats:
+    def hooks(model, layers):  # hooked() refuses an empty list of layers
+        return hooked(model, layers) if layers else nullcontext({})
+
+    with torch.no_grad(), hooks(teacher, loss.teacher_layers) as t_feats:
         t_logits = teacher(x)
-    with hooked(student, loss.student_layers) as s_feats:
+    with hooks(student, loss.student_layers) as s_feats:
         s_logits = student(x)
     return StepContext(inputs=x, targets=y, student_logits=s_logits,
                        teacher_logits=t_logits if loss.needs_teacher_logits else None,
