@@ -99,6 +99,7 @@ __all__ = [
     "OTRegularizer",
     "StepContext",
     "TransferLoss",
+    "attention_map",
     "build_loss",
     "layer_pairs",
     "ot_layer_distance",
