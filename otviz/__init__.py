@@ -7,3 +7,11 @@ transport (OT) distance between these distributions.
 """
 
 __version__ = "0.1.0"
+
+from otviz.transport import Alignment, align, cost_matrix, ot_distance  # noqa: E402
+
+__all__ = ["Alignment", "align", "cost_matrix", "ot_distance"]
+from otviz.capture import capture, hooked, layer_names, neurons  # noqa: E402
+from otviz.align import cka, layer_distances  # noqa: E402
+
+__all__ += ["capture", "hooked", "layer_names", "neurons", "cka", "layer_distances"]

@@ -1,0 +1,676 @@
+r"""Optimal transport between two layers seen as sets of neurons.
+
+A layer of :math:`m` neurons, each seen through its responses to the same
+probe inputs, is a point cloud :math:`t_1, \dots, t_m \in \mathbb{R}^d`; it is
+identified with the discrete distribution
+:math:`\mu_T = \sum_i a_i \delta_{t_i}` (uniform weights by default). For a
+teacher layer :math:`\mu_T` and a student layer
+:math:`\mu_S = \sum_j b_j \delta_{s_j}` of possibly different width :math:`k`,
+
+.. math::
+    \mathrm{OT}(\mu_T, \mu_S) = \min_{P \in U(a, b)} \sum_{ij} P_{ij}\, c(t_i, s_j),
+    \qquad U(a, b) = \{P \ge 0 : P\mathbf{1} = a,\ P^\top \mathbf{1} = b\}.
+
+The value does not change when the neurons of either layer are permuted, and
+no adapter between the widths is needed.
+
+Functions
+---------
+:func:`cost_matrix`
+    :math:`C_{ij} = c(t_i, s_j)` after an optional per-neuron normalisation.
+:func:`align`
+    Solves the problem (exact, entropic or unbalanced) and returns an
+    :class:`Alignment`: plan, distance, matching, convergence information.
+:func:`ot_distance`
+    The same distance as a differentiable torch scalar, for use as a
+    training regulariser.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence, Union
+
+import numpy as np
+import ot
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from otviz._sinkhorn import sinkhorn_solve
+
+__all__ = [
+    "Alignment",
+    "COSTS",
+    "METHODS",
+    "NORMALIZATIONS",
+    "align",
+    "cost_matrix",
+    "normalize_neurons",
+    "ot_distance",
+]
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+CostName = Literal["sqeuclidean", "euclidean", "cosine", "correlation"]
+NormName = Literal["center", "standardize", "unit"]
+MethodName = Literal["emd", "sinkhorn", "unbalanced"]
+
+COSTS: dict[str, str] = {
+    "sqeuclidean": "squared Euclidean distance ||t - s||^2 (the default; OT is then W2^2)",
+    "euclidean": "Euclidean distance ||t - s|| (OT is then W1)",
+    "cosine": "1 - cosine similarity of the two response vectors",
+    "correlation": "1 - Pearson correlation of the two response vectors",
+}
+NORMALIZATIONS: dict[str | None, str] = {
+    None: "no normalisation",
+    "center": "subtract each neuron's mean response",
+    "standardize": "center, then divide by each neuron's standard deviation",
+    "unit": "divide each neuron's response vector by its Euclidean norm",
+}
+METHODS: dict[str, str] = {
+    "emd": "exact OT (network simplex, POT's ot.emd)",
+    "sinkhorn": "entropic OT, stabilised Sinkhorn with eps-scaling and warm starts",
+    "unbalanced": "entropic OT with KL-relaxed marginals (mass may be created or destroyed)",
+}
+DEFAULT_EPS = 1e-2
+_ZERO_TOL = 1e-12
+
+
+# --------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------
+def _choice_error(kind: str, value: Any, choices: Sequence[Any]) -> ValueError:
+    listed = ", ".join(repr(c) for c in choices)
+    return ValueError(f"unknown {kind} {value!r}; valid choices are {listed}")
+
+
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    else:
+        raise TypeError(
+            f"{name} must be a numpy array or a torch tensor of shape (neurons, features), "
+            f"got {type(x).__name__}; use otviz.neurons(activation) to build one")
+    if t.dtype.is_complex or t.dtype == torch.bool or not (t.dtype.is_floating_point or
+                                                             t.dtype in (torch.int8, torch.int16,
+                                                                         torch.int32, torch.int64,
+                                                                         torch.uint8)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    if not t.dtype.is_floating_point:
+        t = t.to(torch.float64)
+    return t
+
+
+def _check_neurons(teacher: torch.Tensor, student: torch.Tensor) -> None:
+    for name, x in (("teacher", teacher), ("student", student)):
+        if x.ndim != 2:
+            raise ValueError(
+                f"{name} must be a 2-D matrix of shape (neurons, features), got shape "
+                f"{tuple(x.shape)}; turn a layer's activation into one with "
+                f"otviz.neurons(activation)")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} layer is empty (0 neurons); pass a layer with at least one neuron")
+        if x.shape[1] == 0:
+            raise ValueError(f"{name} neurons have 0 features; feed at least one probe input")
+        finite = torch.isfinite(x.detach())
+        if not bool(finite.all()):
+            bad = (~finite).any(dim=1).nonzero().flatten()[:5].tolist()
+            raise ValueError(
+                f"{name} activations contain NaN or infinite values (neurons {bad}...); "
+                f"check the model and inputs for overflow before aligning")
+    if teacher.shape[1] != student.shape[1]:
+        raise ValueError(
+            f"teacher neurons have {teacher.shape[1]} features but student neurons have "
+            f"{student.shape[1]}: both layers must be seen through the same probe inputs. "
+            f"Feed both models the same batch, and for conv maps of different sizes use "
+            f"otviz.neurons(..., size=(h, w)) or spatial='mean'")
+
+
+def _check_weights(w: Any, n: int, name: str, *, normalise: bool) -> np.ndarray:
+    if w is None:
+        return np.full(n, 1.0 / n)
+    if isinstance(w, torch.Tensor):
+        w = w.detach().cpu().numpy()
+    w = np.asarray(w, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one weight per neuron), got {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError(f"{name} contains NaN or infinite weights; pass finite non-negative weights")
+    if (w < 0).any():
+        raise ValueError(f"{name} has negative weights (e.g. index {int(np.argmin(w))}); "
+                         f"neuron weights must be non-negative")
+    total = float(w.sum())
+    if total <= 0:
+        raise ValueError(f"{name} sums to 0; at least one neuron needs a positive weight")
+    if normalise and abs(total - 1.0) > 1e-6:
+        warnings.warn(f"{name} sums to {total:.6g}, not 1; renormalising it to a probability vector",
+                      UserWarning, stacklevel=3)
+        w = w / total
+    return w
+
+
+def _check_eps(eps: Any, method: str) -> float | None:
+    if method == "emd":
+        if eps is not None:
+            warnings.warn("eps is ignored by method='emd' (exact OT has no regularisation); "
+                          "use method='sinkhorn' for entropic OT", UserWarning, stacklevel=3)
+        return None
+    if eps is None:
+        return DEFAULT_EPS
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a positive number, got {eps!r}") from None
+    if not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a positive finite number (relative to the cost scale, "
+                         f"e.g. 1e-2), got {eps}")
+    return eps
+
+
+# --------------------------------------------------------------------------
+# cost matrices
+# --------------------------------------------------------------------------
+def normalize_neurons(x: ArrayLike, how: NormName | None, *, name: str = "neurons") -> ArrayLike:
+    r"""Normalise each neuron (row) of ``x``.
+
+    ``"center"``: :math:`x_i - \bar x_i`; ``"standardize"``:
+    :math:`(x_i - \bar x_i)/\sigma_i`; ``"unit"``: :math:`x_i / \|x_i\|_2`;
+    ``None``: unchanged. The mean and standard deviation are taken over the
+    features (the probe responses) of each neuron. A neuron with zero
+    variance (``"standardize"``) or zero norm (``"unit"``) has no direction
+    and raises ``ValueError``.
+    """
+    if how not in NORMALIZATIONS:
+        raise _choice_error("normalize", how, list(NORMALIZATIONS))
+    is_np = isinstance(x, np.ndarray)
+    t = _as_tensor(x, name)
+    if how is None:
+        out = t
+    elif how == "center":
+        out = t - t.mean(dim=1, keepdim=True)
+    elif how == "standardize":
+        c = t - t.mean(dim=1, keepdim=True)
+        sd = c.pow(2).mean(dim=1, keepdim=True).sqrt()
+        _check_nonzero(sd, t, name, "a constant response (zero variance)",
+                       "drop dead neurons or use normalize='center' or None")
+        out = c / sd
+    else:  # unit
+        nrm = t.norm(dim=1, keepdim=True)
+        _check_nonzero(nrm, t, name, "an all-zero response (zero norm)",
+                       "drop dead neurons or use normalize=None")
+        out = t / nrm
+    return out.numpy() if is_np else out
+
+
+def _check_nonzero(v: torch.Tensor, x: torch.Tensor, name: str, what: str, fix: str) -> None:
+    scale = x.detach().abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+    bad = (v.detach() <= _ZERO_TOL * scale).flatten()
+    if bool(bad.any()):
+        idx = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{name} neuron(s) {idx} have {what}, so the requested "
+                         f"normalisation/cost is undefined for them; {fix}")
+
+
+def _cost(t: torch.Tensor, s: torch.Tensor, cost: str, normalize: str | None) -> torch.Tensor:
+    if cost not in COSTS:
+        raise _choice_error("cost", cost, list(COSTS))
+    t = normalize_neurons(t, normalize, name="teacher")
+    s = normalize_neurons(s, normalize, name="student")
+    dtype = torch.promote_types(t.dtype, s.dtype)
+    t, s = t.to(dtype), s.to(dtype)
+    if cost in ("sqeuclidean", "euclidean"):
+        # ||t||^2 + ||s||^2 - 2 <t, s>, clamped: rounding may give tiny negatives
+        # ||t||^2 + ||s||^2 - 2 <t, s>; entries below the rounding error of
+        # this formula (a few ulps of ||t||^2 + ||s||^2) are exact zeros
+        nn = t.pow(2).sum(1)[:, None] + s.pow(2).sum(1)[None, :]
+        C = nn - 2.0 * t @ s.T
+        noise = 8.0 * torch.finfo(dtype).eps * t.shape[1] ** 0.5 * nn.detach()
+        C = torch.where(C.detach() <= noise, torch.zeros_like(C), C)
+        if cost == "euclidean":
+            # sqrt has an infinite derivative at 0; keep gradients finite
+            C = torch.sqrt(C + torch.finfo(dtype).tiny) - torch.finfo(dtype).tiny ** 0.5
+        return C
+    if cost == "correlation":
+        t = t - t.mean(1, keepdim=True)
+        s = s - s.mean(1, keepdim=True)
+        what, fix = "a constant response (zero variance)", "drop dead neurons or use cost='cosine'"
+    else:
+        what, fix = "an all-zero response (zero norm)", "drop dead neurons or use cost='sqeuclidean'"
+    nt, ns = t.norm(dim=1, keepdim=True), s.norm(dim=1, keepdim=True)
+    _check_nonzero(nt, t, "teacher", what, fix)
+    _check_nonzero(ns, s, "student", what, fix)
+    return (1.0 - (t / nt) @ (s / ns).T).clamp(0.0, 2.0)
+
+
+def cost_matrix(teacher: ArrayLike, student: ArrayLike, cost: CostName = "sqeuclidean",
+                normalize: NormName | None = None) -> ArrayLike:
+    r"""Cost between every teacher neuron and every student neuron.
+
+    .. math::
+        C_{ij} = c(\tilde t_i, \tilde s_j)
+
+    where :math:`\tilde t, \tilde s` are the neurons after ``normalize`` and
+    ``c`` is one of :data:`COSTS`: squared Euclidean
+    :math:`\|t - s\|^2`, Euclidean :math:`\|t - s\|`, cosine
+    :math:`1 - \langle t, s\rangle / (\|t\|\|s\|)`, correlation (cosine of the
+    centred vectors).
+
+    Parameters
+    ----------
+    teacher : array of shape (m, d)
+    student : array of shape (k, d)
+        Neurons as rows, features (responses to the same probe inputs) as
+        columns; numpy arrays or torch tensors (gradients are kept).
+    cost, normalize : see :data:`COSTS` and :data:`NORMALIZATIONS`.
+
+    Returns
+    -------
+    C : array of shape (m, k), numpy if both inputs are numpy, else torch.
+    """
+    both_np = isinstance(teacher, np.ndarray) and isinstance(student, np.ndarray)
+    t, s = _as_tensor(teacher, "teacher"), _as_tensor(student, "student")
+    if t.device != s.device:
+        raise ValueError(f"teacher is on {t.device} but student is on {s.device}; "
+                         f"move both to the same device")
+    _check_neurons(t, s)
+    C = _cost(t, s, cost, normalize)
+    return C.numpy() if both_np else C
+
+
+# --------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------
+@dataclass(frozen=True, repr=False)
+class Alignment:
+    r"""An OT alignment between a teacher layer (rows) and a student layer (columns).
+
+    Attributes
+    ----------
+    plan : ndarray of shape (m, k)
+        Transport plan :math:`P`; :math:`P_{ij}` is the mass of teacher neuron
+        ``i`` sent to student neuron ``j``.
+    cost_matrix : ndarray of shape (m, k)
+        :math:`C`, see :func:`cost_matrix`.
+    distance : float
+        :math:`\sum_{ij} P_{ij} C_{ij}`, the transport cost without any entropy
+        term (for ``cost="sqeuclidean"`` and ``method="emd"`` this is
+        :math:`W_2^2`).
+    a, b : ndarray
+        Neuron weights of the teacher and the student.
+    method, cost, normalize : str
+        The options used.
+    eps : float or None
+        Relative regularisation; the absolute one is ``reg = eps * cost_scale``.
+    reg : float or None
+        Absolute entropic regularisation used by the solver.
+    cost_scale : float
+        ``max(C)`` (1.0 if ``C`` is all zeros); ``eps`` is relative to it.
+    n_iter : int or None
+        Solver iterations (summed over eps-scaling stages); ``None`` for the
+        exact solver, which does not report them.
+    converged : bool
+        Whether the solver met its tolerance within its iteration cap.
+    marginal_error : float
+        :math:`\|P\mathbf{1} - a\|_1 + \|P^\top\mathbf{1} - b\|_1` (for
+        ``"unbalanced"`` this measures how far the relaxed marginals moved).
+    potentials : tuple (f, g) or None
+        Dual potentials in cost units; pass the alignment (or this tuple) as
+        ``warm_start`` to a later, similar problem.
+    omega : float
+        Over-relaxation factor the entropic solver ended with (1 for plain
+        Sinkhorn updates); a warm start from this alignment starts from it.
+    """
+
+    plan: np.ndarray
+    cost_matrix: np.ndarray
+    distance: float
+    a: np.ndarray
+    b: np.ndarray
+    method: str
+    cost: str
+    normalize: str | None
+    eps: float | None
+    reg: float | None
+    cost_scale: float
+    n_iter: int | None
+    converged: bool
+    marginal_error: float
+    potentials: tuple[np.ndarray, np.ndarray] | None = None
+    reg_m: float | None = None
+    omega: float = 1.0
+    _cache: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(number of teacher neurons, number of student neurons)."""
+        return self.plan.shape  # type: ignore[return-value]
+
+    @property
+    def matching(self) -> np.ndarray:
+        """For each teacher neuron, the student neuron that receives most of its mass."""
+        return self.plan.argmax(axis=1)
+
+    @property
+    def permutation(self) -> np.ndarray | None:
+        """For equal widths, the one-to-one assignment carrying the most plan mass.
+
+        ``permutation[i]`` is the student neuron assigned to teacher neuron
+        ``i`` by :func:`scipy.optimize.linear_sum_assignment` on the plan
+        (maximising the transported mass). For ``method="emd"`` with uniform
+        weights the exact plan is itself a permutation matrix, and this is it.
+        ``None`` when the widths differ.
+        """
+        m, k = self.plan.shape
+        if m != k:
+            return None
+        if "perm" not in self._cache:
+            rows, cols = linear_sum_assignment(self.plan, maximize=True)
+            perm = np.empty(m, dtype=np.int64)
+            perm[rows] = cols
+            self._cache["perm"] = perm
+        return self._cache["perm"]
+
+    @property
+    def mass(self) -> float:
+        """Total mass of the plan (1 for balanced methods)."""
+        return float(self.plan.sum())
+
+    def summary(self) -> str:
+        """A readable multi-line summary of the alignment."""
+        m, k = self.plan.shape
+        opts = f"method={self.method}, cost={self.cost}, normalize={self.normalize}"
+        if self.eps is not None:
+            opts += f", eps={self.eps:g} (reg={self.reg:.3g})"
+        if self.reg_m is not None:
+            opts += f", reg_m={self.reg_m:g}"
+        iters = "n/a (exact solver)" if self.n_iter is None else str(self.n_iter)
+        counts = np.bincount(self.matching, minlength=k)
+        lines = [
+            f"OT alignment of {m} teacher neurons with {k} student neurons",
+            f"  {opts}",
+            f"  distance        {self.distance:.6g}   (cost scale max C = {self.cost_scale:.4g})",
+            f"  converged       {self.converged}   iterations {iters}   "
+            f"marginal error {self.marginal_error:.2e}",
+            f"  matching        each student neuron receives the bulk of "
+            f"{counts.min()}..{counts.max()} teacher neurons "
+            f"({int((counts == 0).sum())} receive none)",
+        ]
+        if self.method == "unbalanced":
+            lines.append(f"  plan mass       {self.mass:.4f}")
+        if self.permutation is not None:
+            lines.append(f"  permutation     first entries {self.permutation[:8].tolist()}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        m, k = self.plan.shape
+        eps = "" if self.eps is None else f", eps={self.eps:g}"
+        return (f"Alignment(method={self.method!r}, cost={self.cost!r}, shape=({m}, {k}){eps}, "
+                f"distance={self.distance:.6g}, converged={self.converged})")
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+# --------------------------------------------------------------------------
+# solving
+# --------------------------------------------------------------------------
+def _warm_potentials(warm_start: Any, m: int, k: int) -> tuple[np.ndarray, np.ndarray, float] | None:
+    if warm_start is None:
+        return None
+    omega = 1.0
+    if isinstance(warm_start, Alignment):
+        omega = warm_start.omega
+        warm_start = warm_start.potentials
+        if warm_start is None:
+            return None
+    try:
+        f, g = warm_start
+    except (TypeError, ValueError):
+        raise TypeError("warm_start must be a previous Alignment or a tuple (f, g) of potentials") from None
+    f = np.asarray(f.detach().cpu() if isinstance(f, torch.Tensor) else f, dtype=np.float64)
+    g = np.asarray(g.detach().cpu() if isinstance(g, torch.Tensor) else g, dtype=np.float64)
+    if f.shape != (m,) or g.shape != (k,):
+        raise ValueError(f"warm_start potentials have shapes {f.shape} and {g.shape}, but this "
+                         f"problem is {m} x {k}; warm starts need layers of the same widths")
+    if not (np.isfinite(f).all() and np.isfinite(g).all()):
+        raise ValueError("warm_start potentials contain NaN or infinite values")
+    return f, g, omega
+
+
+def _solve(C: np.ndarray, a: np.ndarray, b: np.ndarray, method: str, eps: float | None,
+           reg_m: float, tol: float, max_iter: int, warm: tuple | None) -> dict[str, Any]:
+    scale = float(C.max())
+    if not scale > 0:
+        scale = 1.0
+    if method == "emd":
+        n_emd = max(100_000, 20 * C.shape[0] * C.shape[1])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            P, log = ot.emd(a, b, np.ascontiguousarray(C), numItermax=n_emd, log=True)
+        converged = log.get("result_code", 1) == 1 and not log.get("warning")
+        for w in caught:
+            if "numItermax" in str(w.message) or "not converge" in str(w.message).lower():
+                converged = False
+        return dict(plan=P, reg=None, n_iter=None, converged=converged, scale=scale,
+                    potentials=(np.asarray(log["u"], dtype=np.float64),
+                                np.asarray(log["v"], dtype=np.float64)))
+    reg = eps * scale
+    rm = math.inf if method == "sinkhorn" else reg_m * scale
+    pots = None if warm is None else warm[:2]
+    omega0 = warm[2] if warm is not None and len(warm) > 2 else 1.0
+    res = sinkhorn_solve(a, b, C, reg, reg_m=rm, tol=tol, max_iter=max_iter, warm_start=pots,
+                         omega_init=omega0)
+    return dict(plan=res.plan, reg=reg, n_iter=res.n_iter, converged=res.converged, scale=scale,
+                potentials=(res.f, res.g), omega=res.omega)
+
+
+def _check_options(method: str, tol: float, max_iter: int, reg_m: float) -> None:
+    if method not in METHODS:
+        raise _choice_error("method", method, list(METHODS))
+    if not (isinstance(max_iter, (int, np.integer)) and max_iter > 0):
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    if method == "unbalanced" and not (isinstance(reg_m, (int, float)) and reg_m > 0
+                                       and math.isfinite(reg_m)):
+        raise ValueError(f"reg_m must be a positive finite number (relative to the cost scale), "
+                         f"got {reg_m!r}; use method='sinkhorn' for hard marginals")
+
+
+def align(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqeuclidean",
+          normalize: NormName | None = None, method: MethodName = "emd",
+          eps: float | None = None, a: ArrayLike | None = None, b: ArrayLike | None = None,
+          reg_m: float = 1.0, tol: float = 1e-9, max_iter: int = 10_000,
+          warm_start: Alignment | tuple | None = None) -> Alignment:
+    r"""Align a teacher layer with a student layer by optimal transport.
+
+    Solves
+
+    .. math::
+        \min_{P \in U(a, b)} \langle P, C \rangle
+        \;[+\ \varepsilon\, \mathrm{KL}(P \,|\, a b^\top)]
+
+    where :math:`C` is :func:`cost_matrix` of the two neuron sets and
+    :math:`U(a, b)` the plans with marginals ``a`` and ``b``. With
+    ``method="unbalanced"`` the marginal constraints are replaced by penalties
+    :math:`\rho\,\mathrm{KL}(P\mathbf{1} | a) + \rho\,\mathrm{KL}(P^\top\mathbf{1} | b)`.
+
+    Parameters
+    ----------
+    teacher : array of shape (m, d)
+    student : array of shape (k, d)
+        Neurons as rows (see :func:`otviz.neurons`); numpy or torch (detached).
+        Both must have the same number ``d`` of features, i.e. be responses to
+        the same probe inputs. The widths ``m`` and ``k`` may differ.
+    cost : {"sqeuclidean", "euclidean", "cosine", "correlation"}
+    normalize : {None, "center", "standardize", "unit"}
+        Per-neuron normalisation applied before the cost.
+    method : {"emd", "sinkhorn", "unbalanced"}
+        ``"emd"``: exact OT (POT's network simplex), fine up to a few thousand
+        neurons per side. ``"sinkhorn"``: entropic OT with a stabilised solver
+        that stays finite down to very small ``eps``. ``"unbalanced"``:
+        entropic OT with KL-relaxed marginals.
+    eps : float, optional
+        Entropic regularisation **relative to the cost scale**: the solver uses
+        :math:`\varepsilon = \mathrm{eps} \cdot \max_{ij} C_{ij}`, so the same
+        ``eps`` means the same blur whatever the layer's magnitude. Default
+        ``1e-2`` for the entropic methods; ignored (with a warning) by ``"emd"``.
+    a, b : arrays of shape (m,) and (k,), optional
+        Neuron weights, uniform by default. Must be non-negative; for the
+        balanced methods they are renormalised (with a warning) if they do not
+        sum to 1.
+    reg_m : float
+        Marginal relaxation of ``"unbalanced"``, relative to the cost scale like
+        ``eps`` (larger is closer to balanced OT).
+    tol : float
+        Entropic solvers stop when the L2 norm of the row-marginal violation
+        (balanced) or the largest change of the potentials relative to
+        ``max(C)`` (unbalanced) falls below ``tol``.
+    max_iter : int
+        Iteration cap of the entropic solvers (per eps-scaling stage). When it
+        is reached, the result has ``converged=False`` and a warning is issued.
+    warm_start : Alignment or (f, g), optional
+        Potentials of a previous alignment of layers of the same widths (e.g.
+        the previous minibatch); the entropic solvers start from them. Ignored
+        by ``"emd"``.
+
+    Returns
+    -------
+    Alignment
+
+    Examples
+    --------
+    >>> import numpy as np, otviz
+    >>> t = np.random.default_rng(0).normal(size=(8, 50))
+    >>> al = otviz.align(t, t[::-1])           # the student is the teacher, reversed
+    >>> round(al.distance, 12), al.permutation[:3].tolist()
+    (0.0, [7, 6, 5])
+    """
+    _check_options(method, tol, max_iter, reg_m)
+    eps = _check_eps(eps, method)
+    t, s = _as_tensor(teacher, "teacher"), _as_tensor(student, "student")
+    t = t.detach().to("cpu", torch.float64)
+    s = s.detach().to("cpu", torch.float64)
+    _check_neurons(t, s)
+    m, k = t.shape[0], s.shape[0]
+    a_ = _check_weights(a, m, "a", normalise=method != "unbalanced")
+    b_ = _check_weights(b, k, "b", normalise=method != "unbalanced")
+    C = _cost(t, s, cost, normalize).numpy()
+    warm = _warm_potentials(warm_start, m, k) if method != "emd" else None
+    return _finish(C, a_, b_, method=method, cost=cost, normalize=normalize, eps=eps,
+                   reg_m=reg_m, tol=tol, max_iter=max_iter, warm=warm)
+
+
+def _finish(C: np.ndarray, a: np.ndarray, b: np.ndarray, *, method: str, cost: str,
+            normalize: str | None, eps: float | None, reg_m: float, tol: float,
+            max_iter: int, warm: tuple | None) -> Alignment:
+    sol = _solve(C, a, b, method, eps, reg_m, tol, max_iter, warm)
+    P = sol["plan"]
+    if not np.isfinite(P).all():
+        raise FloatingPointError(
+            f"the {method} solver produced a non-finite plan (eps={eps}); this should not "
+            f"happen, please report it with the cost matrix")
+    marg = float(np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum())
+    if not sol["converged"]:
+        what = ("the exact solver hit its iteration cap" if method == "emd" else
+                f"the {method} solver did not reach tol={tol:g} in max_iter={max_iter} "
+                f"iterations (marginal error {marg:.2e})")
+        warnings.warn(f"OT did not converge: {what}; increase max_iter or eps, or loosen tol",
+                      RuntimeWarning, stacklevel=3)
+    return Alignment(plan=P, cost_matrix=C, distance=float((P * C).sum()), a=a, b=b,
+                     method=method, cost=cost, normalize=normalize, eps=eps, reg=sol["reg"],
+                     cost_scale=sol["scale"], n_iter=sol["n_iter"],
+                     converged=bool(sol["converged"]), marginal_error=marg,
+                     potentials=sol["potentials"],
+                     reg_m=reg_m if method == "unbalanced" else None,
+                     omega=float(sol.get("omega", 1.0)))
+
+
+# --------------------------------------------------------------------------
+# differentiable distance
+# --------------------------------------------------------------------------
+def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqeuclidean",
+                normalize: NormName | None = None, method: MethodName = "emd",
+                eps: float | None = None, a: ArrayLike | None = None,
+                b: ArrayLike | None = None, reg_m: float = 1.0, tol: float = 1e-9,
+                max_iter: int = 10_000, grad: Literal["envelope", "autodiff"] = "envelope",
+                warm_start: Alignment | tuple | None = None,
+                return_alignment: bool = False) -> torch.Tensor | tuple[torch.Tensor, Alignment]:
+    r"""The OT distance between two layers as a differentiable torch scalar.
+
+    .. math::
+        \mathrm{OT}(T, S) = \sum_{ij} P^\star_{ij}\, C_{ij}(T, S)
+
+    with :math:`P^\star` the plan of :func:`align` (same options). Gradients
+    flow to ``teacher`` and ``student`` through the cost matrix :math:`C`.
+
+    Parameters
+    ----------
+    teacher, student, cost, normalize, method, eps, a, b, reg_m, tol, max_iter, warm_start
+        As in :func:`align`. Tensors may live on any device; the cost matrix
+        and the returned scalar stay on it.
+    grad : {"envelope", "autodiff"}
+        ``"envelope"`` (default, for training): the plan is computed on a
+        detached copy of the cost and held fixed, so the gradient is
+        :math:`\partial \mathrm{OT} / \partial C = P^\star` (Danskin's envelope
+        theorem; exact for ``"emd"`` and for the regularised objective of the
+        entropic methods). No backpropagation through solver iterations.
+        In both modes the absolute regularisation ``eps * max(C)`` is a
+        constant of the call (no gradient flows through the cost scale).
+        ``"autodiff"``: the entropic solvers are unrolled in torch on the
+        inputs' device (POT's log-domain Sinkhorn with the torch backend) and
+        differentiated through their iterations; for ``"emd"``, whose plan is
+        piecewise constant in :math:`C`, this is the same as ``"envelope"``.
+    return_alignment : bool
+        Also return the :class:`Alignment` (e.g. to warm-start the next call).
+
+    Returns
+    -------
+    torch.Tensor (scalar), or (scalar, Alignment) if ``return_alignment``.
+    """
+    if grad not in ("envelope", "autodiff"):
+        raise _choice_error("grad", grad, ["envelope", "autodiff"])
+    _check_options(method, tol, max_iter, reg_m)
+    eps = _check_eps(eps, method)
+    t, s = _as_tensor(teacher, "teacher"), _as_tensor(student, "student")
+    if t.device != s.device:
+        raise ValueError(f"teacher is on {t.device} but student is on {s.device}; "
+                         f"move both to the same device")
+    _check_neurons(t, s)
+    m, k = t.shape[0], s.shape[0]
+    a_ = _check_weights(a, m, "a", normalise=method != "unbalanced")
+    b_ = _check_weights(b, k, "b", normalise=method != "unbalanced")
+    C = _cost(t, s, cost, normalize)
+    C64 = C.detach().to("cpu", torch.float64).numpy()
+    warm = _warm_potentials(warm_start, m, k) if method != "emd" else None
+    al = _finish(C64, a_, b_, method=method, cost=cost, normalize=normalize, eps=eps,
+                 reg_m=reg_m, tol=tol, max_iter=max_iter, warm=warm)
+    if grad == "envelope" or method == "emd":
+        P = torch.as_tensor(al.plan, dtype=C.dtype, device=C.device)
+        value = (P * C).sum()
+    else:
+        value = _autodiff_value(C, a_, b_, method, al.reg, reg_m * al.cost_scale, tol, max_iter)
+    if not bool(torch.isfinite(value.detach())):
+        raise FloatingPointError(f"OT distance is not finite ({value.item()}); "
+                                 f"try a larger eps or grad='envelope'")
+    return (value, al) if return_alignment else value
+
+
+def _autodiff_value(C: torch.Tensor, a: np.ndarray, b: np.ndarray, method: str, reg: float,
+                    reg_m: float, tol: float, max_iter: int) -> torch.Tensor:
+    """<P(C), C> with P computed by differentiable torch iterations (POT backend)."""
+    dtype = C.dtype
+    at = torch.as_tensor(a, dtype=dtype, device=C.device)
+    bt = torch.as_tensor(b, dtype=dtype, device=C.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if method == "sinkhorn":
+            P = ot.sinkhorn(at, bt, C, reg, method="sinkhorn_log", numItermax=max_iter,
+                            stopThr=tol)
+        else:
+            P = ot.unbalanced.sinkhorn_unbalanced(at, bt, C, reg, reg_m, method="sinkhorn_stabilized",
+                                                  reg_type="kl", numItermax=max_iter, stopThr=tol)
+    return (P * C).sum()
