@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ NORMALIZATIONS = ("none", "center", "standardize", "unit")
 METHODS = ("emd", "sinkhorn", "unbalanced")
 
 #: default relative entropic regularisation used by the CLI for sinkhorn/unbalanced
-DEFAULT_EPS = 0.01
+DEFAULT_EPS = 0.005
 
 
 class CommandError(Exception):
@@ -45,6 +46,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
     return value
 
 
@@ -91,12 +102,15 @@ def _add_ot_options(parser: argparse.ArgumentParser, *, method_default: str | No
     g.add_argument(
         "--normalize",
         choices=NORMALIZATIONS,
-        default="none",
+        default=None,
         help=(
-            "per-neuron normalisation of the response vectors before the cost: 'center' "
-            "(subtract the mean), 'standardize' (zero mean, unit variance: invariant to each "
-            "neuron's scale; fails on constant neurons), 'unit' (unit Euclidean norm), or "
-            "'none'. Default: none."
+            "per-neuron normalisation of the response vectors before the cost: 'standardize' "
+            "(zero mean, unit variance: invariant to each neuron's scale, so layers of different "
+            "scales compare; undefined for a constant neuron, e.g. a dead ReLU unit), 'center' "
+            "(subtract the mean; accepts any neuron), 'unit' (unit Euclidean norm), or 'none' "
+            "(raw responses, the library's default). Default: standardize for --demo (its layers "
+            "are linear outputs, never constant), center for TEACHER STUDENT (post-ReLU layers "
+            "may hold dead units)."
         ),
     )
     g.add_argument(
@@ -133,8 +147,27 @@ def _add_align(subparsers: Any) -> None:
             "layer x layer distance table beside linear CKA."
         ),
         epilog=(
-            "example: otviz align --demo --method sinkhorn --eps 0.005 --normalize standardize"
+            "examples:\n"
+            "  otviz align --demo\n"
+            "  otviz align --demo --method sinkhorn --eps 0.01 --cost correlation\n"
+            "  otviz align cnn-mnist5k cnn-mnist5k-0to4          (two shipped teachers; see `otviz teachers`)\n"
+            "  otviz align teacher.pt student.pt --teacher-layers features.conv2,features.conv3"
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "teacher",
+        nargs="?",
+        help=(
+            "the teacher: a shipped teacher name (e.g. cnn-mnist5k) or the path of an otviz "
+            "checkpoint file (.pt, read with weights_only=True). Its task's held-out images are "
+            "the probe inputs."
+        ),
+    )
+    p.add_argument(
+        "student",
+        nargs="?",
+        help="the student: a shipped teacher name or a checkpoint path, as for TEACHER.",
     )
     p.add_argument(
         "--demo",
@@ -147,11 +180,58 @@ def _add_align(subparsers: Any) -> None:
         ),
     )
     _add_ot_options(p, method_default=None)
+    g = p.add_argument_group("layers and probe inputs (TEACHER STUDENT mode)")
+    g.add_argument(
+        "--teacher-layers",
+        metavar="NAMES",
+        default=None,
+        help=(
+            "comma-separated module names of the teacher to compare (as model.named_modules() "
+            "names them). Default: the model's alignable layers, e.g. "
+            "features.conv1,features.conv2,features.conv3."
+        ),
+    )
+    g.add_argument(
+        "--student-layers",
+        metavar="NAMES",
+        default=None,
+        help="comma-separated module names of the student. Default: its alignable layers.",
+    )
+    g.add_argument(
+        "--probe",
+        type=_positive_int,
+        default=500,
+        metavar="N",
+        help=(
+            "number of held-out images (drawn with --seed from the teacher's test split) fed to "
+            "both networks; each neuron is a vector of its responses to them. Default: 500."
+        ),
+    )
+    g.add_argument(
+        "--spatial",
+        choices=("mean", "flatten"),
+        default="mean",
+        help=(
+            "how a convolutional channel becomes a neuron vector: 'mean' = its spatial average "
+            "per image (d = N), 'flatten' = every position of every image (d = N*h*w; maps of "
+            "different sizes need --size). Default: mean."
+        ),
+    )
+    g.add_argument(
+        "--size",
+        type=_positive_int,
+        default=None,
+        metavar="S",
+        help="with --spatial flatten, resize every map to S x S first (adaptive average pooling).",
+    )
     p.add_argument(
         "--seed",
         type=_non_negative_int,
         default=0,
-        help="random seed of the demo (data split, initialisation, minibatch order). Default: 0.",
+        help=(
+            "random seed: the demo's data split, initialisation and minibatch order, or the choice "
+            "of probe images. Default: 0."
+        ),
     )
     p.add_argument(
         "--epochs",
@@ -166,12 +246,153 @@ def _add_align(subparsers: Any) -> None:
 
 
 def _run_align(args: argparse.Namespace) -> int:
-    if not args.demo:
+    if args.normalize is None:
+        args.normalize = "standardize" if args.demo else "center"
+    if args.demo:
+        if args.teacher or args.student:
+            raise CommandError("pass either --demo or TEACHER STUDENT, not both.")
+        return _align_demo(args)
+    if not args.teacher or not args.student:
         raise CommandError(
-            "nothing to align: pass --demo (two small networks trained on the built-in digits). "
-            "See `otviz align --help`."
+            "nothing to align: pass --demo (two small networks trained on the built-in digits) or "
+            "TEACHER STUDENT (shipped teacher names or checkpoint files; `otviz teachers` lists "
+            "the shipped ones"
+            + _shipped_teachers_hint()
+            + "). See `otviz align --help`."
         )
-    return _align_demo(args)
+    return _align_checkpoints(args)
+
+
+def _shipped_teachers_hint() -> str:
+    try:
+        from otviz.teachers import teacher_names
+    except ImportError:  # pragma: no cover - the package ships it
+        return ""
+    names = teacher_names()
+    return f": {', '.join(names)}" if names else ""
+
+
+def _ot_kwargs(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"cost": args.cost, "normalize": _normalize_arg(args.normalize), "method": method}
+    if method != "emd":
+        kwargs["eps"] = DEFAULT_EPS if args.eps is None else args.eps
+    return kwargs
+
+
+def _settings_line(args: argparse.Namespace) -> str:
+    eps = DEFAULT_EPS if args.eps is None else args.eps
+    return f"cost={args.cost}, normalize={args.normalize}, eps={eps:g} (relative, for entropic methods)"
+
+
+def _split_names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise CommandError(f"no layer names in {text!r}; pass comma-separated module names.")
+    return names
+
+
+def _pairs(t_layers: Sequence[str], s_layers: Sequence[str]) -> list[tuple[str, str]]:
+    """Layer pairs by relative depth: the i-th teacher layer with the student layer at the same depth."""
+    m, k = len(t_layers), len(s_layers)
+    if m == k:
+        return list(zip(t_layers, s_layers))
+    if m == 1 or k == 1:
+        return [(t, s) for t in t_layers for s in s_layers]
+    return [(t_layers[i], s_layers[round(i * (k - 1) / (m - 1))]) for i in range(m)]
+
+
+def _report(teacher, student, inputs, t_layers, s_layers, args, *, spatial="mean", size=None, extra=None):
+    """Print the per-pair alignments and the layer x layer tables; ``extra(t_name, s_name, t, s)``
+    may print more lines after a pair."""
+    from otviz.align import layer_distances
+    from otviz.capture import capture, neurons
+    from otviz.transport import align
+
+    methods = ("emd", "sinkhorn") if args.method is None else (args.method,)
+    t_acts = capture(teacher, inputs, list(t_layers))
+    s_acts = capture(student, inputs, list(s_layers))
+    for t_name, s_name in _pairs(t_layers, s_layers):
+        t_neurons = neurons(t_acts[t_name], spatial=spatial, size=size)
+        s_neurons = neurons(s_acts[s_name], spatial=spatial, size=size)
+        print()
+        print(
+            f"== teacher {t_name} ({t_neurons.shape[0]} neurons) <-> student {s_name} "
+            f"({s_neurons.shape[0]} neurons), each neuron in R^{t_neurons.shape[1]} =="
+        )
+        for method in methods:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = align(t_neurons, s_neurons, **_ot_kwargs(args, method))
+            print(f"[{method}] OT distance = {result.distance:.6g}")
+            print(_indent(result.summary()))
+            for w in caught:  # e.g. a solver that hit its iteration cap: say it once, readably
+                print(_indent(f"note: {w.message}", "     "))
+        if extra is not None:
+            extra(t_name, s_name, t_neurons, s_neurons)
+
+    table_method = methods[0]
+    print()
+    print("Layer x layer distances (rows: teacher layers, columns: student layers)")
+    ot_table = layer_distances(
+        teacher, student, inputs, list(t_layers), list(s_layers), measure="ot",
+        spatial=spatial, size=size, **_ot_kwargs(args, table_method),
+    )
+    print(f"OT distance ({table_method}, cost={args.cost}, normalize={args.normalize}; lower = closer):")
+    print(_indent(_format_table(ot_table)))
+    cka_table = layer_distances(
+        teacher, student, inputs, list(t_layers), list(s_layers), measure="cka", spatial=spatial, size=size
+    )
+    print("Linear CKA (similarity in [0, 1]; higher = closer):")
+    print(_indent(_format_table(cka_table, "{:.3f}")))
+
+
+# --- two checkpoints -----------------------------------------------------------
+def _align_checkpoints(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    import torch
+
+    from otviz.teachers import load_teacher, teacher_task
+
+    if args.size is not None and args.spatial != "flatten":
+        raise CommandError("--size only applies with --spatial flatten.")
+    teacher, t_info = load_teacher(args.teacher)
+    student, s_info = load_teacher(args.student)
+    t_layers = _split_names(args.teacher_layers) or list(getattr(teacher, "alignable_layers", []))
+    s_layers = _split_names(args.student_layers) or list(getattr(student, "alignable_layers", []))
+    for role, layers, label in (("teacher", t_layers, args.teacher), ("student", s_layers, args.student)):
+        if not layers:
+            raise CommandError(f"the {role} {label!r} names no alignable layers; pass --{role}-layers.")
+
+    task = teacher_task(t_info)
+    x_all = task.X_test
+    n = min(int(args.probe), len(x_all))
+    gen = torch.Generator().manual_seed(int(args.seed))
+    inputs = x_all[torch.randperm(len(x_all), generator=gen)[:n]]
+
+    def describe(name: str, info: dict[str, Any]) -> str:
+        acc = (info.get("metrics") or {}).get("test_accuracy")
+        acc_text = "" if acc is None else f", test accuracy {acc:.1%}"
+        return f"{info.get('name', name)} ({info.get('arch')}, width {info.get('model_config', {}).get('width')}{acc_text})"
+
+    print(
+        "otviz align: each layer is a set of neurons, each neuron its vector of responses to the "
+        f"same {n} held-out images of {task.name}; a teacher layer and a student layer are compared "
+        "by optimal transport, OT = min_P sum_ij P_ij c(t_i, s_j), whatever their widths."
+    )
+    print(f"teacher: {describe(args.teacher, t_info)}")
+    print(f"student: {describe(args.student, s_info)}")
+    print(_settings_line(args) + f", spatial={args.spatial}" + ("" if args.size is None else f", size={args.size}"))
+    try:
+        _report(teacher, student, inputs, t_layers, s_layers, args, spatial=args.spatial, size=args.size)
+    except RuntimeError as exc:  # e.g. a student that cannot take the teacher's inputs
+        raise CommandError(
+            f"could not run both networks on the teacher's probe images {tuple(inputs.shape)}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    print(f"\ndone in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 # --- the demo ----------------------------------------------------------------
@@ -231,31 +452,22 @@ def _demo_accuracy(model, x, y) -> float:
     return float((pred == y).mean())
 
 
-def _format_table(df, fmt: str = "{:.4g}") -> str:
-    return df.to_string(float_format=lambda v: fmt.format(v))
-
-
 def _align_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     import torch
 
-    from otviz.align import layer_distances
-    from otviz.capture import capture, neurons
-    from otviz.transport import align
-
+    if args.teacher_layers or args.student_layers:
+        raise CommandError(
+            f"--teacher-layers/--student-layers apply to TEACHER STUDENT; the demo compares "
+            f"{', '.join(_DEMO_LAYERS)}."
+        )
     seed = int(args.seed)
     epochs = 30 if args.epochs is None else int(args.epochs)
-    normalize = _normalize_arg(args.normalize)
-    methods = ("emd", "sinkhorn") if args.method is None else (args.method,)
-    eps = DEFAULT_EPS if args.eps is None else args.eps
-
-    torch.manual_seed(seed)
     x_train, x_test, y_train, y_test = _demo_data(seed)
-    teacher_widths, student_widths = (64, 128, 64, 10), (64, 32, 16, 10)
     torch.manual_seed(seed)
-    teacher = _demo_train(_demo_mlp(teacher_widths), x_train, y_train, epochs=epochs, seed=seed)
+    teacher = _demo_train(_demo_mlp((64, 128, 64, 10)), x_train, y_train, epochs=epochs, seed=seed)
     torch.manual_seed(seed + 1)
-    student = _demo_train(_demo_mlp(student_widths), x_train, y_train, epochs=epochs, seed=seed + 1)
+    student = _demo_train(_demo_mlp((64, 32, 16, 10)), x_train, y_train, epochs=epochs, seed=seed + 1)
 
     n_test = len(x_test)
     print(
@@ -270,65 +482,29 @@ def _align_demo(args: argparse.Namespace) -> int:
         f"test accuracy: teacher {_demo_accuracy(teacher, x_test, y_test):.1%}, "
         f"student {_demo_accuracy(student, x_test, y_test):.1%}"
     )
-    norm_text = "none" if normalize is None else normalize
-    print(f"cost={args.cost}, normalize={norm_text}, eps={eps:g} (relative, for entropic methods)")
+    print(_settings_line(args))
 
-    t_acts = capture(teacher, x_test, list(_DEMO_LAYERS))
-    s_acts = capture(student, x_test, list(_DEMO_LAYERS))
+    def head_matching(t_name, s_name, t_neurons, s_neurons):
+        if t_name != "head":
+            return
+        from otviz.transport import align
 
-    for layer in _DEMO_LAYERS:
-        t_neurons = neurons(t_acts[layer])
-        s_neurons = neurons(s_acts[layer])
-        print()
+        kwargs = _ot_kwargs(args, "emd")
+        result = align(t_neurons, s_neurons, **kwargs)
+        perm = result.matching if getattr(result, "permutation", None) is None else result.permutation
+        agree = int(sum(int(p) == i for i, p in enumerate(perm)))
         print(
-            f"== teacher {layer} ({t_neurons.shape[0]} neurons) <-> student {layer} "
-            f"({s_neurons.shape[0]} neurons), each neuron in R^{t_neurons.shape[1]} =="
+            f"   output neurons matched to the student's output neuron of the same class: "
+            f"{agree}/{len(perm)} (exact OT; the alignment never sees the labels)"
         )
-        for method in methods:
-            kwargs: dict[str, Any] = {"cost": args.cost, "normalize": normalize, "method": method}
-            if method != "emd":
-                kwargs["eps"] = eps
-            result = align(t_neurons, s_neurons, **kwargs)
-            print(f"[{method}] OT distance = {result.distance:.6g}")
-            print(_indent(result.summary()))
-        if layer == "head":
-            perm = _head_permutation(t_neurons, s_neurons, args.cost, normalize)
-            if perm is not None:
-                agree = int(sum(int(p) == i for i, p in enumerate(perm)))
-                print(
-                    f"   output neurons matched to the student's output neuron of the same class: "
-                    f"{agree}/{len(perm)} (exact OT; the alignment never sees the labels)"
-                )
 
-    table_method = methods[0]
-    table_kwargs: dict[str, Any] = {"cost": args.cost, "normalize": normalize, "method": table_method}
-    if table_method != "emd":
-        table_kwargs["eps"] = eps
-    print()
-    print("Layer x layer distances (rows: teacher layers, columns: student layers)")
-    ot_table = layer_distances(
-        teacher, student, x_test, list(_DEMO_LAYERS), list(_DEMO_LAYERS), measure="ot", **table_kwargs
-    )
-    print(f"OT distance ({table_method}, cost={args.cost}, normalize={norm_text}; lower = closer):")
-    print(_indent(_format_table(ot_table)))
-    cka_table = layer_distances(
-        teacher, student, x_test, list(_DEMO_LAYERS), list(_DEMO_LAYERS), measure="cka"
-    )
-    print("Linear CKA (similarity in [0, 1]; higher = closer):")
-    print(_indent(_format_table(cka_table, "{:.3f}")))
+    _report(teacher, student, x_test, _DEMO_LAYERS, _DEMO_LAYERS, args, extra=head_matching)
     print(f"\ndone in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
-def _head_permutation(t_neurons, s_neurons, cost: str, normalize: str | None):
-    """Exact matching of equally many output neurons (None when widths differ)."""
-    if t_neurons.shape[0] != s_neurons.shape[0]:
-        return None
-    from otviz.transport import align
-
-    result = align(t_neurons, s_neurons, cost=cost, normalize=normalize, method="emd")
-    perm = getattr(result, "permutation", None)
-    return result.matching if perm is None else perm
+def _format_table(df, fmt: str = "{:.4g}") -> str:
+    return df.to_string(float_format=lambda v: fmt.format(v))
 
 
 def _indent(text: str, prefix: str = "   ") -> str:

@@ -115,6 +115,36 @@ def test_bad_option_values_exit_with_a_clear_message(argv, expected, capsys):
         assert text in err, err
 
 
+def test_align_two_shipped_checkpoints(capsys):
+    from otviz.teachers import teacher_names
+
+    names = teacher_names()
+    if not {"mlp-digits", "cnn-digits"} <= set(names):
+        pytest.skip(f"shipped teachers not built: {names}")
+    assert main(["align", "cnn-digits", "cnn-digits-0to4", "--method", "emd", "--probe", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "same 120 held-out images" in out
+    assert out.count("[emd] OT distance =") == 3
+    assert "features.conv3" in out and "Linear CKA" in out
+    # two different architectures, explicit layers: pairs by depth, full table
+    assert main(["align", "cnn-digits", "mlp-digits", "--method", "sinkhorn", "--eps", "0.05",
+                 "--teacher-layers", "features.conv2,features.conv3", "--probe", "80"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[sinkhorn] OT distance =") == 2
+    assert "features.fc1" in out and "features.fc2" in out
+
+
+def test_align_unknown_teacher_lists_the_shipped_ones(capsys):
+    assert main(["align", "no-such-teacher", "mlp-digits"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("otviz align: error:") and "no-such-teacher" in err
+
+
+def test_align_demo_and_checkpoints_are_exclusive(capsys):
+    assert main(["align", "--demo", "mlp-digits", "mlp-digits"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 def test_align_without_inputs_says_what_to_pass(capsys):
     assert main(["align"]) == 2
     err = capsys.readouterr().err
