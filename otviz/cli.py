@@ -515,7 +515,15 @@ def _indent(text: str, prefix: str = "   ") -> str:
 # registry and entry point
 # ----------------------------------------------------------------------------
 #: One function per subcommand: ``f(subparsers)`` adds a parser and sets ``func``.
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_align]
+def _add_train_commands(subparsers: Any) -> None:
+    from otviz._cli_train import add_runs, add_teachers, add_train
+
+    add_train(subparsers)
+    add_runs(subparsers)
+    add_teachers(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_align, _add_train_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,545 @@
+r"""Short transfer trainings: one loop, one config, every method, logged to the run store.
+
+The student minimises
+
+.. math::
+    \mathcal{L} = \mathrm{CE}(f_S(x), y) + \sum_{\text{terms}} \lambda_t\, R_t
+
+on each minibatch, where the terms come from the chosen method
+(:func:`otviz.losses.build_loss`): nothing for ``scratch`` and ``finetune``,
+L2-SP, KD, FitNets, attention transfer, or the OT regulariser
+:math:`\lambda \sum_{(l, l')} \mathrm{OT}(\mu_T^{l}, \mu_S^{l'})` over the chosen
+(teacher layer, student layer) pairs; ``"kd+ot"`` sums two terms.
+
+Everything is logged to a :class:`otviz.runs.RunStore`: per step the loss terms
+and the OT distance of every chosen pair (also for methods that do not train
+on it, so methods can be compared on it), per epoch the train and test
+accuracy and a snapshot of each pair's transport plan on a fixed probe batch.
+
+Run it from Python (:func:`train`), from the command line (``otviz train``), or
+in its own process (:func:`launch`, used by the dashboard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "LaunchedRun", "train", "launch", "stop",
+           "default_pairs"]
+
+PROBE_SIZE = 128  # inputs of the fixed probe batch used for the per-epoch plan snapshots
+
+
+class TrainingError(RuntimeError):
+    """A training that cannot go on (e.g. the loss became NaN); the run is marked failed."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored as the run's config).
+
+    Attributes
+    ----------
+    setting : {"transfer", "distill", "transfer-small", "transfer-digits"}
+        The task and the student (see :data:`otviz.data.SETTINGS`).
+    method : str
+        ``scratch``, ``finetune``, ``l2sp``, ``kd``, ``fitnets``, ``at``, ``ot``
+        or a combination with ``+`` such as ``kd+ot``.
+    lam : float
+        Weight :math:`\\lambda` of the OT regulariser.
+    pairs : list of str, optional
+        Layer pairs, each ``"teacher_layer:student_layer"`` or one name used on
+        both sides. Default: every alignable layer of the architecture (for the
+        CNN ``features.conv1``..``features.conv3``). Used by ``ot``, ``fitnets``,
+        ``at`` and for the logged OT distances.
+    cost, normalize, ot_method, eps, spatial, feature_scale
+        Options of the OT regulariser (see :func:`otviz.ot_distance` and
+        :class:`otviz.losses.OTRegularizer`); ``eps`` is relative to the cost
+        scale.
+    epochs, batch_size, lr, weight_decay, seed
+        Optimisation: Adam on the student's parameters (and FitNets'
+        regressors), minibatches drawn with the seed.
+    steps_per_epoch : int, optional
+        Optimisation steps between two evaluations. Default: one pass over
+        the training set. The few-label settings have tiny training sets
+        (50 images for k=10), where one pass is a single step; set this to
+        train longer between evaluations (passes continue with fresh
+        shuffles).
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    k : int, optional
+        Labelled images per class of the transfer settings (default: the
+        setting's, 10).
+    dataset, arch, student_width
+        Source dataset, model family and student width (defaults: the
+        setting's).
+    kd_weight, temperature, l2sp_weight, fitnets_weight, at_weight
+        Weights of the baseline terms (their usual defaults).
+    num_threads : int, optional
+        ``torch.set_num_threads`` for this run (small models on few cores are
+        often faster with 1).
+    """
+
+    setting: str = "distill"
+    method: str = "ot"
+    lam: float = 0.1
+    pairs: list[str] | None = None
+    cost: str = "sqeuclidean"
+    normalize: str | None = None
+    ot_method: str = "emd"
+    eps: float | None = None
+    spatial: str = "flatten"
+    feature_scale: str = "mean"
+    epochs: int = 5
+    steps_per_epoch: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    k: int | None = None
+    dataset: str | None = None
+    arch: str = "cnn"
+    student_width: float | None = None
+    kd_weight: float = 1.0
+    temperature: float = 4.0
+    l2sp_weight: float = 0.01
+    fitnets_weight: float = 1.0
+    at_weight: float = 1000.0
+    num_threads: int | None = None
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """Build a config from a dict, rejecting unknown keys with the valid ones listed."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**dict(d))
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`."""
+
+    run_id: int | None
+    test_accuracy: float
+    train_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------
+# set-up
+# --------------------------------------------------------------------------
+def default_pairs(arch: str) -> list[str]:
+    """Default layer pairs of an architecture: all its alignable layers, same name on both sides."""
+    from otviz.models import build_model
+
+    return list(build_model(arch).alignable_layers)
+
+
+def _parse_pairs(pairs: Sequence[str]) -> list[tuple[str, str]]:
+    out = []
+    for p in pairs:
+        if not isinstance(p, str) or not p:
+            raise ValueError(f"layer pair {p!r} must be a string 'teacher_layer:student_layer' or a layer name")
+        t, _, s = p.partition(":")
+        out.append((t, s or t))
+    return out
+
+
+def _check_layers(model: nn.Module, layers: Sequence[str], side: str) -> None:
+    import difflib
+
+    names = [n for n, _ in model.named_modules() if n]
+    for layer in layers:
+        if layer not in names:
+            close = difflib.get_close_matches(layer, names, n=3)
+            hint = f"; closest: {close}" if close else ""
+            valid = getattr(model, "alignable_layers", names)
+            raise ValueError(f"unknown {side} layer {layer!r}{hint}; alignable layers: {list(valid)}")
+
+
+def _resolve_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda' (or 'cuda:N')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here; use device='cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
+    return dev
+
+
+@dataclass
+class _Setup:
+    config: TrainConfig
+    task: Any
+    teacher: nn.Module
+    student: nn.Module
+    loss: Any
+    pairs: list[tuple[str, str]]
+    device: torch.device
+    probe: torch.Tensor
+
+
+def _prepare(config: TrainConfig) -> _Setup:
+    """Validate the config and build task, models and loss, before any run is recorded."""
+    from otviz.data import make_task
+    from otviz.losses import build_loss, parse_method, probe_channels
+    from otviz.models import build_model, replace_head
+    from otviz.teachers import load_teacher
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    for name in ("epochs", "batch_size", "steps_per_epoch"):
+        v = getattr(config, name)
+        if name == "steps_per_epoch" and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    for name in ("lr", "lam"):
+        v = getattr(config, name)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
+            raise ValueError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'} number, got {v!r}")
+    terms = parse_method(config.method)
+    device = _resolve_device(config.device)
+    task = make_task(config.setting, k="default" if config.k is None else config.k, seed=config.seed,
+                     dataset=config.dataset, arch=config.arch, student_width=config.student_width)
+    if "kd" in terms and list(task.source.classes) != list(task.target.classes):
+        raise ValueError(f"method 'kd' needs teacher and student to share the task (the same classes), "
+                         f"but in setting {config.setting!r} the teacher learned classes "
+                         f"{list(task.source.classes)} and the student learns {list(task.target.classes)}; "
+                         f"use 'ot', 'fitnets' or 'at', which transfer through the features")
+    from_teacher = task.student_init == "teacher" and "scratch" not in terms
+    if any(t in terms for t in ("finetune", "l2sp")) and task.student_init != "teacher":
+        raise ValueError(f"method {config.method!r} starts the student from the teacher's weights, "
+                         f"which needs the teacher's architecture, but in setting {config.setting!r} "
+                         f"the student is {task.student_width:g}x as wide; use 'scratch', 'kd', "
+                         f"'fitnets', 'at' or 'ot'")
+
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    teacher, _info = load_teacher(task.teacher, device=device)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = build_model(task.student_arch, width=task.student_width,
+                          num_classes=task.source.num_classes if from_teacher else task.num_classes)
+    if from_teacher:
+        student.load_state_dict(teacher.state_dict())
+        if task.num_classes != task.source.num_classes or not same_task_classes(task):
+            replace_head(student, task.num_classes)
+    student.to(device)
+
+    pairs = _parse_pairs(config.pairs if config.pairs else default_pairs(config.arch))
+    _check_layers(teacher, [t for t, _ in pairs], "teacher")
+    _check_layers(student, [s for _, s in pairs], "student")
+    probe = task.target.X_test[:PROBE_SIZE].to(device)
+    kwargs: dict[str, Any] = dict(
+        pairs=pairs, lam=config.lam, cost=config.cost, normalize=config.normalize,
+        ot_method=config.ot_method, eps=config.eps, spatial=config.spatial,
+        feature_scale=config.feature_scale, kd_weight=config.kd_weight,
+        temperature=config.temperature, l2sp_weight=config.l2sp_weight,
+        fitnets_weight=config.fitnets_weight, at_weight=config.at_weight,
+    )
+    if "l2sp" in terms:
+        kwargs["reference"] = student
+    if "fitnets" in terms:
+        kwargs["teacher_channels"] = probe_channels(teacher, [t for t, _ in pairs], probe[:2])
+        kwargs["student_channels"] = probe_channels(student, [s for _, s in pairs], probe[:2])
+    if "ot" not in terms:
+        kwargs["monitor_pairs"] = pairs
+    loss = build_loss(config.method, **kwargs).to(device)
+    return _Setup(config, task, teacher, student, loss, pairs, device, probe)
+
+
+def same_task_classes(task: Any) -> bool:
+    """Whether the student's task is the teacher's (same dataset and classes)."""
+    return (list(task.source.classes) == list(task.target.classes)
+            and task.source.dataset == task.target.dataset)
+
+
+# --------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------
+def _forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]):
+    from otviz.capture import hooked
+
+    if not layers:
+        return model(x), {}
+    with hooked(model, list(layers)) as feats:
+        out = model(x)
+    return out, dict(feats)
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(X), 512):
+        correct += int((model(X[i:i + 512].to(device)).argmax(1).cpu() == y[i:i + 512]).sum())
+    model.train(was)
+    return correct / max(len(X), 1)
+
+
+def _snapshot_plans(s: _Setup) -> dict[str, np.ndarray]:
+    """Plans of every pair on the fixed probe batch (same OT options as the regulariser)."""
+    from otviz.capture import capture
+    from otviz.losses import OTRegularizer, pair_key
+
+    was = s.student.training
+    s.student.eval()
+    t_acts = capture(s.teacher, s.probe, sorted({t for t, _ in s.pairs}))
+    s_acts = capture(s.student, s.probe, sorted({st for _, st in s.pairs}))
+    s.student.train(was)
+    reg = OTRegularizer(s.pairs, weight=1.0, cost=s.config.cost, normalize=s.config.normalize,
+                        method=s.config.ot_method, eps=s.config.eps, spatial=s.config.spatial,
+                        feature_scale=s.config.feature_scale, warm_start=False)
+    from otviz.losses import StepContext
+
+    ctx = StepContext(inputs=s.probe, targets=torch.zeros(len(s.probe), dtype=torch.long),
+                      student_logits=torch.zeros(1), teacher_logits=None,
+                      student_features=s_acts, teacher_features=t_acts, student=s.student)
+    with torch.no_grad():
+        reg(ctx)
+    return {pair_key(t, st): np.asarray(reg.last_alignments[pair_key(t, st)].plan, dtype=np.float32)
+            for t, st in s.pairs}
+
+
+def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progress: bool = True,
+          run_id_file: str | os.PathLike[str] | None = None) -> TrainResult:
+    """Train a student under a transfer method, logging everything to the run store.
+
+    Parameters
+    ----------
+    config : TrainConfig or dict
+    store : RunStore, path, or None
+        Where to log; ``None`` uses the default store
+        (:func:`otviz.runs.default_store_path`, overridable with ``OTVIZ_STORE``).
+    progress : bool
+        Show a tqdm progress bar on stderr.
+    run_id_file : path, optional
+        Write the run id there as soon as the run exists (used by :func:`launch`).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ValueError
+        For an invalid config (unknown setting, method, layer, device...),
+        before any run is recorded.
+    TrainingError
+        When the loss becomes NaN or infinite; the run is marked ``failed``
+        with the step where it happened, and every metric logged before
+        stays in the store.
+    """
+    from tqdm.auto import tqdm
+
+    from otviz.losses import StepContext
+    from otviz.runs import RunStore
+
+    if isinstance(config, Mapping):
+        config = TrainConfig.from_dict(config)
+    if config.num_threads:
+        torch.set_num_threads(int(config.num_threads))
+    s = _prepare(config)
+    if store is None or isinstance(store, (str, os.PathLike)):
+        store = RunStore(store)
+    task, device = s.task, s.device
+    X, y = task.target.X_train, task.target.y_train
+    n = len(X)
+    bs = min(config.batch_size, n)
+    steps_per_epoch = config.steps_per_epoch or math.ceil(n / bs)
+    total = steps_per_epoch * config.epochs
+    params = list(s.student.parameters()) + list(s.loss.extra_parameters())
+    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    needs_teacher = s.loss.needs_teacher
+    t_layers = list(s.loss.teacher_layers)
+    s_layers = list(s.loss.student_layers)
+    run_config = dict(config.to_dict(), teacher=task.teacher, student_width=task.student_width,
+                      student_init="teacher" if _starts_from_teacher(s) else "scratch",
+                      k=task.k, n_train=n, n_test=len(task.target.X_test))
+    history: list[dict[str, float]] = []
+    t_start = time.perf_counter()
+    with store.track(run_config, name=config.name, total_steps=total) as rec:
+        if run_id_file is not None:
+            Path(run_id_file).write_text(str(rec.run_id))
+        step = 0
+        bar = tqdm(total=total, disable=not progress, desc=f"{config.setting}/{config.method}",
+                   unit="step", leave=False)
+        try:
+            # epoch 0: the starting point
+            _log_epoch(s, rec, epoch=0, step=0, history=history)
+            s.student.train()
+            order = torch.randperm(n, generator=gen)
+            pos = 0
+            for epoch in range(1, config.epochs + 1):
+                for _ in range(steps_per_epoch):
+                    if pos >= n:
+                        order = torch.randperm(n, generator=gen)
+                        pos = 0
+                    idx = order[pos:pos + bs]
+                    pos += bs
+                    xb, yb = X[idx].to(device), y[idx].to(device)
+                    if needs_teacher:
+                        with torch.no_grad():
+                            t_logits, t_feats = _forward(s.teacher, xb, t_layers)
+                    else:
+                        t_logits, t_feats = None, {}
+                    s_logits, s_feats = _forward(s.student, xb, s_layers)
+                    ctx = StepContext(inputs=xb, targets=yb, student_logits=s_logits,
+                                      teacher_logits=t_logits, student_features=s_feats,
+                                      teacher_features=t_feats, student=s.student, step=step)
+                    loss = s.loss(ctx)
+                    step += 1
+                    if not bool(torch.isfinite(loss.detach())):
+                        msg = (f"loss became {loss.item()} at step {step} (epoch {epoch}); "
+                               f"lower lr or lam, or check the inputs")
+                        rec.finish("failed", msg)
+                        raise TrainingError(msg)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    metrics = {k: float(v) for k, v in s.loss.diagnostics().items()
+                               if isinstance(v, (int, float)) and math.isfinite(float(v))}
+                    metrics["loss/total"] = float(loss.detach())
+                    rec.log(metrics, step=step, epoch=epoch)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss/total']:.3f}")
+                row = _log_epoch(s, rec, epoch=epoch, step=step, history=history)
+                rec.progress(step=step, total_steps=total, epoch=epoch,
+                             message=f"epoch {epoch}/{config.epochs}: test accuracy {row['test/accuracy']:.3f}")
+                bar.set_postfix(test_acc=f"{row['test/accuracy']:.3f}")
+        finally:
+            bar.close()
+        run_id = rec.run_id
+    last = history[-1]
+    return TrainResult(run_id=run_id, test_accuracy=last["test/accuracy"],
+                       train_accuracy=last["train/accuracy"], history=history,
+                       seconds=time.perf_counter() - t_start)
+
+
+def _starts_from_teacher(s: _Setup) -> bool:
+    from otviz.losses import parse_method
+
+    return s.task.student_init == "teacher" and "scratch" not in parse_method(s.config.method)
+
+
+def _log_epoch(s: _Setup, rec: Any, *, epoch: int, step: int, history: list) -> dict[str, float]:
+    task = s.task
+    row = {
+        "train/accuracy": _accuracy(s.student, task.target.X_train, task.target.y_train, s.device),
+        "test/accuracy": _accuracy(s.student, task.target.X_test, task.target.y_test, s.device),
+    }
+    plans = _snapshot_plans(s)
+    for key, plan in plans.items():
+        rec.snapshot(key, plan, epoch=epoch, step=step)
+    rec.log(row, step=step, epoch=epoch)
+    history.append(dict(row, epoch=epoch, step=step))
+    return row
+
+
+# --------------------------------------------------------------------------
+# separate processes
+# --------------------------------------------------------------------------
+@dataclass
+class LaunchedRun:
+    """A training running in its own process (see :func:`launch`)."""
+
+    process: subprocess.Popen
+    run_id: int
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+
+def launch(config: TrainConfig | Mapping[str, Any], *, store_path: str | os.PathLike[str],
+           timeout: float = 120.0) -> LaunchedRun:
+    """Start :func:`train` in its own process and return once its run exists.
+
+    The child runs ``python -m otviz train --config-json ... --store ...`` in a
+    new session, so a closed browser tab, a Streamlit rerun or the dashboard's
+    own exit does not stop it; it talks to the caller only through the run
+    store. The config is validated here first, so an invalid one raises
+    ``ValueError`` at once instead of failing in the child.
+
+    Raises
+    ------
+    RuntimeError
+        If the child exits or creates no run within ``timeout`` seconds; the
+        message includes the end of its log.
+    """
+    if isinstance(config, Mapping):
+        config = TrainConfig.from_dict(config)
+    _validate_quick(config)
+    tmp = Path(tempfile.mkdtemp(prefix="otviz-run-"))
+    id_file = tmp / "run_id"
+    log_path = tmp / "train.log"
+    cmd = [sys.executable, "-m", "otviz", "train", "--config-json", json.dumps(config.to_dict()),
+           "--store", str(store_path), "--run-id-file", str(id_file), "--no-progress"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if id_file.exists() and id_file.read_text().strip():
+            return LaunchedRun(proc, int(id_file.read_text()), log_path)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.kill()
+    tail = log_path.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"the training process did not start a run (exit code {proc.poll()}):\n{tail}")
+
+
+def _validate_quick(config: TrainConfig) -> None:
+    """Cheap checks of names, so that launch() fails fast in the caller."""
+    from otviz.data import SETTINGS
+    from otviz.losses import parse_method
+
+    if config.setting not in SETTINGS:
+        raise ValueError(f"unknown setting {config.setting!r}; valid settings: {list(SETTINGS)}")
+    parse_method(config.method)
+    _resolve_device(config.device)
+
+
+def stop(run: LaunchedRun | int) -> None:
+    """Stop a launched training (SIGTERM); the run store marks the run ``interrupted``."""
+    pid = run.pid if isinstance(run, LaunchedRun) else int(run)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
