@@ -1,0 +1,330 @@
+"""Shared plumbing of the dashboard pages: the run store, cached model loading and computations.
+
+The pages stay thin: every computation is an ``otviz`` function, wrapped here in
+Streamlit's caches (``st.cache_data`` for results, ``st.cache_resource`` for
+models and background jobs), and every failure a user can cause (a bad upload,
+layers that cannot be compared, a missing, locked or corrupt store) becomes an
+``st.error`` on the page while the rest of the app keeps working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from otviz.runs import RunStore, RunStoreError, default_store_path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARK_RESULTS = REPO / "benchmarks" / "results"
+NOTEBOOKS = REPO / "notebooks"
+
+#: The one-click demo: inductive transfer with the OT regulariser, about a minute on 2 CPU cores.
+DEMO_CONFIG: dict[str, Any] = dict(
+    setting="transfer", method="ot", lam=0.1, epochs=5, steps_per_epoch=10, seed=0,
+    name="demo: transfer 0-4 -> 5-9 with OT",
+)
+
+#: Methods offered by the Train form (combinations with "+" are valid too).
+METHOD_CHOICES = ("ot", "kd+ot", "scratch", "finetune", "l2sp", "kd", "fitnets", "at")
+
+
+# --------------------------------------------------------------------------- errors
+def show_error(exc: BaseException, what: str) -> None:
+    """One clear message for an error the user can act on."""
+    text = str(exc).strip() or type(exc).__name__
+    st.error(f"**{what}**: {text}", icon=":material/error:")
+
+
+# --------------------------------------------------------------------------- the run store
+def store_path() -> Path:
+    """``$OTVIZ_STORE`` if set, else the library default (read at every rerun)."""
+    return default_store_path()
+
+
+def open_store(*, quiet: bool = False) -> RunStore | None:
+    """Open the run store, or show why it cannot be opened and return None.
+
+    Opening is cheap (a few ms), so every script run opens its own handle:
+    a store fixed or replaced on disk is picked up at the next rerun.
+    """
+    path = store_path()
+    try:
+        return RunStore(path)
+    except (RunStoreError, OSError, ValueError) as exc:
+        if not quiet:
+            show_error(exc, f"The run store {path} cannot be used")
+            st.caption(f"Point the environment variable `OTVIZ_STORE` (or `otviz dashboard --store PATH`) "
+                       f"at a writable file to use another store. Pages that need no store keep working.")
+        return None
+
+
+def read_store(store: RunStore, what: str, fn, *args, **kwargs):
+    """Call ``fn(*args, **kwargs)``; on a store error show it and return None."""
+    try:
+        return fn(*args, **kwargs)
+    except (RunStoreError, OSError) as exc:
+        show_error(exc, f"Could not read {what} from the run store")
+        return None
+
+
+def run_label(row: Any) -> str:
+    """``#3 transfer/ot (running)`` for a row of :meth:`RunStore.runs`."""
+    name = row.get("name") if hasattr(row, "get") else None
+    base = f"#{int(row['run_id'])} {row['setting']}/{row['method']} ({row['status']})"
+    if name and not str(name).startswith(f"{row['setting']}-{row['method']}-"):
+        base += f" - {name}"
+    return base
+
+
+# --------------------------------------------------------------------------- launched trainings
+@st.cache_resource(show_spinner=False)
+def _launched() -> dict[int, Any]:
+    """Training processes started by this server (run id -> LaunchedRun), to reap them."""
+    return {}
+
+
+def reap_launched() -> None:
+    """Wait for finished children (no zombies), forget them."""
+    registry = _launched()
+    for run_id, launched in list(registry.items()):
+        if launched.process.poll() is not None:
+            registry.pop(run_id, None)
+
+
+def launch_training(config: dict[str, Any]):
+    """Start a training in its own process (:func:`otviz.train.launch`); returns the LaunchedRun."""
+    from otviz.train import launch
+
+    launched = launch(config, store_path=str(store_path()))
+    _launched()[launched.run_id] = launched
+    return launched
+
+
+def stop_training(run: dict[str, Any]) -> str:
+    """Stop one run's process (SIGTERM to its pid only); returns a message for the page."""
+    from otviz.train import stop
+
+    launched = _launched().get(int(run["run_id"]))
+    if launched is not None:
+        stop(launched)
+        return f"Stop requested for run {run['run_id']} (process {launched.pid})."
+    pid, host = run.get("pid"), run.get("hostname")
+    if pid is None or (host and host != socket.gethostname()):
+        return (f"Run {run['run_id']} runs on host {host!r}, not here; stop it there "
+                f"(process {pid}).")
+    stop(int(pid))
+    return f"Stop requested for run {run['run_id']} (process {pid})."
+
+
+# --------------------------------------------------------------------------- teachers and checkpoints
+@st.cache_data(show_spinner=False)
+def teachers_frame():
+    """The shipped teachers (:func:`otviz.teachers.list_teachers`)."""
+    from otviz.teachers import list_teachers
+
+    return list_teachers(as_frame=True)
+
+
+def upload_ref(data: bytes) -> str:
+    return "upload:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+@st.cache_resource(show_spinner=False, max_entries=24)
+def load_model(ref: str, _data: bytes | None = None):
+    """``(model, info)`` of a shipped teacher (``"shipped:<name>"``) or an upload (``"upload:<sha>"``).
+
+    Uploads are read with ``weights_only=True`` (:func:`otviz.teachers.load_checkpoint`).
+    """
+    from otviz.teachers import load_teacher
+
+    kind, _, name = ref.partition(":")
+    if kind == "upload":
+        if _data is None:
+            raise ValueError("the uploaded checkpoint is no longer in this session; upload it again")
+        return load_teacher(bytes(_data))
+    return load_teacher(name)
+
+
+def check_upload(data: bytes) -> dict[str, Any]:
+    """Validate an uploaded checkpoint; returns its metadata or raises ValueError."""
+    from otviz.teachers import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(bytes(data))   # torch.load(weights_only=True) + format checks
+    model_from_checkpoint(ckpt)           # the weights fit the architecture
+    return {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _probe_cache(task_json: str, n: int, seed: int):
+    import torch
+
+    from otviz.teachers import teacher_task
+
+    task = teacher_task({"task": json.loads(task_json)})
+    X = task.X_test
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randperm(len(X), generator=gen)[: min(int(n), len(X))]
+    return X[idx], task.name
+
+
+def probe_inputs(t_info: dict[str, Any], s_info: dict[str, Any], n: int, seed: int):
+    """Held-out images of the teacher's task (else the student's): ``(inputs, task name)``."""
+    for info in (t_info, s_info):
+        task = info.get("task") or {}
+        if "dataset" in task and "classes" in task:
+            keep = {k: task[k] for k in ("dataset", "classes", "test_size", "split_seed") if k in task}
+            return _probe_cache(json.dumps(keep, sort_keys=True), n, seed)
+    raise ValueError("neither checkpoint records the task it was trained on (task.dataset and "
+                     "task.classes), so there are no probe inputs to feed them")
+
+
+def _models(t_ref, s_ref, t_data, s_data):
+    teacher, t_info = load_model(t_ref, t_data)
+    student, s_info = load_model(s_ref, s_data)
+    return teacher, t_info, student, s_info
+
+
+def _run_both(teacher, student, inputs, t_layers, s_layers):
+    from otviz.capture import capture
+
+    t_acts = capture(teacher, inputs, list(t_layers))
+    try:
+        s_acts = capture(student, inputs, list(s_layers))
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"the student cannot take the teacher's probe images "
+                         f"{tuple(inputs.shape)}: {str(exc).splitlines()[0]}") from None
+    return t_acts, s_acts
+
+
+def ot_options(cost: str, normalize: str | None, method: str, eps: float | None) -> dict[str, Any]:
+    opts: dict[str, Any] = {"cost": cost, "normalize": normalize, "method": method}
+    if method != "emd":
+        opts["eps"] = eps
+    return opts
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def alignment_data(t_ref: str, s_ref: str, t_layer: str, s_layer: str, cost: str,
+                   normalize: str | None, method: str, eps: float | None, spatial: str,
+                   size: int | None, n_probe: int, seed: int,
+                   _t_data: bytes | None = None, _s_data: bytes | None = None) -> dict[str, Any]:
+    """Neurons of one teacher layer and one student layer on the same probe batch, and their alignment."""
+    from otviz.capture import neurons
+    from otviz.transport import align
+
+    teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data)
+    inputs, task_name = probe_inputs(t_info, s_info, n_probe, seed)
+    t_acts, s_acts = _run_both(teacher, student, inputs, [t_layer], [s_layer])
+    kw = {"spatial": spatial, "size": size if spatial == "flatten" else None}
+    T = neurons(t_acts[t_layer], **({**kw, "size": None} if t_acts[t_layer].ndim <= 2 else kw))
+    S = neurons(s_acts[s_layer], **({**kw, "size": None} if s_acts[s_layer].ndim <= 2 else kw))
+    if T.shape[1] != S.shape[1]:
+        hint = ("pick 'mean' (one response per image) or resize both maps"
+                if spatial == "flatten" else "pick layers of the same kind")
+        raise ValueError(
+            f"teacher layer {t_layer!r} (activation {tuple(t_acts[t_layer].shape)}) and student layer "
+            f"{s_layer!r} (activation {tuple(s_acts[s_layer].shape)}) give neurons of different "
+            f"lengths ({T.shape[1]} vs {S.shape[1]}), so they cannot be compared: {hint}")
+    alignment = align(T, S, **ot_options(cost, normalize, method, eps))
+    return {"T": T.detach().cpu().numpy().astype(np.float32),
+            "S": S.detach().cpu().numpy().astype(np.float32),
+            "alignment": alignment, "n_probe": int(inputs.shape[0]), "task": task_name,
+            "t_shape": tuple(t_acts[t_layer].shape), "s_shape": tuple(s_acts[s_layer].shape)}
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def layer_tables(t_ref: str, s_ref: str, cost: str, normalize: str | None, method: str,
+                 eps: float | None, spatial: str, size: int | None, n_probe: int, seed: int,
+                 _t_data: bytes | None = None, _s_data: bytes | None = None):
+    """Layer x layer OT distances and linear CKA (:func:`otviz.align.layer_distances`)."""
+    from otviz.align import layer_distances
+
+    teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data)
+    inputs, _ = probe_inputs(t_info, s_info, n_probe, seed)
+    t_layers = list(getattr(teacher, "alignable_layers", []))
+    s_layers = list(getattr(student, "alignable_layers", []))
+    size = size if spatial == "flatten" else None
+    try:
+        ot_df = layer_distances(teacher, student, inputs, t_layers, s_layers, measure="ot",
+                                spatial=spatial, size=size, **ot_options(cost, normalize, method, eps))
+        cka_df = layer_distances(teacher, student, inputs, t_layers, s_layers, measure="cka",
+                                 spatial=spatial, size=size)
+    except RuntimeError as exc:
+        raise ValueError(f"the two models cannot be run on the same probe images "
+                         f"{tuple(inputs.shape)}: {str(exc).splitlines()[0]}") from None
+    return ot_df, cka_df
+
+
+# --------------------------------------------------------------------------- UMAP in the background
+@st.cache_resource(show_spinner=False)
+def _embedding_jobs() -> dict[str, Any]:
+    return {"pool": ThreadPoolExecutor(max_workers=1, thread_name_prefix="otviz-umap"),
+            "futures": {}, "lock": threading.Lock()}
+
+
+def _embedding_key(T: np.ndarray, S: np.ndarray, method: str) -> str:
+    h = hashlib.sha256()
+    for arr in (T, S):
+        h.update(str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return f"{method}:{h.hexdigest()[:20]}"
+
+
+def background_embedding(T: np.ndarray, S: np.ndarray, method: str = "umap") -> Future:
+    """A future for :func:`otviz.figures.embed_neurons` computed in a server-wide worker thread.
+
+    The first UMAP fit of a process compiles with numba (20-60 s); the page shows the
+    instant PCA map meanwhile and switches when the future is done. Results are kept
+    for every later viewer.
+    """
+    from otviz.figures import embed_neurons
+
+    jobs = _embedding_jobs()
+    key = _embedding_key(T, S, method)
+    with jobs["lock"]:
+        fut = jobs["futures"].get(key)
+        if fut is None:
+            fut = jobs["pool"].submit(embed_neurons, T, S, method=method, random_state=0)
+            jobs["futures"][key] = fut
+            if len(jobs["futures"]) > 64:  # keep the cache small: drop the oldest finished job
+                for old in list(jobs["futures"]):
+                    if jobs["futures"][old].done() and old != key:
+                        jobs["futures"].pop(old)
+                        break
+    return fut
+
+
+# --------------------------------------------------------------------------- exports and results
+def export_csv_bytes(store: RunStore, run_ids: list[int] | None) -> dict[str, bytes]:
+    """``runs.csv`` and ``metrics.csv`` (:meth:`RunStore.export_csv`) as bytes for download buttons."""
+    with tempfile.TemporaryDirectory(prefix="otviz-export-") as tmp:
+        paths = store.export_csv(tmp, run_ids=run_ids)
+        return {name: Path(p).read_bytes() for name, p in paths.items()}
+
+
+def benchmark_files() -> dict[str, Path]:
+    """The transfer benchmark's result files that exist (``transfer.csv``, ``transfer.md``)."""
+    out = {}
+    for ext in ("csv", "md"):
+        p = BENCHMARK_RESULTS / f"transfer.{ext}"
+        if p.is_file():
+            out[ext] = p
+    return out
+
+
+def notebooks() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("*.ipynb")) if NOTEBOOKS.is_dir() else []
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")

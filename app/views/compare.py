@@ -1,0 +1,126 @@
+"""Compare: the runs of the store side by side, the benchmark table, CSV export."""
+
+import pandas as pd
+import streamlit as st
+
+import dashkit as dk
+from otviz import figures
+from otviz.runs import RunStoreError
+
+st.title("Compare")
+st.caption("Every run of the store: filter them, overlay their test accuracy, export them as CSV.")
+
+
+def final_metrics(store, run_ids: list[int]) -> pd.DataFrame:
+    """Last test/train accuracy of each run (one query per run; stores hold tens of runs)."""
+    rows = []
+    for rid in run_ids:
+        m = store.metrics(rid, ["test/accuracy", "train/accuracy"])
+        row = {"run_id": rid}
+        for key in ("test/accuracy", "train/accuracy"):
+            vals = m.loc[m["key"] == key, "value"]
+            row[key] = float(vals.iloc[-1]) if len(vals) else None
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["run_id", "test/accuracy", "train/accuracy"])
+
+
+def runs_section() -> None:
+    store = dk.open_store()
+    if store is None:
+        return
+    runs = dk.read_store(store, "the runs", store.runs)
+    if runs is None:
+        return
+    if runs.empty:
+        st.info("No runs yet: start one on the Train page (one click runs the demo).")
+        return
+    f1, f2, f3 = st.columns(3)
+    settings = f1.multiselect("Setting", sorted(runs["setting"].dropna().unique()), key="cmp_setting")
+    methods = f2.multiselect("Method", sorted(runs["method"].dropna().unique()), key="cmp_method")
+    statuses = f3.multiselect("Status", sorted(runs["status"].dropna().unique()), key="cmp_status")
+    view = runs
+    if settings:
+        view = view[view["setting"].isin(settings)]
+    if methods:
+        view = view[view["method"].isin(methods)]
+    if statuses:
+        view = view[view["status"].isin(statuses)]
+    view = view.sort_values("run_id", ascending=False)
+    try:
+        finals = final_metrics(store, [int(r) for r in view["run_id"]])
+    except (RunStoreError, OSError) as exc:
+        dk.show_error(exc, "Could not read the runs' metrics")
+        return
+    table = view.merge(finals, on="run_id", how="left")
+    cols = ["run_id", "name", "setting", "method", "status", "test/accuracy", "train/accuracy",
+            "epoch", "config.lam", "config.epochs", "config.k", "config.seed", "duration", "created_at"]
+    table = table[[c for c in cols if c in table.columns]]
+    st.dataframe(table, hide_index=True, key="cmp_table", column_config={
+        "test/accuracy": st.column_config.NumberColumn("test acc", format="percent"),
+        "train/accuracy": st.column_config.NumberColumn("train acc", format="percent"),
+        "duration": st.column_config.NumberColumn("seconds", format="%.0f"),
+        "config.lam": st.column_config.NumberColumn("λ"),
+    })
+    st.caption(f"{len(view)} of {len(runs)} runs.")
+
+    labels = {int(r["run_id"]): dk.run_label(r) for _, r in view.iterrows()}
+    chosen = st.multiselect("Runs to overlay", list(labels), default=list(labels)[:6],
+                            format_func=labels.get, key="cmp_chosen")
+    if chosen:
+        try:
+            curves = {labels[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
+        except (RunStoreError, OSError) as exc:
+            dk.show_error(exc, "Could not read the metrics")
+        else:
+            st.plotly_chart(figures.accuracy_curves(curves, title="Test accuracy"), key="cmp_curves")
+
+    st.subheader("Export")
+    try:
+        files = dk.export_csv_bytes(store, [int(r) for r in view["run_id"]])
+    except (RunStoreError, OSError, ValueError) as exc:
+        dk.show_error(exc, "Could not export the runs")
+    else:
+        e1, e2, _ = st.columns([1, 1, 2])
+        e1.download_button("runs.csv", files["runs"], file_name="otviz-runs.csv", mime="text/csv",
+                           icon=":material/download:", key="cmp_dl_runs",
+                           help="The runs shown in the table, with their configuration.")
+        e2.download_button("metrics.csv", files["metrics"], file_name="otviz-metrics.csv",
+                           mime="text/csv", icon=":material/download:", key="cmp_dl_metrics",
+                           help="Every logged metric of these runs, long format.")
+
+    with st.expander("Delete a run"):
+        finished = [r for r in labels if view.loc[view["run_id"] == r, "status"].iloc[0] != "running"]
+        if not finished:
+            st.caption("Only finished runs can be deleted.")
+        else:
+            victim = st.selectbox("Run", finished, format_func=labels.get, key="cmp_delete")
+            sure = st.checkbox("Yes, delete it with its metrics and plans", key="cmp_delete_sure")
+            if st.button("Delete", disabled=not sure, key="cmp_delete_btn"):
+                try:
+                    store.delete_run(int(victim))
+                except (RunStoreError, OSError, ValueError) as exc:
+                    dk.show_error(exc, "Could not delete the run")
+                else:
+                    st.toast(f"Deleted run {victim}.")
+                    st.rerun()
+
+
+def benchmark_section() -> None:
+    st.subheader("Benchmark: transfer results")
+    files = dk.benchmark_files()
+    if "csv" in files:
+        try:
+            st.dataframe(pd.read_csv(files["csv"]), hide_index=True, key="cmp_bench")
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            dk.show_error(exc, f"Could not read {files['csv']}")
+    elif "md" in files:
+        st.markdown(files["md"].read_text(encoding="utf-8", errors="replace"))
+    else:
+        st.info("No benchmark results yet. They appear here once the transfer benchmark has written "
+                "`benchmarks/results/transfer.csv` (or `.md`).")
+    if files:
+        st.caption("From " + ", ".join(f"`{p.relative_to(dk.REPO)}`" for p in files.values()))
+
+
+runs_section()
+benchmark_section()

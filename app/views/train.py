@@ -1,0 +1,210 @@
+"""Train: launch a training in its own process and follow it live."""
+
+import streamlit as st
+
+import dashkit as dk
+from otviz import figures
+from otviz.data import SETTINGS
+from otviz.runs import RunNotFoundError, RunStoreError
+from otviz.train import default_pairs
+
+st.title("Train")
+st.caption("Launch a transfer training and follow it live. Each training runs in its own process and "
+           "writes to the run store: closing the tab, a rerun or a second viewer never stops it; "
+           "the Stop button does.")
+
+dk.reap_launched()
+store = dk.open_store()
+if store is None:
+    st.stop()
+runs = dk.read_store(store, "the runs", store.runs)
+if runs is None:
+    st.stop()
+
+
+def start(config: dict) -> None:
+    """Launch ``config`` and follow the new run."""
+    try:
+        with st.spinner("Starting the training process..."):
+            launched = dk.launch_training(config)
+    except (ValueError, TypeError) as exc:
+        dk.show_error(exc, "This configuration cannot be trained")
+        return
+    except (RuntimeError, OSError, RunStoreError) as exc:
+        dk.show_error(exc, "The training process did not start")
+        return
+    st.session_state["follow"] = launched.run_id
+    st.query_params["run"] = str(launched.run_id)
+    st.rerun()
+
+
+# ----------------------------------------------------------------------------- start here
+if runs.empty:
+    st.info("The run store is empty. **Run the demo transfer** below: a CNN that learned the digits "
+            "0-4 is fine-tuned on the digits 5-9 from 10 labels per class, with the OT regulariser "
+            "pulling each layer's neurons toward the teacher's; it takes about a minute on two CPU "
+            "cores. Or fill in the form to train any setting and method.", icon=":material/rocket_launch:")
+
+with st.expander("Shipped teachers", expanded=runs.empty):
+    st.caption("Small teachers trained from fixed seeds, shipped with otviz (`otviz teachers`). "
+               "Each setting picks its teacher; the Alignments page compares any two of them.")
+    st.dataframe(dk.teachers_frame().drop(columns=["path"]), hide_index=True, width="stretch")
+
+following = "follow" in st.session_state
+with st.expander("Start a training", expanded=runs.empty or not following):
+    demo_col, demo_text = st.columns([1, 3], vertical_alignment="center")
+    if demo_col.button("Run the demo transfer", type="primary", icon=":material/play_arrow:",
+                       key="demo"):
+        start(dict(dk.DEMO_CONFIG))
+    demo_text.caption("Setting *transfer*, method *ot*, lambda 0.1, 5 epochs of 10 steps: about a "
+                      "minute on two CPU cores.")
+    st.divider()
+    arch = st.radio("Model family", ["cnn", "mlp"], horizontal=True, key="arch",
+                    help="Teacher and student family; the layer pairs below follow it.")
+    layers = default_pairs(arch)
+    with st.form("train_form"):
+        c1, c2, c3 = st.columns(3)
+        setting = c1.selectbox("Setting", list(SETTINGS), key="setting",
+                               help="\n\n".join(f"**{k}**: {v.description}" for k, v in SETTINGS.items()))
+        method = c1.selectbox("Method", dk.METHOD_CHOICES, key="method",
+                              help="ot: the OT regulariser; kd+ot adds Hinton's distillation; the "
+                                   "others are the usual baselines (scratch, finetune, L2-SP, KD, "
+                                   "FitNets, attention transfer).")
+        lam = c1.number_input("λ (weight of the OT term)", min_value=0.0, value=0.1, step=0.05,
+                              format="%.3f", key="lam")
+        pairs = c1.multiselect("Layer pairs (teacher layer = student layer)", layers,
+                               default=layers, key="pairs",
+                               help="Layers whose neurons are compared by OT (also logged for the "
+                                    "other methods).")
+        cost = c2.selectbox("Cost between neurons", ["sqeuclidean", "euclidean", "cosine",
+                                                     "correlation"], key="cost")
+        normalize = c2.selectbox("Per-neuron normalisation", ["none", "center", "standardize", "unit"],
+                                 key="normalize")
+        ot_method = c2.selectbox("OT solver", ["emd", "sinkhorn", "unbalanced"], key="ot_method")
+        eps = c2.number_input("eps (sinkhorn / unbalanced; relative to the cost scale)",
+                              min_value=1e-4, max_value=10.0, value=0.01, step=0.005, format="%.4f",
+                              key="eps")
+        spatial = c2.selectbox("Conv neuron", ["flatten", "mean"], key="spatial",
+                               help="flatten: one response per image and position; mean: its spatial "
+                                    "average per image.")
+        epochs = c3.number_input("Epochs", min_value=1, max_value=500, value=5, key="epochs")
+        steps = c3.number_input("Steps per epoch (0 = one pass over the training set)",
+                                min_value=0, max_value=100_000, value=20, key="steps")
+        k = c3.number_input("Labels per class (transfer settings; 0 = the setting's default)",
+                            min_value=0, max_value=400, value=0, key="k")
+        batch_size = c3.number_input("Batch size", min_value=2, max_value=1024, value=64, key="batch_size")
+        lr = c3.number_input("Learning rate", min_value=1e-5, max_value=1.0, value=1e-3, format="%.4f",
+                             key="lr")
+        seed = c3.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="seed")
+        name = st.text_input("Name (optional)", key="name")
+        submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+    if submitted:
+        if not pairs:
+            st.error("Pick at least one layer pair.")
+        else:
+            start(dict(
+                setting=setting, method=method, lam=float(lam), pairs=list(pairs), cost=cost,
+                normalize=None if normalize == "none" else normalize, ot_method=ot_method,
+                eps=float(eps) if ot_method != "emd" else None, spatial=spatial, epochs=int(epochs),
+                steps_per_epoch=int(steps) or None, k=int(k) or None, batch_size=int(batch_size),
+                lr=float(lr), seed=int(seed), arch=arch, name=name.strip() or None))
+
+# ----------------------------------------------------------------------------- follow a run
+if runs.empty:
+    st.stop()
+
+st.subheader("Follow a run")
+ordered = runs.sort_values("run_id", ascending=False)
+labels = {int(r["run_id"]): dk.run_label(r) for _, r in ordered.iterrows()}
+ids = list(labels)
+if st.session_state.get("follow") not in labels:
+    wanted = st.query_params.get("run")
+    running = ordered.loc[ordered["status"] == "running", "run_id"]
+    if wanted and wanted.isdigit() and int(wanted) in labels:
+        st.session_state["follow"] = int(wanted)
+    elif len(running):
+        st.session_state["follow"] = int(running.iloc[0])
+    else:
+        st.session_state["follow"] = ids[0]
+run_id = st.selectbox("Run", ids, format_func=labels.get, key="follow")
+st.query_params["run"] = str(run_id)
+status = ordered.loc[ordered["run_id"] == run_id, "status"].iloc[0]
+live = status == "running"
+st.session_state["live_mode"] = (run_id, live)
+
+
+def live_view(run_id: int) -> None:
+    """Progress, curves and the latest plan of one run; refreshed every second while it runs."""
+    store = dk.open_store()
+    if store is None:
+        return
+    try:
+        run = store.run(run_id)
+        metrics = store.metrics(run_id)
+        snaps = store.snapshots(run_id)
+    except RunNotFoundError:
+        st.warning(f"Run {run_id} is no longer in the store.")
+        return
+    except (RunStoreError, OSError) as exc:
+        dk.show_error(exc, "Could not read the run from the store")
+        return
+    if st.session_state.get("live_mode") == (run_id, True) and run["status"] != "running":
+        st.rerun()  # the run ended: redraw once without the timer
+
+    step, total = run.get("step") or 0, run.get("total_steps") or 0
+    head = st.columns([3, 1], vertical_alignment="center")
+    with head[0]:
+        frac = min(1.0, step / total) if total else 0.0
+        st.progress(frac, text=f"**{run['status']}** - step {step}/{total or '?'}, epoch "
+                               f"{run.get('epoch') or 0}/{run['config'].get('epochs', '?')}"
+                               + (f" - {run['message']}" if run.get("message") else ""))
+    with head[1]:
+        if run["status"] == "running":
+            if st.button("Stop", icon=":material/stop:", key=f"stop_{run_id}",
+                         help="End this run's process only; the run is marked interrupted."):
+                st.toast(dk.stop_training(run))
+        else:
+            st.caption(f"{run['status']} after {run.get('duration') or 0:.0f} s")
+    if run["status"] == "failed" and run.get("error"):
+        st.error(f"The run failed: {str(run['error']).strip().splitlines()[-1]}")
+        with st.expander("Error details"):
+            st.code(run["error"])
+
+    keys = sorted(metrics["key"].unique().tolist()) if not metrics.empty else []
+    loss_keys = [k for k in keys if k.startswith("loss/")] or ["loss/total"]
+    ot_keys = [k for k in keys if k.startswith("ot/")]
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(figures.training_curves(metrics, loss_keys, x="step", title="Loss terms",
+                                                height=340), key=f"loss_{run_id}")
+        if ot_keys:
+            st.plotly_chart(figures.training_curves(metrics, ot_keys, x="step", log_y=True,
+                                                    title="OT distance per layer pair", height=340),
+                            key=f"ot_{run_id}")
+        else:
+            st.caption("No OT distances logged yet.")
+    with right:
+        st.plotly_chart(figures.training_curves(metrics, ["train/accuracy", "test/accuracy"],
+                                                x="epoch", title="Accuracy", height=340),
+                        key=f"acc_{run_id}")
+        pair_keys = sorted(snaps["key"].unique().tolist()) if not snaps.empty else []
+        if pair_keys:
+            pair = st.selectbox("Layer pair", pair_keys, index=len(pair_keys) - 1,
+                                key=f"plan_pair_{run_id}")
+            latest = snaps[snaps["key"] == pair].iloc[-1]
+            try:
+                plan = store.snapshot(run_id, pair)
+            except (RunStoreError, OSError) as exc:
+                dk.show_error(exc, "Could not read the plan")
+            else:
+                st.plotly_chart(figures.plan_heatmap(
+                    plan, title=f"Latest transport plan, {pair} (epoch {int(latest['epoch'])})",
+                    height=420), key=f"plan_{run_id}")
+        else:
+            st.caption("The first transport plan appears after the first evaluation.")
+
+    with st.expander("Configuration"):
+        st.json(run["config"], expanded=False)
+
+
+st.fragment(live_view, run_every=1.0 if live else None)(run_id)
