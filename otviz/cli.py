@@ -512,6 +512,74 @@ def _indent(text: str, prefix: str = "   ") -> str:
 
 
 # ----------------------------------------------------------------------------
+# otviz dashboard
+# ----------------------------------------------------------------------------
+def _dashboard_entry() -> Any:
+    """Path of the Streamlit entry script, ``<repository>/app/otviz_app.py``."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "app" / "otviz_app.py"
+
+
+def _add_dashboard(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "dashboard",
+        help="start the Streamlit dashboard (train, watch plans live, compare, learn)",
+        description=(
+            "Serve the otviz dashboard: launch trainings and follow them live, inspect transport "
+            "plans and neuron maps between two models or over a run's epochs, compare runs, and an "
+            "interactive introduction to optimal transport. Trainings started from it run in their "
+            "own processes and write to the run store."
+        ),
+        epilog="example:\n  otviz dashboard --port 8502 --store /tmp/runs.db",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--port", type=_positive_int, default=8501, help="port to listen on (default 8501)")
+    p.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 exposes the "
+        "dashboard, and the trainings it can launch, to the network)",
+    )
+    p.add_argument(
+        "--store", default=None, metavar="PATH",
+        help="run store (SQLite file); default $OTVIZ_STORE, else ~/.otviz/runs.db",
+    )
+    p.set_defaults(func=_run_dashboard)
+
+
+def _run_dashboard(args: argparse.Namespace) -> int:
+    import importlib.util
+    import subprocess
+
+    entry = _dashboard_entry()
+    if not entry.is_file():
+        raise CommandError(
+            f"the dashboard app is not at {entry}; it ships in the repository's app/ folder, so "
+            "run otviz from a source checkout (pip install -e .)"
+        )
+    if importlib.util.find_spec("streamlit") is None:
+        raise CommandError("the dashboard needs streamlit: pip install -r requirements.txt")
+    env = dict(os.environ)
+    if args.store:
+        env["OTVIZ_STORE"] = os.path.abspath(os.path.expanduser(args.store))
+    from otviz.runs import default_store_path
+
+    store = env.get("OTVIZ_STORE") or str(default_store_path())
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(entry),
+        "--server.address", args.address, "--server.port", str(args.port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]
+    print(f"otviz dashboard: http://{args.address}:{args.port}  (run store: {store}; Ctrl-C stops)",
+          flush=True)
+    if os.name == "posix":
+        sys.stdout.flush()
+        os.execve(sys.executable, cmd, env)  # the server replaces this process: signals reach it
+    return subprocess.call(cmd, env=env)  # pragma: no cover - non-POSIX
+
+
+# ----------------------------------------------------------------------------
 # registry and entry point
 # ----------------------------------------------------------------------------
 #: One function per subcommand: ``f(subparsers)`` adds a parser and sets ``func``.
@@ -523,7 +591,7 @@ def _add_train_commands(subparsers: Any) -> None:
     add_teachers(subparsers)
 
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_align, _add_train_commands]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_align, _add_train_commands, _add_dashboard]
 
 
 def build_parser() -> argparse.ArgumentParser:
