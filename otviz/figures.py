@@ -586,6 +586,9 @@ def plan_snapshots(
     frame_duration : int, default 600
         Milliseconds per snapshot when playing.
 
+    Every frame carries its full matrix: 10 snapshots of a 512 x 256 plan
+    make a figure of about 17 MB, so thin out the snapshots of wide layers.
+
     Returns
     -------
     plotly.graph_objects.Figure
@@ -642,8 +645,8 @@ def plan_snapshots(
                                     transition=dict(duration=0))])
              for lab in labels]
     fig.update_layout(
-        sliders=[dict(active=active, steps=steps, x=0.1, len=0.9, y=0, yanchor="top",
-                      pad=dict(t=45), currentvalue=dict(prefix="", visible=True))],
+        sliders=[dict(active=active, steps=steps, x=0.14, len=0.86, y=0, yanchor="top",
+                      pad=dict(t=45), currentvalue=dict(visible=False))],
         updatemenus=[dict(type="buttons", direction="left", x=0.0, y=0, xanchor="left",
                           yanchor="top", pad=dict(t=50, r=10), showactive=False, buttons=[
                               dict(label="▶", method="animate",
@@ -667,6 +670,8 @@ def plan_snapshots(
 # neuron embeddings and maps
 # ----------------------------------------------------------------------------
 _ROW_NORMS = (None, "center", "standardize", "unit")
+_NORM_WORDS = {None: "raw", "center": "centred", "standardize": "standardised",
+               "unit": "unit-norm"}
 
 
 def _normalise_rows(X: np.ndarray, how: str | None) -> np.ndarray:
@@ -880,7 +885,8 @@ def neuron_map(
     top : float in (0, 1] or int, default 0.9
         A float draws the fewest strongest entries that carry this fraction
         of the plan's mass (at most ``max_lines``); an int draws that many
-        strongest entries (or all non-zero ones if fewer).
+        strongest entries (or all non-zero ones if fewer). Note ``top=1.0``
+        draws the whole plan and ``top=1`` a single line.
     title : str, optional
     max_lines : int or None, default 5000
         Cap on lines for a fractional ``top`` (dense entropic plans of wide
@@ -918,7 +924,7 @@ def neuron_map(
         E = embed_neurons(T, S, method=method, random_state=random_state,
                           n_neighbors=n_neighbors, normalize=normalize)
         axis = {"pca": "PC", "umap": "UMAP"}[method]
-        how = f"{'PCA' if method == 'pca' else 'UMAP'} of {normalize or 'raw'} responses"
+        how = f"{'PCA' if method == 'pca' else 'UMAP'} of {_NORM_WORDS[normalize]} responses"
     else:
         E = _check_points(embedding, "embedding", dim=2)
         if E.shape[0] != m + k:
@@ -1082,6 +1088,19 @@ def _check_smooth(smooth: Any) -> int | None:
     return int(smooth)
 
 
+def _integer_ticks(fig: go.Figure, x: str, series: Any) -> None:
+    """One tick per epoch when there are few epochs (no 1.5 epochs on the axis)."""
+    if x != "epoch":
+        return
+    values = set()
+    for s in series:
+        values.update(s.index.tolist())
+    if len(values) <= 15:
+        fig.update_xaxes(dtick=1)
+    else:
+        fig.update_xaxes(tickformat="d")
+
+
 def _axis_name(x: str) -> str:
     return {"step": "step", "epoch": "epoch", "time": "time"}.get(x, x)
 
@@ -1156,8 +1175,8 @@ def training_curves(
     series = {key: _series(metrics, key, x, smooth) for key in keys}
     n = len(keys)
     if facet and n > 1:
-        fig = make_subplots(rows=n, cols=1, shared_xaxes=True, vertical_spacing=0.04,
-                            subplot_titles=keys)
+        fig = make_subplots(rows=n, cols=1, shared_xaxes=True,
+                            vertical_spacing=min(0.1, 0.3 / n), subplot_titles=keys)
     else:
         fig = go.Figure()
         facet = False
@@ -1175,8 +1194,11 @@ def training_curves(
                 fig.update_yaxes(tickformat=".0%", row=i + 1, col=1)
         else:
             fig.add_trace(tr)
+    if facet:
+        fig.update_layout(showlegend=False)
     fig.update_xaxes(title=dict(text=_axis_name(x)), row=n if facet else None,
                      col=1 if facet else None)
+    _integer_ticks(fig, x, series.values())
     if log_y:
         fig.update_yaxes(type="log")
     if not facet:
@@ -1247,6 +1269,7 @@ def accuracy_curves(
             name=str(label) if len(s) else f"{label} (no data yet)",
             hovertemplate=f"{label}<br>{x} %{{x}}<br>{key} %{{y:.4g}}<extra></extra>"))
     fig.update_xaxes(title=dict(text=_axis_name(x)))
+    _integer_ticks(fig, x, all_series)
     fig.update_yaxes(title=dict(text=key))
     if _is_fraction_key(key, all_series):
         fig.update_yaxes(tickformat=".0%")
