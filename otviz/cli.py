@@ -461,6 +461,19 @@ def _align_demo(args: argparse.Namespace) -> int:
             f"--teacher-layers/--student-layers apply to TEACHER STUDENT; the demo compares "
             f"{', '.join(_DEMO_LAYERS)}."
         )
+    # The demo's tensors are tiny: one thread is as fast as two, and far faster when the
+    # machine is busy (threads of a parallel region wait for each other). Restored on exit.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _align_demo_run(args, t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _align_demo_run(args: argparse.Namespace, t0: float) -> int:
+    import torch
+
     seed = int(args.seed)
     epochs = 30 if args.epochs is None else int(args.epochs)
     x_train, x_test, y_train, y_test = _demo_data(seed)
