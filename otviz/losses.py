@@ -920,6 +920,18 @@ def _pair_neurons(t: torch.Tensor, s: torch.Tensor, spatial: str, size: Any, key
     return neurons(t, spatial="flatten", size=common), neurons(s, spatial="flatten", size=common)
 
 
+def _floored_normalize(x: torch.Tensor, how: str) -> torch.Tensor:
+    """Per-neuron standardisation or unit norm with a floor on the divisor (see OTRegularizer)."""
+    if how == "standardize":
+        x = x - x.mean(dim=1, keepdim=True)
+        sq = x.pow(2).mean(dim=1, keepdim=True)
+    else:
+        sq = x.pow(2).sum(dim=1, keepdim=True)
+    # clamp the square before the square root: no infinite derivative at 0
+    floor = 1e-12 * sq.detach().max().clamp_min(torch.finfo(x.dtype).tiny)
+    return x / sq.clamp_min(floor).sqrt()
+
+
 def _scale_factor(cost: str, normalize: str | None, feature_scale: str, d: int) -> float:
     """Factor applied to the distance so that it is a per-feature mean (see OTRegularizer)."""
     if feature_scale == "sum" or normalize == "unit":
@@ -969,10 +981,14 @@ class OTRegularizer(TransferLoss):
     are. ``feature_scale="sum"`` uses the raw cost, :math:`\kappa_\ell = 1`.
 
     **Normalisation and dead units.** ``normalize="standardize"`` or
-    ``"unit"`` (and the ``cosine``/``correlation`` costs) are undefined for a
-    neuron whose responses on the minibatch are constant (``"unit"``,
-    ``cosine``: all zero), e.g. a dead ReLU channel; the transport module
-    then raises ``ValueError``. ``None`` and ``"center"`` accept any neuron.
+    ``"unit"`` is undefined for a neuron whose responses on the minibatch are
+    constant (``"unit"``: all zero), e.g. a ReLU channel silent on the whole
+    batch. :func:`otviz.align` rejects such neurons; the regulariser instead
+    divides by ``max(scale, 1e-6 * largest scale)``, so a dead neuron becomes
+    the zero vector and training goes on. The ``cosine``/``correlation``
+    costs have no such floor and raise ``ValueError`` on a dead neuron; use
+    ``normalize="standardize"`` with the squared Euclidean cost (its cost is
+    2(1 - r), an affine function of the correlation r) for training.
 
     Parameters
     ----------
@@ -1098,8 +1114,16 @@ class OTRegularizer(TransferLoss):
     # -- computation --------------------------------------------------------
     def _solve(self, key: str, tn: torch.Tensor, sn: torch.Tensor) -> torch.Tensor:
         warm = self._potentials.get(key) if self.use_warm_start else None
+        normalize = self.normalize
+        if normalize in ("standardize", "unit"):
+            # A ReLU channel can be silent on a whole minibatch; otviz.align
+            # rejects such a neuron, but a training step must go on: normalise
+            # here with a floor on the scale, so a dead neuron becomes the zero
+            # vector (mean response) instead of a division by zero.
+            tn, sn = _floored_normalize(tn, normalize), _floored_normalize(sn, normalize)
+            normalize = None
         value, alignment = _transport.ot_distance(
-            tn, sn, cost=self.cost, normalize=self.normalize, method=self.method, eps=self.eps,
+            tn, sn, cost=self.cost, normalize=normalize, method=self.method, eps=self.eps,
             grad="envelope", warm_start=warm, return_alignment=True, **self.solver_options,
         )
         self._alignments[key] = alignment

@@ -582,3 +582,23 @@ def test_ot_training_step_on_real_networks_pulls_the_student_toward_the_teacher(
     assert values[-1] < 0.5 * values[0]
     assert set(ot_only.diagnostics()) >= {"ot/features.conv2->features.conv2",
                                           "ot/features.conv3->features.conv2"}
+
+
+def test_ot_regularizer_survives_dead_channel_under_standardize():
+    from otviz.losses import OTRegularizer, StepContext
+
+    torch.manual_seed(0)
+    t = torch.relu(torch.randn(8, 6, 5, 5))
+    s = torch.relu(torch.randn(8, 3, 5, 5)).requires_grad_(True)
+    s_dead = s * torch.tensor([1.0, 0.0, 1.0]).view(1, 3, 1, 1)  # channel 1 silent on the batch
+    reg = OTRegularizer([("a", "b")], weight=1.0, normalize="standardize")
+    ctx = StepContext(inputs=t, targets=torch.zeros(8, dtype=torch.long), student_logits=torch.zeros(8, 2),
+                      teacher_logits=None, student_features={"b": s_dead}, teacher_features={"a": t})
+    value = reg(ctx)
+    assert torch.isfinite(value)
+    value.backward()
+    assert torch.isfinite(s.grad).all()
+    with pytest.raises(ValueError, match="zero variance"):
+        otviz_align = __import__("otviz").align
+        from otviz.capture import neurons
+        otviz_align(neurons(t), neurons(s_dead.detach()), normalize="standardize")

@@ -1,0 +1,141 @@
+"""Every method x the three settings x several seeds, at a small budget.
+
+Writes ``benchmarks/results/transfer.csv`` (one row per run) and
+``benchmarks/results/transfer.md`` (mean +- std test accuracy and wall time per
+run), the table the README shows. Runs go through ``otviz.train.train`` with a
+throw-away run store; two worker processes (one torch thread each) share the
+machine's two cores.
+
+Usage::
+
+    python benchmarks/bench_transfer.py                 # the README table (< 30 min on 2 cores)
+    python benchmarks/bench_transfer.py --seeds 0 --settings transfer --methods finetune ot
+    python benchmarks/bench_transfer.py --set lam=0.5 --set normalize=center   # tuning
+
+Budgets (identical for every method of a setting):
+
+* ``transfer`` / ``transfer-small``: k = 10 labelled images per class (50 in
+  all), full-batch steps, 8 evaluations x 15 steps.
+* ``distill``: the full 4,000-image training split, batch 64, 3 epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+METHODS = {
+    "transfer": ["scratch", "finetune", "l2sp", "fitnets", "at", "ot"],
+    "distill": ["scratch", "kd", "fitnets", "at", "ot", "kd+ot"],
+    "transfer-small": ["scratch", "fitnets", "at", "ot"],
+}
+BUDGET = {
+    "transfer": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-3),
+    "transfer-small": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-2),
+    "distill": dict(epochs=3, batch_size=64, lr=1e-2),
+}
+# OT regulariser options used in the table (chosen by the tuning described in
+# benchmarks/README.md); lam is per setting.
+OT_OPTIONS = dict(cost="sqeuclidean", normalize=None, ot_method="emd", spatial="flatten",
+                  pairs=["features.conv1", "features.conv2", "features.conv3"])
+LAM = {"transfer": 1.0, "distill": 1.0, "transfer-small": 1.0}
+
+
+def _run(job):
+    import torch
+
+    from otviz.runs import RunStore
+    from otviz.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    setting, method, seed, extra, db = job
+    cfg = dict(setting=setting, method=method, seed=seed, num_threads=1, lam=LAM[setting],
+               **BUDGET[setting], **OT_OPTIONS)
+    cfg.update(extra)
+    t0 = time.perf_counter()
+    res = train(TrainConfig(**cfg), store=RunStore(db), progress=False)
+    return dict(setting=setting, method=method, seed=seed, test_accuracy=res.test_accuracy,
+                train_accuracy=res.train_accuracy, seconds=time.perf_counter() - t0,
+                **{k: v for k, v in extra.items()})
+
+
+def _parse_set(items):
+    out = {}
+    for it in items or []:
+        k, _, v = it.partition("=")
+        for conv in (int, float):
+            try:
+                v = conv(v)
+                break
+            except ValueError:
+                pass
+        if v == "None":
+            v = None
+        if k == "pairs" and isinstance(v, str):
+            v = v.split(",")
+        out[k] = v
+    return out
+
+
+def main(argv=None):
+    import pandas as pd
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--settings", nargs="+", default=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=None, help="restrict to these methods")
+    p.add_argument("--set", action="append", help="override a TrainConfig field, e.g. lam=0.5")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=None, help="basename under benchmarks/results (default transfer)")
+    args = p.parse_args(argv)
+    extra = _parse_set(args.set)
+    db = str(Path(tempfile.mkdtemp(prefix="otviz-bench-")) / "runs.db")
+    jobs = [(s, m, seed, extra, db) for s in args.settings for m in METHODS[s]
+            if args.methods is None or m in args.methods for seed in args.seeds]
+    t0 = time.perf_counter()
+    rows = []
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        for r in pool.imap_unordered(_run, jobs):
+            rows.append(r)
+            print(f"{r['setting']:15s} {r['method']:8s} seed {r['seed']}  test acc {r['test_accuracy']:.4f}"
+                  f"  ({r['seconds']:.1f} s)", flush=True)
+    total = time.perf_counter() - t0
+    df = pd.DataFrame(rows)
+    g = df.groupby(["setting", "method"], sort=False)
+    table = g.agg(mean=("test_accuracy", "mean"), std=("test_accuracy", "std"), n=("seed", "count"),
+                  seconds=("seconds", "mean")).reset_index()
+    order = {s: i for i, s in enumerate(METHODS)}
+    table["_s"] = table.setting.map(order)
+    table["_m"] = [METHODS[s].index(m) for s, m in zip(table.setting, table.method)]
+    table = table.sort_values(["_s", "_m"]).drop(columns=["_s", "_m"])
+    lines = [f"| setting | method | test accuracy (mean +- std, {len(args.seeds)} seeds) | s / run |",
+             "|---|---|---|---|"]
+    for _, r in table.iterrows():
+        best = table[table.setting == r.setting]["mean"].max()
+        acc = f"{100 * r['mean']:.1f} +- {100 * (r['std'] if r['n'] > 1 else 0):.1f}"
+        if r["mean"] == best:
+            acc = f"**{acc}**"
+        lines.append(f"| {r.setting} | {r.method} | {acc} | {r.seconds:.1f} |")
+    opts = ", ".join(f"{k}={v}" for k, v in {**OT_OPTIONS, **extra}.items())
+    lines.append("")
+    lines.append(f"OT options: {opts}; lam per setting: {LAM}. Budgets: {BUDGET}. "
+                 f"Total wall time {total / 60:.1f} min with {args.workers} workers.")
+    md = "\n".join(lines)
+    print("\n" + md)
+    RESULTS.mkdir(exist_ok=True)
+    base = args.out or "transfer"
+    df.to_csv(RESULTS / f"{base}.csv", index=False)
+    (RESULTS / f"{base}.md").write_text(md + "\n")
+    print(f"written {RESULTS / (base + '.csv')} and .md")
+
+
+if __name__ == "__main__":
+    main()
