@@ -306,7 +306,7 @@ def _pairs(t_layers: Sequence[str], s_layers: Sequence[str]) -> list[tuple[str, 
 def _report(teacher, student, inputs, t_layers, s_layers, args, *, spatial="mean", size=None, extra=None):
     """Print the per-pair alignments and the layer x layer tables; ``extra(t_name, s_name, t, s)``
     may print more lines after a pair."""
-    from otviz.align import layer_distances
+    from otviz.layers import layer_distances
     from otviz.capture import capture, neurons
     from otviz.transport import align
 
@@ -583,6 +583,7 @@ def _run_dashboard(args: argparse.Namespace) -> int:
         sys.executable, "-m", "streamlit", "run", str(entry),
         "--server.address", args.address, "--server.port", str(args.port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
     ]
     print(f"otviz dashboard: http://{args.address}:{args.port}  (run store: {store}; Ctrl-C stops)",
           flush=True)
@@ -652,6 +653,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"otviz {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`otviz ... | head`): stop quietly, as a Unix filter does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover
