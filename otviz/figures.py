@@ -17,7 +17,7 @@ Neurons
     small 2-D point clouds, for teaching.
 Tables and curves
     :func:`distance_matrix` / :func:`distance_matrices` draw the
-    teacher-layer x student-layer tables of :func:`otviz.align.layer_distances`;
+    teacher-layer x student-layer tables of :func:`otviz.layers.layer_distances`;
     :func:`training_curves` and :func:`accuracy_curves` plot long-format
     metrics from :meth:`otviz.runs.RunStore.metrics`; :func:`distance_bars`
     compares a few alignments.
@@ -1329,7 +1329,7 @@ def distance_matrix(df: pd.DataFrame, *, title: str | None = None,
     Parameters
     ----------
     df : pandas.DataFrame
-        Output of :func:`otviz.align.layer_distances`: index teacher layers,
+        Output of :func:`otviz.layers.layer_distances`: index teacher layers,
         columns student layers.
     title : str, optional
     measure : str, optional

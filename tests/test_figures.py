@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from otviz import figures as F
-from otviz.align import layer_distances
+from otviz.layers import layer_distances
 from otviz.transport import align
 
 

@@ -1,4 +1,4 @@
-"""Tests for otviz.align: linear CKA and layer x layer distance tables."""
+"""Tests for otviz.layers: linear CKA and layer x layer distance tables."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from scipy.stats import ortho_group
 from torch import nn
 
-from otviz.align import cka, layer_distances
+from otviz.layers import cka, layer_distances
 from otviz.capture import capture, neurons
 
 

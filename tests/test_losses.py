@@ -599,6 +599,6 @@ def test_ot_regularizer_survives_dead_channel_under_standardize():
     value.backward()
     assert torch.isfinite(s.grad).all()
     with pytest.raises(ValueError, match="zero variance"):
-        otviz_align = __import__("otviz").align
+        from otviz import align as otviz_align
         from otviz.capture import neurons
         otviz_align(neurons(t), neurons(s_dead.detach()), normalize="standardize")

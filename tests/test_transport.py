@@ -300,3 +300,10 @@ def test_weights_renormalised_with_warning():
 def test_public_exports():
     for name in ["align", "ot_distance", "cost_matrix", "Alignment"]:
         assert hasattr(otviz, name)
+
+
+def test_otviz_align_is_the_function_not_a_module():
+    import importlib
+
+    importlib.import_module("otviz.layers")
+    assert callable(otviz.align) and otviz.align is align
