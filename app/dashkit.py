@@ -246,8 +246,8 @@ def alignment_data(t_ref: str, s_ref: str, t_layer: str, s_layer: str, cost: str
 def layer_tables(t_ref: str, s_ref: str, cost: str, normalize: str | None, method: str,
                  eps: float | None, spatial: str, size: int | None, n_probe: int, seed: int,
                  _t_data: bytes | None = None, _s_data: bytes | None = None):
-    """Layer x layer OT distances and linear CKA (:func:`otviz.align.layer_distances`)."""
-    from otviz.align import layer_distances
+    """Layer x layer OT distances and linear CKA (:func:`otviz.layers.layer_distances`)."""
+    from otviz.layers import layer_distances
 
     teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data)
     inputs, _ = probe_inputs(t_info, s_info, n_probe, seed)
@@ -328,3 +328,14 @@ def notebooks() -> list[Path]:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def chart(fig, key: str, *, legend_below: bool = False) -> None:
+    """Draw an otviz figure as built (its own template, the same look as in the notebooks).
+
+    ``legend_below`` moves a horizontal legend under the plot, for half-width columns where
+    a legend at the top would run into the title.
+    """
+    if legend_below:
+        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.14, x=0, xanchor="left"))
+    st.plotly_chart(fig, theme=None, key=key)

@@ -72,9 +72,10 @@ def neuron_map_panel(data: dict) -> None:
 
             wait_for_umap()
     fig = figures.neuron_map(T, S, al.plan, embedding=embedding, method=method, top=0.9,
-                             title=f"Neuron map ({'UMAP' if method == 'umap' else 'PCA'}), "
-                                   "lines: strongest plan entries")
-    st.plotly_chart(fig, key="al_neuron_map")
+                             title=f"Neuron map ({'UMAP' if method == 'umap' else 'PCA'})")
+    dk.chart(fig, key="al_neuron_map", legend_below=True)
+    st.caption("Teacher and student neurons embedded together; lines join the pairs that carry 90% "
+               "of the plan's mass. Hover a neuron for its index and mass.")
 
 
 def two_models() -> None:
@@ -112,8 +113,10 @@ def two_models() -> None:
     n_probe = o[5].select_slider("Probe images", [64, 128, 256, 500, 1000], value=256, key="al_probe")
     size = None
     if spatial == "flatten":
-        size = st.select_slider("Resize maps to (flatten)", [None, 2, 4, 7, 14], value=4, key="al_size",
-                                format_func=lambda v: "keep" if v is None else f"{v}x{v}")
+        size = st.select_slider("Resize maps to (flatten)", [0, 2, 4, 7, 14], value=4, key="al_size",
+                                format_func=lambda v: "keep" if not v else f"{v}x{v}",
+                                help="Maps of different sizes give neurons of different lengths; "
+                                     "resizing both makes them comparable.") or None
     normalize = None if norm == "none" else norm
     opts = dict(cost=cost, normalize=normalize, method=method, eps=None if method == "emd" else eps,
                 spatial=spatial, size=size, n_probe=int(n_probe), seed=0)
@@ -141,7 +144,7 @@ def two_models() -> None:
                    f"{data['t_shape']}, student activation {data['s_shape']}.")
         left, right = st.columns(2)
         with left:
-            st.plotly_chart(figures.plan_heatmap(al, title=f"Plan {t_layer} -> {s_layer}"),
+            dk.chart(figures.plan_heatmap(al, title=f"Plan {t_layer} -> {s_layer}"),
                             key="al_plan")
         with right:
             neuron_map_panel(data)
@@ -155,7 +158,7 @@ def two_models() -> None:
     except (ValueError, TypeError, RuntimeError) as exc:
         dk.show_error(exc, "The layer x layer table cannot be computed")
     else:
-        st.plotly_chart(figures.distance_matrices(ot_df, cka_df), key="al_tables")
+        dk.chart(figures.distance_matrices(ot_df, cka_df), key="al_tables")
 
 
 # ============================================================================= a run
@@ -213,11 +216,11 @@ def training_run() -> None:
         title = f"Plan {pair}, epoch {epoch}"
         if not ot.empty:
             title += f" (OT {ot['value'].iloc[-1]:.4g} on the last batch)"
-        st.plotly_chart(figures.plan_heatmap(plans[idx], order=order, title=title), key="al_run_plan")
+        dk.chart(figures.plan_heatmap(plans[idx], order=order, title=title), key="al_run_plan")
         st.caption("Rows and columns keep the order of the last epoch, so moving mass shows neurons "
                    "being reallocated.")
     with right:
-        st.plotly_chart(figures.plan_snapshots(plans, [f"epoch {e}" for e in epochs], order=order,
+        dk.chart(figures.plan_snapshots(plans, [f"epoch {e}" for e in epochs], order=order,
                                                active=idx, title="Neuron reallocation over the epochs"),
                         key="al_run_anim")
 

@@ -52,14 +52,17 @@ def runs_section() -> None:
         dk.show_error(exc, "Could not read the runs' metrics")
         return
     table = view.merge(finals, on="run_id", how="left")
+    for key in ("test/accuracy", "train/accuracy"):
+        table[key] = table[key] * 100
     cols = ["run_id", "name", "setting", "method", "status", "test/accuracy", "train/accuracy",
             "epoch", "config.lam", "config.epochs", "config.k", "config.seed", "duration", "created_at"]
     table = table[[c for c in cols if c in table.columns]]
     st.dataframe(table, hide_index=True, key="cmp_table", column_config={
-        "test/accuracy": st.column_config.NumberColumn("test acc", format="percent"),
-        "train/accuracy": st.column_config.NumberColumn("train acc", format="percent"),
+        "test/accuracy": st.column_config.NumberColumn("test acc", format="%.1f %%"),
+        "train/accuracy": st.column_config.NumberColumn("train acc", format="%.1f %%"),
         "duration": st.column_config.NumberColumn("seconds", format="%.0f"),
         "config.lam": st.column_config.NumberColumn("λ"),
+        "config.epochs": "epochs", "config.k": "k", "config.seed": "seed", "created_at": "created",
     })
     st.caption(f"{len(view)} of {len(runs)} runs.")
 
@@ -72,7 +75,7 @@ def runs_section() -> None:
         except (RunStoreError, OSError) as exc:
             dk.show_error(exc, "Could not read the metrics")
         else:
-            st.plotly_chart(figures.accuracy_curves(curves, title="Test accuracy"), key="cmp_curves")
+            dk.chart(figures.accuracy_curves(curves, title="Test accuracy"), key="cmp_curves")
 
     st.subheader("Export")
     try:
@@ -108,16 +111,23 @@ def runs_section() -> None:
 def benchmark_section() -> None:
     st.subheader("Benchmark: transfer results")
     files = dk.benchmark_files()
+    if "md" in files:
+        st.markdown(files["md"].read_text(encoding="utf-8", errors="replace"))
     if "csv" in files:
         try:
-            st.dataframe(pd.read_csv(files["csv"]), hide_index=True, key="cmp_bench")
+            per_run = pd.read_csv(files["csv"])
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             dk.show_error(exc, f"Could not read {files['csv']}")
-    elif "md" in files:
-        st.markdown(files["md"].read_text(encoding="utf-8", errors="replace"))
-    else:
-        st.info("No benchmark results yet. They appear here once the transfer benchmark has written "
-                "`benchmarks/results/transfer.csv` (or `.md`).")
+        else:
+            if "md" in files:
+                with st.expander(f"Every benchmark run ({len(per_run)} rows)"):
+                    st.dataframe(per_run, hide_index=True, key="cmp_bench")
+            else:
+                st.dataframe(per_run, hide_index=True, key="cmp_bench")
+    if not files:
+        st.info("No benchmark results yet. They appear here once the transfer benchmark "
+                "(`benchmarks/bench_transfer.py`) has written `benchmarks/results/transfer.md` "
+                "and `transfer.csv`.")
     if files:
         st.caption("From " + ", ".join(f"`{p.relative_to(dk.REPO)}`" for p in files.values()))
 

@@ -58,7 +58,7 @@ shape = c[0].selectbox("Clouds", list(CLOUDS), key="learn_shape", help="; ".join
 m = c[1].slider("Blue points", 3, 80, 30, key="learn_m")
 k = c[2].slider("Orange points", 3, 80, 20, key="learn_k")
 eps = c[3].select_slider("Sinkhorn eps", [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0],
-                         value=0.05, key="learn_eps",
+                         value=0.01, key="learn_eps",
                          help="Entropic regularisation, relative to the largest cost: reg = eps * max(C).")
 seed = c[4].number_input("Seed", 0, 10_000, 0, key="learn_seed")
 
@@ -73,9 +73,9 @@ except ValueError as exc:
 left, right = st.columns(2)
 for col, al, name in ((left, exact, "Exact OT (EMD)"), (right, entropic, f"Sinkhorn, eps = {eps:g}")):
     with col:
-        st.plotly_chart(figures.point_cloud_transport(X, Y, al, top=0.95, title=name, height=430,
+        dk.chart(figures.point_cloud_transport(X, Y, al, top=0.95, title=name, height=430,
                                                       x_label="blue", y_label="orange"),
-                        key=f"learn_cloud_{name[:5]}")
+                 key=f"learn_cloud_{name[:5]}", legend_below=True)
         n_links = int((al.plan > 1e-3 * al.plan.max()).sum())
         s = st.columns(3)
         s[0].metric("Transport cost", f"{al.distance:.3f}")
@@ -84,12 +84,14 @@ for col, al, name in ((left, exact, "Exact OT (EMD)"), (right, entropic, f"Sinkh
         s[2].metric("Iterations", "-" if al.n_iter is None else f"{al.n_iter}")
 with st.expander("The two plans as matrices"):
     a, b = st.columns(2)
-    a.plotly_chart(figures.plan_heatmap(exact, title="Exact plan", height=420,
-                                        teacher_label="blue points", student_label="orange points"),
-                   key="learn_plan_exact")
-    b.plotly_chart(figures.plan_heatmap(entropic, title="Sinkhorn plan", height=420,
-                                        teacher_label="blue points", student_label="orange points"),
-                   key="learn_plan_sinkhorn")
+    with a:
+        dk.chart(figures.plan_heatmap(exact, title="Exact plan", height=420,
+                                      teacher_label="blue points", student_label="orange points"),
+                 key="learn_plan_exact")
+    with b:
+        dk.chart(figures.plan_heatmap(entropic, title="Sinkhorn plan", height=420,
+                                         teacher_label="blue points", student_label="orange points"),
+                 key="learn_plan_sinkhorn")
 
 st.header("2. Neurons are points too")
 st.markdown(

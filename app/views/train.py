@@ -50,8 +50,7 @@ with st.expander("Shipped teachers", expanded=runs.empty):
                "Each setting picks its teacher; the Alignments page compares any two of them.")
     st.dataframe(dk.teachers_frame().drop(columns=["path"]), hide_index=True, width="stretch")
 
-following = "follow" in st.session_state
-with st.expander("Start a training", expanded=runs.empty or not following):
+with st.expander("Start a training", expanded=runs.empty):
     demo_col, demo_text = st.columns([1, 3], vertical_alignment="center")
     if demo_col.button("Run the demo transfer", type="primary", icon=":material/play_arrow:",
                        key="demo"):
@@ -175,16 +174,16 @@ def live_view(run_id: int) -> None:
     ot_keys = [k for k in keys if k.startswith("ot/")]
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(figures.training_curves(metrics, loss_keys, x="step", title="Loss terms",
+        dk.chart(figures.training_curves(metrics, loss_keys, x="step", title="Loss terms",
                                                 height=340), key=f"loss_{run_id}")
         if ot_keys:
-            st.plotly_chart(figures.training_curves(metrics, ot_keys, x="step", log_y=True,
+            dk.chart(figures.training_curves(metrics, ot_keys, x="step", log_y=True,
                                                     title="OT distance per layer pair", height=340),
                             key=f"ot_{run_id}")
         else:
             st.caption("No OT distances logged yet.")
     with right:
-        st.plotly_chart(figures.training_curves(metrics, ["train/accuracy", "test/accuracy"],
+        dk.chart(figures.training_curves(metrics, ["train/accuracy", "test/accuracy"],
                                                 x="epoch", title="Accuracy", height=340),
                         key=f"acc_{run_id}")
         pair_keys = sorted(snaps["key"].unique().tolist()) if not snaps.empty else []
@@ -197,7 +196,7 @@ def live_view(run_id: int) -> None:
             except (RunStoreError, OSError) as exc:
                 dk.show_error(exc, "Could not read the plan")
             else:
-                st.plotly_chart(figures.plan_heatmap(
+                dk.chart(figures.plan_heatmap(
                     plan, title=f"Latest transport plan, {pair} (epoch {int(latest['epoch'])})",
                     height=420), key=f"plan_{run_id}")
         else:

@@ -1,0 +1,274 @@
+"""The Streamlit dashboard, page by page, with Streamlit's AppTest (no browser).
+
+Every page renders without exception; the Train form launches a real training
+process that writes to a temporary store; the Alignments page draws a plan for
+shipped teachers and reports bad uploads and incomparable layers on the page.
+Training processes started here are killed at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("plotly")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from otviz.runs import RunStore  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY = str(ROOT / "app" / "otviz_app.py")
+TIMEOUT = 180  # seconds for one script run; generous, never a speed check
+
+
+# ----------------------------------------------------------------------------- helpers
+def _kill_runs(path: Path) -> None:
+    """SIGKILL the process of every run of the store that is still alive, and reap it."""
+    if not path.is_file():
+        return
+    try:
+        runs = RunStore(path).runs()
+    except Exception:  # noqa: BLE001 - a deliberately broken store
+        return
+    for pid in runs["pid"].dropna().astype(int):
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        try:
+            os.waitpid(pid, 0)  # our child (launched by the app in this process)
+        except ChildProcessError:
+            pass
+
+
+@pytest.fixture
+def store_path(tmp_path, monkeypatch):
+    path = tmp_path / "runs.db"
+    monkeypatch.setenv("OTVIZ_STORE", str(path))
+    yield path
+    _kill_runs(path)
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(ENTRY, default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page(f"views/{page}.py").run()
+    assert_ok(at)
+    return at
+
+
+def assert_ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def by_label(widgets, label: str):
+    found = [w for w in widgets if w.label == label]
+    assert found, f"no widget labelled {label!r}; have {[w.label for w in widgets]}"
+    return found[0]
+
+
+def figures_of(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def trace_types(at: AppTest) -> set[str]:
+    return {t.get("type", "scatter") for fig in figures_of(at) for t in fig.get("data", [])}
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def wait_for_status(path: Path, run_id: int, statuses: tuple[str, ...], timeout: float = 300) -> dict:
+    store = RunStore(path)
+    deadline = time.monotonic() + timeout
+    while True:
+        run = store.run(run_id)
+        if run["status"] in statuses:
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} still {run['status']} after {timeout} s"
+        time.sleep(0.5)
+
+
+def fake_run(store: RunStore, *, setting="transfer", method="ot", epochs=3, acc=(0.2, 0.5, 0.7)):
+    """A finished run with accuracy curves and one plan snapshot per epoch (no training)."""
+    rid = store.create_run({"setting": setting, "method": method, "epochs": epochs - 1,
+                            "teacher": "cnn-mnist5k", "cost": "sqeuclidean"})
+    rng = np.random.default_rng(rid)
+    for e in range(epochs):
+        store.log_metrics(rid, {"test/accuracy": acc[e], "train/accuracy": acc[e] + 0.1}, step=e * 5, epoch=e)
+        if e:
+            store.log_metrics(rid, {"loss/total": 1.0 / e, "ot/a->b": 0.5 / e}, step=e * 5 - 1, epoch=e)
+        plan = rng.random((8, 4))
+        store.log_snapshot(rid, "a->b", plan / plan.sum(), epoch=e, step=e * 5)
+    store.finish(rid, "completed")
+    return rid
+
+
+# ----------------------------------------------------------------------------- Train
+def test_train_page_on_an_empty_store_offers_the_demo_and_the_teachers(store_path):
+    at = open_page("train")
+    assert [t.value for t in at.title] == ["Train"]
+    assert any("run store is empty" in i.value for i in at.info)
+    assert any(b.label == "Run the demo transfer" for b in at.button)
+    teachers = at.dataframe[0].value
+    assert "cnn-mnist5k" in set(teachers["name"])
+
+
+def test_train_form_launches_a_run_that_writes_to_the_store(store_path):
+    at = open_page("train")
+    by_label(at.selectbox, "Setting").set_value("transfer")
+    by_label(at.selectbox, "Method").set_value("ot")
+    by_label(at.multiselect, "Layer pairs (teacher layer = student layer)").set_value(["features.conv3"])
+    by_label(at.number_input, "Epochs").set_value(1)
+    by_label(at.number_input, "Steps per epoch (0 = one pass over the training set)").set_value(2)
+    by_label(at.number_input, "Labels per class (transfer settings; 0 = the setting's default)").set_value(2)
+    by_label(at.button, "Start training").click().run()
+    assert_ok(at)
+    assert not errors(at), errors(at)
+
+    runs = RunStore(store_path).runs()
+    assert len(runs) == 1
+    run_id = int(runs["run_id"].iloc[0])
+    assert at.session_state["follow"] == run_id
+    run = wait_for_status(store_path, run_id, ("completed", "failed", "interrupted"))
+    assert run["status"] == "completed", run.get("error")
+    assert run["config"]["pairs"] == ["features.conv3"] and run["config"]["epochs"] == 1
+    keys = set(RunStore(store_path).metrics(run_id)["key"])
+    assert {"test/accuracy", "loss/total", "ot/features.conv3->features.conv3"} <= keys
+
+    at.run()  # the page now shows the finished run: curves and the latest plan
+    assert_ok(at)
+    assert "heatmap" in trace_types(at)
+    assert len(figures_of(at)) >= 4
+
+
+def test_demo_button_starts_a_run_and_stop_interrupts_it(store_path):
+    at = open_page("train")
+    by_label(at.button, "Run the demo transfer").click().run()
+    assert_ok(at)
+    assert not errors(at), errors(at)
+    run_id = int(RunStore(store_path).runs()["run_id"].iloc[0])
+    assert RunStore(store_path).run(run_id)["name"].startswith("demo")
+    stop = [b for b in at.button if b.label == "Stop"]
+    assert stop, "a running run offers a Stop button"
+    stop[0].click().run()
+    assert_ok(at)
+    run = wait_for_status(store_path, run_id, ("interrupted", "completed", "failed"), timeout=120)
+    assert run["status"] == "interrupted"
+
+
+def test_train_page_reports_a_corrupt_store(tmp_path, monkeypatch):
+    bad = tmp_path / "runs.db"
+    bad.write_bytes(b"this is not a sqlite database" * 100)
+    monkeypatch.setenv("OTVIZ_STORE", str(bad))
+    at = open_page("train")
+    assert any("cannot be used" in e for e in errors(at)), errors(at)
+    # the rest of the app keeps working
+    at.switch_page("views/learn.py").run()
+    assert_ok(at)
+    assert len(figures_of(at)) >= 2
+
+
+def test_train_page_reports_a_store_that_cannot_be_created(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("OTVIZ_STORE", str(blocker / "runs.db"))
+    at = open_page("train")
+    assert errors(at)
+
+
+# ----------------------------------------------------------------------------- Alignments
+def test_alignments_page_draws_a_plan_for_shipped_teachers(store_path):
+    at = open_page("alignments")
+    assert not errors(at), errors(at)
+    assert by_label(at.selectbox, "Teacher").value == "cnn-mnist5k"
+    assert "heatmap" in trace_types(at)
+    titles = [fig["layout"].get("title", {}).get("text", "") for fig in figures_of(at)]
+    assert any("Plan features.conv3" in t for t in titles), titles
+    assert any("Neuron map" in t for t in titles), titles
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Converged"] == "yes" and float(metrics["OT distance"]) > 0
+
+
+def test_alignments_page_reports_incomparable_layers(store_path):
+    at = open_page("alignments")
+    by_label(at.selectbox, "Conv neuron").set_value("flatten").run()
+    by_label(at.select_slider, "Resize maps to (flatten)").set_value(0)  # keep the map sizes
+    by_label(at.selectbox, "Teacher layer").set_value("features.conv1")
+    by_label(at.selectbox, "Student layer").set_value("features.conv3").run()
+    assert_ok(at)
+    assert any("cannot be aligned" in e for e in errors(at)), errors(at)
+
+
+def test_alignments_page_checks_uploads(store_path, tmp_path):
+    from otviz.models import build_model
+    from otviz.teachers import save_checkpoint
+
+    narrow = save_checkpoint(build_model("cnn", width=0.25, num_classes=10), tmp_path / "narrow.pt",
+                             task={"dataset": "mnist5k", "classes": list(range(10))})
+    at = open_page("alignments")
+    at.file_uploader[0].set_value([("junk.pt", b"not a checkpoint", "application/octet-stream"),
+                                   ("narrow.pt", narrow.read_bytes(), "application/octet-stream")])
+    at.run()
+    assert_ok(at)
+    assert any("junk.pt is not usable" in e for e in errors(at)), errors(at)
+    student = by_label(at.selectbox, "Student")
+    uploaded = [o for o in student.options if o.startswith("narrow.pt")]
+    assert uploaded, student.options
+    student.set_value(uploaded[0]).run()
+    assert_ok(at)
+    others = [e for e in errors(at) if "junk.pt" not in e]  # the bad file stays reported
+    assert not others, others
+    assert {m.label: m.value for m in at.metric}["Neurons"] == "64 x 16"
+
+
+def test_alignments_page_shows_a_runs_plans_over_epochs(store_path):
+    fake_run(RunStore(store_path))
+    at = open_page("alignments")
+    by_label(at.radio, "Compare").set_value("A training run").run()
+    assert_ok(at)
+    titles = [fig["layout"].get("title", {}).get("text", "") for fig in figures_of(at)]
+    assert any("epoch 2" in t for t in titles), titles
+    by_label(at.select_slider, "Epoch").set_value(1).run()
+    assert_ok(at)
+    titles = [fig["layout"].get("title", {}).get("text", "") for fig in figures_of(at)]
+    assert any("Plan a->b, epoch 1" in t for t in titles), titles
+
+
+# ----------------------------------------------------------------------------- Compare, Learn
+def test_compare_page_filters_overlays_and_exports(store_path):
+    store = RunStore(store_path)
+    fake_run(store, setting="transfer", method="ot")
+    fake_run(store, setting="distill", method="kd", acc=(0.1, 0.3, 0.4))
+    at = open_page("compare")
+    assert len(at.dataframe[0].value) == 2
+    curves = figures_of(at)[0]
+    assert len(curves["data"]) == 2
+    downloads = {d.label for d in at.get("download_button")}
+    assert {"runs.csv", "metrics.csv"} <= downloads
+    by_label(at.multiselect, "Setting").set_value(["distill"]).run()
+    assert_ok(at)
+    table = at.dataframe[0].value
+    assert list(table["setting"]) == ["distill"]
+    assert table["test/accuracy"].iloc[0] == pytest.approx(40.0)
+
+
+def test_learn_page_compares_emd_and_sinkhorn(store_path):
+    at = open_page("learn")
+    assert len(figures_of(at)) >= 2
+    by_label(at.select_slider, "Sinkhorn eps").set_value(0.5).run()
+    by_label(at.selectbox, "Clouds").set_value("Two moons").run()
+    assert_ok(at)
+    used = [m.value for m in at.metric if m.label == "Plan entries in use"]
+    exact, entropic = (int(v.split("/")[0]) for v in used)
+    assert exact < entropic  # the entropic plan is spread over more entries
