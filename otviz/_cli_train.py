@@ -65,6 +65,8 @@ def add_train(subparsers: Any) -> None:
                    help="steps between evaluations (default: one pass over the training set)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"minibatch size (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--schedule", default=d.schedule, choices=["cosine", "constant"],
+                   help="learning-rate schedule over all steps (default cosine decay to zero)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation, batches and label draw")
     p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--k", type=int, default=None, help="labelled images per class in the transfer settings (default 10)")
@@ -94,7 +96,7 @@ def _run_train(args: argparse.Namespace) -> int:
             pairs=[x.strip() for x in args.pairs.split(",") if x.strip()] if args.pairs else None,
             cost=args.cost, normalize=args.normalize, ot_method=args.ot_method, eps=args.eps,
             spatial=args.spatial, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-            batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, k=args.k,
+            batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed, device=args.device, k=args.k,
             student_width=args.student_width, kd_weight=args.kd_weight,
             temperature=args.temperature, num_threads=args.threads, name=args.name)
     res = train(cfg, store=args.store, progress=not args.no_progress, run_id_file=args.run_id_file)

@@ -74,6 +74,10 @@ class TrainConfig:
     epochs, batch_size, lr, weight_decay, seed
         Optimisation: Adam on the student's parameters (and FitNets'
         regressors), minibatches drawn with the seed.
+    schedule : {"cosine", "constant"}
+        Learning-rate schedule over all steps: cosine decay to zero (the
+        default; the final accuracy then does not depend on where the last
+        step happened to land) or a constant rate.
     steps_per_epoch : int, optional
         Optimisation steps between two evaluations. Default: one pass over
         the training set. The few-label settings have tiny training sets
@@ -109,6 +113,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     batch_size: int = 64
     lr: float = 1e-3
+    schedule: str = "cosine"
     weight_decay: float = 0.0
     seed: int = 0
     device: str = "cpu"
@@ -224,6 +229,8 @@ def _prepare(config: TrainConfig) -> _Setup:
         v = getattr(config, name)
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
             raise ValueError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'} number, got {v!r}")
+    if config.schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown schedule {config.schedule!r}; valid choices are 'cosine', 'constant'")
     terms = parse_method(config.method)
     device = _resolve_device(config.device)
     task = make_task(config.setting, k="default" if config.k is None else config.k, seed=config.seed,
@@ -379,6 +386,8 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
     total = steps_per_epoch * config.epochs
     params = list(s.student.parameters()) + list(s.loss.extra_parameters())
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+             if config.schedule == "cosine" else None)
     gen = torch.Generator().manual_seed(config.seed)
     needs_teacher = s.loss.needs_teacher
     t_layers = list(s.loss.teacher_layers)
@@ -427,6 +436,8 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    if sched is not None:
+                        sched.step()
                     metrics = {k: float(v) for k, v in s.loss.diagnostics().items()
                                if isinstance(v, (int, float)) and math.isfinite(float(v))}
                     metrics["loss/total"] = float(loss.detach())
