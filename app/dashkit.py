@@ -78,9 +78,16 @@ def read_store(store: RunStore, what: str, fn, *args, **kwargs):
 
 
 def run_label(row: Any) -> str:
-    """``#3 transfer/ot (running)`` for a row of :meth:`RunStore.runs`."""
+    """``#3 transfer/ot, 14:02`` for a row of :meth:`RunStore.runs`.
+
+    No status in the label: a select box keeps showing the label it was drawn with, and a
+    status there would go stale when the run ends; the pages show the status beside it.
+    """
     name = row.get("name") if hasattr(row, "get") else None
-    base = f"#{int(row['run_id'])} {row['setting']}/{row['method']} ({row['status']})"
+    created = row.get("created_at") if hasattr(row, "get") else None
+    when = ("" if created is None or created != created
+            else f", {created.to_pydatetime().astimezone():%b %d %H:%M}")
+    base = f"#{int(row['run_id'])} {row['setting']}/{row['method']}{when}"
     if name and not str(name).startswith(f"{row['setting']}-{row['method']}-"):
         base += f" - {name}"
     return base
@@ -337,5 +344,5 @@ def chart(fig, key: str, *, legend_below: bool = False) -> None:
     a legend at the top would run into the title.
     """
     if legend_below:
-        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.14, x=0, xanchor="left"))
+        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, x=0, xanchor="left"))
     st.plotly_chart(fig, theme=None, key=key)

@@ -154,9 +154,9 @@ def live_view(run_id: int) -> None:
     head = st.columns([3, 1], vertical_alignment="center")
     with head[0]:
         frac = min(1.0, step / total) if total else 0.0
-        st.progress(frac, text=f"**{run['status']}** - step {step}/{total or '?'}, epoch "
-                               f"{run.get('epoch') or 0}/{run['config'].get('epochs', '?')}"
-                               + (f" - {run['message']}" if run.get("message") else ""))
+        detail = run.get("message") or (f"epoch {run.get('epoch') or 0}/"
+                                        f"{run['config'].get('epochs', '?')}")
+        st.progress(frac, text=f"**{run['status']}** - step {step}/{total or '?'} - {detail}")
     with head[1]:
         if run["status"] == "running":
             if st.button("Stop", icon=":material/stop:", key=f"stop_{run_id}",
@@ -178,8 +178,8 @@ def live_view(run_id: int) -> None:
                                                 height=340), key=f"loss_{run_id}")
         if ot_keys:
             dk.chart(figures.training_curves(metrics, ot_keys, x="step", log_y=True,
-                                                    title="OT distance per layer pair", height=340),
-                            key=f"ot_{run_id}")
+                                                    title="OT distance per layer pair", height=380),
+                     key=f"ot_{run_id}", legend_below=True)
         else:
             st.caption("No OT distances logged yet.")
     with right:
@@ -197,7 +197,7 @@ def live_view(run_id: int) -> None:
                 dk.show_error(exc, "Could not read the plan")
             else:
                 dk.chart(figures.plan_heatmap(
-                    plan, title=f"Latest transport plan, {pair} (epoch {int(latest['epoch'])})",
+                    plan, title=f"Latest transport plan (epoch {int(latest['epoch'])})",
                     height=420), key=f"plan_{run_id}")
         else:
             st.caption("The first transport plan appears after the first evaluation.")
