@@ -1,0 +1,191 @@
+"""Dashboard latency: `otviz dashboard` to first rendered page, and store write to page update.
+
+Not a test: it prints a table of what it measures, against the targets
+
+* start-up: from launching ``otviz dashboard`` to the Train page rendered in a
+  browser, under 5 s;
+* live update: from a training step written to the run store to that step
+  appearing on the Train page (its progress line, and its point in the loss
+  chart), under 2 s.
+
+It drives Debian's chromium (``/usr/bin/chromium``) with Playwright. Each
+start-up sample starts a fresh server on a free loopback port with an empty
+temporary store (the browser is started beforehand and not counted). For the
+live samples this process plays the trainer: it creates a run in the store and
+logs one step at a time, and the page follows it (it refreshes every second).
+
+    .venv/bin/python benchmarks/bench_dashboard.py            # 3 start-ups, 15 steps
+    .venv/bin/python benchmarks/bench_dashboard.py --startups 5 --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+TOTAL_STEPS = 1000
+
+LOSS_POINTS = """(n) => {
+    for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+        const t = gd.layout && gd.layout.title && gd.layout.title.text || '';
+        if (!t.includes('Loss terms')) continue;
+        const i = (gd.data || []).findIndex(d => d.name === 'loss/total');
+        const full = i >= 0 && gd._fullData && gd._fullData[i];
+        return ((full && full._length) || 0) >= n;
+    }
+    return false;
+}"""
+PROGRESS_SHOWS = """(s) => document.body.innerText.includes('step ' + s + '/' + %d + ' ')""" % TOTAL_STEPS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(store: Path, port: int, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "otviz", "dashboard", "--port", str(port), "--store", str(store)],
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_health(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("otviz dashboard exited")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("otviz dashboard did not answer")
+
+
+def startup_sample(browser, tmp: Path, i: int) -> tuple[float, float]:
+    """Seconds from launch to the health endpoint answering, and to the Train page rendered."""
+    store, port = tmp / f"startup-{i}.db", free_port()
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    t0 = time.perf_counter()
+    proc = start_server(store, port, tmp / f"startup-{i}.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_health(url, proc)
+        t_health = time.perf_counter() - t0
+        page.goto(url + "/")
+        # rendered: the page's script ran to the end (the teachers table is its last element
+        # on an empty store, after the title, the start-here note and the form)
+        page.get_by_role("button", name="Start training").wait_for(timeout=120_000)
+        page.locator("[data-testid='stDataFrame']").first.wait_for(state="attached", timeout=120_000)
+        t_page = time.perf_counter() - t0
+    finally:
+        page.close()
+        stop_server(proc)
+    return t_health, t_page
+
+
+def live_samples(browser, tmp: Path, n_steps: int) -> tuple[list[float], list[float]]:
+    """Seconds from a step written to the store to its progress line and its loss point on the page."""
+    from otviz.runs import RunStore
+
+    store_path, port = tmp / "live.db", free_port()
+    store = RunStore(store_path)
+    run_id = store.create_run({"setting": "transfer", "method": "ot", "epochs": 10},
+                              name="latency probe", total_steps=TOTAL_STEPS)
+    store.log_metrics(run_id, {"test/accuracy": 0.1, "train/accuracy": 0.1}, step=0, epoch=0)
+    proc = start_server(store_path, port, tmp / "live.log")
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    text_lat, chart_lat = [], []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_health(url, proc)
+        page.goto(f"{url}/?run={run_id}")
+        page.get_by_text("Follow a run").wait_for(timeout=120_000)
+        page.get_by_role("button", name="Stop").wait_for(timeout=120_000)
+        for step in range(1, n_steps + 1):
+            time.sleep(0.37 * (step % 3) + 0.2)  # write at varying phases of the page's 1 s refresh
+            t0 = time.perf_counter()
+            store.log_metrics(run_id, {"loss/total": 1.0 / step, "loss/ce": 1.0 / step}, step=step, epoch=1)
+            store.set_progress(run_id, step=step, epoch=1, message="latency probe")
+            page.wait_for_function(PROGRESS_SHOWS, arg=step, polling="raf", timeout=60_000)
+            text_lat.append(time.perf_counter() - t0)
+            page.wait_for_function(LOSS_POINTS, arg=step, polling="raf", timeout=60_000)
+            chart_lat.append(time.perf_counter() - t0)
+    finally:
+        page.close()
+        stop_server(proc)
+        store.finish(run_id, "completed")
+    return text_lat, chart_lat
+
+
+def summary(values: list[float]) -> str:
+    v = sorted(values)
+    p90 = v[min(len(v) - 1, int(round(0.9 * (len(v) - 1))))]
+    return f"{statistics.median(v):6.2f} {p90:6.2f} {v[-1]:6.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--startups", type=int, default=3, help="fresh server start-ups to time (default 3)")
+    ap.add_argument("--steps", type=int, default=15, help="store writes to time on the live page (default 15)")
+    args = ap.parse_args(argv)
+    if not os.path.exists(CHROMIUM):
+        print(f"{CHROMIUM} is missing: apt-get install chromium")
+        return 1
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="otviz-bench-dash-") as d, sync_playwright() as p:
+        tmp = Path(d)
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            starts = [startup_sample(browser, tmp, i) for i in range(args.startups)]
+            text_lat, chart_lat = live_samples(browser, tmp, args.steps)
+        finally:
+            browser.close()
+
+    print(f"otviz dashboard latency on {os.cpu_count()} CPU cores "
+          f"(load average {os.getloadavg()[0]:.1f})\n")
+    print("| measurement | samples | median s | p90 s | max s | target |")
+    print("|---|---|---|---|---|---|")
+    health = [h for h, _ in starts]
+    page = [t for _, t in starts]
+    for label, vals, target in (
+        ("launch -> server answers (health check)", health, "-"),
+        ("launch -> Train page rendered", page, "< 5 s"),
+        ("step written -> progress line shows it", text_lat, "< 2 s"),
+        ("step written -> loss chart shows it", chart_lat, "< 2 s"),
+    ):
+        med, p90, mx = summary(vals).split()
+        print(f"| {label} | {len(vals)} | {med} | {p90} | {mx} | {target} |")
+    print("\nstart-ups, one per line (server answers, page rendered): "
+          + "; ".join(f"{h:.2f} s, {t:.2f} s" for h, t in starts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
