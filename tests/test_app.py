@@ -152,6 +152,16 @@ def test_train_form_launches_a_run_that_writes_to_the_store(store_path):
     assert len(figures_of(at)) >= 4
 
 
+def test_train_form_reports_a_configuration_that_cannot_be_trained(store_path):
+    at = open_page("train")
+    by_label(at.selectbox, "Setting").set_value("distill")
+    by_label(at.selectbox, "Method").set_value("finetune")  # needs the teacher's width
+    by_label(at.button, "Start training").click().run()
+    assert_ok(at)
+    assert any("cannot be trained" in e and "finetune" in e for e in errors(at)), errors(at)
+    assert RunStore(store_path).runs().empty
+
+
 def test_demo_button_starts_a_run_and_stop_interrupts_it(store_path):
     at = open_page("train")
     by_label(at.button, "Run the demo transfer").click().run()
@@ -238,11 +248,11 @@ def test_alignments_page_shows_a_runs_plans_over_epochs(store_path):
     by_label(at.radio, "Compare").set_value("A training run").run()
     assert_ok(at)
     titles = [fig["layout"].get("title", {}).get("text", "") for fig in figures_of(at)]
-    assert any("epoch 2" in t for t in titles), titles
+    assert any("Plan at epoch 2" in t for t in titles), titles
     by_label(at.select_slider, "Epoch").set_value(1).run()
     assert_ok(at)
     titles = [fig["layout"].get("title", {}).get("text", "") for fig in figures_of(at)]
-    assert any("Plan a->b, epoch 1" in t for t in titles), titles
+    assert any("Plan at epoch 1" in t for t in titles), titles
 
 
 # ----------------------------------------------------------------------------- Compare, Learn

@@ -198,6 +198,7 @@ def training_run() -> None:
     st.caption(f"Teacher {cfg.get('teacher', '?')}; student width {cfg.get('student_width', '?')} "
                f"({cfg.get('student_init', '?')} init); method {run['method']}, "
                f"{cfg.get('ot_method', 'emd')} plans with cost {cfg.get('cost')}.")
+    st.subheader("Neuron reallocation during training")
     pairs = sorted(snaps["key"].unique())
     pair = st.selectbox("Layer pair", pairs, index=len(pairs) - 1, key="al_run_pair")
     epochs = tuple(int(e) for e in sorted(snaps.loc[snaps["key"] == pair, "epoch"].unique()))
@@ -211,18 +212,20 @@ def training_run() -> None:
     order = figures.plan_order(plans[-1])
     idx = epochs.index(epoch)
     ot = metrics[(metrics["key"] == f"ot/{pair}") & (metrics["epoch"] == epoch)]
+    m = st.columns(3)
+    m[0].metric("Epoch", f"{epoch} of {epochs[-1]}")
+    m[1].metric("OT distance (last batch of the epoch)", "-" if ot.empty else f"{ot['value'].iloc[-1]:.4g}")
+    m[2].metric("Plan size", f"{plans[idx].shape[0]} x {plans[idx].shape[1]}")
     left, right = st.columns(2)
     with left:
-        title = f"Plan {pair}, epoch {epoch}"
-        if not ot.empty:
-            title += f" (OT {ot['value'].iloc[-1]:.4g} on the last batch)"
-        dk.chart(figures.plan_heatmap(plans[idx], order=order, title=title), key="al_run_plan")
+        dk.chart(figures.plan_heatmap(plans[idx], order=order, title=f"Plan at epoch {epoch}"),
+                 key="al_run_plan")
         st.caption("Rows and columns keep the order of the last epoch, so moving mass shows neurons "
                    "being reallocated.")
     with right:
         dk.chart(figures.plan_snapshots(plans, [f"epoch {e}" for e in epochs], order=order,
-                                               active=idx, title="Neuron reallocation over the epochs"),
-                        key="al_run_anim")
+                                        active=idx, title="Over the epochs (press play)"),
+                 key="al_run_anim")
 
 
 if source == "Two models":

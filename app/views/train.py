@@ -31,7 +31,12 @@ def start(config: dict) -> None:
         dk.show_error(exc, "This configuration cannot be trained")
         return
     except (RuntimeError, OSError, RunStoreError) as exc:
-        dk.show_error(exc, "The training process did not start")
+        text = str(exc)
+        if "otviz train: error:" in text:  # the child rejected the configuration
+            st.error("**This configuration cannot be trained**: "
+                     + text.split("otviz train: error:", 1)[1].strip(), icon=":material/error:")
+        else:
+            dk.show_error(exc, "The training process did not start")
         return
     st.session_state["follow"] = launched.run_id
     st.query_params["run"] = str(launched.run_id)
