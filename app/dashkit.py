@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import tempfile
 import threading
@@ -331,10 +330,6 @@ def benchmark_files() -> dict[str, Path]:
 
 def notebooks() -> list[Path]:
     return sorted(NOTEBOOKS.glob("*.ipynb")) if NOTEBOOKS.is_dir() else []
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 def chart(fig, key: str, *, legend_below: bool = False) -> None:

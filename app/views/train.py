@@ -53,7 +53,10 @@ if runs.empty:
 with st.expander("Shipped teachers", expanded=runs.empty):
     st.caption("Small teachers trained from fixed seeds, shipped with otviz (`otviz teachers`). "
                "Each setting picks its teacher; the Alignments page compares any two of them.")
-    st.dataframe(dk.teachers_frame().drop(columns=["path"]), hide_index=True, width="stretch")
+    st.dataframe(dk.teachers_frame().drop(columns=["path"]), hide_index=True, width="stretch",
+                 column_config={"test_accuracy": st.column_config.NumberColumn("test accuracy",
+                                                                               format="percent"),
+                                "num_classes": "classes (n)"})
 
 with st.expander("Start a training", expanded=runs.empty):
     demo_col, demo_text = st.columns([1, 3], vertical_alignment="center")
@@ -78,6 +81,7 @@ with st.expander("Start a training", expanded=runs.empty):
                               format="%.3f", key="lam")
         pairs = c1.multiselect("Layer pairs (teacher layer = student layer)", layers,
                                default=layers, key="pairs",
+                               format_func=lambda n: n.removeprefix("features."),
                                help="Layers whose neurons are compared by OT (also logged for the "
                                     "other methods).")
         cost = c2.selectbox("Cost between neurons", ["sqeuclidean", "euclidean", "cosine",
