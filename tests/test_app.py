@@ -273,6 +273,22 @@ def test_compare_page_filters_overlays_and_exports(store_path):
     assert table["test/accuracy"].iloc[0] == pytest.approx(40.0)
 
 
+def test_compare_page_shows_the_benchmark_tables(store_path, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "transfer.md").write_text("| setting | method | test accuracy |\n|---|---|---|\n"
+                                         "| transfer-small | ot | **80.5** |\n")
+    (results / "transfer.csv").write_text("setting,method,seed,test_accuracy\ntransfer-small,ot,0,0.8\n")
+    at = open_page("compare")  # imports the app's helper module, which the test then points at results
+    import dashkit
+
+    monkeypatch.setattr(dashkit, "BENCHMARK_RESULTS", results)
+    at.run()
+    assert_ok(at)
+    assert any("transfer-small | ot" in m.value for m in at.markdown)
+    assert any(list(df.value.columns) == ["setting", "method", "seed", "test_accuracy"] for df in at.dataframe)
+
+
 def test_learn_page_compares_emd_and_sinkhorn(store_path):
     at = open_page("learn")
     assert len(figures_of(at)) >= 2

@@ -108,9 +108,10 @@ def runs_section() -> None:
                     st.rerun()
 
 
-def benchmark_section() -> None:
-    st.subheader("Benchmark: transfer results")
-    files = dk.benchmark_files()
+BENCHMARK_TABS = {"transfer": "Seeds 0-2 (options tuned on them)", "transfer_heldout": "Held-out seeds 3-5"}
+
+
+def benchmark_table(files: dict, key: str) -> None:
     if "md" in files:
         st.markdown(files["md"].read_text(encoding="utf-8", errors="replace"))
     if "csv" in files:
@@ -118,18 +119,26 @@ def benchmark_section() -> None:
             per_run = pd.read_csv(files["csv"])
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             dk.show_error(exc, f"Could not read {files['csv']}")
-        else:
-            if "md" in files:
-                with st.expander(f"Every benchmark run ({len(per_run)} rows)"):
-                    st.dataframe(per_run, hide_index=True, key="cmp_bench")
-            else:
-                st.dataframe(per_run, hide_index=True, key="cmp_bench")
-    if not files:
+            return
+        with st.expander(f"Every run ({len(per_run)} rows)", expanded="md" not in files):
+            st.dataframe(per_run, hide_index=True, key=f"cmp_bench_{key}")
+    st.caption("From " + ", ".join(f"`{dk.shown_path(p)}`" for p in files.values()))
+
+
+def benchmark_section() -> None:
+    st.subheader("Benchmark: transfer results")
+    results = dk.benchmark_files()
+    if not results:
         st.info("No benchmark results yet. They appear here once the transfer benchmark "
                 "(`benchmarks/bench_transfer.py`) has written `benchmarks/results/transfer.md` "
                 "and `transfer.csv`.")
-    if files:
-        st.caption("From " + ", ".join(f"`{p.relative_to(dk.REPO)}`" for p in files.values()))
+        return
+    st.caption("Final test accuracy (%) of every method under one small budget per setting; the "
+               "discussion is in `benchmarks/README.md`.")
+    tabs = st.tabs([BENCHMARK_TABS.get(k, k) for k in results])
+    for tab, (key, files) in zip(tabs, results.items()):
+        with tab:
+            benchmark_table(files, key)
 
 
 runs_section()

@@ -129,7 +129,8 @@ st.header("4. Notebooks")
 books = dk.notebooks()
 if books:
     st.markdown("Walkthroughs that use the same functions and figures as this dashboard:\n\n" + "\n".join(
-        f"- `{p.relative_to(dk.REPO)}`" for p in books))
+        f"- `{dk.shown_path(p)}`" + (f": {title}" if title else "") for p, title in books))
 else:
     st.markdown("The walkthroughs live in `notebooks/` in the repository.")
-st.markdown("Open them with `.venv/bin/jupyter lab notebooks/` from the repository root.")
+st.markdown("Open them in Jupyter from the repository root, e.g. `.venv/bin/jupyter lab notebooks/` "
+            "(`.venv/bin/pip install jupyterlab` first if it is not installed).")
