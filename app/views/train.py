@@ -54,7 +54,7 @@ if runs.empty:
 with st.expander("Shipped teachers", expanded=runs.empty):
     st.caption("Small teachers trained from fixed seeds, shipped with otviz (`otviz teachers`). "
                "Each setting picks its teacher; the Alignments page compares any two of them.")
-    st.dataframe(dk.teachers_frame().drop(columns=["path"]), hide_index=True, width="stretch",
+    st.dataframe(dk.teachers_frame().drop(columns=["path"]), hide_index=True,
                  column_config={"test_accuracy": st.column_config.NumberColumn("test accuracy",
                                                                                format="percent"),
                                 "num_classes": "classes (n)"})
