@@ -203,7 +203,7 @@ NB01 = [
     print(exact.summary())
     """),
     code(r"""
-    figures.plan_heatmap(exact, title="Exact plan, features.conv3: teacher (64) to narrow student (16)").show()
+    figures.plan_heatmap(exact, title="Exact plan, features.conv3: teacher (64) to student (16)").show()
     """),
     md(r"""
     Rows are teacher neurons and columns student neurons, reordered (`figures.plan_order`) so
@@ -287,10 +287,10 @@ NB01 = [
     """),
     code(r"""
     order = figures.plan_order(exact)
-    figures.plan_heatmap(entropic[0.01], order=order, log_color=True, show_marginals=False, height=450,
-                         title="Sinkhorn plan, eps=0.01: log colour, exact plan's order").show()
-    figures.plan_heatmap(entropic[0.2], order=order, zmax=exact.plan.max(), show_marginals=False, height=450,
-                         title="Sinkhorn plan, eps=0.2: the exact plan's order and colour range").show()
+    figures.plan_heatmap(entropic[0.01], order=order, log_color=True, show_marginals=False,
+                         height=450, title="eps=0.01: log colour, exact plan's order").show()
+    figures.plan_heatmap(entropic[0.2], order=order, zmax=exact.plan.max(), show_marginals=False,
+                         height=450, title="eps=0.2: the exact plan's order and colour range").show()
     """),
     code(r"""
     figures.distance_bars({"exact": exact, **{f"eps={eps}": al for eps, al in entropic.items()}},
@@ -312,7 +312,7 @@ NB01 = [
     """),
     code(r"""
     figures.neuron_map(T, S, entropic[0.2], embedding=embedding, top=0.6,
-                       title="The same neurons, Sinkhorn plan with eps=0.2 (60% of the mass drawn)").show()
+                       title="The same neurons, Sinkhorn plan, eps=0.2 (60% of the mass drawn)").show()
     """),
     md(r"""
     In the exact plan each student neuron gathers a group of nearby teacher neurons: a narrow
@@ -414,7 +414,8 @@ NB01 = [
     code(r"""
     perm_s = torch.randperm(S.shape[0], generator=torch.Generator().manual_seed(2))
     again = otviz.align(T, S[perm_s], normalize="standardize")
-    print(f"distance before {exact.distance:.6g}, after shuffling the student's neurons {again.distance:.6g}")
+    print(f"distance before {exact.distance:.6g}, "
+          f"after shuffling the student's neurons {again.distance:.6g}")
     print("same plan up to the shuffle:", np.allclose(again.plan, exact.plan[:, perm_s.numpy()]))
     """),
     md(r"""
@@ -516,19 +517,22 @@ NB02 = [
     figures.point_cloud_transport(X, Y, exact, title="Exact optimal transport, 8 points to 5").show()
     """),
     md(r"""
-    Each line carries mass from a source point to a target point (darker and wider for more
-    mass). The plan itself is a small matrix: its row sums are the source weights and its column
+    (`summary()` calls the two sides teacher and student neurons, as it will in the rest of the
+    lesson.) Each line carries mass from a source point to a target point (darker and wider for
+    more mass). The plan itself is a small matrix: its row sums are the source weights and its column
     sums the target weights.
     """),
     code(r"""
-    plan = pd.DataFrame(exact.plan, index=[f"x{i}" for i in range(8)], columns=[f"y{j}" for j in range(5)])
+    plan = pd.DataFrame(exact.plan, index=[f"x{i}" for i in range(8)],
+                        columns=[f"y{j}" for j in range(5)])
     plan["row sum"] = plan.sum(axis=1)
     plan.loc["column sum"] = plan.sum(axis=0)
     plan.round(4)
     """),
     code(r"""
     nonzero = int((exact.plan > 1e-12).sum())
-    print(f"{nonzero} non-zero entries out of {exact.plan.size}; a vertex of U(a, b) has at most m + k - 1 = {8 + 5 - 1}")
+    print(f"{nonzero} non-zero entries out of {exact.plan.size}; "
+          f"a vertex of U(a, b) has at most m + k - 1 = {8 + 5 - 1}")
     print(f"OT distance (W2 squared): {exact.distance:.4f}")
     """),
     md(r"""
@@ -614,8 +618,8 @@ NB02 = [
     t2 = otviz.neurons(otviz.capture(teacher, two_images, LAYER)[LAYER], spatial="mean")
     s2 = otviz.neurons(otviz.capture(student, two_images, LAYER)[LAYER], spatial="mean")
     print("teacher neurons:", tuple(t2.shape), " student neurons:", tuple(s2.shape))
-    figures.point_cloud_transport(t2.numpy(), s2.numpy(), otviz.align(t2, s2), x_label="teacher neurons",
-                                  y_label="student neurons",
+    figures.point_cloud_transport(t2.numpy(), s2.numpy(), otviz.align(t2, s2),
+                                  x_label="teacher neurons", y_label="student neurons",
                                   title="Neurons seen through two images: one point per neuron").show()
     """),
     md(r"""
@@ -631,7 +635,8 @@ NB02 = [
     T = otviz.neurons(otviz.capture(teacher, probe, LAYER)[LAYER])   # (64, 256 * 7 * 7)
     S = otviz.neurons(otviz.capture(student, probe, LAYER)[LAYER])   # (16, 256 * 7 * 7)
     print("teacher neurons:", tuple(T.shape), " student neurons:", tuple(S.shape))
-    figures.neuron_map(T, S, method=EMBEDDING, title="Teacher and untrained student neurons, 256 images").show()
+    figures.neuron_map(T, S, method=EMBEDDING,
+                       title="Teacher and untrained student neurons, 256 images").show()
     """),
     md(r"""
     Two properties follow from seeing a layer as a *set* of neurons:
@@ -658,7 +663,8 @@ NB02 = [
     code(r"""
     before = otviz.align(T, S, normalize="standardize")
     print(before.summary())
-    figures.plan_heatmap(before, height=520, title="Teacher (64) to untrained student (16): each column gathers a group").show()
+    figures.plan_heatmap(before, height=520,
+                         title="Teacher (64) to untrained student (16): columns gather groups").show()
     """),
     md(r"""
     ## 5. OT as a regulariser in the loss
@@ -716,13 +722,15 @@ NB02 = [
     print("OT distance every 5 steps:", np.round(history[::5], 4))
 
     end = student_pts.detach().numpy()
-    fig = figures.point_cloud_transport(teacher_pts, end, otviz.align(teacher_pts, end), x_label="teacher neurons",
-                                        y_label="student neurons",
-                                        title="Gradient descent on OT moves each student neuron to a group's centre")
+    fig = figures.point_cloud_transport(teacher_pts, end, otviz.align(teacher_pts, end),
+                                        x_label="teacher", y_label="student",
+                                        title="Gradient descent on OT: students move to group centres")
     path = np.stack(path)  # (steps + 1, 3 student neurons, 2)
     for j in range(path.shape[1]):
-        fig.add_trace(go.Scatter(x=path[:, j, 0], y=path[:, j, 1], mode="lines", line=dict(dash="dot", color="grey"),
-                                 name="student path" if j == 0 else None, showlegend=(j == 0)))
+        fig.add_trace(go.Scatter(x=path[:, j, 0], y=path[:, j, 1], mode="lines",
+                                 line=dict(dash="dot", color="grey"), showlegend=(j == 0),
+                                 name="student path"))
+    fig.update_layout(legend=dict(orientation="h", y=-0.12, yanchor="top", x=0, xanchor="left"))
     fig.show()
     """),
     md(r"""
@@ -751,7 +759,8 @@ NB02 = [
     total = loss_fn(ctx)
     total.backward()   # gradients of CE + lam * OT reach every student weight
     print({k: round(v, 4) for k, v in loss_fn.diagnostics().items()})
-    print("gradient norm of the student's first conv:", float(student.features.conv1.conv.weight.grad.norm()))
+    print("gradient norm of the student's first conv weights:",
+          float(student.features.conv1.conv.weight.grad.norm()))
     """),
     md(r"""
     (`ot/...` is the OT distance of the pair, divided by the number of features $d$ so that
@@ -785,7 +794,8 @@ NB02 = [
                   epochs=DISTILL_EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, seed=0)
     results = {}
     for method in ["scratch", "ot"]:
-        res = train(TrainConfig(method=method, name=f"distill/{method}", **common), store=store, progress=False)
+        cfg = TrainConfig(method=method, name=f"distill/{method}", **common)
+        res = train(cfg, store=store, progress=False)
         results[method] = res
         print(f"{method:8s} test accuracy {res.test_accuracy:.3f}  ({res.seconds:.0f} s)")
     """),
@@ -803,7 +813,7 @@ NB02 = [
     code(r"""
     key = f"ot/{LAYER}->{LAYER}"
     figures.accuracy_curves(metrics, key=key, x="step", smooth=5,
-                            title="OT distance between teacher and student conv3 (per step, smoothed)").show()
+                            title="OT distance, teacher vs student conv3 (per step, smoothed)").show()
     """),
     code(r"""
     run_id = results["ot"].run_id
@@ -858,8 +868,8 @@ NB03 = [
     offline. Each run goes through `otviz.train.train` and is logged to a run store in a
     temporary directory; the results table and the plots are read back from it.
 
-    With the default budgets below (two seeds) the whole notebook takes about 5 to 10 minutes on
-    two CPU cores. The last section shows how the same code scales up: a GPU, a larger dataset,
+    With the default budgets below (two seeds, 32 short trainings) the whole notebook takes a few
+    minutes on two idle CPU cores, and longer on a busy machine. The last section shows how the same code scales up: a GPU, a larger dataset,
     your own data and your own pretrained teacher.
     """),
     code(r"""
@@ -882,12 +892,14 @@ NB03 = [
 
     import tempfile
     import time
+    import warnings
     from pathlib import Path
 
     import numpy as np
     import pandas as pd
-    import plotly.express as px
+    import plotly.graph_objects as go
     import torch
+    from plotly.subplots import make_subplots
 
     from otviz import figures
     from otviz.data import SETTINGS, make_task
@@ -896,6 +908,7 @@ NB03 = [
 
     if FAST:
         torch.set_num_threads(1)  # the test suite shares a small machine
+    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets
     workdir = tempfile.TemporaryDirectory(prefix="otviz-settings-")
     store = RunStore(Path(workdir.name) / "runs.db")
     print("run store:", store.path)
@@ -931,13 +944,15 @@ NB03 = [
         "distill": ["scratch", "kd", "fitnets", "at", "ot", "kd+ot"],
         "transfer-small": ["scratch", "fitnets", "at", "ot"],
     }
-    OT_OPTIONS = dict(pairs=["features.conv3"], normalize="standardize", cost="sqeuclidean", ot_method="emd")
+    OT_OPTIONS = dict(pairs=["features.conv3"], normalize="standardize", cost="sqeuclidean",
+                      ot_method="emd")
     LAM = {"transfer": 0.1, "distill": 1.0, "transfer-small": 1.0}
     AT_WEIGHT = 100.0   # attention transfer's usual 1000 was too strong on these small maps
 
     def config(setting, method, seed, **extra):
-        return TrainConfig(setting=setting, method=method, seed=seed, lam=LAM[setting], at_weight=AT_WEIGHT,
-                           name=f"{setting}/{method}/seed{seed}", **OT_OPTIONS, **BUDGET[setting], **extra)
+        return TrainConfig(setting=setting, method=method, seed=seed, lam=LAM[setting],
+                           at_weight=AT_WEIGHT, name=f"{setting}/{method}/seed{seed}",
+                           **OT_OPTIONS, **BUDGET[setting], **extra)
 
     n_runs = sum(len(m) for m in METHODS.values()) * len(SEEDS)
     print(f"{n_runs} runs")
@@ -979,19 +994,20 @@ NB03 = [
         ot = m[m.key == OT_KEY].sort_values("step").value.iloc[-10:].mean()
         return pd.Series({"test accuracy": acc, "final OT distance": ot})
 
-    results = pd.concat([runs[["run_id", "setting", "method", "config.seed"]].rename(columns={"config.seed": "seed"}),
-                         runs.run_id.apply(final)], axis=1)
+    results = pd.concat([runs[["run_id", "setting", "method", "config.seed"]],
+                         runs.run_id.apply(final)], axis=1).rename(columns={"config.seed": "seed"})
     results.head()
     """),
     code(r"""
     summary = (results.groupby(["setting", "method"], sort=False)
-               .agg(mean=("test accuracy", "mean"), std=("test accuracy", "std"), seeds=("seed", "count"),
-                    ot_distance=("final OT distance", "mean"))
+               .agg(mean=("test accuracy", "mean"), std=("test accuracy", "std"),
+                    seeds=("seed", "count"), ot_distance=("final OT distance", "mean"))
                .reset_index())
     summary["std"] = summary["std"].fillna(0.0)
 
     table = summary.assign(**{
-        "test accuracy (%)": [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(summary["mean"], summary["std"])],
+        "test accuracy (%)": [f"{100 * m:.1f} ± {100 * s:.1f}"
+                              for m, s in zip(summary["mean"], summary["std"])],
         "OT distance": summary["ot_distance"].round(3),
     }).pivot(index="method", columns="setting", values=["test accuracy (%)", "OT distance"])
     order = list(dict.fromkeys(m for ms in METHODS.values() for m in ms))
@@ -999,13 +1015,19 @@ NB03 = [
     table
     """),
     code(r"""
-    fig = px.bar(summary, x="method", y="mean", error_y="std", color="method", facet_col="setting",
-                 facet_col_spacing=0.04, labels={"mean": "test accuracy"},
-                 title=f"Final test accuracy (mean ± std over {len(SEEDS)} seed(s))",
-                 category_orders={"setting": list(METHODS)}, template="plotly_white")
-    fig.update_xaxes(matches=None, showticklabels=True)
-    fig.update_yaxes(tickformat=".0%")
-    fig.update_layout(showlegend=False, height=450)
+    fig = make_subplots(rows=1, cols=3, subplot_titles=list(METHODS), shared_yaxes=True,
+                        horizontal_spacing=0.03)
+    for col, setting in enumerate(METHODS, start=1):
+        rows = summary[summary.setting == setting]
+        colours = [figures.STUDENT_COLOR if "ot" in m.split("+") else figures.TEACHER_COLOR
+                   for m in rows.method]
+        fig.add_trace(go.Scatter(x=rows.method, y=rows["mean"], mode="markers", showlegend=False,
+                                 error_y=dict(type="data", array=rows["std"], thickness=1.5),
+                                 marker=dict(size=11, color=colours),
+                                 hovertemplate="%{x}: %{y:.1%}<extra></extra>"), row=1, col=col)
+    fig.update_yaxes(tickformat=".0%", title_text="test accuracy", col=1)
+    fig.update_layout(template="plotly_white", height=420,
+                      title=f"Final test accuracy, mean ± std over {len(SEEDS)} seed(s) (OT in orange)")
     fig.show()
     """),
     md(r"""
@@ -1048,8 +1070,10 @@ NB03 = [
       little that the labels do not.
 
     The *OT distance* columns show what each method does to the student's `features.conv3`
-    neurons: the `ot` runs end closest to the teacher, since that is what they optimise; the
-    methods that start from the teacher's weights also start at distance zero and drift away.
+    neurons (standardised, so $2(1 - r)$ on average over the plan). Where the student starts
+    from scratch (`distill`, `transfer-small`), the `ot` runs end closest to the teacher: that is
+    what they optimise. In `transfer`, every method but `scratch` starts from the teacher's
+    weights, and the students stay comparably close to it whatever the method.
     """),
     md(r"""
     ## Scaling up
@@ -1072,7 +1096,8 @@ NB03 = [
     gpu.batch_size = 256 if device == "cuda" else 64
     gpu.epochs, gpu.steps_per_epoch, gpu.name = 1, (3 if FAST else 20), f"distill/ot on {device}"
     res = train(gpu, store=store, progress=False)
-    print(f"{gpu.name}: test accuracy {res.test_accuracy:.3f} after {gpu.steps_per_epoch} steps ({res.seconds:.0f} s)")
+    print(f"{gpu.name}: test accuracy {res.test_accuracy:.3f} "
+          f"after {gpu.steps_per_epoch} steps ({res.seconds:.0f} s)")
     """),
     md(r"""
     ### More data
@@ -1110,8 +1135,8 @@ NB03 = [
     from otviz.data import resize_images, task_from_arrays
 
     digits = load_digits()
-    X = resize_images(digits.images[:, None].astype(np.float32) / 16.0, 28)   # your images: (N, 1, 28, 28)
-    y = digits.target                                                        # your labels: 0..9
+    X = resize_images(digits.images[:, None] / 16.0, 28)   # your images: (N, 1, 28, 28) in [0, 1]
+    y = digits.target                                      # your labels: 0..9
     data = task_from_arrays(X, y, test_size=0.2, seed=0, name="my digits")
     print(data.summary())
     """),
@@ -1140,11 +1165,12 @@ NB03 = [
             loss.backward()
             opt.step()
     acc = accuracy(my_teacher, data.X_test, data.y_test)
-    path = save_checkpoint(my_teacher, Path(workdir.name) / "my-teacher.pt", task={"dataset": data.name},
-                           metrics={"test_accuracy": acc})
+    path = save_checkpoint(my_teacher, Path(workdir.name) / "my-teacher.pt",
+                           task={"dataset": data.name}, metrics={"test_accuracy": acc})
 
     teacher, info = load_teacher(path, device=device)   # eval mode, on the device
-    print(f"saved and reloaded {info['name']} ({info['arch']}, {info['model_config']}); test accuracy {acc:.3f}")
+    print(f"saved and reloaded {info['name']} ({info['arch']}, {info['model_config']}), "
+          f"test accuracy {acc:.3f}")
     """),
     md(r"""
     **3. Transfer into a narrower student**, with cross-entropy plus $\lambda\,\mathrm{OT}$ on the
@@ -1172,21 +1198,24 @@ NB03 = [
                 t_logits = teacher(xb)
             with hooked(student, loss_fn.student_layers) as s_feats:
                 s_logits = student(xb)
-            loss = loss_fn(StepContext(xb, yb, s_logits, t_logits, dict(s_feats), dict(t_feats), student, step))
+            ctx = StepContext(xb, yb, s_logits, t_logits, dict(s_feats), dict(t_feats), student, step)
+            loss = loss_fn(ctx)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-            rec.log({"loss/total": loss.item(), **loss_fn.diagnostics()}, step=step, epoch=(step - 1) // per_epoch + 1)
+            rec.log({"loss/total": loss.item(), **loss_fn.diagnostics()}, step=step,
+                    epoch=(step - 1) // per_epoch + 1)
             if step % per_epoch == 0:
                 rec.log({"test/accuracy": accuracy(student, data.X_test, data.y_test)}, step=step,
                         epoch=step // per_epoch)
         own_run = rec.run_id
 
     m = store.metrics(own_run)
-    print(f"narrow student on my digits: test accuracy {m[m.key == 'test/accuracy'].value.iloc[-1]:.3f}")
+    final_acc = m[m.key == "test/accuracy"].value.iloc[-1]
+    print(f"narrow student on my digits: test accuracy {final_acc:.3f}")
     figures.training_curves(m, keys=["loss/ce", "ot/features.conv3->features.conv3", "test/accuracy"],
-                            facet=True, title="Your own data and teacher: the run, read back from the store").show()
+                            facet=True, title="Your own data and teacher, from the store").show()
     """),
     md(r"""
     The run sits in the store beside the others (`store.runs()`), so `otviz dashboard --store
