@@ -868,8 +868,8 @@ NB03 = [
     offline. Each run goes through `otviz.train.train` and is logged to a run store in a
     temporary directory; the results table and the plots are read back from it.
 
-    With the default budgets below (two seeds, 32 short trainings) the whole notebook takes a few
-    minutes on two idle CPU cores, and longer on a busy machine. The last section shows how the same code scales up: a GPU, a larger dataset,
+    With the default budgets below (two seeds, 32 short trainings) the whole notebook takes about
+    five minutes on two idle CPU cores, and much longer on a busy machine. The last section shows how the same code scales up: a GPU, a larger dataset,
     your own data and your own pretrained teacher.
     """),
     code(r"""
