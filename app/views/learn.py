@@ -132,5 +132,5 @@ if books:
         f"- `{dk.shown_path(p)}`" + (f": {title}" if title else "") for p, title in books))
 else:
     st.markdown("The walkthroughs live in `notebooks/` in the repository.")
-st.markdown("Open them in Jupyter from the repository root, e.g. `.venv/bin/jupyter lab notebooks/` "
-            "(`.venv/bin/pip install jupyterlab` first if it is not installed).")
+st.markdown("Open them in Jupyter from the repository root: `.venv/bin/jupyter lab notebooks/` "
+            "(Jupyter is in `requirements.txt`, so `bash scripts/setup.sh` installs it).")
