@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import pickle
 import signal
 import sqlite3
@@ -505,7 +506,10 @@ def test_sigkill_mid_run_keeps_store_consistent(tmp_path, writer_script):
     finally:
         proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    reported += [int(line.split()[1]) for line in out.splitlines() if line.startswith("step")]
+    # the kill can cut the last line in the middle: count complete lines only
+    complete = out.split("\n")[:-1]
+    reported += [int(m.group(1)) for line in complete
+                 if (m := re.fullmatch(r"step (\d+)", line.strip()))]
 
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
