@@ -365,3 +365,21 @@ def chart(fig, key: str, *, legend_below: bool = False) -> None:
     if legend_below:
         fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, x=0, xanchor="left"))
     st.plotly_chart(fig, theme=None, key=key)
+
+
+def store_runs(empty_message: str):
+    """``(store, runs)`` of the run store, or ``(None, None)`` after telling the user why not.
+
+    Errors opening or reading the store are shown by :func:`open_store` and
+    :func:`read_store`; an empty store shows ``empty_message``.
+    """
+    store = open_store()
+    if store is None:
+        return None, None
+    runs = read_store(store, "the runs", store.runs)
+    if runs is None:
+        return None, None
+    if runs.empty:
+        st.info(empty_message)
+        return None, None
+    return store, runs

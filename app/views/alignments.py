@@ -172,14 +172,8 @@ def run_plans(path: str, run_id: int, pair: str, epochs: tuple[int, ...]) -> lis
 
 
 def training_run() -> None:
-    store = dk.open_store()
-    if store is None:
-        return
-    runs = dk.read_store(store, "the runs", store.runs)
+    store, runs = dk.store_runs("No runs in the store yet: start one on the Train page (one click runs the demo).")
     if runs is None:
-        return
-    if runs.empty:
-        st.info("No runs in the store yet: start one on the Train page (one click runs the demo).")
         return
     ordered = runs.sort_values("run_id", ascending=False)
     labels = {int(r["run_id"]): dk.run_label(r) for _, r in ordered.iterrows()}

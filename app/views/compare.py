@@ -25,14 +25,8 @@ def final_metrics(store, run_ids: list[int]) -> pd.DataFrame:
 
 
 def runs_section() -> None:
-    store = dk.open_store()
-    if store is None:
-        return
-    runs = dk.read_store(store, "the runs", store.runs)
+    store, runs = dk.store_runs("No runs yet: start one on the Train page (one click runs the demo).")
     if runs is None:
-        return
-    if runs.empty:
-        st.info("No runs yet: start one on the Train page (one click runs the demo).")
         return
     f1, f2, f3 = st.columns(3)
     settings = f1.multiselect("Setting", sorted(runs["setting"].dropna().unique()), key="cmp_setting")
