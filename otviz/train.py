@@ -208,6 +208,7 @@ class _Setup:
     pairs: list[tuple[str, str]]
     device: torch.device
     probe: torch.Tensor
+    from_teacher: bool  # the student starts from the teacher's weights
 
 
 def _prepare(config: TrainConfig) -> _Setup:
@@ -280,7 +281,7 @@ def _prepare(config: TrainConfig) -> _Setup:
     if "ot" not in terms:
         kwargs["monitor_pairs"] = pairs
     loss = build_loss(config.method, **kwargs).to(device)
-    return _Setup(config, task, teacher, student, loss, pairs, device, probe)
+    return _Setup(config, task, teacher, student, loss, pairs, device, probe, from_teacher)
 
 
 def same_task_classes(task: Any) -> bool:
@@ -393,7 +394,7 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
     t_layers = list(s.loss.teacher_layers)
     s_layers = list(s.loss.student_layers)
     run_config = dict(config.to_dict(), teacher=task.teacher, student_width=task.student_width,
-                      student_init="teacher" if _starts_from_teacher(s) else "scratch",
+                      student_init="teacher" if s.from_teacher else "scratch",
                       k=task.k, n_train=n, n_test=len(task.target.X_test))
     history: list[dict[str, float]] = []
     t_start = time.perf_counter()
@@ -455,12 +456,6 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
     return TrainResult(run_id=run_id, test_accuracy=last["test/accuracy"],
                        train_accuracy=last["train/accuracy"], history=history,
                        seconds=time.perf_counter() - t_start)
-
-
-def _starts_from_teacher(s: _Setup) -> bool:
-    from otviz.losses import parse_method
-
-    return s.task.student_init == "teacher" and "scratch" not in parse_method(s.config.method)
 
 
 def _log_epoch(s: _Setup, rec: Any, *, epoch: int, step: int, history: list) -> dict[str, float]:
