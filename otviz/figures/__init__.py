@@ -1,0 +1,60 @@
+r"""Plotly figures for transport plans, neuron maps, distance tables and training curves.
+
+Every builder validates its input, returns a :class:`plotly.graph_objects.Figure`
+and never imports Streamlit, so the same figures serve the dashboard
+(``st.plotly_chart(fig)``) and the notebooks (``fig.show()``).
+
+Plans
+    :func:`plan_heatmap` draws a transport plan :math:`P` (teacher neurons as
+    rows, student neurons as columns) with its marginals; :func:`plan_order`
+    gives the row and column order that makes the matching read as a block
+    diagonal; :func:`plan_snapshots` animates the epoch snapshots of a run's
+    plan in one fixed order.
+Neurons
+    :func:`embed_neurons` embeds the teacher and student neurons together in
+    2-D (PCA or UMAP); :func:`neuron_map` draws them with the strongest plan
+    entries as lines; :func:`point_cloud_transport` does the same for two
+    small 2-D point clouds, for teaching.
+Tables and curves
+    :func:`distance_matrix` / :func:`distance_matrices` draw the
+    teacher-layer x student-layer tables of :func:`otviz.layers.layer_distances`;
+    :func:`training_curves` and :func:`accuracy_curves` plot long-format
+    metrics from :meth:`otviz.runs.RunStore.metrics`; :func:`distance_bars`
+    compares a few alignments.
+
+Conventions: one template (:data:`TEMPLATE`), teacher in blue and student in
+orange (:data:`TEACHER_COLOR`, :data:`STUDENT_COLOR`), plans on a perceptually
+uniform light-to-dark scale (:data:`PLAN_COLORSCALE`) with an optional log
+colour (``log_color=True``) that shows masses several decades below the
+largest. Neurons keep their original indices in tick labels and hover text
+whatever the display order.
+"""
+
+from otviz.figures._common import (
+    PLAN_COLORSCALE,
+    STUDENT_COLOR,
+    TEACHER_COLOR,
+    TEMPLATE,
+)
+from otviz.figures.curves import accuracy_curves, training_curves
+from otviz.figures.neurons import embed_neurons, neuron_map, point_cloud_transport
+from otviz.figures.plans import plan_heatmap, plan_order, plan_snapshots
+from otviz.figures.tables import distance_bars, distance_matrices, distance_matrix
+
+__all__ = [
+    "PLAN_COLORSCALE",
+    "STUDENT_COLOR",
+    "TEACHER_COLOR",
+    "TEMPLATE",
+    "accuracy_curves",
+    "distance_bars",
+    "distance_matrices",
+    "distance_matrix",
+    "embed_neurons",
+    "neuron_map",
+    "plan_heatmap",
+    "plan_order",
+    "plan_snapshots",
+    "point_cloud_transport",
+    "training_curves",
+]
