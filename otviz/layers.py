@@ -2,14 +2,17 @@
 
 :func:`layer_distances` feeds the same probe batch to a teacher and a student,
 turns each chosen layer into its neurons (:func:`otviz.capture.neurons`) and
-fills a teacher-layer x student-layer table with the optimal transport
-distance between the two neuron sets (:func:`otviz.transport.align`), or, for
-comparison, with linear CKA (:func:`cka`), the usual sample-space similarity.
+fills a teacher-layer x student-layer table with the scale-free OT score of the
+two neuron sets (:attr:`otviz.Alignment.score`: 0 = the same layer up to
+permutation and scale, about 1 = unrelated), with the raw OT cost
+(``measure="ot-raw"``), or, for comparison, with linear CKA (:func:`cka`), the
+usual sample-space similarity.
 """
 
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -23,7 +26,9 @@ from otviz.capture import capture, neurons
 __all__ = ["cka", "layer_distances"]
 
 Layers = Union[str, Sequence[str]]
-_MEASURES = ("ot", "cka")
+_MEASURES = ("ot", "ot-raw", "cka")
+#: solver options that choose the geometry of the raw cost; the score has its own
+_GEOMETRY_OPTIONS = ("cost", "normalize")
 
 
 # ----------------------------------------------------------------------------
@@ -207,16 +212,27 @@ def layer_distances(
     train/eval modes are left as they are, so call ``.eval()`` first). For
     each teacher layer :math:`T` and student layer :math:`S`:
 
-    - ``measure="ot"``: the optimal transport distance between the two layers
-      seen as uniform distributions over their neurons,
+    - ``measure="ot"`` (default): the scale-free OT score of the two layers
+      seen as uniform distributions over their neurons
+      (:attr:`otviz.Alignment.score`),
 
       .. math::
-          \mathrm{OT}(\mu_T, \mu_S) = \min_{P \in U(a, b)} \sum_{ij} P_{ij}\,
-          c(t_i, s_j),
+          \mathrm{score}(T, S) = \min_{P \in U(a, b)} \sum_{ij} P_{ij}\,
+          \frac{\|\hat t_i - \hat s_j\|^2}{2d}
+          = 1 - \max_{P} \sum_{ij} P_{ij} \frac{\langle \hat t_i, \hat s_j\rangle}{d},
 
       with :math:`t_i` the rows of ``neurons(act_T, spatial, size)`` and
-      :math:`s_j` those of ``neurons(act_S, spatial, size)``, computed by
-      :func:`otviz.transport.align` (``.distance``). Lower is more similar.
+      :math:`s_j` those of ``neurons(act_S, spatial, size)``, each neuron
+      centred and each layer divided by its root-mean-square response
+      (:math:`\hat t, \hat s`). 0 = the same layer up to a permutation of
+      neurons and a scale, about 1 = unrelated layers; lower is more similar,
+      and values of different pairs, layers, models and probe sets are
+      comparable.
+    - ``measure="ot-raw"``: the raw OT cost
+      :math:`\min_P \sum_{ij} P_{ij} c(t_i, s_j)` (``Alignment.distance``)
+      with the ``cost`` and ``normalize`` you pass, in the units of the
+      activations (it grows with their scale and with the number of probe
+      responses).
     - ``measure="cka"``: linear CKA (:func:`cka`) between the per-sample
       features, after the same spatial treatment (``"mean"``: one feature per
       channel; ``"flatten"``: every channel and position, after resizing to
@@ -230,7 +246,7 @@ def layer_distances(
         Probe batch fed to both models (see :func:`otviz.capture.capture`).
     teacher_layers, student_layers : str or sequence of str
         Dotted module names in each model (duplicates are ignored).
-    measure : {"ot", "cka"}, default "ot"
+    measure : {"ot", "ot-raw", "cka"}, default "ot"
         What to compute.
     spatial : {"mean", "flatten"}, default "mean"
         How a convolutional channel becomes a vector (see
@@ -244,8 +260,9 @@ def layer_distances(
     batch_size : int, optional
         Run the probe batch through each model in chunks of this size.
     **align_kwargs
-        Options for :func:`otviz.transport.align` (``cost``, ``normalize``,
-        ``method``, ``eps``, ...); only with ``measure="ot"``.
+        Options for :func:`otviz.transport.align`: ``method``, ``eps``,
+        ``tol``, ``max_iter``, ... with ``measure="ot"``; also ``cost`` and
+        ``normalize`` (the geometry of the raw cost) with ``measure="ot-raw"``.
 
     Returns
     -------
@@ -258,7 +275,10 @@ def layer_distances(
     ------
     ValueError
         Unknown ``measure``; ``align_kwargs`` given with ``measure="cka"``;
-        with ``measure="ot"``, a pair whose neurons live in different spaces
+        ``cost`` or ``normalize`` given with ``measure="ot"`` (the score has its
+        own geometry); a layer whose neurons are all constant with
+        ``measure="ot"`` (its score is undefined; the message names the pair);
+        with ``measure="ot"``/``"ot-raw"``, a pair whose neurons live in different spaces
         (maps of different sizes with ``spatial="flatten"`` and no ``size``,
         or a dense layer paired with a flattened conv layer); plus everything
         :func:`otviz.capture.capture`, :func:`otviz.capture.neurons` and
@@ -280,6 +300,13 @@ def layer_distances(
         raise ValueError(
             f"Options {sorted(align_kwargs)} are for the OT solver and have no effect with "
             "measure='cka'. Drop them, or pass measure='ot'."
+        )
+    geometry = sorted(set(align_kwargs) & set(_GEOMETRY_OPTIONS))
+    if measure == "ot" and geometry:
+        raise ValueError(
+            f"Option(s) {geometry} choose the geometry of the raw OT cost, but measure='ot' is the "
+            "scale-free OT score, which has its own (centred neurons, one scale per layer, squared "
+            "Euclidean). Pass measure='ot-raw' to get the raw cost with these options, or drop them."
         )
     if spatial not in ("flatten", "mean"):
         raise ValueError(f"Unknown spatial={spatial!r}. Pass one of ['flatten', 'mean'].")
@@ -332,16 +359,33 @@ def layer_distances(
 
         from otviz.transport import align
 
+        converged = np.ones_like(values, dtype=bool)
         for i, tn in enumerate(t_names):
             for j, sn in enumerate(s_names):
-                result = align(t_neur[tn], s_neur[sn], **align_kwargs)
-                distance = float(result.distance)
-                if not np.isfinite(distance):
+                with warnings.catch_warnings():
+                    # non-convergence is recorded in attrs["converged"], once per table
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    result = align(t_neur[tn], s_neur[sn], **align_kwargs)
+                    if measure == "ot":
+                        try:
+                            details = result.score_details
+                        except ValueError as exc:
+                            raise ValueError(f"teacher layer {tn!r} against student layer {sn!r}: "
+                                             f"{exc}") from None
+                        value, converged[i, j] = details["score"], details["converged"]
+                    else:
+                        value, converged[i, j] = result.distance, result.converged
+                if not np.isfinite(value):
                     raise ValueError(
-                        f"The OT distance between teacher layer {tn!r} and student layer {sn!r} "
-                        f"is not finite ({distance}); try another solver or a larger eps."
+                        f"The OT value between teacher layer {tn!r} and student layer {sn!r} "
+                        f"is not finite ({value}); try another solver or a larger eps."
                     )
-                values[i, j] = distance
+                values[i, j] = value
+        if not converged.all():
+            bad = [f"{t_names[i]}->{s_names[j]}" for i, j in zip(*np.nonzero(~converged))]
+            warnings.warn(f"OT did not converge for {len(bad)} pair(s) ({', '.join(bad[:4])}"
+                          f"{', ...' if len(bad) > 4 else ''}); their values are approximate: "
+                          "raise max_iter or eps", RuntimeWarning, stacklevel=2)
 
     df = pd.DataFrame(
         values,
@@ -350,6 +394,7 @@ def layer_distances(
     )
     df.attrs.update(
         measure=measure,
+        converged=None if measure == "cka" else converged,
         spatial=spatial,
         size=size,
         align_kwargs=dict(align_kwargs),

@@ -973,7 +973,7 @@ class OTRegularizer(TransferLoss):
     neurons' responses and :math:`\lambda` does not depend on the batch size
     or the map size. It is applied to the distance: since ``eps`` and
     ``reg_m`` of :func:`otviz.transport.ot_distance` are relative to the
-    largest cost, the plan does not change when the cost is multiplied by a
+    median cost, the plan does not change when the cost is multiplied by a
     constant, so this equals solving with the rescaled cost, for every
     method. With ``normalize="standardize"`` the rescaled cost is 2(1 - r)
     for two neurons of correlation r. Costs that are already scale-free
@@ -1002,7 +1002,7 @@ class OTRegularizer(TransferLoss):
     method : {"emd", "sinkhorn", "unbalanced"}, default "emd"
         Exact OT, entropic OT, or unbalanced entropic OT.
     eps : float, optional
-        Entropic regularisation, relative to the largest cost, for
+        Entropic regularisation, relative to the median cost, for
         ``"sinkhorn"`` and ``"unbalanced"`` (``None``: the transport module's
         default, 1e-2). Ignored by ``"emd"`` (a warning is issued once, at
         construction).

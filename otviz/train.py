@@ -12,9 +12,12 @@ L2-SP, KD, FitNets, attention transfer, or the OT regulariser
 (teacher layer, student layer) pairs; ``"kd+ot"`` sums two terms.
 
 Everything is logged to a :class:`otviz.runs.RunStore`: per step the loss terms
-and the OT distance of every chosen pair (also for methods that do not train
-on it, so methods can be compared on it), per epoch the train and test
-accuracy and a snapshot of each pair's transport plan on a fixed probe batch.
+and the raw OT term of every chosen pair as the regulariser computes it on the
+minibatch (``ot/<pair>``, also for methods that do not train on it), per epoch
+the train and test accuracy, and on a fixed probe batch the scale-free OT score
+of every pair (``score/<pair>``, :attr:`otviz.Alignment.score`: 0 = the
+teacher's layer up to permutation and scale, about 1 = unrelated) and a
+snapshot of its transport plan.
 
 Run it from Python (:func:`train`), from the command line (``otviz train``), or
 in its own process (:func:`launch`, used by the dashboard).
@@ -314,10 +317,17 @@ def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, device: torch.
     return correct / max(len(X), 1)
 
 
-def _snapshot_plans(s: _Setup) -> dict[str, np.ndarray]:
-    """Plans of every pair on the fixed probe batch (same OT options as the regulariser)."""
+def _snapshot_plans(s: _Setup) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Plans and OT scores of every pair on the fixed probe batch.
+
+    The plans use the regulariser's options (cost, normalisation, solver); the
+    scores (:attr:`otviz.Alignment.score`) use the same solver on the same
+    neurons, in the score's own scale-free geometry, so that runs of every
+    method and option can be compared on them.
+    """
     from otviz.capture import capture
-    from otviz.losses import OTRegularizer, pair_key
+    from otviz.losses import OTRegularizer, _pair_neurons, pair_key
+    from otviz.transport import align
 
     was = s.student.training
     s.student.eval()
@@ -334,8 +344,19 @@ def _snapshot_plans(s: _Setup) -> dict[str, np.ndarray]:
                       student_features=s_acts, teacher_features=t_acts, student=s.student)
     with torch.no_grad():
         reg(ctx)
-    return {pair_key(t, st): np.asarray(reg.last_alignments[pair_key(t, st)].plan, dtype=np.float32)
-            for t, st in s.pairs}
+    plans = {pair_key(t, st): np.asarray(reg.last_alignments[pair_key(t, st)].plan, dtype=np.float32)
+             for t, st in s.pairs}
+    scores: dict[str, float] = {}
+    for t, st in s.pairs:
+        tn, sn = _pair_neurons(t_acts[t], s_acts[st], s.config.spatial, None, pair_key(t, st))
+        try:
+            al = align(tn, sn, method=s.config.ot_method,
+                       eps=None if s.config.ot_method == "emd" else s.config.eps)
+            scores[pair_key(t, st)] = al.score
+        except ValueError:
+            # a layer dead on the whole probe batch has no score; the plan above is still logged
+            continue
+    return plans, scores
 
 
 def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progress: bool = True,
@@ -464,9 +485,10 @@ def _log_epoch(s: _Setup, rec: Any, *, epoch: int, step: int, history: list) -> 
         "train/accuracy": _accuracy(s.student, task.target.X_train, task.target.y_train, s.device),
         "test/accuracy": _accuracy(s.student, task.target.X_test, task.target.y_test, s.device),
     }
-    plans = _snapshot_plans(s)
+    plans, scores = _snapshot_plans(s)
     for key, plan in plans.items():
         rec.snapshot(key, plan, epoch=epoch, step=step)
+    row.update({f"score/{key}": value for key, value in scores.items()})
     rec.log(row, step=step, epoch=epoch)
     history.append(dict(row, epoch=epoch, step=step))
     return row

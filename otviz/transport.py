@@ -53,7 +53,7 @@ __all__ = [
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 CostName = Literal["sqeuclidean", "euclidean", "cosine", "correlation"]
-NormName = Literal["center", "standardize", "unit"]
+NormName = Literal["center", "standardize", "unit", "layer"]
 MethodName = Literal["emd", "sinkhorn", "unbalanced"]
 
 COSTS: dict[str, str] = {
@@ -67,6 +67,8 @@ NORMALIZATIONS: dict[str | None, str] = {
     "center": "subtract each neuron's mean response",
     "standardize": "center, then divide by each neuron's standard deviation",
     "unit": "divide each neuron's response vector by its Euclidean norm",
+    "layer": "center each neuron, then divide the whole layer by its root-mean-square response "
+             "(one scale per layer: the geometry of the OT score)",
 }
 METHODS: dict[str, str] = {
     "emd": "exact OT (network simplex, POT's ot.emd)",
@@ -178,10 +180,14 @@ def normalize_neurons(x: ArrayLike, how: NormName | None, *, name: str = "neuron
 
     ``"center"``: :math:`x_i - \bar x_i`; ``"standardize"``:
     :math:`(x_i - \bar x_i)/\sigma_i`; ``"unit"``: :math:`x_i / \|x_i\|_2`;
-    ``None``: unchanged. The mean and standard deviation are taken over the
-    features (the probe responses) of each neuron. A neuron with zero
-    variance (``"standardize"``) or zero norm (``"unit"``) has no direction
-    and raises ``ValueError``.
+    ``"layer"``: :math:`(x_i - \bar x_i)/\sigma` with
+    :math:`\sigma^2 = \frac{1}{md}\sum_i \|x_i - \bar x_i\|^2` one scale for the
+    whole layer (the geometry of :attr:`Alignment.score`); ``None``:
+    unchanged. The mean and standard deviation are taken over the features
+    (the probe responses) of each neuron. A neuron with zero variance
+    (``"standardize"``) or zero norm (``"unit"``) has no direction and raises
+    ``ValueError``; ``"layer"`` keeps such a neuron (it becomes the zero
+    vector) and raises only when every neuron of the layer is constant.
     """
     if how not in NORMALIZATIONS:
         raise _choice_error("normalize", how, list(NORMALIZATIONS))
@@ -196,6 +202,15 @@ def normalize_neurons(x: ArrayLike, how: NormName | None, *, name: str = "neuron
         sd = c.pow(2).mean(dim=1, keepdim=True).sqrt()
         _check_nonzero(sd, t, name, "a constant response (zero variance)",
                        "drop dead neurons or use normalize='center' or None")
+        out = c / sd
+    elif how == "layer":
+        c = t - t.mean(dim=1, keepdim=True)
+        sd = c.pow(2).mean().sqrt()
+        scale = t.detach().abs().max().clamp_min(1.0)
+        if not bool(sd.detach() > _ZERO_TOL * scale):
+            raise ValueError(f"all {t.shape[0]} {name} neurons have a constant response (zero "
+                             f"variance), so normalize='layer' is undefined; feed more varied "
+                             f"probe inputs or pick a layer whose neurons vary")
         out = c / sd
     else:  # unit
         nrm = t.norm(dim=1, keepdim=True)
@@ -295,19 +310,25 @@ class Alignment:
     cost_matrix : ndarray of shape (m, k)
         :math:`C`, see :func:`cost_matrix`.
     distance : float
-        :math:`\sum_{ij} P_{ij} C_{ij}`, the transport cost without any entropy
-        term (for ``cost="sqeuclidean"`` and ``method="emd"`` this is
-        :math:`W_2^2`).
+        :math:`\sum_{ij} P_{ij} C_{ij}`, the raw transport cost without any
+        entropy term (for ``cost="sqeuclidean"`` and ``method="emd"`` this is
+        :math:`W_2^2`), in the units of ``C``: it grows with the activations'
+        scale and the number of probe responses, so compare layers with
+        :attr:`score` instead.
     a, b : ndarray
         Neuron weights of the teacher and the student.
     method, cost, normalize : str
         The options used.
+    score : float
+        The scale-free OT score, 0 = the same layer, about 1 = unrelated
+        layers (see :attr:`score`): the number to read and compare.
     eps : float or None
         Relative regularisation; the absolute one is ``reg = eps * cost_scale``.
     reg : float or None
         Absolute entropic regularisation used by the solver.
     cost_scale : float
-        ``max(C)`` (1.0 if ``C`` is all zeros); ``eps`` is relative to it.
+        The median of ``C`` (see :func:`eps_scale`); ``eps`` and ``reg_m`` are
+        relative to it.
     n_iter : int or None
         Solver iterations (summed over eps-scaling stages); ``None`` for the
         exact solver, which does not report them.
@@ -341,7 +362,75 @@ class Alignment:
     potentials: tuple[np.ndarray, np.ndarray] | None = None
     reg_m: float | None = None
     omega: float = 1.0
+    tol: float = 1e-9
+    max_iter: int = 10_000
+    _neurons: tuple[Any, Any] | None = field(default=None, compare=False)
     _cache: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def score(self) -> float:
+        r"""The scale-free OT score of the two layers: 0 = the same layer, about 1 = unrelated.
+
+        .. math::
+            \mathrm{score} = \min_{P \in U(a, b)} \sum_{ij} P_{ij}
+                \frac{\|\hat t_i - \hat s_j\|^2}{2d}
+              = 1 - \max_{P \in U(a, b)} \sum_{ij} P_{ij}
+                \frac{\langle \hat t_i, \hat s_j \rangle}{d}
+
+        where :math:`\hat t_i` is teacher neuron ``i`` centred over its ``d``
+        responses and divided by the teacher layer's root-mean-square
+        response (one scale per layer; same for the student). It reads as 1
+        minus how much matched neurons co-vary, in units of their layers'
+        mean variance: 0 when the student layer is the teacher layer up to a
+        permutation of neurons, a global scale, per-neuron offsets or a
+        duplication of neurons; about 1 for unrelated layers (two independent
+        random layers of 64 and 16 neurons score 0.78 at 100 responses, 0.90
+        at 500, 0.95 at 2,000: the best matching finds some covariance by
+        chance); up to 2 for anti-correlated matches.
+
+        It is computed with this alignment's solver (``method``, ``eps``,
+        weights) but in its own geometry, whatever ``cost`` and ``normalize``
+        were used for :attr:`distance` (the raw cost, which keeps the units of
+        the activations). Entropic solvers are debiased (Sinkhorn divergence:
+        :math:`\mathrm{OT}_\varepsilon(T,S) - \frac12\mathrm{OT}_\varepsilon(T,T) -
+        \frac12\mathrm{OT}_\varepsilon(S,S)`), so a layer against itself scores
+        0 at any ``eps``. Computed on first access (one more solve, three for
+        the entropic methods) and cached; see :attr:`score_details`.
+
+        Raises
+        ------
+        ValueError
+            If every neuron of one layer is constant on the probe batch (the
+            score is undefined; the message says what to do).
+        """
+        return float(self.score_details["score"])
+
+    @property
+    def score_details(self) -> dict[str, Any]:
+        """How :attr:`score` was obtained.
+
+        A dict with ``score``; ``cross``, ``self_teacher`` and ``self_student``
+        (the regularised OT values whose debiased combination is the score;
+        the self terms are 0 for ``method="emd"``); ``reg`` (the absolute
+        entropic regularisation, ``None`` for exact OT); ``cost_scale`` (the
+        median cost of the score's geometry, which ``eps`` is relative to);
+        ``converged`` (whether every solve met its tolerance) and ``plan``
+        (the teacher x student plan in the score's geometry).
+        """
+        if "score" not in self._cache:
+            if self._neurons is None:
+                raise ValueError("this Alignment was built without its neurons, so its score cannot "
+                                 "be computed; use otviz.align(teacher, student, ...)")
+            from otviz._score import score_details
+
+            t, s = (np.asarray(x.detach().to("cpu", torch.float64).numpy()
+                               if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+                    for x in self._neurons)
+            self._cache["score"] = score_details(
+                t, s, np.asarray(self.a, dtype=np.float64), np.asarray(self.b, dtype=np.float64),
+                method=self.method, eps=self.eps, reg_m=self.reg_m or 1.0, tol=self.tol,
+                max_iter=self.max_iter)
+        return self._cache["score"]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -388,10 +477,19 @@ class Alignment:
             opts += f", reg_m={self.reg_m:g}"
         iters = "n/a (exact solver)" if self.n_iter is None else str(self.n_iter)
         counts = np.bincount(self.matching, minlength=k)
+        try:
+            det = self.score_details
+            score = (f"{det['score']:.3f}   (0 = same layer up to permutation and scale, "
+                     f"~1 = unrelated{'' if det['converged'] else '; NOT CONVERGED: approximate'})")
+        except ValueError as exc:
+            score = f"undefined: {exc}"
         lines = [
             f"OT alignment of {m} teacher neurons with {k} student neurons",
             f"  {opts}",
-            f"  distance        {self.distance:.6g}   (cost scale max C = {self.cost_scale:.4g})",
+            f"  score           {score}",
+            f"  raw distance    {self.distance:.6g}   ({self.cost} cost of the "
+            f"{'raw' if self.normalize is None else self.normalize} neurons; median cost "
+            f"{self.cost_scale:.4g})",
             f"  converged       {self.converged}   iterations {iters}   "
             f"marginal error {self.marginal_error:.2e}",
             f"  matching        each student neuron receives the bulk of "
@@ -440,11 +538,27 @@ def _warm_potentials(warm_start: Any, m: int, k: int) -> tuple[np.ndarray, np.nd
     return f, g, omega
 
 
+def eps_scale(C: np.ndarray) -> float:
+    r"""The cost scale that ``eps`` and ``reg_m`` are relative to: the median of ``C``.
+
+    The median cost between a teacher neuron and a student neuron is a typical
+    cost that a few outlier neurons cannot move (``max(C)`` can be 50x larger
+    in a transformer block with a few high-norm units), so one ``eps`` means
+    the same blur in every layer. If more than half the entries are 0, the mean
+    of the positive entries is used; 1.0 if ``C`` is all zeros.
+    """
+    med = float(np.median(C))
+    if med > 0 and math.isfinite(med):
+        return med
+    pos = C[C > 0]
+    return float(pos.mean()) if pos.size else 1.0
+
+
 def _solve(C: np.ndarray, a: np.ndarray, b: np.ndarray, method: str, eps: float | None,
-           reg_m: float, tol: float, max_iter: int, warm: tuple | None) -> dict[str, Any]:
-    scale = float(C.max())
-    if not scale > 0:
-        scale = 1.0
+           reg_m: float, tol: float, max_iter: int, warm: tuple | None,
+           scale: float | None = None) -> dict[str, Any]:
+    if scale is None:
+        scale = eps_scale(C)
     if method == "emd":
         n_emd = max(100_000, 20 * C.shape[0] * C.shape[1])
         with warnings.catch_warnings(record=True) as caught:
@@ -514,21 +628,23 @@ def align(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqeuclide
         that stays finite down to very small ``eps``. ``"unbalanced"``:
         entropic OT with KL-relaxed marginals.
     eps : float, optional
-        Entropic regularisation **relative to the cost scale**: the solver uses
-        :math:`\varepsilon = \mathrm{eps} \cdot \max_{ij} C_{ij}`, so the same
-        ``eps`` means the same blur whatever the layer's magnitude. Default
-        ``1e-2`` for the entropic methods; ignored (with a warning) by ``"emd"``.
+        Entropic regularisation **relative to the typical cost**: the solver
+        uses :math:`\varepsilon = \mathrm{eps} \cdot \mathrm{median}_{ij}\, C_{ij}`
+        (:func:`eps_scale`), so the same ``eps`` means the same blur whatever
+        the layer's magnitude, and a few outlier neurons with a huge cost
+        cannot change it. Default ``1e-2`` for the entropic methods; ignored
+        (with a warning) by ``"emd"``.
     a, b : arrays of shape (m,) and (k,), optional
         Neuron weights, uniform by default. Must be non-negative; for the
         balanced methods they are renormalised (with a warning) if they do not
         sum to 1.
     reg_m : float
-        Marginal relaxation of ``"unbalanced"``, relative to the cost scale like
-        ``eps`` (larger is closer to balanced OT).
+        Marginal relaxation of ``"unbalanced"``, relative to the median cost
+        like ``eps`` (larger is closer to balanced OT).
     tol : float
         Entropic solvers stop when the L2 norm of the row-marginal violation
-        (balanced) or the largest change of the potentials relative to
-        ``max(C)`` (unbalanced) falls below ``tol``.
+        (balanced) or the largest change of the potentials relative to the
+        cost scale (unbalanced) falls below ``tol``.
     max_iter : int
         Iteration cap of the entropic solvers (per eps-scaling stage). When it
         is reached, the result has ``converged=False`` and a warning is issued.
@@ -561,13 +677,14 @@ def align(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqeuclide
     C = _cost(t, s, cost, normalize).numpy()
     warm = _warm_potentials(warm_start, m, k) if method != "emd" else None
     return _finish(C, a_, b_, method=method, cost=cost, normalize=normalize, eps=eps,
-                   reg_m=reg_m, tol=tol, max_iter=max_iter, warm=warm)
+                   reg_m=reg_m, tol=tol, max_iter=max_iter, warm=warm, neurons=(t, s))
 
 
 def _finish(C: np.ndarray, a: np.ndarray, b: np.ndarray, *, method: str, cost: str,
             normalize: str | None, eps: float | None, reg_m: float, tol: float,
-            max_iter: int, warm: tuple | None) -> Alignment:
-    sol = _solve(C, a, b, method, eps, reg_m, tol, max_iter, warm)
+            max_iter: int, warm: tuple | None, scale: float | None = None,
+            neurons: tuple[np.ndarray, np.ndarray] | None = None) -> Alignment:
+    sol = _solve(C, a, b, method, eps, reg_m, tol, max_iter, warm, scale)
     P = sol["plan"]
     if not np.isfinite(P).all():
         raise FloatingPointError(
@@ -586,7 +703,8 @@ def _finish(C: np.ndarray, a: np.ndarray, b: np.ndarray, *, method: str, cost: s
                      converged=bool(sol["converged"]), marginal_error=marg,
                      potentials=sol["potentials"],
                      reg_m=reg_m if method == "unbalanced" else None,
-                     omega=float(sol.get("omega", 1.0)))
+                     omega=float(sol.get("omega", 1.0)), tol=tol, max_iter=max_iter,
+                     _neurons=neurons)
 
 
 # --------------------------------------------------------------------------
@@ -618,7 +736,7 @@ def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqe
         :math:`\partial \mathrm{OT} / \partial C = P^\star` (Danskin's envelope
         theorem; exact for ``"emd"`` and for the regularised objective of the
         entropic methods). No backpropagation through solver iterations.
-        In both modes the absolute regularisation ``eps * max(C)`` is a
+        In both modes the absolute regularisation ``eps * median(C)`` is a
         constant of the call (no gradient flows through the cost scale).
         ``"autodiff"``: the entropic solvers are unrolled in torch on the
         inputs' device (POT's log-domain Sinkhorn with the torch backend) and
@@ -647,7 +765,8 @@ def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqe
     C64 = C.detach().to("cpu", torch.float64).numpy()
     warm = _warm_potentials(warm_start, m, k) if method != "emd" else None
     al = _finish(C64, a_, b_, method=method, cost=cost, normalize=normalize, eps=eps,
-                 reg_m=reg_m, tol=tol, max_iter=max_iter, warm=warm)
+                 reg_m=reg_m, tol=tol, max_iter=max_iter, warm=warm,
+                 neurons=(t.detach(), s.detach()))
     if grad == "envelope" or method == "emd":
         P = torch.as_tensor(al.plan, dtype=C.dtype, device=C.device)
         value = (P * C).sum()

@@ -145,13 +145,22 @@ def test_layer_distances_ot_matches_transport(teacher, probe):
 
     torch.manual_seed(3)
     student = ConvNet(4).eval()
-    df = layer_distances(teacher, student, probe, ["conv1", "conv2"], ["conv2"], normalize="unit")
+    df = layer_distances(teacher, student, probe, ["conv1", "conv2"], ["conv2"],
+                         measure="ot-raw", normalize="unit")
     assert df.shape == (2, 1)
     assert df.attrs["align_kwargs"] == {"normalize": "unit"}
     t = capture(teacher, probe, "conv1")["conv1"]
     s = capture(student, probe, "conv2")["conv2"]
     expected = align(neurons(t, "mean"), neurons(s, "mean"), normalize="unit").distance
     assert df.loc["conv1", "conv2"] == pytest.approx(float(expected), rel=1e-9)
+    # the default measure is the score of the same alignment
+    score = layer_distances(teacher, student, probe, ["conv1", "conv2"], ["conv2"])
+    assert score.attrs["measure"] == "ot" and score.attrs["converged"].all()
+    assert score.loc["conv1", "conv2"] == pytest.approx(
+        align(neurons(t, "mean"), neurons(s, "mean")).score, rel=1e-12)
+    # the score has its own geometry: cost/normalize are refused with the reason
+    with pytest.raises(ValueError, match="measure='ot-raw'"):
+        layer_distances(teacher, student, probe, "conv1", "conv2", normalize="unit")
 
 
 def test_layer_distances_ot_permuted_channels(teacher, probe):
@@ -195,7 +204,7 @@ def test_flatten_dense_against_conv_is_rejected(teacher, probe):
 
 
 def test_layer_distances_argument_errors(teacher, probe):
-    with pytest.raises(ValueError, match=r"measure.*\['ot', 'cka'\]"):
+    with pytest.raises(ValueError, match=r"measure.*\['ot', 'ot-raw', 'cka'\]"):
         layer_distances(teacher, teacher, probe, "conv1", "conv1", measure="l2")
     with pytest.raises(ValueError, match="measure='cka'"):
         layer_distances(teacher, teacher, probe, "conv1", "conv1", "cka", method="sinkhorn")

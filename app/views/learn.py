@@ -59,7 +59,7 @@ m = c[1].slider("Blue points", 3, 80, 30, key="learn_m")
 k = c[2].slider("Orange points", 3, 80, 20, key="learn_k")
 eps = c[3].select_slider("Sinkhorn eps", [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0],
                          value=0.01, key="learn_eps",
-                         help="Entropic regularisation, relative to the largest cost: reg = eps * max(C).")
+                         help="Entropic regularisation, relative to the typical (median) cost: reg = eps * median(C).")
 seed = c[4].number_input("Seed", 0, 10_000, 0, key="learn_seed")
 
 X, Y = clouds(shape, int(m), int(k), int(seed))
