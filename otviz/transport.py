@@ -384,9 +384,10 @@ class Alignment:
         mean variance: 0 when the student layer is the teacher layer up to a
         permutation of neurons, a global scale, per-neuron offsets or a
         duplication of neurons; about 1 for unrelated layers (two independent
-        random layers of 64 and 16 neurons score 0.78 at 100 responses, 0.90
-        at 500, 0.95 at 2,000: the best matching finds some covariance by
-        chance); up to 2 for anti-correlated matches.
+        random layers of 64 neurons score 0.78 at 100 responses, 0.90 at 500,
+        0.95 at 2,000, and 64 against 16 neurons 0.83, 0.92, 0.96: the best
+        matching finds some covariance by chance); up to 2 for
+        anti-correlated matches.
 
         It is computed with this alignment's solver (``method``, ``eps``,
         weights) but in its own geometry, whatever ``cost`` and ``normalize``
