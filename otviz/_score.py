@@ -129,6 +129,51 @@ def _objective(al: Any, C: np.ndarray) -> float:
     return value
 
 
+def symmetric_ot(C: np.ndarray, a: np.ndarray, reg: float, rho: float, *, tol: float,
+                 max_iter: int) -> tuple[float, bool]:
+    r"""Regularised OT of a measure with itself, :math:`\mathrm{OT}_\varepsilon(\alpha, \alpha)`.
+
+    The self problem has a symmetric optimum :math:`f = g`; the averaged
+    fixed-point iteration :math:`f \leftarrow \frac12 (f + \lambda\, S_\varepsilon(f))`
+    with the soft-min :math:`S_\varepsilon(f)_i = -\varepsilon \log \sum_j a_j
+    e^{(f_j - C_{ij})/\varepsilon}` and :math:`\lambda = \rho / (\rho + \varepsilon)`
+    (1 for balanced OT) converges in a few tens of iterations where plain
+    Sinkhorn crawls (the self plan is nearly a permutation), as in geomloss
+    (Feydy et al. 2019). It runs in the log domain with
+    :math:`\varepsilon`-annealing from the cost scale. Returns the dual value,
+    equal to the primal at the optimum, and whether ``tol`` was met.
+    """
+    from scipy.special import logsumexp
+
+    loga = np.log(a)
+    f = np.zeros(len(a))
+    start = max(float(C.max()), reg)
+    stages = [start * 0.5 ** k for k in range(64) if start * 0.5 ** k > reg] + [reg]
+    converged = False
+    it = 0
+    for e in stages:
+        lam_e = 1.0 if math.isinf(rho) else rho / (rho + e)
+        for _ in range(max_iter):
+            it += 1
+            soft = -e * logsumexp(loga[None, :] + (f[None, :] - C) / e, axis=1)
+            new = 0.5 * (f + lam_e * soft)
+            delta = float(np.abs(new - f).max())
+            f = new
+            if delta < tol:
+                converged = e == reg
+                break
+        else:
+            converged = False
+    # dual objective at f = g
+    K = np.exp((f[:, None] + f[None, :] - C) / reg) - 1.0
+    if math.isinf(rho):
+        value = 2.0 * float(a @ f)
+    else:
+        value = -2.0 * rho * float(a @ (np.exp(-f / rho) - 1.0))
+    value -= reg * float(a @ K @ a)
+    return value, converged
+
+
 def score_details(t: np.ndarray, s: np.ndarray, a: np.ndarray, b: np.ndarray, *, method: str,
                   eps: float | None, reg_m: float, tol: float, max_iter: int) -> dict[str, Any]:
     """Score of two neuron sets (float64 numpy, rows = neurons) and how it was obtained.
@@ -147,15 +192,17 @@ def score_details(t: np.ndarray, s: np.ndarray, a: np.ndarray, b: np.ndarray, *,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning below, for the three solves
         cross = _finish(C, a, b, **opts)
-        self_t = self_s = None
-        if method != "emd":
-            # the same absolute regularisation (and marginal penalty) in the three problems
-            self_t = _finish(Ctt, a, a, **opts, scale=cross.cost_scale)
-            self_s = _finish(Css, b, b, **opts, scale=cross.cost_scale)
-    converged = all(x.converged for x in (cross, self_t, self_s) if x is not None)
     v_ts = _objective(cross, C)
-    v_tt = 0.0 if self_t is None else _objective(self_t, Ctt)
-    v_ss = 0.0 if self_s is None else _objective(self_s, Css)
+    v_tt = v_ss = 0.0
+    converged = cross.converged
+    if method != "emd":
+        # the same absolute regularisation (and marginal penalty) in the three problems
+        rho = math.inf if method == "sinkhorn" else reg_m * cross.cost_scale
+        v_tt, ok_t = symmetric_ot(Ctt, a, cross.reg, rho, tol=tol * cross.cost_scale,
+                                  max_iter=max_iter)
+        v_ss, ok_s = symmetric_ot(Css, b, cross.reg, rho, tol=tol * cross.cost_scale,
+                                  max_iter=max_iter)
+        converged = converged and ok_t and ok_s
     value = v_ts - 0.5 * v_tt - 0.5 * v_ss
     # a divergence is >= 0; rounding (or an unconverged solve) may leave a tiny negative
     value = max(value, 0.0)

@@ -29,7 +29,7 @@ NORMALIZATIONS = ("none", "center", "standardize", "unit")
 METHODS = ("emd", "sinkhorn", "unbalanced")
 
 #: default relative entropic regularisation used by the CLI for sinkhorn/unbalanced
-DEFAULT_EPS = 0.005
+DEFAULT_EPS = 0.02
 
 
 class CommandError(Exception):
@@ -118,9 +118,18 @@ def _add_ot_options(parser: argparse.ArgumentParser, *, method_default: str | No
         default=None,
         metavar="EPS",
         help=(
-            "entropic regularisation for 'sinkhorn' and 'unbalanced', RELATIVE to the cost "
-            "scale: the solver uses eps * max(cost matrix). Smaller = closer to exact OT and "
-            f"a sparser plan, but more iterations. Ignored by 'emd'. Default: {DEFAULT_EPS}."
+            "entropic regularisation for 'sinkhorn' and 'unbalanced', RELATIVE to the typical "
+            "cost: the solver uses eps * median(cost matrix), so one eps means the same blur in "
+            "every layer. Smaller = closer to exact OT and a sparser plan, but more iterations. "
+            f"Ignored by 'emd'. Default: {DEFAULT_EPS}."
+        ),
+    )
+    g.add_argument(
+        "--raw",
+        action="store_true",
+        help=(
+            "also print the layer x layer table of the raw OT cost (in the units of the "
+            "activations, with --cost and --normalize) beside the scale-free OT score"
         ),
     )
 
@@ -278,6 +287,18 @@ def _ot_kwargs(args: argparse.Namespace, method: str) -> dict[str, Any]:
     return kwargs
 
 
+def _score_line(result: Any) -> str:
+    """One line: the score first (with its scale), then the raw cost."""
+    try:
+        det = result.score_details
+        score = f"OT score = {det['score']:.3f} (0 = same layer, ~1 = unrelated)"
+        if not det["converged"]:
+            score += " NOT CONVERGED"
+    except ValueError:
+        score = "OT score undefined (a layer whose neurons are all constant)"
+    return f"{score}; raw distance = {result.distance:.6g}"
+
+
 def _settings_line(args: argparse.Namespace) -> str:
     eps = DEFAULT_EPS if args.eps is None else args.eps
     return f"cost={args.cost}, normalize={args.normalize}, eps={eps:g} (relative, for entropic methods)"
@@ -324,8 +345,9 @@ def _report(teacher, student, inputs, t_layers, s_layers, args, *, spatial="mean
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 result = align(t_neurons, s_neurons, **_ot_kwargs(args, method))
-            print(f"[{method}] OT distance = {result.distance:.6g}")
-            print(_indent(result.summary()))
+                summary = result.summary()  # computes the score: its warnings are caught too
+            print(f"[{method}] {_score_line(result)}")
+            print(_indent(summary))
             for w in caught:  # e.g. a solver that hit its iteration cap: say it once, readably
                 print(_indent(f"note: {w.message}", "     "))
         if extra is not None:
@@ -333,13 +355,28 @@ def _report(teacher, student, inputs, t_layers, s_layers, args, *, spatial="mean
 
     table_method = methods[0]
     print()
-    print("Layer x layer distances (rows: teacher layers, columns: student layers)")
-    ot_table = layer_distances(
-        teacher, student, inputs, list(t_layers), list(s_layers), measure="ot",
-        spatial=spatial, size=size, **_ot_kwargs(args, table_method),
-    )
-    print(f"OT distance ({table_method}, cost={args.cost}, normalize={args.normalize}; lower = closer):")
-    print(_indent(_format_table(ot_table)))
+    print("Layer x layer tables (rows: teacher layers, columns: student layers)")
+    kwargs = _ot_kwargs(args, table_method)
+    geometry = {k: kwargs.pop(k) for k in ("cost", "normalize")}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ot_table = layer_distances(
+            teacher, student, inputs, list(t_layers), list(s_layers), measure="ot",
+            spatial=spatial, size=size, **kwargs,
+        )
+    print(f"OT score ({table_method}; 0 = same layer up to permutation and scale, ~1 = unrelated; "
+          "lower = closer):")
+    print(_indent(_format_table(ot_table, "{:.3f}")))
+    for w in caught:
+        print(_indent(f"note: {w.message}", "     "))
+    if getattr(args, "raw", False):
+        raw_table = layer_distances(
+            teacher, student, inputs, list(t_layers), list(s_layers), measure="ot-raw",
+            spatial=spatial, size=size, **kwargs, **geometry,
+        )
+        print(f"Raw OT cost ({table_method}, cost={args.cost}, normalize={args.normalize}; in the "
+              "units of the activations, lower = closer):")
+        print(_indent(_format_table(raw_table)))
     cka_table = layer_distances(
         teacher, student, inputs, list(t_layers), list(s_layers), measure="cka", spatial=spatial, size=size
     )

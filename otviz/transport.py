@@ -76,6 +76,8 @@ METHODS: dict[str, str] = {
     "unbalanced": "entropic OT with KL-relaxed marginals (mass may be created or destroyed)",
 }
 DEFAULT_EPS = 1e-2
+_NORM_WORDS = {None: "raw", "center": "centred", "standardize": "standardised", "unit": "unit-norm",
+               "layer": "layer-scaled"}
 _ZERO_TOL = 1e-12
 
 
@@ -489,7 +491,7 @@ class Alignment:
             f"  {opts}",
             f"  score           {score}",
             f"  raw distance    {self.distance:.6g}   ({self.cost} cost of the "
-            f"{'raw' if self.normalize is None else self.normalize} neurons; median cost "
+            f"{_NORM_WORDS.get(self.normalize, self.normalize)} neurons; median cost "
             f"{self.cost_scale:.4g})",
             f"  converged       {self.converged}   iterations {iters}   "
             f"marginal error {self.marginal_error:.2e}",

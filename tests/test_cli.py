@@ -33,14 +33,16 @@ def test_align_demo_prints_alignments_and_distance_tables(capsys):
     assert teacher_acc > 80 and student_acc > 80, out  # trained, not random (10%)
     for layer, (m, k) in {"fc1": (128, 32), "fc2": (64, 16), "head": (10, 10)}.items():
         assert f"teacher {layer} ({m} neurons) <-> student {layer} ({k} neurons)" in out
-    distances = re.findall(rf"\[(emd|sinkhorn)\] OT distance = ({NUMBER})", out)
-    assert [d[0] for d in distances] == ["emd", "sinkhorn"] * 3, out
-    assert all(float(d[1]) >= 0 for d in distances)
-    # Sinkhorn's transport cost is never below the exact optimum
+    lines = re.findall(rf"\[(emd|sinkhorn)\] OT score = ({NUMBER}) .*; raw distance = ({NUMBER})", out)
+    assert [d[0] for d in lines] == ["emd", "sinkhorn"] * 3, out
+    # the score first, on its scale (0 = same layer, ~1 = unrelated), then the raw cost
+    assert all(0 <= float(d[1]) < 1 and float(d[2]) >= 0 for d in lines)
+    # Sinkhorn's raw transport cost is never below the exact optimum
     for i in range(0, 6, 2):
-        assert float(distances[i + 1][1]) >= float(distances[i][1]) * (1 - 1e-6)
-    assert "Layer x layer distances" in out
-    assert "OT distance (emd" in out and "Linear CKA" in out
+        assert float(lines[i + 1][2]) >= float(lines[i][2]) * (1 - 1e-6)
+    assert "Layer x layer tables" in out
+    assert "OT score (emd" in out and "Linear CKA" in out
+    assert "Raw OT cost" not in out  # one argument away: --raw
 
 
 def test_align_demo_is_reproducible_and_takes_options(capsys):
@@ -48,7 +50,7 @@ def test_align_demo_is_reproducible_and_takes_options(capsys):
             "--normalize", "standardize", "--eps", "0.05", "--seed", "3", "--epochs", "3"]
     assert main(argv) == 0
     first = capsys.readouterr().out
-    assert "[emd]" not in first and "[sinkhorn] OT distance" in first
+    assert "[emd]" not in first and "[sinkhorn] OT score" in first
     assert "cost=cosine, normalize=standardize, eps=0.05" in first
     assert main(argv) == 0
     second = capsys.readouterr().out
@@ -124,14 +126,15 @@ def test_align_two_shipped_checkpoints(capsys):
     assert main(["align", "cnn-digits", "cnn-digits-0to4", "--method", "emd", "--probe", "120"]) == 0
     out = capsys.readouterr().out
     assert "same 120 held-out images" in out
-    assert out.count("[emd] OT distance =") == 3
+    assert out.count("[emd] OT score =") == 3
     assert "features.conv3" in out and "Linear CKA" in out
     # two different architectures, explicit layers: pairs by depth, full table
-    assert main(["align", "cnn-digits", "mlp-digits", "--method", "sinkhorn", "--eps", "0.05",
+    assert main(["align", "cnn-digits", "mlp-digits", "--method", "sinkhorn", "--eps", "0.05", "--raw",
                  "--teacher-layers", "features.conv2,features.conv3", "--probe", "80"]) == 0
     out = capsys.readouterr().out
-    assert out.count("[sinkhorn] OT distance =") == 2
+    assert out.count("[sinkhorn] OT score =") == 2
     assert "features.fc1" in out and "features.fc2" in out
+    assert "Raw OT cost (sinkhorn" in out and "OT score (sinkhorn" in out
 
 
 def test_align_unknown_teacher_lists_the_shipped_ones(capsys):
