@@ -314,8 +314,13 @@ def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, device: torch.
     return correct / max(len(X), 1)
 
 
+COST_SNAPSHOT_PREFIX = "cost/"
+"""Snapshot key prefix of the cost matrices: ``"cost/" + pair`` beside the plan ``pair``."""
+
+
 def _snapshot_plans(s: _Setup) -> dict[str, np.ndarray]:
-    """Plans of every pair on the fixed probe batch (same OT options as the regulariser)."""
+    """Plans of every pair on the fixed probe batch (same OT options as the regulariser),
+    keyed by the pair, and the cost matrix each plan solved, keyed ``cost/<pair>``."""
     from otviz.capture import capture
     from otviz.losses import OTRegularizer, pair_key
 
@@ -334,8 +339,12 @@ def _snapshot_plans(s: _Setup) -> dict[str, np.ndarray]:
                       student_features=s_acts, teacher_features=t_acts, student=s.student)
     with torch.no_grad():
         reg(ctx)
-    return {pair_key(t, st): np.asarray(reg.last_alignments[pair_key(t, st)].plan, dtype=np.float32)
-            for t, st in s.pairs}
+    out: dict[str, np.ndarray] = {}
+    for t, st in s.pairs:
+        al = reg.last_alignments[pair_key(t, st)]
+        out[pair_key(t, st)] = np.asarray(al.plan, dtype=np.float32)
+        out[COST_SNAPSHOT_PREFIX + pair_key(t, st)] = np.asarray(al.cost_matrix, dtype=np.float32)
+    return out
 
 
 def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progress: bool = True,
