@@ -72,8 +72,8 @@ def reallocation_chart(
                      range=[0, max(0.1, min(1.0, top * 1.15))])
     fig.update_xaxes(title=dict(text="epoch"), dtick=1)
     return _finish(fig, title or "Neuron reallocation between epochs",
-                   "bars: teacher neurons whose main student partner changed; line: share of the "
-                   "plan's mass that moved", height=height,
+                   "bars: teacher neurons whose main student partner changed<br>line: share of "
+                   "the plan's mass that moved", height=height,
                    legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
 
 

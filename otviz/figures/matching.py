@@ -35,8 +35,8 @@ from otviz.figures.plans import (
 
 __all__ = ["alignment_panel", "matched_cost_distribution", "match_quality"]
 
-COST_COLORSCALE = "Viridis_r"
-"""Cost matrices: cheap pairs dark, expensive pairs light (reversed viridis)."""
+COST_COLORSCALE = "Viridis"
+"""Cost matrices: cheap pairs dark, expensive pairs light (viridis), like the plan's heavy cells."""
 ALL_PAIRS_COLOR = "#8c8c8c"
 MATCHED_COLOR = "#1b7837"
 
@@ -122,14 +122,16 @@ def alignment_panel(
                   f"<br>main partner of {t} %{{y}}: {s} %{{customdata[2]}}<extra></extra>")
     fig.add_trace(go.Heatmap(z=cells["C"], x=cl, y=rl, name="cost", colorscale=COST_COLORSCALE,
                              customdata=cells["custom"], hovertemplate=chover,
-                             colorbar=dict(title=dict(text="cost", side="right"), x=0.44,
-                                           len=0.9, tickformat=".2g")),
+                             colorbar=dict(title=dict(text="cost", side="top"), orientation="h",
+                                           x=0.22, xanchor="center", y=-0.1, yanchor="top",
+                                           len=0.42, thickness=12, tickformat=".2g")),
                   row=1, col=1)
     heat = _heatmap_trace(cells["Z"], rl, cl, log_color=log_color, zmax=None,
                           teacher_label=teacher_label, student_label=student_label,
                           colorscale=PLAN_COLORSCALE, custom=cells["custom"], blocks=blocks,
                           cost_label=cost_label)
-    heat.colorbar.update(x=1.0, len=0.9)
+    heat.colorbar.update(orientation="h", x=0.78, xanchor="center", y=-0.1, yanchor="top",
+                         len=0.42, thickness=12, title=dict(side="top"))
     fig.add_trace(heat, row=1, col=2)
     t_axis = teacher_label + (f" (blocks of {cells['rb']})" if cells["rb"] > 1 else "")
     s_axis = student_label + (f" (blocks of {cells['cb']})" if cells["cb"] > 1 else "")
@@ -145,11 +147,13 @@ def alignment_panel(
     contrast = matching.cost_contrast(P, C)
     if title is None:
         title = f"Cost beside plan ({m} x {k})"
-    sub = (f"matched pairs cost {contrast:.0%} of a random pairing's mean cost "
+    sub = (f"matched pairs cost {contrast:.0%} of a random pairing's mean cost<br>"
            f"(0% = free matches, 100% = no better than random); same order on both sides")
     if height == "auto":
-        height = auto_height(len(rl)) + 20
-    return _finish(fig, title, sub, height=height)
+        height = auto_height(len(rl)) + 110
+    fig = _finish(fig, title, sub, height=height)
+    fig.update_layout(margin=dict(t=140, b=120))
+    return fig
 
 
 def _weighted_ecdf(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,16 +243,18 @@ def matched_cost_distribution(
     contrast = matching.cost_contrast(P, C)
     pct = float(np.dot(d["all_weight"], d["all_cost"] < stats["matched pairs"][0]))
     sub = (f"median matched {stats['matched pairs'][0]:.3g} vs all pairs "
-           f"{stats['all pairs'][0]:.3g} (dotted); {pct:.0%} of all pairs are cheaper than the "
-           f"median match; mean matched / mean random = {contrast:.2f}")
+           f"{stats['all pairs'][0]:.3g} (dotted)<br>{pct:.0%} of all pairs are cheaper than the "
+           f"median match; mean matched / mean random {contrast:.2f}")
     fig.update_xaxes(title=dict(text=cost_label), type="log" if log_x else "linear")
     fig.update_yaxes(title=dict(text="fraction of mass (cumulative)" if kind == "ecdf"
                                 else "fraction of mass"), tickformat=".0%",
                      range=[0, 1.02] if kind == "ecdf" else None)
     if kind == "histogram":
         fig.update_layout(barmode="overlay", bargap=0)
-    return _finish(fig, title or "Matched pairs against all pairs", sub, height=height,
-                   legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
+    fig = _finish(fig, title or "Matched pairs against all pairs", sub, height=height,
+                  legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
+    fig.update_layout(margin=dict(t=120))
+    return fig
 
 
 def match_quality(
@@ -312,6 +318,8 @@ def match_quality(
         fig.update_xaxes(title=dict(text=f"{sd} neurons, best matched first"),
                          showticklabels=False, row=r, col=1)
         medians.append(f"{sd} median {float(np.median(q['relative_cost'])):.2f}")
-    sub = "; ".join(medians) + " (1 = no better than a random partner, dashed)"
-    return _finish(fig, title or "Match quality per neuron", sub,
-                   height=height or 270 * len(sides) + 60, bargap=0.05)
+    sub = "; ".join(medians) + "<br>1 (dashed) = no better than a random partner"
+    fig = _finish(fig, title or "Match quality per neuron", sub,
+                  height=height or 270 * len(sides) + 80, bargap=0.05)
+    fig.update_layout(margin=dict(t=120))
+    return fig

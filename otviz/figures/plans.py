@@ -425,8 +425,8 @@ def plan_heatmap(
     if show_marginals == "auto":
         show_marginals = not uniform
         if uniform:
-            notes.append("marginals uniform: every neuron sends / receives the same mass")
-    sub = "; ".join(notes) or None
+            notes.append("marginals uniform (not drawn): each neuron sends / receives the same mass")
+    sub = "<br>".join(notes) or None
     t, s = _singular(teacher_label), _singular(student_label)
     t_axis = teacher_label + (f" (blocks of {cells['rb']})" if cells["rb"] > 1 else "")
     s_axis = student_label + (f" (blocks of {cells['cb']})" if cells["cb"] > 1 else "")
@@ -441,7 +441,9 @@ def plan_heatmap(
         if blocks:
             fig.update_xaxes(showticklabels=cells["cb"] == 1)
             fig.update_yaxes(showticklabels=cells["rb"] == 1)
-        return _finish(fig, title, sub, height=height)
+        fig = _finish(fig, title, sub, height=height)
+        fig.update_layout(margin=dict(t=60 + 20 * len(notes)) if title else {})
+        return fig
 
     fig = make_subplots(rows=2, cols=2, column_widths=[0.84, 0.16], row_heights=[0.16, 0.84],
                         shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.015,
@@ -483,7 +485,9 @@ def plan_heatmap(
     fig.update_xaxes(showticklabels=False, row=1, col=1)
     fig.update_yaxes(showticklabels=False, row=2, col=2)
     fig.update_layout(bargap=0.1)
-    return _finish(fig, title, sub, height=height)
+    fig = _finish(fig, title, sub, height=height)
+    fig.update_layout(margin=dict(t=60 + 20 * len(notes)) if title else {})
+    return fig
 
 
 def _check_cost(cost: Any, shape: tuple[int, int]) -> np.ndarray | None:
