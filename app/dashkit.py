@@ -383,3 +383,54 @@ def store_runs(empty_message: str):
         st.info(empty_message)
         return None, None
     return store, runs
+
+
+# --------------------------------------------------------------------------- comparing runs
+#: Config entries two runs must share to be twins: same task, student, budget and OT readout.
+TWIN_KEYS = ("setting", "arch", "student_width", "k", "dataset", "epochs", "steps_per_epoch",
+             "batch_size", "lr", "cost", "normalize", "spatial", "ot_method", "eps", "pairs")
+
+COST_PREFIX = "cost/"  # snapshot key prefix of the cost matrices (otviz.train.COST_SNAPSHOT_PREFIX)
+
+
+def twin_run(runs, run_id: int) -> int | None:
+    """The run to compare ``run_id`` with by default, or None.
+
+    For a run with a transfer term, its *scratch twin*: a ``scratch`` run with the same
+    setting, student, budget (epochs, steps, batch size, lr) and OT readout options
+    (:data:`TWIN_KEYS`); for a scratch run, an ``ot`` run of the same kind. Same seed first,
+    then the newest.
+    """
+    import pandas as pd
+
+    row = runs.loc[runs["run_id"] == run_id]
+    if row.empty:
+        return None
+    row = row.iloc[0]
+    method = str(row["method"])
+    mask = runs["run_id"] != run_id
+    if method == "scratch":
+        mask &= runs["method"].astype(str).str.contains("ot")
+    else:
+        mask &= runs["method"] == "scratch"
+    for key in TWIN_KEYS:
+        col = f"config.{key}"
+        if col not in runs.columns:
+            continue
+        mine = row[col]
+        same = runs[col].isna() if pd.isna(mine) else runs[col] == mine
+        mask &= same
+    cand = runs.loc[mask]
+    if cand.empty:
+        return None
+    seed = row.get("config.seed")
+    cand = cand.assign(_same_seed=(cand["config.seed"] == seed) if "config.seed" in cand else False)
+    cand = cand.sort_values(["_same_seed", "run_id"], ascending=[False, False])
+    return int(cand["run_id"].iloc[0])
+
+
+def plan_keys(snaps) -> list[str]:
+    """The layer pairs of a run's snapshots (the plans, not their ``cost/`` matrices)."""
+    if snaps is None or snaps.empty:
+        return []
+    return sorted(k for k in snaps["key"].unique() if not str(k).startswith(COST_PREFIX))

@@ -817,7 +817,7 @@ NB02 = [
     """),
     code(r"""
     run_id = results["ot"].run_id
-    snaps = store.snapshots(run_id)
+    snaps = store.snapshots(run_id, key=f"{LAYER}->{LAYER}")  # the plans ("cost/..." are their costs)
     epochs = sorted(snaps.epoch.unique())
     plans = [store.snapshot(run_id, snaps.key.iloc[0], epoch=int(e)) for e in epochs]
     figures.plan_snapshots(plans, [f"epoch {e}" for e in epochs], active=-1,
@@ -1049,6 +1049,7 @@ NB03 = [
     code(r"""
     run_id = int(first[(first.setting == "transfer-small") & (first.method == "ot")].run_id.iloc[0])
     snaps = store.snapshots(run_id)
+    snaps = snaps[~snaps.key.str.startswith("cost/")]  # the plans, not their cost matrices
     plans = [store.snapshot(run_id, key, step=int(step)) for key, step in zip(snaps.key, snaps.step)]
     figures.plan_snapshots(plans, [f"epoch {e}" for e in snaps.epoch], active=-1,
                            title="transfer-small, ot: plan on the probe batch").show()

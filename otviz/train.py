@@ -317,11 +317,16 @@ def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, device: torch.
     return correct / max(len(X), 1)
 
 
-def _snapshot_plans(s: _Setup) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Plans and OT scores of every pair on the fixed probe batch.
+COST_SNAPSHOT_PREFIX = "cost/"
+"""Snapshot key prefix of the cost matrices: ``"cost/" + pair`` beside the plan ``pair``."""
 
-    The plans use the regulariser's options (cost, normalisation, solver); the
-    scores (:attr:`otviz.Alignment.score`) use the same solver on the same
+
+def _snapshot_plans(s: _Setup) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Plans, their cost matrices and the OT scores of every pair on the fixed probe batch.
+
+    The plans use the regulariser's options (cost, normalisation, solver) and
+    are keyed by the pair, the cost matrix each plan solved by ``cost/<pair>``;
+    the scores (:attr:`otviz.Alignment.score`) use the same solver on the same
     neurons, in the score's own scale-free geometry, so that runs of every
     method and option can be compared on them.
     """
@@ -344,8 +349,11 @@ def _snapshot_plans(s: _Setup) -> tuple[dict[str, np.ndarray], dict[str, float]]
                       student_features=s_acts, teacher_features=t_acts, student=s.student)
     with torch.no_grad():
         reg(ctx)
-    plans = {pair_key(t, st): np.asarray(reg.last_alignments[pair_key(t, st)].plan, dtype=np.float32)
-             for t, st in s.pairs}
+    plans: dict[str, np.ndarray] = {}
+    for t, st in s.pairs:
+        al = reg.last_alignments[pair_key(t, st)]
+        plans[pair_key(t, st)] = np.asarray(al.plan, dtype=np.float32)
+        plans[COST_SNAPSHOT_PREFIX + pair_key(t, st)] = np.asarray(al.cost_matrix, dtype=np.float32)
     scores: dict[str, float] = {}
     for t, st in s.pairs:
         tn, sn = _pair_neurons(t_acts[t], s_acts[st], s.config.spatial, None, pair_key(t, st))

@@ -99,8 +99,10 @@ def wait_for_status(path: Path, run_id: int, statuses: tuple[str, ...], timeout:
         time.sleep(0.5)
 
 
-def fake_run(store: RunStore, *, setting="transfer", method="ot", epochs=3, acc=(0.2, 0.5, 0.7)):
-    """A finished run with accuracy curves and one plan snapshot per epoch (no training)."""
+def fake_run(store: RunStore, *, setting="transfer", method="ot", epochs=3, acc=(0.2, 0.5, 0.7),
+             costs: bool = False):
+    """A finished run with accuracy curves and one plan snapshot per epoch (no training);
+    with ``costs``, each plan's cost matrix too (``cost/a->b``)."""
     rid = store.create_run({"setting": setting, "method": method, "epochs": epochs - 1,
                             "teacher": "cnn-mnist5k", "cost": "sqeuclidean"})
     rng = np.random.default_rng(rid)
@@ -110,6 +112,8 @@ def fake_run(store: RunStore, *, setting="transfer", method="ot", epochs=3, acc=
             store.log_metrics(rid, {"loss/total": 1.0 / e, "ot/a->b": 0.5 / e}, step=e * 5 - 1, epoch=e)
         plan = rng.random((8, 4))
         store.log_snapshot(rid, "a->b", plan / plan.sum(), epoch=e, step=e * 5)
+        if costs:
+            store.log_snapshot(rid, "cost/a->b", rng.random((8, 4)) + 0.1, epoch=e, step=e * 5)
     store.finish(rid, "completed")
     return rid
 
@@ -204,7 +208,10 @@ def test_alignments_page_draws_a_plan_for_shipped_teachers(store_path):
     assert by_label(at.selectbox, "Teacher").value == "cnn-mnist5k"
     assert "heatmap" in trace_types(at)
     titles = [fig["layout"].get("title", {}).get("text", "") for fig in figures_of(at)]
-    assert any("Plan features.conv3" in t for t in titles), titles
+    assert any("Cost beside plan" in t for t in titles), titles
+    assert any("Matched pairs against all pairs" in t for t in titles), titles
+    assert any("Match quality per neuron" in t for t in titles), titles
+    assert by_label(at.toggle, "Log colour for the plan").value is False
     assert any("Neuron map" in t for t in titles), titles
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Converged"] == "yes" and float(metrics["OT distance"]) > 0
@@ -253,6 +260,53 @@ def test_alignments_page_shows_a_runs_plans_over_epochs(store_path):
     assert_ok(at)
     titles = [fig["layout"].get("title", {}).get("text", "") for fig in figures_of(at)]
     assert any("Plan at epoch 1" in t for t in titles), titles
+
+
+def test_alignments_page_compares_a_run_with_its_scratch_twin(store_path):
+    store = RunStore(store_path)
+    ot = fake_run(store, method="ot", costs=True)
+    scratch = fake_run(store, method="scratch", costs=True)
+    fake_run(store, setting="distill", method="scratch", costs=True)  # not a twin: other setting
+    at = open_page("alignments")
+    by_label(at.radio, "Compare").set_value("A training run").run()
+    by_label(at.selectbox, "Run").set_value(ot).run()
+    assert_ok(at)
+    assert by_label(at.selectbox, "Compare with").value == scratch  # the twin by default
+    figs = figures_of(at)
+    titles = [fig["layout"].get("title", {}).get("text", "") for fig in figs]
+    compare = [f for f, t in zip(figs, titles) if t.startswith("matched / random cost per epoch")]
+    assert len(compare) == 1, titles
+    assert [t["name"] for t in compare[0]["data"]] == [f"#{ot} ot", f"#{scratch} scratch"]
+    assert [len(t["y"]["bdata"] if isinstance(t["y"], dict) else t["y"]) > 0
+            for t in compare[0]["data"]] == [True, True]
+    assert sum("Cost beside plan, epoch 2" in t for t in titles) == 2, titles
+    assert sum(t.startswith("Neuron reallocation") for t in titles) == 2, titles
+    # another measure, then no second run
+    by_label(at.radio, "Measure").set_value("raw OT").run()
+    assert_ok(at)
+    titles = [fig["layout"].get("title", {}).get("text", "") for fig in figures_of(at)]
+    assert any(t.startswith("raw OT per epoch") for t in titles), titles
+    by_label(at.selectbox, "Compare with").select_index(0).run()  # "(no second run)"
+    assert_ok(at)
+    titles = [fig["layout"].get("title", {}).get("text", "") for fig in figures_of(at)]
+    assert sum("Cost beside plan, epoch 2" in t for t in titles) == 1, titles
+
+
+def test_twin_run_matches_setting_and_budget():
+    import sys
+
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "app"))
+    import dashkit
+
+    runs = pd.DataFrame(dict(run_id=[1, 2, 3, 4, 5], method=["ot", "scratch", "scratch", "scratch", "kd"],
+                             **{"config.setting": ["t"] * 5, "config.epochs": [8, 8, 4, 8, 8],
+                                "config.seed": [0, 1, 0, 0, 0]}))
+    assert dashkit.twin_run(runs, 1) == 4   # same budget and seed beats a newer other seed
+    assert dashkit.twin_run(runs, 4) == 1   # a scratch run's twin is the ot run
+    assert dashkit.twin_run(runs.iloc[[0, 2]], 1) is None  # other budget: no twin
+    assert dashkit.twin_run(runs, 99) is None
 
 
 # ----------------------------------------------------------------------------- Compare, Learn

@@ -166,20 +166,46 @@ def test_plan_heatmap_z_is_reordered_plan_with_original_labels(rng):
     text = fig.layout.title.text
     assert f"{al.distance:.4g}" in text and "exact solver" in text
     # heatmap rows read top to bottom
-    assert fig.layout.yaxis3.autorange == "reversed" or any(
-        getattr(fig.layout, ax).autorange == "reversed"
-        for ax in ("yaxis", "yaxis2", "yaxis3"))
+    assert fig.layout.yaxis.autorange == "reversed"
+    # uniform marginals are said, not drawn as flat bars
+    assert not [t for t in fig.data if t.type == "bar"]
+    assert "marginals uniform" in text
+    # hover names the pair, its cost and the row's main partner
+    h = heat(fig)
+    assert "main partner" in h.hovertemplate and "cost (sqeuclidean)" in h.hovertemplate
+    custom = np.asarray(h.customdata, dtype=object)
+    np.testing.assert_allclose(custom[..., 0].astype(float), al.plan[rows][:, cols])
+    np.testing.assert_allclose(custom[..., 3].astype(float), al.cost_matrix[rows][:, cols])
+    main = al.plan.argmax(axis=1)[rows]
+    assert custom[:, 0, 2].tolist() == [str(j) for j in main]
+
+
+def test_plan_heatmap_big_plans_in_blocks_and_height_from_shape(rng):
+    P = np.zeros((512, 128))
+    P[np.arange(512), np.arange(512) // 4] = 1 / 512
+    fig = F.plan_heatmap(P, reorder=False)
+    Z = np.asarray(heat(fig).z, float)
+    assert Z.shape == (64, 64)  # 8 x 2 neurons per cell
+    np.testing.assert_allclose(Z, np.eye(64) / 64)
+    assert "blocks of 8 x 2" in fig.layout.title.text
+    assert heat(fig).y[0] == "teachers 0, 1, 2, 3, 4, ... (8)"
+    full = F.plan_heatmap(P, reorder=False, max_cells=None)
+    assert np.asarray(heat(full).z).shape == (512, 128)
+    small = F.plan_heatmap(np.eye(16) / 16)
+    assert small.layout.height < F.plan_heatmap(np.eye(64) / 64).layout.height <= 900
+    with pytest.raises(ValueError, match="max_cells"):
+        F.plan_heatmap(P, max_cells=0)
 
 
 def test_plan_heatmap_marginals_sum_to_one_and_match_targets(rng):
-    al = align(rng.normal(size=(8, 6)), rng.normal(size=(5, 6)), method="sinkhorn", eps=0.1)
+    al = align(rng.normal(size=(8, 6)), rng.normal(size=(5, 6)), method="unbalanced", eps=0.1)
     fig = F.plan_heatmap(al)
     bars = {t.name: t for t in fig.data if t.type == "bar"}
     assert set(bars) == {"row sums", "column sums"}
     row_sums = np.asarray(bars["row sums"].x, float)
     col_sums = np.asarray(bars["column sums"].y, float)
-    assert row_sums.sum() == pytest.approx(1.0)
-    assert col_sums.sum() == pytest.approx(1.0)
+    assert row_sums.sum() == pytest.approx(al.plan.sum())
+    assert col_sums.sum() == pytest.approx(al.plan.sum())
     rows, cols = F.plan_order(al.plan)
     np.testing.assert_allclose(row_sums, al.plan.sum(1)[rows])
     np.testing.assert_allclose(col_sums, al.plan.sum(0)[cols])
@@ -187,6 +213,10 @@ def test_plan_heatmap_marginals_sum_to_one_and_match_targets(rng):
     np.testing.assert_allclose(np.asarray(targets["target a"].x, float), al.a[rows])
     np.testing.assert_allclose(np.asarray(targets["target b"].y, float), al.b[cols])
     assert "converged" in fig.layout.title.text
+    # forced on, uniform marginals are drawn too
+    bal = align(rng.normal(size=(8, 6)), rng.normal(size=(5, 6)))
+    assert {t.name for t in F.plan_heatmap(bal, show_marginals=True).data if t.type == "bar"} == \
+        {"row sums", "column sums"}
 
 
 def test_plan_heatmap_array_options(rng):
@@ -212,7 +242,8 @@ def test_plan_heatmap_log_color_and_fixed_order(rng):
     fig = F.plan_heatmap(P, log_color=True, order=(rows, cols), show_marginals=False)
     h = heat(fig)
     Z = P[rows][:, cols]
-    np.testing.assert_allclose(np.asarray(h.customdata), Z)  # hover shows the real mass
+    custom = np.asarray(h.customdata, dtype=object)
+    np.testing.assert_allclose(custom[..., 0].astype(float), Z)  # hover shows the real mass
     z = np.asarray(h.z, float)
     top = np.log10(Z.max())
     assert h.zmax == pytest.approx(top) and h.zmin == pytest.approx(top - 6)
@@ -582,6 +613,10 @@ def test_every_figure_serialises(rng, tables, tmp_path):
         "plan": F.plan_heatmap(al),
         "plan_log": F.plan_heatmap(al, log_color=True),
         "snapshots": F.plan_snapshots([al.plan, al.plan], ["epoch 1", "epoch 2"]),
+        "panel": F.alignment_panel(al),
+        "matched": F.matched_cost_distribution(al),
+        "quality": F.match_quality(al),
+        "realloc": F.reallocation_chart([al.plan, al.plan[::-1]]),
         "map": F.neuron_map(T, S, al),
         "clouds": F.point_cloud_transport(rng.normal(size=(6, 2)), rng.normal(size=(4, 2)),
                                           np.ones((6, 4)) / 24),

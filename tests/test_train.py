@@ -40,7 +40,10 @@ def test_every_setting_trains_and_logs(store, setting, method):
     assert acc.epoch.tolist() == [0, 1, 2]
     assert ((acc["test/accuracy"] >= 0) & (acc["test/accuracy"] <= 1)).all()
     snaps = store.snapshots(res.run_id)
-    assert len(snaps) == 3 * 3
+    assert len(snaps) == 2 * 3 * 3  # a plan and its cost matrix per pair and epoch
+    cost = store.snapshot(res.run_id, "cost/features.conv2->features.conv2", epoch=2)
+    assert cost.shape == store.snapshot(res.run_id, "features.conv2->features.conv2").shape
+    assert (cost >= 0).all()
     plan = store.snapshot(res.run_id, "features.conv2->features.conv2", epoch=2)
     assert plan.ndim == 2 and abs(plan.sum() - 1) < 1e-3
     assert 0 <= res.test_accuracy <= 1

@@ -78,6 +78,29 @@ def neuron_map_panel(data: dict) -> None:
                "of the plan's mass. Hover a neuron for its index and mass.")
 
 
+def match_panels(plan: np.ndarray, cost: np.ndarray, cost_label: str, key: str,
+                 *, log_color: bool | None = None, order=None, compact: bool = False) -> None:
+    """The cost beside the plan, matched against all pair costs, and per-neuron match quality."""
+    if log_color is None:
+        log_color = st.toggle("Log colour for the plan", key=f"{key}_log",
+                              help="Colour the plan by log10 mass (six decades), to see the small "
+                                   "masses of entropic plans.")
+    dk.chart(figures.alignment_panel(plan, cost, cost_label=cost_label, log_color=log_color,
+                                     order=order, title="Cost beside plan"), key=f"{key}_panel")
+    st.caption("Left, the cost of every teacher/student pair (dark = cheap); right, the plan in the "
+               "same order. A plan always looks like a matching: what tells a real alignment is "
+               "whether its mass sits on dark cells. Hover a cell for the pair, its mass and cost.")
+    cols = [st.container()] * 2 if compact else st.columns(2)
+    with cols[0]:
+        dk.chart(figures.matched_cost_distribution(plan, cost, cost_label=cost_label),
+                 key=f"{key}_ecdf", legend_below=True)
+    with cols[1]:
+        dk.chart(figures.match_quality(plan, cost), key=f"{key}_quality")
+    st.caption("Matched pairs far left of all pairs, and neurons far below the dashed line, mean "
+               "the student's neurons found close teacher partners; curves that overlap and bars "
+               "near 1 mean the matching is no better than chance.")
+
+
 def two_models() -> None:
     choices = model_choices()
     labels = list(choices)
@@ -142,12 +165,8 @@ def two_models() -> None:
                     f"in R^{data['T'].shape[1]}", delta_color="off")
         st.caption(f"Probe: {data['n_probe']} held-out images of {data['task']}. Teacher activation "
                    f"{data['t_shape']}, student activation {data['s_shape']}.")
-        left, right = st.columns(2)
-        with left:
-            dk.chart(figures.plan_heatmap(al, title=f"Plan {t_layer} -> {s_layer}"),
-                            key="al_plan")
-        with right:
-            neuron_map_panel(data)
+        match_panels(al.plan, al.cost_matrix, f"{al.cost} cost", key="al")
+        neuron_map_panel(data)
         with st.expander("Solver summary"):
             st.code(al.summary())
 
@@ -164,11 +183,70 @@ def two_models() -> None:
 # ============================================================================= a run
 @st.cache_data(show_spinner=False, max_entries=32)
 def run_plans(path: str, run_id: int, pair: str, epochs: tuple[int, ...]) -> list[np.ndarray]:
-    """The plan of each finished epoch (these snapshots never change once written)."""
+    """The snapshots ``pair`` (a plan, or ``cost/<pair>``) of each finished epoch (never rewritten)."""
     from otviz.runs import RunStore
 
     store = RunStore(path)
     return [store.snapshot(run_id, pair, epoch=e) for e in epochs]
+
+
+def run_view(store, run_id: int, label: str) -> dict | None:
+    """Snapshots, metrics and config of one run, or None after saying why."""
+    try:
+        snaps = store.snapshots(run_id)
+        metrics = store.metrics(run_id)
+        run = store.run(run_id)
+    except (RunStoreError, OSError) as exc:
+        dk.show_error(exc, f"Could not read {label}")
+        return None
+    return dict(snaps=snaps, metrics=metrics, run=run, label=label, run_id=run_id)
+
+
+def load_series(store, view: dict, pair: str) -> dict | None:
+    """Plans (and costs, when the run stored them) of every epoch of ``pair``."""
+    snaps = view["snaps"]
+    epochs = tuple(int(e) for e in sorted(snaps.loc[snaps["key"] == pair, "epoch"].unique()))
+    if not epochs:
+        return None
+    try:
+        plans = run_plans(str(store.path), view["run_id"], pair, epochs)
+        ckey = dk.COST_PREFIX + pair
+        c_epochs = tuple(int(e) for e in sorted(snaps.loc[snaps["key"] == ckey, "epoch"].unique()))
+        costs = run_plans(str(store.path), view["run_id"], ckey, epochs) if c_epochs == epochs else None
+    except (RunNotFoundError, RunStoreError) as exc:
+        dk.show_error(exc, f"Could not read the plans of {view['label']}")
+        return None
+    return dict(epochs=epochs, plans=plans, costs=costs)
+
+
+def epoch_series(views: list[dict], series: dict[int, dict], pair: str, measure: str):
+    """Long frame (run, epoch, pair, value) of the chosen per-epoch measure for each run."""
+    import pandas as pd
+
+    from otviz.matching import cost_contrast
+
+    rows = []
+    for v in views:
+        if measure == "matched / random cost":
+            s = series.get(v["run_id"])
+            if s is None or s["costs"] is None:
+                continue
+            rows += [dict(run=v["label"], epoch=e, pair=pair, value=cost_contrast(P, C))
+                     for e, P, C in zip(s["epochs"], s["plans"], s["costs"])]
+        else:
+            m = v["metrics"]
+            key = f"{'score' if measure == 'score' else 'ot'}/{pair}"
+            m = m[(m["key"] == key) & m["epoch"].notna()]
+            rows += [dict(run=v["label"], epoch=int(e), pair=pair, value=float(val))
+                     for e, val in m.groupby("epoch")["value"].mean().items()]
+    return pd.DataFrame(rows, columns=["run", "epoch", "pair", "value"])
+
+
+MEASURES = {
+    "matched / random cost": "matched / random-pairing cost on the probe batch (0 = free, 1 = chance)",
+    "score": "OT score (dimensionless; 0 = same layer up to permutation)",
+    "raw OT": "raw OT distance (mean over the epoch's batches; scale of the cost)",
+}
 
 
 def training_run() -> None:
@@ -177,49 +255,114 @@ def training_run() -> None:
         return
     ordered = runs.sort_values("run_id", ascending=False)
     labels = {int(r["run_id"]): dk.run_label(r) for _, r in ordered.iterrows()}
-    run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="al_run")
-    try:
-        snaps = store.snapshots(run_id)
-        metrics = store.metrics(run_id)
-        run = store.run(run_id)
-    except (RunStoreError, OSError) as exc:
-        dk.show_error(exc, "Could not read the run")
+    c1, c2 = st.columns(2)
+    run_id = c1.selectbox("Run", list(labels), format_func=labels.get, key="al_run")
+    twin = dk.twin_run(runs, run_id)
+    others = [None] + [r for r in labels if r != run_id]
+    other_id = c2.selectbox(
+        "Compare with", others, index=others.index(twin) if twin in others else 0,
+        format_func=lambda r: "(no second run)" if r is None else labels[r] + (
+            " (twin: same setting and budget)" if r == twin else ""),
+        key=f"al_run_other_{run_id}",
+        help="Default: the run of the same setting, student and budget trained without the "
+             "transfer term (its scratch twin), when the store has one.")
+    if twin is None:
+        c2.caption("No twin in the store (a scratch run with the same setting, student and budget).")
+    views = [v for v in (run_view(store, run_id, f"#{run_id} {runs.loc[runs.run_id == run_id, 'method'].iloc[0]}"),
+                         None if other_id is None else run_view(
+                             store, other_id, f"#{other_id} {runs.loc[runs.run_id == other_id, 'method'].iloc[0]}"))
+             if v is not None]
+    if not views:
         return
-    if snaps.empty:
+    main = views[0]
+    if main["snaps"].empty:
         st.info("This run has no plan snapshot yet (they are saved at each evaluation).")
         return
-    cfg = run["config"]
+    cfg = main["run"]["config"]
     st.caption(f"Teacher {cfg.get('teacher', '?')}; student width {cfg.get('student_width', '?')} "
-               f"({cfg.get('student_init', '?')} init); method {run['method']}, "
-               f"{cfg.get('ot_method', 'emd')} plans with cost {cfg.get('cost')}.")
-    st.subheader("Neuron reallocation during training")
-    pairs = sorted(snaps["key"].unique())
+               f"({cfg.get('student_init', '?')} init); method {main['run']['method']}, "
+               f"{cfg.get('ot_method', 'emd')} plans with cost {cfg.get('cost')}, "
+               f"normalize={cfg.get('normalize')}.")
+    pairs = dk.plan_keys(main["snaps"])
     pair = st.selectbox("Layer pair", pairs, index=len(pairs) - 1, key="al_run_pair")
-    epochs = tuple(int(e) for e in sorted(snaps.loc[snaps["key"] == pair, "epoch"].unique()))
+    series = {}
+    for v in views:
+        s = load_series(store, v, pair)
+        if s is None:
+            st.info(f"{v['label']} has no plan of {pair}.")
+        else:
+            series[v["run_id"]] = s
+    if run_id not in series:
+        return
+    epochs = series[run_id]["epochs"]
     epoch = epochs[0] if len(epochs) == 1 else st.select_slider(
         "Epoch", epochs, value=epochs[-1], key=f"al_epoch_{run_id}_{pair}")
-    try:
-        plans = run_plans(str(store.path), run_id, pair, epochs)
-    except (RunNotFoundError, RunStoreError) as exc:
-        dk.show_error(exc, "Could not read the plans")
-        return
-    order = figures.plan_order(plans[-1])
-    idx = epochs.index(epoch)
-    ot = metrics[(metrics["key"] == f"ot/{pair}") & (metrics["epoch"] == epoch)]
-    m = st.columns(3)
-    m[0].metric("Epoch", f"{epoch} of {epochs[-1]}")
-    m[1].metric("OT distance (last batch of the epoch)", "-" if ot.empty else f"{ot['value'].iloc[-1]:.4g}")
-    m[2].metric("Plan size", f"{plans[idx].shape[0]} x {plans[idx].shape[1]}")
-    left, right = st.columns(2)
-    with left:
-        dk.chart(figures.plan_heatmap(plans[idx], order=order, title=f"Plan at epoch {epoch}"),
-                 key="al_run_plan")
+    cost_label = f"{cfg.get('cost', 'sqeuclidean')} cost ({cfg.get('normalize') or 'raw'} neurons)"
+
+    st.subheader("Score per epoch" + (" for both runs" if len(series) > 1 else ""))
+    have_score = any((v["metrics"]["key"] == f"score/{pair}").any() for v in views if not v["metrics"].empty)
+    have_cost = all(s["costs"] is not None for s in series.values())
+    choices = [m for m in MEASURES if (m != "score" or have_score)
+               and (m != "matched / random cost" or have_cost)]
+    measure = st.radio("Measure", choices, horizontal=True, key="al_run_measure",
+                       help="\n\n".join(f"**{k}**: {MEASURES[k]}" for k in choices))
+    frame = epoch_series([v for v in views if v["run_id"] in series], series, pair, measure)
+    dk.chart(figures.compare_runs(frame, value_label=measure, title=f"{measure} per epoch"),
+             key="al_run_compare")
+    if not have_cost:
+        st.caption("A run recorded before cost matrices were stored has only its plans: the "
+                   "cost-based views are shown for runs that have them.")
+
+    st.subheader(f"Epoch {epoch}: cost beside plan")
+    log_color = st.toggle("Log colour for the plans", key="al_run_log")
+    cols = st.columns(len(series))
+    for col, v in zip(cols, [v for v in views if v["run_id"] in series]):
+        s = series[v["run_id"]]
+        with col:
+            st.markdown(f"**{v['label']}**")
+            if epoch not in s["epochs"]:
+                st.info(f"{v['label']} has no plan at epoch {epoch} (it has {list(s['epochs'])}).")
+                continue
+            i = s["epochs"].index(epoch)
+            P = s["plans"][i]
+            if s["costs"] is None:
+                dk.chart(figures.plan_heatmap(P, order=figures.plan_order(s["plans"][-1]),
+                                              log_color=log_color, title=f"Plan at epoch {epoch}"),
+                         key=f"al_run_plan_{v['run_id']}")
+                st.caption("This run stored no cost matrices, so the plan cannot be judged here.")
+                continue
+            C = s["costs"][i]
+            dk.chart(figures.alignment_panel(P, C, cost_label=cost_label, log_color=log_color,
+                                             title=f"Cost beside plan, epoch {epoch}"),
+                     key=f"al_run_panel_{v['run_id']}")
+            dk.chart(figures.matched_cost_distribution(P, C, cost_label=cost_label),
+                     key=f"al_run_ecdf_{v['run_id']}", legend_below=True)
+            dk.chart(figures.match_quality(P, C), key=f"al_run_quality_{v['run_id']}")
+    st.caption("The same probe images for both runs. Mass on dark (cheap) cells, matched costs far "
+               "left of all pairs and bars far below 1 mark a student whose neurons found their "
+               "teacher partners; a scratch student's plan looks just as diagonal, but on costs no "
+               "lower than chance.")
+
+    st.subheader("Neuron reallocation during training")
+    cols = st.columns(len(series))
+    for col, v in zip(cols, [v for v in views if v["run_id"] in series]):
+        s = series[v["run_id"]]
+        with col:
+            st.markdown(f"**{v['label']}**")
+            if len(s["epochs"]) < 2:
+                st.info("Reallocation needs plans of at least two epochs.")
+                continue
+            dk.chart(figures.reallocation_chart(s["plans"], s["epochs"]),
+                     key=f"al_run_realloc_{v['run_id']}", legend_below=True)
+    with st.expander("The plans over the epochs (animation)"):
+        s = series[run_id]
+        order = figures.plan_order(s["plans"][-1])
+        dk.chart(figures.plan_snapshots(s["plans"], [f"epoch {e}" for e in s["epochs"]], order=order,
+                                        active=s["epochs"].index(epoch), log_color=log_color,
+                                        title=f"{main['label']} (press play)"),
+                 key="al_run_anim")
         st.caption("Rows and columns keep the order of the last epoch, so moving mass shows neurons "
                    "being reallocated.")
-    with right:
-        dk.chart(figures.plan_snapshots(plans, [f"epoch {e}" for e in epochs], order=order,
-                                        active=idx, title="Over the epochs (press play)"),
-                 key="al_run_anim")
 
 
 if source == "Two models":

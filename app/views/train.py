@@ -146,6 +146,23 @@ live = status == "running"
 st.session_state["live_mode"] = (run_id, live)
 
 
+def plan_panel(plan, cost, run: dict, epoch: int, run_id: int) -> None:
+    """The latest plan; with its cost matrix, the cost beside it and how much cheaper its matches are."""
+    title = f"Latest transport plan (epoch {epoch})"
+    if cost is None:
+        dk.chart(figures.plan_heatmap(plan, title=title), key=f"plan_{run_id}")
+        return
+    from otviz.matching import cost_contrast
+
+    cfg = run["config"]
+    label = f"{cfg.get('cost', 'sqeuclidean')} cost ({cfg.get('normalize') or 'raw'} neurons)"
+    dk.chart(figures.alignment_panel(plan, cost, cost_label=label, title=title),
+             key=f"plan_{run_id}")
+    st.caption(f"Matched pairs cost {cost_contrast(plan, cost):.0%} of a random pairing's mean "
+               f"(0% = free matches, 100% = chance). The Alignments page compares this run with "
+               f"its scratch twin epoch by epoch.")
+
+
 def live_view(run_id: int) -> None:
     """Progress, curves and the latest plan of one run; refreshed every second while it runs."""
     store = dk.open_store()
@@ -200,19 +217,20 @@ def live_view(run_id: int) -> None:
         dk.chart(figures.training_curves(metrics, ["train/accuracy", "test/accuracy"],
                                                 x="epoch", title="Accuracy", height=340),
                         key=f"acc_{run_id}")
-        pair_keys = sorted(snaps["key"].unique().tolist()) if not snaps.empty else []
+        pair_keys = dk.plan_keys(snaps)
         if pair_keys:
             pair = st.selectbox("Layer pair", pair_keys, index=len(pair_keys) - 1,
                                 key=f"plan_pair_{run_id}")
             latest = snaps[snaps["key"] == pair].iloc[-1]
             try:
-                plan = store.snapshot(run_id, pair)
+                ep = int(latest["epoch"])
+                plan = store.snapshot(run_id, pair, epoch=ep)
+                has_cost = ((snaps["key"] == dk.COST_PREFIX + pair) & (snaps["epoch"] == ep)).any()
+                cost = store.snapshot(run_id, dk.COST_PREFIX + pair, epoch=ep) if has_cost else None
             except (RunStoreError, OSError) as exc:
                 dk.show_error(exc, "Could not read the plan")
             else:
-                dk.chart(figures.plan_heatmap(
-                    plan, title=f"Latest transport plan (epoch {int(latest['epoch'])})",
-                    height=420), key=f"plan_{run_id}")
+                plan_panel(plan, cost, run, ep, run_id)
         else:
             st.caption("The first transport plan appears after the first evaluation.")
 

@@ -37,6 +37,8 @@ from otviz.figures._common import (
     TEMPLATE,
 )
 from otviz.figures.curves import accuracy_curves, training_curves
+from otviz.figures.evolution import compare_runs, reallocation_chart
+from otviz.figures.matching import alignment_panel, match_quality, matched_cost_distribution
 from otviz.figures.neurons import embed_neurons, neuron_map, point_cloud_transport
 from otviz.figures.plans import plan_heatmap, plan_order, plan_snapshots
 from otviz.figures.tables import distance_bars, distance_matrices, distance_matrix
@@ -47,14 +49,19 @@ __all__ = [
     "TEACHER_COLOR",
     "TEMPLATE",
     "accuracy_curves",
+    "alignment_panel",
+    "compare_runs",
     "distance_bars",
     "distance_matrices",
     "distance_matrix",
     "embed_neurons",
+    "match_quality",
+    "matched_cost_distribution",
     "neuron_map",
     "plan_heatmap",
     "plan_order",
     "plan_snapshots",
     "point_cloud_transport",
+    "reallocation_chart",
     "training_curves",
 ]

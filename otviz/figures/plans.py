@@ -29,7 +29,7 @@ from otviz.figures._common import (
     _title,
 )
 
-__all__ = ['plan_order', 'plan_heatmap', 'plan_snapshots']
+__all__ = ['plan_order', 'plan_heatmap', 'plan_snapshots', 'auto_height']
 
 # ----------------------------------------------------------------------------
 # plan ordering
@@ -166,6 +166,10 @@ def plan_order(plan: PlanLike) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------
 # plan heatmaps
 # ----------------------------------------------------------------------------
+_MAX_CELLS = 64          # default: at most this many rows / columns drawn; more are summed in blocks
+_UNIFORM_RTOL = 1e-3     # marginals within this relative spread are "uniform"
+
+
 def _plan_z(Z: np.ndarray, log_color: bool, zmax: float | None) -> tuple[np.ndarray, dict]:
     """Colour values and colour-bar settings for a (reordered) plan."""
     top = float(Z.max()) if zmax is None else float(zmax)
@@ -179,29 +183,120 @@ def _plan_z(Z: np.ndarray, log_color: bool, zmax: float | None) -> tuple[np.ndar
     logz = np.clip(logz, lo, None)  # zeros and tiny masses at the floor
     ticks = list(range(math.ceil(lo), math.floor(hi) + 1))
     return logz, dict(zmin=lo, zmax=hi, colorbar=dict(
-        title=dict(text="mass"), tickvals=ticks, ticktext=[f"1e{t}" for t in ticks]))
+        title=dict(text="mass (log)"), tickvals=ticks, ticktext=[f"1e{t}" for t in ticks]))
+
+
+def _block_size(n: int, max_cells: int | None) -> int:
+    return 1 if max_cells is None or n <= max_cells else math.ceil(n / max_cells)
+
+
+def _block_sum(Z: np.ndarray, r: int, c: int) -> np.ndarray:
+    """Sum ``Z`` over consecutive blocks of ``r`` rows and ``c`` columns (last blocks may be short)."""
+    m, k = Z.shape
+    mp, kp = math.ceil(m / r) * r, math.ceil(k / c) * c
+    pad = np.zeros((mp, kp))
+    pad[:m, :k] = Z
+    return pad.reshape(mp // r, r, kp // c, c).sum(axis=(1, 3))
+
+
+def _block_labels(labels: list[str], size: int, what: str) -> list[str]:
+    if size == 1:
+        return labels
+    out = []
+    for start in range(0, len(labels), size):
+        part = labels[start:start + size]
+        names = ", ".join(part) if len(part) <= 6 else ", ".join(part[:5]) + f", ... ({len(part)})"
+        out.append(f"{what} {names}")
+    return out
+
+
+def plan_cells(P: np.ndarray, rows: np.ndarray, cols: np.ndarray, cost: np.ndarray | None,
+               max_cells: int | None) -> dict[str, Any]:
+    """The drawn grid of an ordered plan: cells, labels and hover data (shared with the cost panel).
+
+    Returns a dict with ``Z`` (mass per drawn cell), ``C`` (cost per cell:
+    mass-weighted mean over a block, plain mean where a block has no mass;
+    None without a cost), ``row_labels``, ``col_labels``, ``rb``, ``cb``
+    (rows and columns per block), and ``custom`` (per cell: mass, share of
+    the row's mass, main partner of the row, cost).
+    """
+    Zfull = P[rows][:, cols]
+    Cfull = None if cost is None else cost[rows][:, cols]
+    m, k = Zfull.shape
+    rb, cb = _block_size(m, max_cells), _block_size(k, max_cells)
+    if rb == 1 and cb == 1:
+        Z = Zfull
+        C = Cfull
+    else:
+        Z = _block_sum(Zfull, rb, cb)
+        C = None
+        if Cfull is not None:
+            ones = _block_sum(np.ones_like(Cfull), rb, cb)
+            plain = _block_sum(Cfull, rb, cb) / ones
+            weighted = np.divide(_block_sum(Cfull * Zfull, rb, cb), Z,
+                                 out=np.zeros_like(Z), where=Z > 0)
+            C = np.where(Z > 0, weighted, plain)
+    row_labels = _block_labels([str(i) for i in rows], rb, "teachers")
+    col_labels = _block_labels([str(j) for j in cols], cb, "students")
+    row_mass = Z.sum(axis=1, keepdims=True)
+    share = np.divide(Z, row_mass, out=np.zeros_like(Z), where=row_mass > 0)
+    partner = np.asarray(col_labels, dtype=object)[Z.argmax(axis=1)]
+    partner = np.where(row_mass[:, 0] > 0, partner, "none")
+    custom = np.empty(Z.shape + (4,), dtype=object)
+    custom[..., 0] = Z
+    custom[..., 1] = share
+    custom[..., 2] = partner[:, None]
+    custom[..., 3] = np.nan if C is None else C
+    return dict(Z=Z, C=C, row_labels=row_labels, col_labels=col_labels, rb=rb, cb=cb,
+                custom=custom)
+
+
+def _plan_hover(teacher_label: str, student_label: str, blocks: bool, cost_label: str | None,
+                ) -> str:
+    t, s = _singular(teacher_label), _singular(student_label)
+    if blocks:
+        head = "%{y}<br>-> %{x}<br>mass %{customdata[0]:.3g} (%{customdata[1]:.0%} of these rows)"
+        tail = "<br>main partner block of these rows: %{customdata[2]}"
+        cost = f"<br>{cost_label} (mass-weighted mean) %{{customdata[3]:.3g}}" if cost_label else ""
+    else:
+        head = (f"{t} %{{y}} -> {s} %{{x}}<br>mass %{{customdata[0]:.3g}} "
+                f"(%{{customdata[1]:.0%}} of {t} %{{y}}'s mass)")
+        tail = f"<br>main partner of {t} %{{y}}: {s} %{{customdata[2]}}"
+        cost = f"<br>{cost_label} %{{customdata[3]:.3g}}" if cost_label else ""
+    return head + cost + tail + "<extra></extra>"
 
 
 def _heatmap_trace(Z: np.ndarray, row_labels: list[str], col_labels: list[str], *,
                    log_color: bool, zmax: float | None, teacher_label: str,
-                   student_label: str, colorscale: str) -> go.Heatmap:
+                   student_label: str, colorscale: str, custom: np.ndarray | None = None,
+                   blocks: bool = False, cost_label: str | None = None) -> go.Heatmap:
     zc, cfg = _plan_z(Z, log_color, zmax)
-    t, s = _singular(teacher_label), _singular(student_label)
-    if log_color:
+    if custom is None:
+        t, s = _singular(teacher_label), _singular(student_label)
         hover = f"{t} %{{y}}<br>{s} %{{x}}<br>mass %{{customdata:.3g}}<extra></extra>"
-        extra = dict(customdata=Z)
+        custom = Z
     else:
-        hover = f"{t} %{{y}}<br>{s} %{{x}}<br>mass %{{z:.3g}}<extra></extra>"
-        extra = {}
+        hover = _plan_hover(teacher_label, student_label, blocks, cost_label)
     return go.Heatmap(z=zc, x=col_labels, y=row_labels, colorscale=colorscale,
-                      hovertemplate=hover, name="plan", **cfg, **extra)
+                      hovertemplate=hover, name="plan", customdata=custom, **cfg)
+
+
+def auto_height(n_rows: int, *, band: float = 0.0, lo: int = 320, hi: int = 900) -> int:
+    """Figure height that gives each of ``n_rows`` drawn rows 6-16 px (``band``: share of marginals)."""
+    cell = min(16.0, max(6.0, 560.0 / max(n_rows, 1)))
+    return int(min(hi, max(lo, n_rows * cell / (1.0 - band) + 150)))
+
+
+def _is_uniform(x: np.ndarray) -> bool:
+    mean = float(x.mean())
+    return mean > 0 and float(np.abs(x - mean).max()) <= _UNIFORM_RTOL * mean
 
 
 def plan_heatmap(
     plan_or_alignment: PlanLike,
     *,
     reorder: bool = True,
-    show_marginals: bool = True,
+    show_marginals: bool | str = "auto",
     title: str | None = None,
     teacher_label: str = "teacher neurons",
     student_label: str = "student neurons",
@@ -209,28 +304,35 @@ def plan_heatmap(
     order: tuple[Sequence[int], Sequence[int]] | None = None,
     zmax: float | None = None,
     colorscale: str = PLAN_COLORSCALE,
-    height: int | None = 600,
+    height: int | str | None = "auto",
+    cost: Any = None,
+    cost_label: str | None = None,
+    max_cells: int | None = _MAX_CELLS,
 ) -> go.Figure:
     r"""Draw a transport plan as a heatmap, ordered as a block diagonal, with its marginals.
 
     Entry :math:`P_{ij}` is the mass teacher neuron :math:`i` (row) sends to
-    student neuron :math:`j` (column). Rows run top to bottom.
+    student neuron :math:`j` (column). Rows run top to bottom. Hovering a
+    cell names the pair, its mass and share of the row's mass, the cost of
+    the pair (when known) and the row's main partner (the column receiving
+    most of its mass).
 
     Parameters
     ----------
     plan_or_alignment : array of shape (m, k) or Alignment
         The plan (numpy array or tensor), or an :class:`~otviz.transport.Alignment`,
-        whose distance, solver and convergence go in the title and whose
-        target weights ``a``, ``b`` are drawn beside the marginals.
+        whose distance, solver, convergence and cost matrix are used, and
+        whose target weights ``a``, ``b`` are drawn beside the marginals.
     reorder : bool, default True
         Reorder rows and columns with :func:`plan_order` so the matching reads
         as a block diagonal. Tick labels and hover text keep the original
         neuron indices.
-    show_marginals : bool, default True
+    show_marginals : bool or "auto", default "auto"
         Bar charts of the row sums :math:`P\mathbf 1` (right) and column sums
         :math:`P^\top\mathbf 1` (top); with an Alignment, the targets ``a`` and
-        ``b`` are drawn as ticks over the bars (they differ only for
-        unbalanced OT or an unconverged solver).
+        ``b`` are drawn as ticks over the bars. ``"auto"`` draws them only
+        when a side is not uniform (spread above 0.1 % of the mean); uniform
+        marginals are stated in the subtitle instead of drawn as flat bars.
     title : str, optional
         Default: ``"Transport plan (m x k)"``, with the distance when an
         Alignment is given.
@@ -247,20 +349,37 @@ def plan_heatmap(
         Top of the colour range (default: the largest entry), to compare
         several plans on one scale.
     colorscale : str, default :data:`PLAN_COLORSCALE`
-    height : int or None, default 600
+    height : int, "auto" or None, default "auto"
+        ``"auto"`` sizes the figure from the number of drawn rows (6-16 px
+        per row, 320-900 px); None leaves it to plotly.
+    cost : array of shape (m, k), optional
+        The cost matrix the plan was solved on (default: the Alignment's),
+        shown in the hover text.
+    cost_label : str, optional
+        Name of the cost in the hover text (default: the Alignment's cost
+        name, else ``"cost"``).
+    max_cells : int or None, default 64
+        At most this many rows and columns are drawn: a longer side is cut,
+        in display order, into consecutive blocks of ``ceil(n / max_cells)``
+        neurons whose masses are summed (hover lists the neurons of a block),
+        so a 512 x 128 plan draws as 64 x 64 readable cells. None draws every
+        neuron.
 
     Returns
     -------
     plotly.graph_objects.Figure
         The heatmap trace (``name="plan"``) has ``z`` equal to
-        ``plan[row_order][:, col_order]`` (its log10 with ``log_color``);
-        the marginal bars are named ``"row sums"`` and ``"column sums"``.
+        ``plan[row_order][:, col_order]`` (block sums when a side exceeds
+        ``max_cells``; its log10 with ``log_color``) and ``customdata[..., 0]``
+        the mass; the marginal bars are named ``"row sums"`` and
+        ``"column sums"``.
 
     Raises
     ------
     ValueError
         A plan that is not 2-D, is empty, holds NaN/inf or negative entries,
-        or is all zeros; an ``order`` that is not a pair of permutations.
+        or is all zeros; an ``order`` that is not a pair of permutations; a
+        cost matrix of another shape; ``max_cells`` below 1.
     """
     P, a, b, al = _plan_and_weights(plan_or_alignment)
     m, k = P.shape
@@ -272,27 +391,59 @@ def plan_heatmap(
         rows, cols = np.arange(m), np.arange(k)
     if zmax is not None and not (np.isfinite(zmax) and zmax > 0):
         raise ValueError(f"zmax must be a positive finite number, got {zmax!r}")
-    Z = P[rows][:, cols]
-    row_labels = [str(i) for i in rows]
-    col_labels = [str(j) for j in cols]
+    if max_cells is not None and (not isinstance(max_cells, numbers.Integral) or max_cells < 1):
+        raise ValueError(f"max_cells must be a positive int or None, got {max_cells!r}")
+    if show_marginals not in (True, False, "auto"):
+        raise ValueError(f"show_marginals must be True, False or 'auto', got {show_marginals!r}")
+    if cost is None and al is not None:
+        cost = al.cost_matrix
+    C = _check_cost(cost, P.shape)
+    if cost_label is None:
+        cost_label = (f"cost ({al.cost})" if al is not None else "cost") if C is not None else None
+    cells = plan_cells(P, rows, cols, C, max_cells)
+    Z, row_labels, col_labels = cells["Z"], cells["row_labels"], cells["col_labels"]
+    blocks = cells["rb"] > 1 or cells["cb"] > 1
     heat = _heatmap_trace(Z, row_labels, col_labels, log_color=log_color, zmax=zmax,
                           teacher_label=teacher_label, student_label=student_label,
-                          colorscale=colorscale)
+                          colorscale=colorscale, custom=cells["custom"], blocks=blocks,
+                          cost_label=cost_label)
 
     if title is None:
         title = f"Transport plan ({m} x {k})"
         if al is not None:
             title = f"Transport plan ({m} x {k}): OT distance {al.distance:.4g}"
-    sub = _alignment_status(al) if al is not None else (
-        "rows and columns reordered to show the matching" if (reorder or order is not None)
-        else None)
-
+    notes = []
+    if al is not None:
+        notes.append(_alignment_status(al))
+    elif reorder or order is not None:
+        notes.append("rows and columns reordered to show the matching")
+    if blocks:
+        notes.append(f"cells sum blocks of {cells['rb']} x {cells['cb']} neurons")
+    row_sums_full, col_sums_full = P.sum(axis=1), P.sum(axis=0)
+    targets_uniform = al is None or (_is_uniform(a) and _is_uniform(b))
+    uniform = (_is_uniform(row_sums_full) and _is_uniform(col_sums_full) and targets_uniform)
+    if show_marginals == "auto":
+        show_marginals = not uniform
+        if uniform:
+            notes.append("marginals uniform (not drawn): each neuron sends / receives the same mass")
+    sub = "<br>".join(notes) or None
     t, s = _singular(teacher_label), _singular(student_label)
+    t_axis = teacher_label + (f" (blocks of {cells['rb']})" if cells["rb"] > 1 else "")
+    s_axis = student_label + (f" (blocks of {cells['cb']})" if cells["cb"] > 1 else "")
+    if height == "auto":
+        height = auto_height(len(row_labels), band=0.16 if show_marginals else 0.0)
+    elif height is not None and not isinstance(height, numbers.Integral):
+        raise ValueError(f"height must be an int, 'auto' or None, got {height!r}")
     if not show_marginals:
         fig = go.Figure(heat)
-        fig.update_xaxes(**_category_axis(col_labels, student_label))
-        fig.update_yaxes(**_category_axis(row_labels, teacher_label, reverse=True))
-        return _finish(fig, title, sub, height=height)
+        fig.update_xaxes(**_category_axis(col_labels, s_axis))
+        fig.update_yaxes(**_category_axis(row_labels, t_axis, reverse=True))
+        if blocks:
+            fig.update_xaxes(showticklabels=cells["cb"] == 1)
+            fig.update_yaxes(showticklabels=cells["rb"] == 1)
+        fig = _finish(fig, title, sub, height=height)
+        fig.update_layout(margin=dict(t=60 + 20 * len(notes)) if title else {})
+        return fig
 
     fig = make_subplots(rows=2, cols=2, column_widths=[0.84, 0.16], row_heights=[0.16, 0.84],
                         shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.015,
@@ -308,7 +459,7 @@ def plan_heatmap(
                          marker_color=TEACHER_COLOR, showlegend=False,
                          hovertemplate=f"{t} %{{y}}<br>sent mass %{{x:.3g}}<extra></extra>"),
                   row=2, col=2)
-    if a is not None and b is not None:
+    if a is not None and b is not None and not blocks:
         fig.add_trace(go.Scatter(x=col_labels, y=b[cols], mode="markers", name="target b",
                                  marker=dict(symbol="line-ew-open", size=10, color="#222",
                                              line=dict(width=2)), showlegend=False,
@@ -322,15 +473,35 @@ def plan_heatmap(
                                                "<extra></extra>"),
                       row=2, col=2)
     fig.update_xaxes(**_category_axis(col_labels), row=1, col=1)
-    fig.update_xaxes(**_category_axis(col_labels, student_label), row=2, col=1)
-    fig.update_yaxes(**_category_axis(row_labels, teacher_label, reverse=True), row=2, col=1)
+    fig.update_xaxes(**_category_axis(col_labels, s_axis), row=2, col=1)
+    fig.update_yaxes(**_category_axis(row_labels, t_axis, reverse=True), row=2, col=1)
     fig.update_yaxes(**_category_axis(row_labels, reverse=True), row=2, col=2)
+    if cells["cb"] > 1:
+        fig.update_xaxes(showticklabels=False, row=2, col=1)
+    if cells["rb"] > 1:
+        fig.update_yaxes(showticklabels=False, row=2, col=1)
     fig.update_yaxes(title=dict(text="mass"), tickformat=".2g", nticks=3, row=1, col=1)
     fig.update_xaxes(title=dict(text="mass"), tickformat=".2g", nticks=3, row=2, col=2)
     fig.update_xaxes(showticklabels=False, row=1, col=1)
     fig.update_yaxes(showticklabels=False, row=2, col=2)
     fig.update_layout(bargap=0.1)
-    return _finish(fig, title, sub, height=height)
+    fig = _finish(fig, title, sub, height=height)
+    fig.update_layout(margin=dict(t=60 + 20 * len(notes)) if title else {})
+    return fig
+
+
+def _check_cost(cost: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    if cost is None:
+        return None
+    from otviz.figures._common import _to_numpy
+
+    C = _to_numpy(cost, "cost")
+    if C.shape != tuple(shape):
+        raise ValueError(f"cost has shape {C.shape} but the plan has shape {tuple(shape)}; pass "
+                         f"the cost matrix the plan was solved on (Alignment.cost_matrix)")
+    if not np.isfinite(C).all():
+        raise ValueError(f"cost holds {int((~np.isfinite(C)).sum())} NaN or infinite value(s)")
+    return C
 
 
 def plan_snapshots(
