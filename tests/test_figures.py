@@ -552,8 +552,9 @@ def test_distance_matrix_z_labels_and_measure(tables):
     h = heat(fig)
     np.testing.assert_allclose(np.asarray(h.z), ot_df.to_numpy())
     assert list(h.y) == ["1", "3", "4"] and list(h.x) == ["1", "2"]
-    assert h.texttemplate and "OT distance" in h.hovertemplate
-    assert h.colorbar.title.text == "OT distance"
+    assert h.texttemplate == "%{z:.3f}" and "OT score" in h.hovertemplate
+    assert h.colorbar.title.text == "OT score"
+    assert "~1 = unrelated" in fig.layout.title.text  # the scale is on the figure
     assert fig.layout.yaxis.autorange == "reversed"
     assert fig.layout.yaxis.title.text == "teacher layer"
     cka_fig = F.distance_matrix(cka_df)
@@ -594,8 +595,14 @@ def test_distance_bars(rng):
     als = {"emd": align(X, Y), "eps=0.1": align(X, Y, method="sinkhorn", eps=0.1)}
     fig = F.distance_bars(als)
     np.testing.assert_allclose(np.asarray(fig.data[0].x, float),
+                               [als["emd"].score, als["eps=0.1"].score])
+    assert fig.layout.xaxis.title.text == "OT score"
+    raw = F.distance_bars(als, value="distance")
+    np.testing.assert_allclose(np.asarray(raw.data[0].x, float),
                                [als["emd"].distance, als["eps=0.1"].distance])
     assert list(fig.data[0].y) == ["emd", "eps=0.1"]
+    with pytest.raises(ValueError, match="score"):
+        F.distance_bars(als, value="cost")
     with pytest.raises(ValueError):
         F.distance_bars({})
     with pytest.raises(TypeError):

@@ -25,9 +25,12 @@ __all__ = ['distance_matrix', 'distance_matrices', 'distance_bars']
 # layer x layer tables
 # ----------------------------------------------------------------------------
 _MEASURE_INFO = {
-    "ot": ("OT distance", "lower = more similar", True),
-    "cka": ("linear CKA", "higher = more similar", False),
+    "ot": ("OT score", "0 = same layer up to permutation and scale, ~1 = unrelated; lower = more similar",
+           True),
+    "ot-raw": ("raw OT cost", "in the units of the activations; lower = more similar", True),
+    "cka": ("linear CKA", "1 = same up to rotation and scale; higher = more similar", False),
 }
+_MEASURE_FORMAT = {"ot": ".3f", "cka": ".3f", "ot-raw": ".3g"}
 
 
 def _check_table(df: Any, name: str) -> pd.DataFrame:
@@ -57,12 +60,13 @@ def _measure(df: pd.DataFrame, measure: str | None) -> tuple[str, str, str, bool
 
 
 def _matrix_trace(df: pd.DataFrame, label: str, low_is_close: bool, **extra: Any) -> go.Heatmap:
+    fmt = _MEASURE_FORMAT.get(str(df.attrs.get("measure")), ".3g")
     t_name = df.index.name or "teacher"
     s_name = df.columns.name or "student"
     return go.Heatmap(
         z=df.to_numpy(dtype=np.float64), x=[str(c) for c in df.columns],
         y=[str(i) for i in df.index], colorscale=SIMILARITY_COLORSCALE,
-        reversescale=not low_is_close, texttemplate="%{z:.3g}", name=label,
+        reversescale=not low_is_close, texttemplate=f"%{{z:{fmt}}}", name=label,
         hovertemplate=f"{t_name} layer %{{y}}<br>{s_name} layer %{{x}}<br>{label} "
                       f"%{{z:.4g}}<extra></extra>", **extra)
 
@@ -78,9 +82,9 @@ def distance_matrix(df: pd.DataFrame, *, title: str | None = None,
         columns student layers.
     title : str, optional
     measure : str, optional
-        ``"ot"`` or ``"cka"`` (default: ``df.attrs["measure"]``); sets the
-        colour-bar label and direction: the most similar pairs are dark in
-        both (low OT distance, high CKA).
+        ``"ot"`` (the OT score), ``"ot-raw"`` or ``"cka"`` (default:
+        ``df.attrs["measure"]``); sets the colour-bar label and direction: the
+        most similar pairs are dark in all (low OT score, high CKA).
 
     Returns
     -------
@@ -135,10 +139,12 @@ def distance_matrices(ot_df: pd.DataFrame, cka_df: pd.DataFrame, *,
     if ot_df.attrs.get("measure") == "cka" or cka_df.attrs.get("measure") == "ot":
         raise ValueError("ot_df and cka_df look swapped (see their attrs['measure']); pass the "
                          "OT table first")
-    ot_label, ot_hint, ot_low = _MEASURE_INFO["ot"]
+    ot_key = "ot-raw" if ot_df.attrs.get("measure") == "ot-raw" else "ot"
+    ot_label, ot_hint, ot_low = _MEASURE_INFO[ot_key]
     cka_label, cka_hint, cka_low = _MEASURE_INFO["cka"]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.2,
-                        subplot_titles=[f"{ot_label} ({ot_hint})", f"{cka_label} ({cka_hint})"])
+                        subplot_titles=[f"{ot_label} (lower = closer)",
+                                        f"{cka_label} (higher = closer)"])
     fig.add_trace(_matrix_trace(ot_df, ot_label, ot_low, coloraxis="coloraxis"), row=1, col=1)
     fig.add_trace(_matrix_trace(cka_df, cka_label, cka_low, coloraxis="coloraxis2"),
                   row=1, col=2)
@@ -155,18 +161,22 @@ def distance_matrices(ot_df: pd.DataFrame, cka_df: pd.DataFrame, *,
                                           f"{df.index.name or 'teacher'} layer" if col == 1
                                           else None, reverse=True),
                          row=1, col=col)
-    return _finish(fig, title or "Layer similarity: OT beside CKA", height=height)
+    sub = f"{ot_label}: {ot_hint.split(';')[0]}. {cka_label}: {cka_hint.split(';')[0]}."
+    return _finish(fig, title or "Layer similarity: OT beside CKA", sub, height=height)
 
 
 def distance_bars(alignments: Mapping[str, Alignment], *, title: str | None = None,
-                  height: int | None = None) -> go.Figure:
-    """OT distances of a few alignments as horizontal bars.
+                  height: int | None = None, value: str = "score") -> go.Figure:
+    """OT scores (or raw distances) of a few alignments as horizontal bars.
 
     Parameters
     ----------
     alignments : mapping of str to Alignment
         Label (e.g. ``"conv1 -> conv1"`` or ``"eps=0.01"``) to alignment.
     title : str, optional
+    value : {"score", "distance"}, default "score"
+        :attr:`~otviz.transport.Alignment.score` (0 = same layer, ~1 =
+        unrelated) or the raw :attr:`~otviz.transport.Alignment.distance`.
 
     Returns
     -------
@@ -190,15 +200,27 @@ def distance_bars(alignments: Mapping[str, Alignment], *, title: str | None = No
         if not isinstance(al, Alignment):
             raise TypeError(f"alignments[{lab!r}] is a {type(al).__name__}, not an Alignment "
                             f"(use otviz.align(...))")
+    if value not in ("score", "distance"):
+        raise ValueError(f"value must be 'score' or 'distance', got {value!r}")
     labels = [str(k) for k in alignments]
     als = list(alignments.values())
+    if value == "score":
+        xs = [al.score for al in als]
+        ok = [al.converged and al.score_details["converged"] for al in als]
+        name, sub = "OT score", "0 = same layer up to permutation and scale, ~1 = unrelated"
+    else:
+        xs, ok = [al.distance for al in als], [al.converged for al in als]
+        name, sub = "raw OT distance", "in the units of the cost matrix"
     fig = go.Figure(go.Bar(
-        y=labels, x=[al.distance for al in als], orientation="h", name="OT distance",
-        marker_color=[TEACHER_COLOR if al.converged else "#aaaaaa" for al in als],
-        text=[f"{al.distance:.3g}" for al in als], textposition="auto",
+        y=labels, x=xs, orientation="h", name=name,
+        marker_color=[TEACHER_COLOR if c else "#aaaaaa" for c in ok],
+        text=[f"{x:.3f}" if value == "score" else f"{x:.3g}" for x in xs], textposition="auto",
         hovertext=[f"{lab}<br>{al.plan.shape[0]} x {al.plan.shape[1]} neurons<br>"
-                   f"{_alignment_status(al)}" for lab, al in zip(labels, als)],
+                   f"{_alignment_status(al)}" + ("" if c else "<br>NOT CONVERGED: approximate")
+                   for lab, al, c in zip(labels, als, ok)],
         hoverinfo="text+x"))
     fig.update_yaxes(**_category_axis(labels, reverse=True))
-    fig.update_xaxes(title=dict(text="OT distance"))
-    return _finish(fig, title or "OT distances", height=height)
+    fig.update_xaxes(title=dict(text=name), rangemode="tozero")
+    if not all(ok):
+        sub += "; grey bars: the solver did not converge (approximate)"
+    return _finish(fig, title or f"{name}s", sub, height=height)
