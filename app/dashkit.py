@@ -253,8 +253,9 @@ def alignment_data(t_ref: str, s_ref: str, t_layer: str, s_layer: str, cost: str
 @st.cache_data(show_spinner=False, max_entries=16)
 def layer_tables(t_ref: str, s_ref: str, cost: str, normalize: str | None, method: str,
                  eps: float | None, spatial: str, size: int | None, n_probe: int, seed: int,
-                 _t_data: bytes | None = None, _s_data: bytes | None = None):
-    """Layer x layer OT distances and linear CKA (:func:`otviz.layers.layer_distances`)."""
+                 _t_data: bytes | None = None, _s_data: bytes | None = None, measure: str = "ot"):
+    """Layer x layer OT scores (or raw costs, ``measure="ot-raw"``) and linear CKA
+    (:func:`otviz.layers.layer_distances`); the score ignores ``cost`` and ``normalize``."""
     from otviz.layers import layer_distances
 
     teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data)
@@ -263,8 +264,11 @@ def layer_tables(t_ref: str, s_ref: str, cost: str, normalize: str | None, metho
     s_layers = list(getattr(student, "alignable_layers", []))
     size = size if spatial == "flatten" else None
     try:
-        ot_df = layer_distances(teacher, student, inputs, t_layers, s_layers, measure="ot",
-                                spatial=spatial, size=size, **ot_options(cost, normalize, method, eps))
+        opts = ot_options(cost, normalize, method, eps)
+        if measure == "ot":  # the score has its own geometry
+            opts = {k: v for k, v in opts.items() if k not in ("cost", "normalize")}
+        ot_df = layer_distances(teacher, student, inputs, t_layers, s_layers, measure=measure,
+                                spatial=spatial, size=size, **opts)
         cka_df = layer_distances(teacher, student, inputs, t_layers, s_layers, measure="cka",
                                  spatial=spatial, size=size)
     except RuntimeError as exc:

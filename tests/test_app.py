@@ -214,7 +214,14 @@ def test_alignments_page_draws_a_plan_for_shipped_teachers(store_path):
     assert by_label(at.toggle, "Log colour for the plan").value is False
     assert any("Neuron map" in t for t in titles), titles
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Converged"] == "yes" and float(metrics["OT distance"]) > 0
+    assert metrics["Converged"] == "yes" and 0 < float(metrics["OT score"]) < 1
+    # the layer tables show the score, the raw cost is one toggle away
+    tables = [c for c in at.get("plotly_chart") if "Layer similarity" in str(c.proto.spec)]
+    assert tables and "OT score" in str(tables[0].proto.spec)
+    by_label(at.toggle, "Raw OT cost instead of the score").set_value(True).run()
+    assert not errors(at), errors(at)
+    tables = [c for c in at.get("plotly_chart") if "Layer similarity" in str(c.proto.spec)]
+    assert tables and "raw OT cost" in str(tables[0].proto.spec)
 
 
 def test_alignments_page_reports_incomparable_layers(store_path):

@@ -130,7 +130,8 @@ def two_models() -> None:
     method = o[2].selectbox("Solver", ["emd", "sinkhorn", "unbalanced"], key="al_method")
     eps = o[3].select_slider("eps (entropic)", [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
                              value=0.01, key="al_eps", disabled=method == "emd",
-                             help="Relative to the cost scale: reg = eps * max(cost).")
+                             help="Relative to the typical cost: reg = eps * median(cost), so "
+                                  "one eps means the same blur in every layer.")
     spatial = o[4].selectbox("Conv neuron", ["mean", "flatten"], key="al_spatial",
                              help="mean: one response per image; flatten: per image and position.")
     n_probe = o[5].select_slider("Probe images", [64, 128, 256, 500, 1000], value=256, key="al_probe")
@@ -155,8 +156,21 @@ def two_models() -> None:
         data = None
     if data is not None:
         al = data["alignment"]
+        try:
+            det = al.score_details
+        except ValueError as exc:
+            det = None
+            st.warning(f"**OT score undefined**: {exc}", icon=":material/warning:")
         m = st.columns(5)
-        m[0].metric("OT distance", f"{al.distance:.4g}")
+        if det is not None:
+            m[0].metric("OT score", f"{det['score']:.3f}",
+                        None if det["converged"] else "not converged: approximate",
+                        delta_color="off" if det["converged"] else "inverse",
+                        help="Scale-free: 0 = the student layer is the teacher layer up to a "
+                             "permutation of neurons and a scale, ~1 = unrelated layers (two random "
+                             "layers score 0.8-0.95 depending on the number of probe responses). "
+                             "Comparable across layers, models and probe sets. Raw OT cost in the "
+                             f"units of the activations: {al.distance:.4g}.")
         m[1].metric("Solver", al.method, f"{al.n_iter} iterations" if al.n_iter else None,
                     delta_color="off")
         m[2].metric("Converged", "yes" if al.converged else "no")
@@ -170,14 +184,24 @@ def two_models() -> None:
         with st.expander("Solver summary"):
             st.code(al.summary())
 
-    st.subheader("Layer x layer: OT distance beside linear CKA")
+    st.subheader("Layer x layer: OT score beside linear CKA")
+    raw = st.toggle("Raw OT cost instead of the score", key="al_raw",
+                    help="The raw cost uses the cost and normalisation chosen above and keeps the "
+                         "units of the activations, so it grows with their scale and with the number "
+                         "of responses: compare layers with the score.")
     try:
         with st.spinner("Comparing every teacher layer with every student layer..."):
-            ot_df, cka_df = dk.layer_tables(t_ref, s_ref, _t_data=t_data, _s_data=s_data, **opts)
+            ot_df, cka_df = dk.layer_tables(t_ref, s_ref, _t_data=t_data, _s_data=s_data,
+                                            measure="ot-raw" if raw else "ot", **opts)
     except (ValueError, TypeError, RuntimeError) as exc:
         dk.show_error(exc, "The layer x layer table cannot be computed")
     else:
         dk.chart(figures.distance_matrices(ot_df, cka_df), key="al_tables")
+        bad = ot_df.attrs.get("converged")
+        if bad is not None and not bad.all():
+            st.warning(f"The solver did not converge for {int((~bad).sum())} of {bad.size} layer "
+                       "pairs: their values are approximate (use the exact solver or a larger eps).",
+                       icon=":material/warning:")
 
 
 # ============================================================================= a run
