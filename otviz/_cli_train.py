@@ -28,7 +28,8 @@ def _add_store_option(p: argparse.ArgumentParser) -> None:
 def _steps(text: str) -> int | None:
     n = int(text)
     if n < 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, or 0 for one pass over the training set; got {n}")
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer, or 0 for one pass over the training set; got {n}")
     return n or None
 
 
@@ -120,7 +121,8 @@ def add_train(subparsers: Any) -> None:
                    help="entropic regularisation relative to the cost scale; sinkhorn and unbalanced "
                         "only (ignored with emd)")
     g.add_argument("--spatial", default=R, choices=["flatten", "mean"],
-                   help=f"conv neurons: one feature per input and position (flatten) or per input (mean) (recipe: {C['spatial']})")
+                   help=f"conv neurons: one feature per input and position (flatten) or per input "
+                        f"(mean) (recipe: {C['spatial']})")
     o = p.add_argument_group("optimisation; default: the recipe")
     o.add_argument("--epochs", type=int, default=R, help=f"evaluations (recipe: {_by_setting('epochs')})")
     o.add_argument("--steps-per-epoch", type=_steps, default=R,
@@ -133,9 +135,12 @@ def add_train(subparsers: Any) -> None:
                    help=f"learning-rate schedule over all steps, cosine = decay to zero (recipe: {C['schedule']})")
     o.add_argument("--weight-decay", type=float, default=R, help=f"Adam weight decay (recipe: {C['weight_decay']:g})")
     b = p.add_argument_group("baseline terms, each used only by its method; default: the recipe")
-    b.add_argument("--kd-weight", type=float, default=R, help=f"weight of the KD term, kd only (recipe: {C['kd_weight']:g})")
-    b.add_argument("--temperature", type=float, default=R, help=f"KD temperature, kd only (recipe: {C['temperature']:g})")
-    b.add_argument("--l2sp-weight", type=float, default=R, help=f"weight of the L2-SP term, l2sp only (recipe: {C['l2sp_weight']:g})")
+    b.add_argument("--kd-weight", type=float, default=R,
+                   help=f"weight of the KD term, kd only (recipe: {C['kd_weight']:g})")
+    b.add_argument("--temperature", type=float, default=R,
+                   help=f"KD temperature, kd only (recipe: {C['temperature']:g})")
+    b.add_argument("--l2sp-weight", type=float, default=R,
+                   help=f"weight of the L2-SP term, l2sp only (recipe: {C['l2sp_weight']:g})")
     b.add_argument("--fitnets-weight", type=float, default=R,
                    help=f"weight of the FitNets hint loss, fitnets only (recipe: {C['fitnets_weight']:g})")
     b.add_argument("--at-weight", type=float, default=R,

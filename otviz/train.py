@@ -16,6 +16,11 @@ and the OT distance of every chosen pair (also for methods that do not train
 on it, so methods can be compared on it), per epoch the train and test
 accuracy and a snapshot of each pair's transport plan on a fixed probe batch.
 
+Every option not given comes from the benchmark's recipe for the setting and
+method (:func:`recipe`, :data:`RECIPES`), the options ``benchmarks/bench_transfer.py``
+measured: ``TrainConfig(setting="transfer-small", method="ot")`` reproduces that
+benchmark row.
+
 Run it from Python (:func:`train`), from the command line (``otviz train``), or
 in its own process (:func:`launch`, used by the dashboard).
 """
@@ -627,6 +632,12 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
     Returns
     -------
     TrainResult
+
+    Warns
+    -----
+    OptionWarning
+        For each option given that the method does not use (see
+        :meth:`TrainConfig.option_notes`); it is ignored and stored as None.
 
     Raises
     ------

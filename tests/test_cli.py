@@ -216,7 +216,8 @@ def test_train_options_that_do_not_apply_are_ignored_with_a_warning(argv, warnin
 
 
 def test_train_k_in_distill_is_applied_with_a_warning(captured_train, capsys, tmp_path):
-    assert main(["train", "--setting", "distill", "--method", "kd", "--k", "50", "--store", str(tmp_path / "x.db")]) == 0
+    argv = ["train", "--setting", "distill", "--method", "kd", "--k", "50", "--store", str(tmp_path / "x.db")]
+    assert main(argv) == 0
     assert "'distill' trains on the full training split" in capsys.readouterr().err
     assert captured_train[0].k == 50
 

@@ -94,9 +94,10 @@ with st.expander("Start a training", expanded=runs.empty):
                        key="demo"):
         start(dict(dk.DEMO_CONFIG))
     d = dk.DEMO_CONFIG
+    neurons_text = "standardised neurons" if d["normalize"] == "standardize" else f"normalize {d['normalize']}"
     demo_text.caption(
         f"Setting *{d['setting']}*, method *{d['method']}* on "
-        f"`{', '.join(p.removeprefix('features.') for p in d['pairs'])}` ({d['normalize']}d neurons, "
+        f"`{', '.join(p.removeprefix('features.') for p in d['pairs'])}` ({neurons_text}, "
         f"λ = {d['lam']:g}), {d['epochs']} epochs of {d['steps_per_epoch']} steps at learning rate "
         f"{d['lr']:g}: the benchmark's recipe (benchmarks/README.md), the same as "
         f"`otviz train --setting {d['setting']} --method {d['method']}`; about a minute on two CPU cores.")
