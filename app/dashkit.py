@@ -22,6 +22,7 @@ import numpy as np
 import streamlit as st
 
 from otviz.runs import RunStore, RunStoreError, default_store_path
+from otviz.train import recipe
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK_RESULTS = REPO / "benchmarks" / "results"
@@ -29,10 +30,12 @@ NOTEBOOKS = REPO / "notebooks"
 
 #: The one-click demo: the benchmark's `transfer-small` OT row (benchmarks/README.md), where OT
 #: helps most: a 4x narrower student learns digits 5-9 from 10 labels per class, from scratch,
-#: pulled toward a teacher that learned digits 0-4. Well under a minute on 2 CPU cores.
+#: pulled toward a teacher that learned digits 0-4. Its options are the recipe that
+#: `otviz train --setting transfer-small --method ot` uses (otviz.train.recipe). Well under a
+#: minute on 2 CPU cores.
 DEMO_CONFIG: dict[str, Any] = dict(
-    setting="transfer-small", method="ot", lam=1.0, pairs=["features.conv3"], normalize="standardize",
-    epochs=8, steps_per_epoch=15, lr=0.01, seed=0, name="demo: OT transfer to a 4x narrower student",
+    recipe("transfer-small", "ot"), setting="transfer-small", method="ot", seed=0,
+    name="demo: OT transfer to a 4x narrower student",
 )
 
 #: Methods offered by the Train form (combinations with "+" are valid too).

@@ -30,7 +30,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_step(method: str, batch_size: int, extra: dict):
-    s = _prepare(TrainConfig(setting="distill", method=method, seed=0, **extra))
+    # all three conv pairs, raw responses: what results/step.md was measured with
+    s = _prepare(TrainConfig(setting="distill", method=method, seed=0, pairs=None, normalize=None, **extra))
     opt = torch.optim.Adam(list(s.student.parameters()) + list(s.loss.extra_parameters()), lr=1e-3)
     X, y = s.task.target.X_train, s.task.target.y_train
     t_layers, s_layers = list(s.loss.teacher_layers), list(s.loss.student_layers)

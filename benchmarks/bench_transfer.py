@@ -12,11 +12,14 @@ Usage::
     python benchmarks/bench_transfer.py --seeds 0 --settings transfer --methods finetune ot
     python benchmarks/bench_transfer.py --set lam=0.5 --set normalize=center   # tuning
 
-Budgets (identical for every method of a setting):
+Options: every run takes ``otviz.train.recipe(setting, method)``, the recipe that
+``otviz train --setting S --method M`` and the dashboard also start from (so they
+cannot drift from what this benchmark measured), plus the ``--set`` overrides.
+Budgets (identical for every method of a setting, see ``otviz.train.RECIPES``):
 
 * ``transfer`` / ``transfer-small``: k = 10 labelled images per class (50 in
   all), full-batch steps, 8 evaluations x 15 steps.
-* ``distill``: the full 4,000-image training split, batch 64, 3 epochs.
+* ``distill``: the full 4,000-image training split, batch 64, 5 epochs.
 """
 
 from __future__ import annotations
@@ -37,33 +40,22 @@ METHODS = {
     "distill": ["scratch", "kd", "fitnets", "at", "ot", "kd+ot"],
     "transfer-small": ["scratch", "fitnets", "at", "ot"],
 }
-BUDGET = {
-    "transfer": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-3),
-    "transfer-small": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-2),
-    "distill": dict(epochs=5, batch_size=64, lr=1e-2),
-}
-# Options of the OT regulariser in the table, chosen by the tuning recorded in
-# benchmarks/README.md (3 seeds per candidate): the last conv block only,
-# neurons standardised (cost 2(1 - correlation)), exact OT; lam per setting.
-OT_OPTIONS = dict(cost="sqeuclidean", normalize="standardize", ot_method="emd", spatial="flatten",
-                  pairs=["features.conv3"])
-LAM = {"transfer": 0.1, "distill": 1.0, "transfer-small": 1.0}
-# Baseline weights: attention transfer's usual beta = 1000 was far worse than
-# 100 on these small maps (tuning in benchmarks/README.md); KD, FitNets and
-# L2-SP keep their usual defaults (TrainConfig).
-BASELINE_OPTIONS = dict(at_weight=100.0)
+# The options of every (setting, method) are otviz.train.recipe(setting, method): the
+# budget and lambda per setting (otviz.train.RECIPES) and the OT and baseline options
+# chosen by the tuning recorded in benchmarks/README.md (otviz.train.RECIPE_COMMON: the
+# last conv block only, neurons standardised (cost 2(1 - correlation)), exact OT;
+# attention transfer's weight 100 instead of the usual 1000, far better on these maps).
 
 
 def _run(job):
     import torch
 
     from otviz.runs import RunStore
-    from otviz.train import TrainConfig, train
+    from otviz.train import TrainConfig, recipe, train
 
     torch.set_num_threads(1)
     setting, method, seed, extra, db = job
-    cfg = dict(setting=setting, method=method, seed=seed, num_threads=1, lam=LAM[setting],
-               **BUDGET[setting], **OT_OPTIONS, **BASELINE_OPTIONS)
+    cfg = dict(recipe(setting, method), setting=setting, method=method, seed=seed, num_threads=1)
     cfg.update(extra)
     t0 = time.perf_counter()
     res = train(TrainConfig(**cfg), store=RunStore(db), progress=False)
@@ -129,10 +121,15 @@ def main(argv=None):
         if r["mean"] == best:
             acc = f"**{acc}**"
         lines.append(f"| {r.setting} | {r.method} | {acc} | {r.seconds:.1f} |")
-    opts = ", ".join(f"{k}={v}" for k, v in {**OT_OPTIONS, **BASELINE_OPTIONS, **extra}.items())
+    from otviz.train import RECIPE_COMMON, RECIPES
+
+    common = ", ".join(f"{k}={v}" for k, v in RECIPE_COMMON.items())
     lines.append("")
-    lines.append(f"OT options: {opts}; lam per setting: {LAM}. Budgets: {BUDGET}. "
-                 f"Total wall time {total / 60:.1f} min with {args.workers} workers.")
+    lines.append(f"Options: otviz.train.recipe(setting, method), i.e. {common} (pairs 'last' = "
+                 f"features.conv3; weights of terms a method lacks unused); per setting: "
+                 f"{ {s: RECIPES[s] for s in args.settings} }"
+                 + (f"; overrides: {extra}" if extra else "")
+                 + f". Total wall time {total / 60:.1f} min with {args.workers} workers.")
     md = "\n".join(lines)
     print("\n" + md)
     RESULTS.mkdir(exist_ok=True)

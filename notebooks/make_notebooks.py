@@ -790,7 +790,9 @@ NB02 = [
     workdir = tempfile.TemporaryDirectory(prefix="otviz-lesson-")
     store = RunStore(Path(workdir.name) / "runs.db")
 
-    common = dict(setting="distill", pairs=[LAYER], normalize="standardize", lam=1.0, lr=1e-2,
+    # Options left out (lam = 1 for ot, the learning rate 0.01...) come from the recipe of the
+    # setting and method, otviz.train.recipe("distill", method): what the benchmarks use.
+    common = dict(setting="distill", pairs=[LAYER], normalize="standardize",
                   epochs=DISTILL_EPOCHS, steps_per_epoch=STEPS_PER_EPOCH, seed=0)
     results = {}
     for method in ["scratch", "ot"]:
@@ -878,14 +880,12 @@ NB03 = [
     # The test suite sets OTVIZ_FAST=1: one seed and a few steps per run.
     FAST = os.environ.get("OTVIZ_FAST") == "1"
     SEEDS = [0] if FAST else [0, 1]
-    # Budgets, identical for every method of a setting (benchmarks/bench_transfer.py uses the same,
-    # with 5 epochs for distill and three seeds). The transfer settings have only 50 labelled
-    # images: one step sees them all, so an "epoch" is a fixed number of steps between evaluations.
-    BUDGET = {
-        "transfer":       dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-3),
-        "distill":        dict(epochs=3, batch_size=64, lr=1e-2),
-        "transfer-small": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-2),
-    }
+    # Every run takes the benchmark's recipe for its setting and method (otviz.train.recipe:
+    # budget, learning rate, lambda, layer pairs, normalisation), with these changes to the
+    # budget: 3 epochs for distill instead of the benchmark's 5. The transfer settings have only
+    # 50 labelled images: one step sees them all, so an "epoch" is a fixed number of steps
+    # (15) between evaluations.
+    BUDGET = {"transfer": {}, "distill": dict(epochs=3), "transfer-small": {}}
     if FAST:
         BUDGET = {s: dict(b, epochs=2, steps_per_epoch=3) for s, b in BUDGET.items()}
     OWN_EPOCHS = 1 if FAST else 5           # epochs of the "your own data and teacher" example
@@ -904,7 +904,7 @@ NB03 = [
     from otviz import figures
     from otviz.data import SETTINGS, make_task
     from otviz.runs import RunStore
-    from otviz.train import TrainConfig, train
+    from otviz.train import TrainConfig, recipe_table, train
 
     if FAST:
         torch.set_num_threads(1)  # the test suite shares a small machine
@@ -944,15 +944,13 @@ NB03 = [
         "distill": ["scratch", "kd", "fitnets", "at", "ot", "kd+ot"],
         "transfer-small": ["scratch", "fitnets", "at", "ot"],
     }
-    OT_OPTIONS = dict(pairs=["features.conv3"], normalize="standardize", cost="sqeuclidean",
-                      ot_method="emd")
-    LAM = {"transfer": 0.1, "distill": 1.0, "transfer-small": 1.0}
-    AT_WEIGHT = 100.0   # attention transfer's usual 1000 was too strong on these small maps
+    # the recipe of every setting (attention transfer's weight is 100: its usual 1000 was too
+    # strong on these small maps)
+    print(recipe_table())
 
     def config(setting, method, seed, **extra):
-        return TrainConfig(setting=setting, method=method, seed=seed, lam=LAM[setting],
-                           at_weight=AT_WEIGHT, name=f"{setting}/{method}/seed{seed}",
-                           **OT_OPTIONS, **BUDGET[setting], **extra)
+        return TrainConfig.from_recipe(setting, method, seed=seed, name=f"{setting}/{method}/seed{seed}",
+                                       **BUDGET[setting], **extra)
 
     n_runs = sum(len(m) for m in METHODS.values()) * len(SEEDS)
     print(f"{n_runs} runs")

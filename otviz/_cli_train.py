@@ -25,81 +25,197 @@ def _add_store_option(p: argparse.ArgumentParser) -> None:
                    help="run store (SQLite file); default $OTVIZ_STORE, else ~/.otviz/runs.db")
 
 
+def _steps(text: str) -> int | None:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer, or 0 for one pass over the training set; got {n}")
+    return n or None
+
+
+def _pairs(text: str) -> list[str] | None:
+    if text.strip().lower() == "all":
+        return None
+    pairs = [x.strip() for x in text.split(",") if x.strip()]
+    if not pairs:
+        raise argparse.ArgumentTypeError("give layer names, e.g. features.conv3, or 'all'")
+    return pairs
+
+
+#: CLI option -> TrainConfig field, for the options whose default comes from the recipe
+#: or that are checked for whether they apply.
+_FIELDS = ("lam", "pairs", "cost", "normalize", "ot_method", "eps", "spatial", "epochs",
+           "steps_per_epoch", "batch_size", "lr", "schedule", "weight_decay", "kd_weight",
+           "temperature", "l2sp_weight", "fitnets_weight", "at_weight", "k", "student_width")
+
+
+def _by_setting(field: str) -> str:
+    """``"0.1 in transfer and transfer-digits, 1 in distill and transfer-small"`` from the recipes."""
+    from otviz.train import RECIPES
+
+    groups: dict[Any, list[str]] = {}
+    for setting, r in RECIPES.items():
+        groups.setdefault(r[field], []).append(setting)
+    if len(groups) == 1:
+        return _fmt(next(iter(groups)))
+    return ", ".join(f"{_fmt(v)} in {_and(names)}" for v, names in groups.items())
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "one pass"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def add_train(subparsers: Any) -> None:
-    from otviz.train import TrainConfig
+    from otviz.data import SETTINGS
+    from otviz.train import RECIPE_COMMON as C
+    from otviz.train import TrainConfig, recipe_table
 
     d = TrainConfig()
+    R = argparse.SUPPRESS  # not given: the recipe decides
     p = subparsers.add_parser(
         "train", help="train a student with a transfer method, logged to the run store",
         description=(
             "Train a student network in one of the paper's settings with a transfer method, "
             "logging per step the loss terms and per-layer OT distances, and per epoch the "
-            "train/test accuracy and the transport plans, to the run store."),
-        epilog=("examples:\n"
-                "  otviz train --setting distill --method ot --lam 0.1 --epochs 3\n"
-                "  otviz train --setting transfer --method l2sp --k 5 --steps-per-epoch 20\n"
-                "  otviz train --setting distill --method kd+ot --pairs features.conv3"),
+            "train/test accuracy and the transport plans, to the run store. "
+            "Every option you do not give comes from the benchmark's recipe for the setting and "
+            "method (table below; benchmarks/README.md has its results), so "
+            "`otviz train --setting S --method M` reproduces the benchmark's run; an option you "
+            "give wins. The run's stored config records the values that ran. An option that "
+            "the method does not use (--lam without ot, --kd-weight/--temperature without kd, "
+            "--eps with --ot-method emd, ...) is ignored with a warning."),
+        epilog=("recipe (the defaults):\n"
+                + "\n".join("  " + line for line in recipe_table().splitlines())
+                + "\n\nexamples:\n"
+                  "  otviz train --setting transfer-small --method ot        # the benchmark's recipe\n"
+                  "  otviz train --setting distill --method kd+ot --epochs 3\n"
+                  "  otviz train --setting transfer --method l2sp --k 5\n"
+                  "  otviz train --setting distill --method ot --pairs all --normalize none"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    from otviz.data import SETTINGS
 
     p.add_argument("--setting", default=d.setting, choices=list(SETTINGS),
-                   help="; ".join(f"{k}: {v.description}" for k, v in SETTINGS.items()))
+                   help="; ".join(f"{k}: {v.description}" for k, v in SETTINGS.items())
+                        + f" (default {d.setting})")
     p.add_argument("--method", default=d.method, help=_METHOD_HELP + f" (default {d.method})")
-    p.add_argument("--lam", type=float, default=d.lam, help=f"weight of the OT regulariser (default {d.lam})")
-    p.add_argument("--pairs", default=None,
+    g = p.add_argument_group("OT term (and the OT distance logged for every method); default: the recipe")
+    g.add_argument("--lam", type=float, default=R,
+                   help=f"weight of the OT regulariser, methods with ot only (recipe: {_by_setting('lam')})")
+    g.add_argument("--pairs", type=_pairs, default=R,
                    help="comma-separated layer pairs 'teacher_layer:student_layer' (or one name for "
-                        "both); default: all alignable layers (features.conv1..conv3 for the CNN)")
-    p.add_argument("--cost", default=d.cost, choices=["sqeuclidean", "euclidean", "cosine", "correlation"],
-                   help="cost between two neurons (default sqeuclidean)")
-    p.add_argument("--normalize", default=None, type=_none_or_str,
+                        "both), or 'all' for every alignable layer (recipe: the last one, "
+                        "features.conv3 for the CNN)")
+    g.add_argument("--cost", default=R, choices=["sqeuclidean", "euclidean", "cosine", "correlation"],
+                   help=f"cost between two neurons (recipe: {C['cost']})")
+    g.add_argument("--normalize", default=R, type=_none_or_str,
                    choices=[None, "center", "standardize", "unit"],
-                   help="per-neuron normalisation before the cost (default none)")
-    p.add_argument("--ot-method", default=d.ot_method, choices=["emd", "sinkhorn", "unbalanced"],
-                   help="OT solver of the regulariser (default emd, exact)")
-    p.add_argument("--eps", type=float, default=None,
-                   help="entropic regularisation relative to the cost scale (sinkhorn/unbalanced)")
-    p.add_argument("--spatial", default=d.spatial, choices=["flatten", "mean"],
-                   help="conv neurons: one feature per input and position (flatten) or per input (mean)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"evaluations (default {d.epochs})")
-    p.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="steps between evaluations (default: one pass over the training set)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"minibatch size (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    p.add_argument("--schedule", default=d.schedule, choices=["cosine", "constant"],
-                   help="learning-rate schedule over all steps (default cosine decay to zero)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation, batches and label draw")
-    p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--k", type=int, default=None, help="labelled images per class in the transfer settings (default 10)")
-    p.add_argument("--student-width", type=float, default=None, help="override the student's width multiplier")
-    p.add_argument("--kd-weight", type=float, default=d.kd_weight, help="weight of the KD term")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="KD temperature")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for this run")
-    p.add_argument("--name", default=None, help="a name for the run")
-    p.add_argument("--config-json", default=None, help="the whole config as JSON (overrides the options)")
+                   help=f"per-neuron normalisation before the cost, or 'none' (recipe: {C['normalize']})")
+    g.add_argument("--ot-method", default=R, choices=["emd", "sinkhorn", "unbalanced"],
+                   help=f"OT solver (recipe: {C['ot_method']}; emd is exact OT)")
+    g.add_argument("--eps", type=float, default=R,
+                   help="entropic regularisation relative to the cost scale; sinkhorn and unbalanced "
+                        "only (ignored with emd)")
+    g.add_argument("--spatial", default=R, choices=["flatten", "mean"],
+                   help=f"conv neurons: one feature per input and position (flatten) or per input "
+                        f"(mean) (recipe: {C['spatial']})")
+    o = p.add_argument_group("optimisation; default: the recipe")
+    o.add_argument("--epochs", type=int, default=R, help=f"evaluations (recipe: {_by_setting('epochs')})")
+    o.add_argument("--steps-per-epoch", type=_steps, default=R,
+                   help=f"steps between evaluations, 0 = one pass over the training set (recipe: "
+                        f"{_by_setting('steps_per_epoch')})")
+    o.add_argument("--batch-size", type=int, default=R, help=f"minibatch size (recipe: {_by_setting('batch_size')})")
+    o.add_argument("--lr", type=float, default=R,
+                   help=f"Adam learning rate (recipe: {_by_setting('lr')})")
+    o.add_argument("--schedule", default=R, choices=["cosine", "constant"],
+                   help=f"learning-rate schedule over all steps, cosine = decay to zero (recipe: {C['schedule']})")
+    o.add_argument("--weight-decay", type=float, default=R, help=f"Adam weight decay (recipe: {C['weight_decay']:g})")
+    b = p.add_argument_group("baseline terms, each used only by its method; default: the recipe")
+    b.add_argument("--kd-weight", type=float, default=R,
+                   help=f"weight of the KD term, kd only (recipe: {C['kd_weight']:g})")
+    b.add_argument("--temperature", type=float, default=R,
+                   help=f"KD temperature, kd only (recipe: {C['temperature']:g})")
+    b.add_argument("--l2sp-weight", type=float, default=R,
+                   help=f"weight of the L2-SP term, l2sp only (recipe: {C['l2sp_weight']:g})")
+    b.add_argument("--fitnets-weight", type=float, default=R,
+                   help=f"weight of the FitNets hint loss, fitnets only (recipe: {C['fitnets_weight']:g})")
+    b.add_argument("--at-weight", type=float, default=R,
+                   help=f"weight of attention transfer, at only (recipe: {C['at_weight']:g})")
+    t = p.add_argument_group("task and run")
+    t.add_argument("--k", type=int, default=R,
+                   help="labelled images per class (default: the setting's, 10 in the transfer settings; "
+                        "distill uses the full training split, and --k there departs from the setting)")
+    t.add_argument("--student-width", type=float, default=R, help="override the student's width multiplier")
+    t.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation, batches and label draw")
+    t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N (default cpu)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads for this run")
+    t.add_argument("--name", default=None, help="a name for the run")
+    t.add_argument("--config-json", default=None,
+                   help="the whole config as JSON (overrides the options; missing keys: the recipe)")
     p.add_argument("--run-id-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_store_option(p)
     p.set_defaults(func=_run_train)
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from otviz.train import TrainConfig, train
+def config_from_args(args: argparse.Namespace):
+    """The :class:`otviz.train.TrainConfig` of ``otviz train``'s arguments, not yet resolved.
+
+    Options not given on the command line stay with the recipe.
+    """
+    from otviz.train import TrainConfig
 
     if args.config_json:
         try:
-            cfg = TrainConfig.from_dict(json.loads(args.config_json))
+            data = json.loads(args.config_json)
         except json.JSONDecodeError as exc:
             raise ValueError(f"--config-json is not valid JSON: {exc}") from None
-    else:
-        cfg = TrainConfig(
-            setting=args.setting, method=args.method, lam=args.lam,
-            pairs=[x.strip() for x in args.pairs.split(",") if x.strip()] if args.pairs else None,
-            cost=args.cost, normalize=args.normalize, ot_method=args.ot_method, eps=args.eps,
-            spatial=args.spatial, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-            batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, seed=args.seed, device=args.device, k=args.k,
-            student_width=args.student_width, kd_weight=args.kd_weight,
-            temperature=args.temperature, num_threads=args.threads, name=args.name)
-    res = train(cfg, store=args.store, progress=not args.no_progress, run_id_file=args.run_id_file)
+        return TrainConfig.from_dict(data)
+    given = {name: getattr(args, name) for name in _FIELDS if hasattr(args, name)}
+    return TrainConfig(setting=args.setting, method=args.method, seed=args.seed, device=args.device,
+                       num_threads=args.threads, name=args.name, **given)
+
+
+def _describe(cfg: Any, given: set[str]) -> str:
+    """One line: the options that define the run, the given ones marked with '*'."""
+    def fmt(name: str, label: str | None = None) -> str:
+        v = getattr(cfg, name)
+        if isinstance(v, list):
+            v = ",".join(v)
+        return f"{label or name.replace('_', '-')} {v}{'*' if name in given else ''}"
+
+    steps = "one pass" if cfg.steps_per_epoch is None else f"{cfg.steps_per_epoch} steps"
+    parts = [f"{cfg.epochs}{'*' if 'epochs' in given else ''} epochs x {steps}"
+             f"{'*' if 'steps_per_epoch' in given else ''}", fmt("batch_size"), fmt("lr"),
+             fmt("schedule")]
+    parts += [fmt(n) for n in ("lam", "kd_weight", "temperature", "l2sp_weight", "fitnets_weight",
+                               "at_weight") if getattr(cfg, n) is not None]
+    parts += [fmt("pairs"), fmt("normalize"), fmt("cost"), fmt("ot_method")]
+    if cfg.eps is not None:
+        parts.append(fmt("eps"))
+    return ", ".join(parts)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import warnings
+
+    from otviz.train import OptionWarning, train
+
+    cfg = config_from_args(args)
+    given = (set(json.loads(args.config_json)) if args.config_json
+             else {name for name in _FIELDS if hasattr(args, name)})
+    for note in cfg.option_notes():
+        print(f"otviz train: warning: {note}", file=sys.stderr)
+    resolved = cfg.resolved(warn=False)
+    print(f"{resolved.setting}/{resolved.method}: {_describe(resolved, given)} "
+          f"(recipe of the setting and method; * = given)", flush=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptionWarning)  # printed above
+        res = train(resolved, store=args.store, progress=not args.no_progress, run_id_file=args.run_id_file)
     print(f"run {res.run_id}: {cfg.setting}/{cfg.method} test accuracy {res.test_accuracy:.4f} "
           f"(train {res.train_accuracy:.4f}) in {res.seconds:.1f} s")
     return 0
@@ -157,6 +273,6 @@ def _run_teachers(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_train", "add_runs", "add_teachers"]
+__all__ = ["add_train", "add_runs", "add_teachers", "config_from_args"]
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("use `otviz train|runs|teachers`")

@@ -19,6 +19,11 @@ of every pair (``score/<pair>``, :attr:`otviz.Alignment.score`: 0 = the
 teacher's layer up to permutation and scale, about 1 = unrelated) and a
 snapshot of its transport plan.
 
+Every option not given comes from the benchmark's recipe for the setting and
+method (:func:`recipe`, :data:`RECIPES`), the options ``benchmarks/bench_transfer.py``
+measured: ``TrainConfig(setting="transfer-small", method="ot")`` reproduces that
+benchmark row.
+
 Run it from Python (:func:`train`), from the command line (``otviz train``), or
 in its own process (:func:`launch`, used by the dashboard).
 """
@@ -34,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,8 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingError", "LaunchedRun", "train", "launch", "stop",
-           "default_pairs"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "OptionWarning", "LaunchedRun", "train", "launch",
+           "stop", "default_pairs", "recipe", "recipe_table", "RECIPES", "RECIPE_COMMON", "FROM_RECIPE"]
 
 PROBE_SIZE = 128  # inputs of the fixed probe batch used for the per-epoch plan snapshots
 
@@ -52,9 +58,189 @@ class TrainingError(RuntimeError):
     """A training that cannot go on (e.g. the loss became NaN); the run is marked failed."""
 
 
+class OptionWarning(UserWarning):
+    """An option given to a training that the chosen setting or method does not use as given."""
+
+
+# --------------------------------------------------------------------------
+# the benchmark's recipe: the defaults of every training
+# --------------------------------------------------------------------------
+class _FromRecipe:
+    """Default of a :class:`TrainConfig` field that the recipe fills (see :func:`recipe`)."""
+
+    _instance: "_FromRecipe | None" = None
+
+    def __new__(cls) -> "_FromRecipe":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "FROM_RECIPE"
+
+    def __copy__(self) -> "_FromRecipe":
+        return self
+
+    def __deepcopy__(self, memo: Any) -> "_FromRecipe":
+        return self
+
+    def __reduce__(self) -> str:
+        return "FROM_RECIPE"
+
+
+#: Marks a :class:`TrainConfig` field left to the recipe of its setting and method.
+FROM_RECIPE: Any = _FromRecipe()
+
+#: The budget and the OT weight per setting: what ``benchmarks/bench_transfer.py`` runs
+#: (results in ``benchmarks/README.md`` and ``benchmarks/results/``). ``steps_per_epoch``
+#: None is one pass over the training set. ``transfer-digits`` is not benchmarked: it
+#: takes ``transfer``'s recipe (same student, initialised from the teacher, 10 labels
+#: per class).
+RECIPES: dict[str, dict[str, Any]] = {
+    "transfer": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-3, lam=0.1),
+    "distill": dict(epochs=5, steps_per_epoch=None, batch_size=64, lr=1e-2, lam=1.0),
+    "transfer-small": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-2, lam=1.0),
+    "transfer-digits": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-3, lam=0.1),
+}
+
+#: Settings whose recipe the benchmark measured (the others borrow one).
+BENCHMARKED_SETTINGS: tuple[str, ...] = ("transfer", "distill", "transfer-small")
+
+#: Options shared by every setting's recipe, chosen by the tuning recorded in
+#: ``benchmarks/README.md``: the OT term (and the logged OT distance) on the last
+#: alignable layer (``"last"``; ``features.conv3`` for the CNN), neurons standardised
+#: (cost 2(1 - correlation) per response), exact OT; Adam with cosine decay; the
+#: baselines' usual weights, except attention transfer's (100 instead of 1000, far
+#: better on these small maps).
+RECIPE_COMMON: dict[str, Any] = dict(
+    schedule="cosine", weight_decay=0.0,
+    pairs="last", cost="sqeuclidean", normalize="standardize", ot_method="emd", spatial="flatten",
+    feature_scale="mean",
+    kd_weight=1.0, temperature=4.0, l2sp_weight=0.01, fitnets_weight=1.0, at_weight=100.0,
+)
+
+#: Options that weight one term of the objective: name -> the method that has that term.
+TERM_OPTIONS: dict[str, str] = dict(lam="ot", kd_weight="kd", temperature="kd", l2sp_weight="l2sp",
+                                    fitnets_weight="fitnets", at_weight="at")
+
+_TERM_NAMES = {"ot": "OT", "kd": "KD", "l2sp": "L2-SP", "fitnets": "FitNets", "at": "attention-transfer"}
+
+
+def recipe(setting: str, method: str = "ot", *, arch: str = "cnn") -> dict[str, Any]:
+    r"""The benchmark's options for a setting and method: the defaults of every training.
+
+    ``otviz train --setting S --method M``, ``TrainConfig(setting=S, method=M)``,
+    the dashboard's Train form and ``benchmarks/bench_transfer.py`` all start
+    from this dict; any option given explicitly replaces its entry.
+
+    It is :data:`RECIPES` ``[setting]`` (budget, learning rate and the OT
+    weight :math:`\lambda`) merged with :data:`RECIPE_COMMON`, with
+    ``pairs="last"`` resolved to the architecture's last alignable layer. The
+    weight of a term the method does not have (``lam`` without ``ot``,
+    ``kd_weight`` and ``temperature`` without ``kd``, ...; see
+    :data:`TERM_OPTIONS`) is None: it does not apply. The OT options (``pairs``,
+    ``cost``, ``normalize``, ``ot_method``, ``spatial``) apply to every method:
+    without an OT term they define the OT distance that is logged, not trained on.
+
+    Parameters
+    ----------
+    setting : str
+        A key of :data:`otviz.data.SETTINGS`.
+    method : str
+        A method such as ``"ot"``, ``"scratch"`` or ``"kd+ot"``.
+    arch : {"cnn", "mlp"}
+        Model family (fixes the layer pairs). The benchmark measured the CNN.
+
+    Returns
+    -------
+    dict
+        Field name -> value for the :class:`TrainConfig` fields that default
+        to the recipe.
+
+    Raises
+    ------
+    ValueError
+        An unknown setting or method (the message lists the valid ones).
+
+    Examples
+    --------
+    >>> r = recipe("transfer-small", "ot")
+    >>> r["lr"], r["lam"], r["epochs"], r["steps_per_epoch"], r["pairs"]
+    (0.01, 1.0, 8, 15, ['features.conv3'])
+    >>> recipe("distill", "kd")["lam"] is None
+    True
+    """
+    from otviz.data import SETTINGS
+    from otviz.losses import parse_method
+
+    if not isinstance(setting, str) or setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; valid settings: {list(SETTINGS)}")
+    terms = parse_method(method)
+    out = dict(RECIPE_COMMON, **RECIPES[setting])
+    if out["pairs"] == "last":
+        out["pairs"] = default_pairs(arch)[-1:]
+    for name, term in TERM_OPTIONS.items():
+        if term not in terms:
+            out[name] = None
+    return out
+
+
+def recipe_table(markdown: bool = False) -> str:
+    r"""The recipe of every setting as a small table (``otviz train --help``, the README).
+
+    One row per setting (budget, batch size, learning rate, :math:`\lambda`)
+    and one line for the options every setting shares; generated from
+    :data:`RECIPES` and :data:`RECIPE_COMMON`, so it cannot drift from them.
+    """
+    from otviz.data import SETTINGS
+
+    rows = []
+    for name in SETTINGS:
+        r = RECIPES[name]
+        steps = "one pass" if r["steps_per_epoch"] is None else f"{r['steps_per_epoch']} steps"
+        note = "" if name in BENCHMARKED_SETTINGS else "not benchmarked (transfer's recipe)"
+        rows.append((name, f"{r['epochs']} x {steps}", str(r["batch_size"]), f"{r['lr']:g}",
+                     f"{r['lam']:g}", note))
+    head = ("setting", "epochs x steps", "batch", "lr", "lam (ot)", "")
+    c = RECIPE_COMMON
+    common = (f"pairs = the last alignable layer (features.conv3 for the CNN), normalize {c['normalize']}, "
+              f"cost {c['cost']}, ot-method {c['ot_method']}, spatial {c['spatial']}, "
+              f"schedule {c['schedule']} (Adam); kd-weight {c['kd_weight']:g} and temperature "
+              f"{c['temperature']:g} (kd), l2sp-weight {c['l2sp_weight']:g}, fitnets-weight "
+              f"{c['fitnets_weight']:g}, at-weight {c['at_weight']:g}")
+    if markdown:
+        lines = ["| " + " | ".join(head[:-1]) + " | note |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(f"`{r[0]}`" if i == 0 else r[i] for i in range(len(r))) + " |"
+                  for r in rows]
+        return "\n".join(lines) + "\n\nEvery setting: " + common + "."
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*head).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
+    import textwrap
+
+    return "\n".join(lines) + "\n" + textwrap.fill("every setting: " + common, width=len(lines[0]) + 20,
+                                                   break_on_hyphens=False)
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (stored as the run's config).
+    r"""Everything that defines a training run (stored as the run's config).
+
+    Every option of the optimisation and of the loss terms defaults to the
+    benchmark's recipe for the config's setting and method (:func:`recipe`,
+    table in ``otviz train --help``): ``TrainConfig(setting="transfer-small",
+    method="ot")`` trains as ``benchmarks/bench_transfer.py`` does, and an
+    option given explicitly wins. Such fields hold :data:`FROM_RECIPE` until
+    :meth:`resolved` fills them; :func:`train` and :meth:`to_dict` resolve
+    first, so a run's stored config records the values that ran.
+
+    Options that do not apply are ignored with an :class:`OptionWarning` and
+    stored as None: the weight of a term the method lacks (``lam`` without
+    ``ot``, ``kd_weight``/``temperature`` without ``kd``, ``l2sp_weight``,
+    ``fitnets_weight``, ``at_weight``; see :data:`TERM_OPTIONS`) and ``eps``
+    with the exact solver (``ot_method="emd"``). ``k`` in ``distill`` (a
+    full-data setting) is applied, with a warning that the run then departs
+    from the setting.
 
     Attributes
     ----------
@@ -64,81 +250,166 @@ class TrainConfig:
         ``scratch``, ``finetune``, ``l2sp``, ``kd``, ``fitnets``, ``at``, ``ot``
         or a combination with ``+`` such as ``kd+ot``.
     lam : float
-        Weight :math:`\\lambda` of the OT regulariser.
-    pairs : list of str, optional
+        Weight :math:`\lambda` of the OT regulariser (recipe: 0.1 in
+        ``transfer``, 1 in ``distill`` and ``transfer-small``).
+    pairs : list of str or None
         Layer pairs, each ``"teacher_layer:student_layer"`` or one name used on
-        both sides. Default: every alignable layer of the architecture (for the
-        CNN ``features.conv1``..``features.conv3``). Used by ``ot``, ``fitnets``,
-        ``at`` and for the logged OT distances.
+        both sides; None: every alignable layer of the architecture. Recipe:
+        the last alignable layer (``features.conv3`` for the CNN). Used by
+        ``ot``, ``fitnets``, ``at`` and for the logged OT distances.
     cost, normalize, ot_method, eps, spatial, feature_scale
-        Options of the OT regulariser (see :func:`otviz.ot_distance` and
+        Options of the OT regulariser, and of the logged OT distance for
+        methods without an OT term (see :func:`otviz.ot_distance` and
         :class:`otviz.losses.OTRegularizer`); ``eps`` is relative to the cost
-        scale.
+        scale and only used by the entropic solvers. Recipe: ``sqeuclidean``
+        on standardised neurons (``normalize="standardize"``; None for raw
+        responses), ``emd``, ``flatten``, ``mean``.
     epochs, batch_size, lr, weight_decay, seed
         Optimisation: Adam on the student's parameters (and FitNets'
-        regressors), minibatches drawn with the seed.
+        regressors), minibatches drawn with the seed. Recipe: see
+        :data:`RECIPES` (the learning rate differs per setting).
     schedule : {"cosine", "constant"}
         Learning-rate schedule over all steps: cosine decay to zero (the
-        default; the final accuracy then does not depend on where the last
+        recipe; the final accuracy then does not depend on where the last
         step happened to land) or a constant rate.
-    steps_per_epoch : int, optional
-        Optimisation steps between two evaluations. Default: one pass over
-        the training set. The few-label settings have tiny training sets
-        (50 images for k=10), where one pass is a single step; set this to
-        train longer between evaluations (passes continue with fresh
-        shuffles).
+    steps_per_epoch : int or None
+        Optimisation steps between two evaluations; None: one pass over the
+        training set (the ``distill`` recipe). The few-label settings have
+        tiny training sets (50 images for k=10), where one pass is a single
+        step; their recipe takes 15 steps per epoch (passes continue with
+        fresh shuffles).
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     k : int, optional
-        Labelled images per class of the transfer settings (default: the
-        setting's, 10).
+        Labelled images per class (default: the setting's, 10 in the
+        transfer settings, the full training split in ``distill``).
     dataset, arch, student_width
         Source dataset, model family and student width (defaults: the
         setting's).
     kd_weight, temperature, l2sp_weight, fitnets_weight, at_weight
-        Weights of the baseline terms (their usual defaults).
+        Weights of the baseline terms; recipe: 1, 4, 0.01, 1 and 100.
     num_threads : int, optional
         ``torch.set_num_threads`` for this run (small models on few cores are
         often faster with 1).
+
+    Examples
+    --------
+    >>> cfg = TrainConfig(setting="transfer-small", method="ot", epochs=2).resolved()
+    >>> cfg.lr, cfg.lam, cfg.epochs, cfg.pairs
+    (0.01, 1.0, 2, ['features.conv3'])
     """
 
     setting: str = "distill"
     method: str = "ot"
-    lam: float = 0.1
-    pairs: list[str] | None = None
-    cost: str = "sqeuclidean"
-    normalize: str | None = None
-    ot_method: str = "emd"
+    lam: float | None = FROM_RECIPE
+    pairs: list[str] | None = FROM_RECIPE
+    cost: str = FROM_RECIPE
+    normalize: str | None = FROM_RECIPE
+    ot_method: str = FROM_RECIPE
     eps: float | None = None
-    spatial: str = "flatten"
-    feature_scale: str = "mean"
-    epochs: int = 5
-    steps_per_epoch: int | None = None
-    batch_size: int = 64
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    weight_decay: float = 0.0
+    spatial: str = FROM_RECIPE
+    feature_scale: str = FROM_RECIPE
+    epochs: int = FROM_RECIPE
+    steps_per_epoch: int | None = FROM_RECIPE
+    batch_size: int = FROM_RECIPE
+    lr: float = FROM_RECIPE
+    schedule: str = FROM_RECIPE
+    weight_decay: float = FROM_RECIPE
     seed: int = 0
     device: str = "cpu"
     k: int | None = None
     dataset: str | None = None
     arch: str = "cnn"
     student_width: float | None = None
-    kd_weight: float = 1.0
-    temperature: float = 4.0
-    l2sp_weight: float = 0.01
-    fitnets_weight: float = 1.0
-    at_weight: float = 1000.0
+    kd_weight: float | None = FROM_RECIPE
+    temperature: float | None = FROM_RECIPE
+    l2sp_weight: float | None = FROM_RECIPE
+    fitnets_weight: float | None = FROM_RECIPE
+    at_weight: float | None = FROM_RECIPE
     num_threads: int | None = None
     name: str | None = None
 
+    @classmethod
+    def from_recipe(cls, setting: str, method: str = "ot", **overrides: Any) -> "TrainConfig":
+        """The benchmark's config for ``setting`` and ``method``, with ``overrides``, resolved.
+
+        Same as ``TrainConfig(setting=setting, method=method, **overrides).resolved()``:
+        every field not in ``overrides`` takes the value of :func:`recipe`.
+        """
+        return cls.from_dict(dict(overrides, setting=setting, method=method)).resolved()
+
+    def option_notes(self) -> list[str]:
+        """Why options given here are not used as given (empty when all apply).
+
+        One sentence per option: the weight of a term the method does not
+        have, ``eps`` with the exact solver (both ignored), ``k`` in a
+        full-data setting (applied, but the run departs from the setting).
+        Fields left to the recipe never appear.
+        """
+        from otviz.data import SETTINGS
+        from otviz.losses import parse_method
+
+        terms = parse_method(self.method)
+        notes = []
+        for name, term in TERM_OPTIONS.items():
+            v = getattr(self, name)
+            if v is not FROM_RECIPE and v is not None and term not in terms:
+                notes.append(f"{name}={v!r} is ignored: method {self.method!r} has no "
+                             f"{_TERM_NAMES[term]} term (add '{term}' to the method to use it)")
+        ot_method = self.ot_method
+        if ot_method is FROM_RECIPE:
+            ot_method = RECIPE_COMMON["ot_method"]
+        if self.eps is not None and ot_method == "emd":
+            notes.append(f"eps={self.eps!r} is ignored: ot_method 'emd' is exact OT, without entropic "
+                         f"regularisation; pass ot_method 'sinkhorn' or 'unbalanced' to use eps")
+        spec = SETTINGS.get(self.setting)
+        if spec is not None and spec.default_k is None and self.k is not None:
+            notes.append(f"k={self.k!r}: setting {self.setting!r} trains on the full training split; "
+                         f"k keeps only {self.k} labelled images per class, so the run departs from "
+                         f"the setting and its recipe")
+        return notes
+
+    def resolved(self, *, warn: bool = True) -> "TrainConfig":
+        """A copy with every field left to the recipe filled from :func:`recipe`.
+
+        Options that do not apply (:meth:`option_notes`) are set to None,
+        except ``k``, which is applied; with ``warn`` each note is issued as
+        an :class:`OptionWarning`.
+
+        Raises
+        ------
+        ValueError
+            An unknown setting or method.
+        """
+        rec = recipe(self.setting, self.method, arch=self.arch)
+        notes = self.option_notes()
+        values = {f.name: rec[f.name] if getattr(self, f.name) is FROM_RECIPE else getattr(self, f.name)
+                  for f in dataclasses.fields(self)}
+        for name in TERM_OPTIONS:
+            if rec[name] is None:
+                values[name] = None
+        if values["ot_method"] == "emd":
+            values["eps"] = None
+        if warn:
+            for note in notes:
+                warnings.warn(note, OptionWarning, stacklevel=2)
+        return dataclasses.replace(self, **values)
+
+    def given(self) -> dict[str, Any]:
+        """The fields set explicitly, i.e. not left to the recipe."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not FROM_RECIPE}
+
     def to_dict(self) -> dict[str, Any]:
-        """The config as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
+        """The resolved config (recipe values filled in) as a JSON-serialisable dict."""
+        return dataclasses.asdict(self.resolved(warn=False))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        """Build a config from a dict, rejecting unknown keys with the valid ones listed."""
+        """Build a config from a dict, rejecting unknown keys with the valid ones listed.
+
+        Missing keys are left to the recipe (or to the field's plain default).
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -223,19 +494,24 @@ def _prepare(config: TrainConfig) -> _Setup:
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    config = config.resolved(warn=False)
     for name in ("epochs", "batch_size", "steps_per_epoch"):
         v = getattr(config, name)
         if name == "steps_per_epoch" and v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    for name in ("lr", "lam"):
+    terms = parse_method(config.method)
+    for name in ("lr", "weight_decay", *TERM_OPTIONS):
         v = getattr(config, name)
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name == "lr" and v == 0):
-            raise ValueError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'} number, got {v!r}")
+        if v is None and name in TERM_OPTIONS and TERM_OPTIONS[name] not in terms:
+            continue  # the weight of a term this method does not have
+        positive = name in ("lr", "temperature")
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+                or (positive and v == 0)):
+            raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {v!r}")
     if config.schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {config.schedule!r}; valid choices are 'cosine', 'constant'")
-    terms = parse_method(config.method)
     device = _resolve_device(config.device)
     task = make_task(config.setting, k="default" if config.k is None else config.k, seed=config.seed,
                      dataset=config.dataset, arch=config.arch, student_width=config.student_width)
@@ -270,12 +546,12 @@ def _prepare(config: TrainConfig) -> _Setup:
     _check_layers(student, [s for _, s in pairs], "student")
     probe = task.target.X_test[:PROBE_SIZE].to(device)
     kwargs: dict[str, Any] = dict(
-        pairs=pairs, lam=config.lam, cost=config.cost, normalize=config.normalize,
+        pairs=pairs, cost=config.cost, normalize=config.normalize,
         ot_method=config.ot_method, eps=config.eps, spatial=config.spatial,
-        feature_scale=config.feature_scale, kd_weight=config.kd_weight,
-        temperature=config.temperature, l2sp_weight=config.l2sp_weight,
-        fitnets_weight=config.fitnets_weight, at_weight=config.at_weight,
+        feature_scale=config.feature_scale,
     )
+    # the weights of the method's own terms (the others are None: they do not apply)
+    kwargs.update({name: getattr(config, name) for name in TERM_OPTIONS if getattr(config, name) is not None})
     if "l2sp" in terms:
         kwargs["reference"] = student
     if "fitnets" in terms:
@@ -386,6 +662,12 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
     -------
     TrainResult
 
+    Warns
+    -----
+    OptionWarning
+        For each option given that the method does not use (see
+        :meth:`TrainConfig.option_notes`); it is ignored and stored as None.
+
     Raises
     ------
     ValueError
@@ -403,6 +685,9 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
 
     if isinstance(config, Mapping):
         config = TrainConfig.from_dict(config)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
+    config = config.resolved()  # the recipe fills what is not given; warns about options that do not apply
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
     s = _prepare(config)
@@ -540,6 +825,7 @@ def launch(config: TrainConfig | Mapping[str, Any], *, store_path: str | os.Path
     if isinstance(config, Mapping):
         config = TrainConfig.from_dict(config)
     _validate_quick(config)
+    config = config.resolved()  # warns here, in the caller, about options that do not apply
     tmp = Path(tempfile.mkdtemp(prefix="otviz-run-"))
     id_file = tmp / "run_id"
     log_path = tmp / "train.log"

@@ -130,8 +130,9 @@ def test_train_page_on_an_empty_store_offers_the_demo_and_the_teachers(store_pat
 
 def test_train_form_launches_a_run_that_writes_to_the_store(store_path):
     at = open_page("train")
-    by_label(at.selectbox, "Setting").set_value("transfer")
-    by_label(at.selectbox, "Method").set_value("ot")
+    # setting and method sit outside the form: picking one reloads its recipe into the form
+    by_label(at.selectbox, "Setting").set_value("transfer").run()
+    by_label(at.selectbox, "Method").set_value("ot").run()
     by_label(at.multiselect, "Layer pairs (teacher layer = student layer)").set_value(["features.conv3"])
     by_label(at.number_input, "Epochs").set_value(1)
     by_label(at.number_input, "Steps per epoch (0 = one pass over the training set)").set_value(2)
@@ -156,10 +157,69 @@ def test_train_form_launches_a_run_that_writes_to_the_store(store_path):
     assert len(figures_of(at)) >= 4
 
 
+def _form_values(at: AppTest) -> dict:
+    """The Train form's inputs by widget key (hidden inputs are absent)."""
+    keys = ("lam", "pairs", "cost", "normalize", "ot_method", "spatial", "epochs", "steps", "batch_size",
+            "lr", "kd_weight", "temperature", "l2sp_weight", "fitnets_weight", "at_weight", "eps", "k")
+    out = {}
+    for kind in (at.number_input, at.selectbox, at.multiselect):
+        for w in kind:
+            if w.key in keys:
+                out[w.key] = w.value
+    return out
+
+
+def _as_form(rec: dict) -> dict:
+    """A recipe as the form shows it: 'none' for no normalisation, 0 for one pass, no unused weights."""
+    names = {"steps_per_epoch": "steps"}
+    out = {names.get(k, k): v for k, v in rec.items() if v is not None or k == "normalize" or k == "steps_per_epoch"}
+    out["normalize"] = out["normalize"] or "none"
+    out["steps"] = out["steps"] or 0
+    for k in ("schedule", "weight_decay", "feature_scale"):  # not in the form
+        out.pop(k)
+    return out
+
+
+def test_train_form_starts_from_the_recipe_and_hides_what_does_not_apply(store_path):
+    from otviz.train import recipe
+
+    import sys
+    sys.path.insert(0, str(ROOT / "app"))
+    import dashkit
+
+    # the demo button runs the recipe of `otviz train --setting transfer-small --method ot`
+    demo = dict(dashkit.DEMO_CONFIG)
+    assert {k: demo[k] for k in recipe("transfer-small", "ot")} == recipe("transfer-small", "ot")
+    at = open_page("train")
+    assert (by_label(at.selectbox, "Setting").value, by_label(at.selectbox, "Method").value) == \
+        ("transfer-small", "ot")
+    values = _form_values(at)
+    assert values == dict(_as_form(recipe("transfer-small", "ot")), k=0)
+    assert "eps" not in values and any("not used, the exact solver" in c.value for c in at.caption)
+
+    # another setting and method: the form reloads that recipe; no OT term, no λ; distill: no k
+    by_label(at.selectbox, "Setting").set_value("distill").run()
+    by_label(at.selectbox, "Method").set_value("kd").run()
+    assert_ok(at)
+    values = _form_values(at)
+    assert values == _as_form(recipe("distill", "kd"))
+    assert values["lr"] == 0.01 and values["steps"] == 0 and values["kd_weight"] == 1.0
+    assert "lam" not in values and "k" not in values
+    captions = " ".join(c.value for c in at.caption)
+    assert "method *kd* has no OT term" in captions and "full training split" in captions
+
+    # an entropic solver shows eps; the reset button restores the recipe (exact OT, no eps)
+    by_label(at.selectbox, "OT solver").set_value("sinkhorn").run()
+    assert _form_values(at)["eps"] > 0
+    by_label(at.button, "Reset the form to the recipe").click().run()
+    assert _form_values(at) == _as_form(recipe("distill", "kd"))
+    assert RunStore(store_path).runs().empty
+
+
 def test_train_form_reports_a_configuration_that_cannot_be_trained(store_path):
     at = open_page("train")
-    by_label(at.selectbox, "Setting").set_value("distill")
-    by_label(at.selectbox, "Method").set_value("finetune")  # needs the teacher's width
+    by_label(at.selectbox, "Setting").set_value("distill").run()
+    by_label(at.selectbox, "Method").set_value("finetune").run()  # needs the teacher's width
     by_label(at.button, "Start training").click().run()
     assert_ok(at)
     assert any("cannot be trained" in e and "finetune" in e for e in errors(at)), errors(at)

@@ -160,3 +160,88 @@ def test_python_dash_m_otviz_runs():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: otviz align")
+
+
+# ----------------------------------------------------------------------------- otviz train: the recipe
+@pytest.fixture
+def captured_train(monkeypatch):
+    """Replace the training by a recorder of the config it would run."""
+    import otviz.train as T
+
+    seen = []
+
+    def fake_train(cfg, **kw):
+        seen.append(cfg)
+        return T.TrainResult(run_id=7, test_accuracy=0.5, train_accuracy=0.5)
+
+    monkeypatch.setattr(T, "train", fake_train)
+    return seen
+
+
+@pytest.mark.parametrize("setting,method", [("transfer-small", "ot"), ("distill", "kd"), ("transfer", "ot"),
+                                            ("distill", "kd+ot"), ("transfer", "l2sp")])
+def test_train_without_options_runs_the_recipe(setting, method, captured_train, capsys, tmp_path):
+    from otviz.train import TrainConfig, recipe
+
+    assert main(["train", "--setting", setting, "--method", method, "--store", str(tmp_path / "x.db")]) == 0
+    cfg = captured_train[0]
+    assert {k: getattr(cfg, k) for k in recipe(setting, method)} == recipe(setting, method)
+    assert cfg == TrainConfig.from_recipe(setting, method)
+    out, err = capsys.readouterr()
+    assert f"lr {recipe(setting, method)['lr']}" in out and "recipe" in out and not err
+
+
+def test_train_options_given_win_over_the_recipe(captured_train, capsys, tmp_path):
+    assert main(["train", "--setting", "transfer-small", "--method", "ot", "--lr", "0.05", "--epochs", "2",
+                 "--steps-per-epoch", "0", "--pairs", "all", "--normalize", "none", "--lam", "0.3",
+                 "--ot-method", "sinkhorn", "--eps", "0.02", "--store", str(tmp_path / "x.db")]) == 0
+    cfg = captured_train[0]
+    assert (cfg.lr, cfg.epochs, cfg.steps_per_epoch, cfg.pairs, cfg.normalize, cfg.lam, cfg.eps) == \
+        (0.05, 2, None, None, None, 0.3, 0.02)
+    assert cfg.batch_size == 64 and cfg.cost == "sqeuclidean"  # not given: the recipe's
+    out = capsys.readouterr().out
+    assert "lr 0.05*" in out and "batch-size 64," in out  # given options are marked
+
+
+@pytest.mark.parametrize("argv,warning,field", [
+    (["--setting", "distill", "--method", "kd", "--lam", "2"], "lam=2.0 is ignored: method 'kd' has no OT term", "lam"),
+    (["--setting", "transfer", "--method", "ot", "--eps", "0.1"], "eps=0.1 is ignored: ot_method 'emd'", "eps"),
+    (["--setting", "distill", "--method", "ot", "--kd-weight", "2"], "no KD term", "kd_weight"),
+    (["--setting", "distill", "--method", "ot", "--temperature", "2"], "no KD term", "temperature"),
+    (["--setting", "transfer", "--method", "finetune", "--at-weight", "5"], "no attention-transfer term", "at_weight"),
+])
+def test_train_options_that_do_not_apply_are_ignored_with_a_warning(argv, warning, field, captured_train,
+                                                                     capsys, tmp_path):
+    assert main(["train", *argv, "--store", str(tmp_path / "x.db")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("otviz train: warning: ") and warning in err, err
+    assert getattr(captured_train[0], field) is None
+
+
+def test_train_k_in_distill_is_applied_with_a_warning(captured_train, capsys, tmp_path):
+    argv = ["train", "--setting", "distill", "--method", "kd", "--k", "50", "--store", str(tmp_path / "x.db")]
+    assert main(argv) == 0
+    assert "'distill' trains on the full training split" in capsys.readouterr().err
+    assert captured_train[0].k == 50
+
+
+def test_train_help_shows_the_recipe(capsys):
+    from otviz.train import recipe_table
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "comes from the benchmark's recipe" in out.replace("\n", " ")
+    for line in recipe_table().splitlines()[:5]:
+        assert line in out
+    assert re.search(r"--lr LR\s+Adam learning rate \(recipe: 0.001 in transfer", out)
+
+
+def test_readme_shows_the_recipe():
+    from pathlib import Path
+
+    from otviz.train import recipe_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert recipe_table(markdown=True) in readme
+    assert "otviz train --setting transfer-small --method ot" in readme

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from otviz.runs import RunStore
-from otviz.train import TrainConfig, TrainingError, launch, stop, train
+from otviz.train import (FROM_RECIPE, RECIPE_COMMON, RECIPES, OptionWarning, TrainConfig, TrainingError,
+                         launch, recipe, stop, train)
 
 TINY = dict(epochs=2, steps_per_epoch=2, batch_size=16, num_threads=1)
 
@@ -27,7 +28,8 @@ def store(tmp_path):
                                             ("distill", "kd+ot"), ("transfer-small", "fitnets"),
                                             ("distill", "at"), ("transfer-digits", "finetune")])
 def test_every_setting_trains_and_logs(store, setting, method):
-    res = train(TrainConfig(setting=setting, method=method, **TINY), store=store, progress=False)
+    # pairs=None: every alignable layer (the recipe takes only the last one)
+    res = train(TrainConfig(setting=setting, method=method, pairs=None, **TINY), store=store, progress=False)
     run = store.run(res.run_id)
     assert run["status"] == "completed"
     m = store.metrics_wide(res.run_id)
@@ -170,3 +172,146 @@ def test_cuda_training(store):
     res = train(TrainConfig(setting="transfer", method="ot", device="cuda", **TINY), store=store,
                 progress=False)
     assert store.run(res.run_id)["status"] == "completed"
+
+
+# ----------------------------------------------------------------------------- the recipe
+def _benchmark_footer_options(path):
+    """The options a benchmark results file says it ran with (its last paragraph)."""
+    import ast
+    import re
+
+    text = path.read_text()
+    lam = ast.literal_eval(re.search(r"lam per setting: (\{.*?\})\.", text).group(1))
+    budgets = ast.literal_eval(re.search(r"Budgets: (\{.*\})\. Total", text).group(1))
+    opts = dict(kv.split("=", 1) for kv in re.search(r"OT options: (.*?); lam per", text).group(1)
+                .replace("pairs=['features.conv3']", "pairs=features.conv3").split(", "))
+    return lam, budgets, opts
+
+
+@pytest.mark.parametrize("results", ["transfer.md", "transfer_heldout.md"])
+def test_recipe_is_what_the_benchmark_results_were_measured_with(results):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / results
+    lam, budgets, opts = _benchmark_footer_options(path)
+    for setting, budget in budgets.items():
+        for method in ("scratch", "ot", "kd+ot", "at", "fitnets"):
+            if method == "kd+ot" and setting != "distill":
+                continue
+            r = recipe(setting, method)
+            assert {k: r[k] for k in budget} == budget
+            assert r["steps_per_epoch"] == budget.get("steps_per_epoch")  # absent = one pass
+            assert r["lam"] == (lam[setting] if "ot" in method else None)
+            assert r["pairs"] == [opts["pairs"]]
+            for key in ("cost", "normalize", "ot_method", "spatial"):
+                assert r[key] == opts[key], key
+            assert r["at_weight"] == (float(opts["at_weight"]) if method == "at" else None)
+            # the baselines' usual weights, as TrainConfig had them when the table was measured
+            assert (r["kd_weight"], r["temperature"]) == ((1.0, 4.0) if "kd" in method else (None, None))
+            assert r["schedule"] == "cosine" and r["batch_size"] == 64
+
+
+def test_benchmark_script_reads_its_options_from_the_recipe(monkeypatch, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import otviz.train as T
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_transfer", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_transfer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seen = []
+
+    def fake_train(cfg, **kw):
+        seen.append(cfg)
+        return T.TrainResult(run_id=1, test_accuracy=0.5, train_accuracy=0.5)
+
+    monkeypatch.setattr(T, "train", fake_train)
+    for setting, methods in bench.METHODS.items():
+        for method in methods:
+            bench._run((setting, method, 3, {}, str(tmp_path / "b.db")))
+    assert len(seen) == sum(len(m) for m in bench.METHODS.values())
+    for cfg in seen:
+        assert cfg.to_dict() == TrainConfig.from_recipe(cfg.setting, cfg.method, seed=3,
+                                                        num_threads=1).to_dict()
+    bench._run(("distill", "ot", 0, {"lam": 0.5}, str(tmp_path / "b.db")))
+    assert seen[-1].lam == 0.5 and seen[-1].lr == RECIPES["distill"]["lr"]
+
+
+def test_config_left_to_the_recipe_resolves_to_it_and_given_options_win():
+    cfg = TrainConfig(setting="transfer-small", method="ot")
+    assert cfg.lr is FROM_RECIPE and cfg.given()["setting"] == "transfer-small"
+    r = cfg.resolved()
+    assert {k: getattr(r, k) for k in recipe("transfer-small", "ot")} == recipe("transfer-small", "ot")
+    assert (r.lr, r.lam, r.epochs, r.steps_per_epoch, r.normalize) == (0.01, 1.0, 8, 15, "standardize")
+    # the setting decides: transfer's student starts at the teacher's weights, a smaller lr and lam
+    t = TrainConfig(setting="transfer", method="ot").resolved()
+    assert (t.lr, t.lam) == (RECIPES["transfer"]["lr"], RECIPES["transfer"]["lam"]) == (1e-3, 0.1)
+    assert TrainConfig(setting="distill", method="ot").resolved().steps_per_epoch is None  # one pass
+    # explicit values win, including None (all layers, raw responses)
+    o = TrainConfig(setting="transfer-small", method="ot", lr=0.05, lam=0.3, pairs=None, normalize=None,
+                    epochs=2).resolved()
+    assert (o.lr, o.lam, o.pairs, o.normalize, o.epochs, o.steps_per_epoch) == (0.05, 0.3, None, None, 2, 15)
+    assert TrainConfig.from_recipe("transfer-small", "ot", lr=0.05).to_dict() == \
+        dataclasses_asdict(TrainConfig(setting="transfer-small", method="ot", lr=0.05).resolved())
+    # to_dict and from_dict: what a run stores, and back
+    d = TrainConfig(setting="distill", method="kd+ot").to_dict()
+    assert FROM_RECIPE not in d.values() and d["kd_weight"] == RECIPE_COMMON["kd_weight"]
+    assert TrainConfig.from_dict(d).resolved() == TrainConfig.from_dict(d)
+    assert TrainConfig.from_dict({"setting": "distill", "method": "kd"}).resolved().lr == 0.01
+    # the MLP's recipe takes its own last layer
+    assert recipe("distill", "ot", arch="mlp")["pairs"] == ["features.fc2"]
+    with pytest.raises(ValueError, match="valid settings"):
+        recipe("imagenet", "ot")
+    with pytest.raises(ValueError, match="Valid methods"):
+        TrainConfig(setting="distill", method="magic").resolved()
+
+
+def dataclasses_asdict(cfg):
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+@pytest.mark.parametrize("kwargs,match,dropped", [
+    (dict(setting="distill", method="kd", lam=0.5), r"lam=0.5 is ignored: method 'kd' has no OT term", "lam"),
+    (dict(setting="distill", method="ot", kd_weight=2.0), r"kd_weight=2.0 is ignored: .*no KD term", "kd_weight"),
+    (dict(setting="distill", method="ot", temperature=2.0), r"temperature=2.0 is ignored", "temperature"),
+    (dict(setting="transfer", method="ot", l2sp_weight=0.1), r"no L2-SP term", "l2sp_weight"),
+    (dict(setting="transfer", method="scratch", at_weight=10.0), r"no attention-transfer term", "at_weight"),
+    (dict(setting="transfer", method="ot", fitnets_weight=3.0), r"no FitNets term", "fitnets_weight"),
+    (dict(setting="transfer", method="ot", eps=0.1), r"eps=0.1 is ignored: ot_method 'emd' is exact", "eps"),
+    (dict(setting="transfer", method="ot", ot_method="emd", eps=0.1), r"pass ot_method 'sinkhorn'", "eps"),
+])
+def test_options_that_do_not_apply_are_ignored_with_the_reason(kwargs, match, dropped):
+    cfg = TrainConfig(**kwargs)
+    with pytest.warns(OptionWarning, match=match):
+        r = cfg.resolved()
+    assert getattr(r, dropped) is None  # the stored config says it was not used
+    assert len(cfg.option_notes()) == 1
+
+
+def test_options_that_apply_raise_no_warning_and_k_in_distill_is_applied_with_one():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainConfig(setting="distill", method="kd+ot", lam=0.5, kd_weight=2.0, temperature=3.0).resolved()
+        TrainConfig(setting="transfer", method="ot", ot_method="sinkhorn", eps=0.05).resolved()
+        TrainConfig(setting="transfer", method="scratch", normalize=None, cost="cosine").resolved()  # logged OT
+        assert TrainConfig(setting="transfer", method="ot", ot_method="sinkhorn", eps=0.05).resolved().eps == 0.05
+    with pytest.warns(OptionWarning, match="'distill' trains on the full training split"):
+        assert TrainConfig(setting="distill", method="kd", k=50).resolved().k == 50
+
+
+def test_stored_config_records_the_resolved_recipe(store):
+    with pytest.warns(OptionWarning, match="lam"):
+        res = train(TrainConfig(setting="transfer-small", method="fitnets", lam=2.0, epochs=1, steps_per_epoch=1,
+                                batch_size=16, num_threads=1), store=store, progress=False)
+    cfg = store.run(res.run_id)["config"]
+    rec = recipe("transfer-small", "fitnets")
+    assert cfg["lr"] == rec["lr"] == 0.01 and cfg["pairs"] == ["features.conv3"]
+    assert cfg["normalize"] == "standardize" and cfg["fitnets_weight"] == 1.0
+    assert cfg["lam"] is None and cfg["kd_weight"] is None  # not used by this method
+    assert (cfg["epochs"], cfg["steps_per_epoch"], cfg["batch_size"]) == (1, 1, 16)  # given

@@ -6,7 +6,7 @@ import dashkit as dk
 from otviz import figures
 from otviz.data import SETTINGS
 from otviz.runs import RunNotFoundError, RunStoreError
-from otviz.train import default_pairs
+from otviz.train import default_pairs, recipe
 
 st.title("Train")
 st.caption("Launch a transfer training and follow it live. Each training runs in its own process and "
@@ -59,68 +59,160 @@ with st.expander("Shipped teachers", expanded=runs.empty):
                                                                                format="percent"),
                                 "num_classes": "classes (n)"})
 
+#: Form inputs whose initial value comes from the recipe: widget key -> TrainConfig field.
+RECIPE_INPUTS = {"lam": "lam", "pairs": "pairs", "cost": "cost", "normalize": "normalize",
+                 "ot_method": "ot_method", "spatial": "spatial", "epochs": "epochs",
+                 "steps": "steps_per_epoch", "batch_size": "batch_size", "lr": "lr",
+                 "kd_weight": "kd_weight", "temperature": "temperature", "l2sp_weight": "l2sp_weight",
+                 "fitnets_weight": "fitnets_weight", "at_weight": "at_weight"}
+
+
+def load_recipe(rec: dict) -> None:
+    """Put the recipe's values into the form's inputs (before they are drawn)."""
+    for key, field in RECIPE_INPUTS.items():
+        v = rec[field]
+        if key == "normalize":
+            v = v or "none"
+        elif key == "steps":
+            v = v or 0
+        elif v is None:  # the weight of a term this method does not have: its input is hidden
+            st.session_state.pop(key, None)
+            continue
+        st.session_state[key] = list(v) if isinstance(v, list) else v
+    st.session_state.setdefault("eps", 0.01)
+    st.session_state.setdefault("k", 0)
+    st.session_state.setdefault("seed", 0)
+
+
+def not_used(label: str, reason: str) -> None:
+    st.caption(f"{label}: not used, {reason}.")
+
+
 with st.expander("Start a training", expanded=runs.empty):
     demo_col, demo_text = st.columns([1, 3], vertical_alignment="center")
     if demo_col.button("Run the demo transfer", type="primary", icon=":material/play_arrow:",
                        key="demo"):
         start(dict(dk.DEMO_CONFIG))
-    demo_text.caption("Setting *transfer-small*, method *ot* on `features.conv3` (standardised "
-                      "neurons, λ = 1), 8 epochs of 15 steps: the benchmark's configuration "
-                      "(benchmarks/README.md), about a minute on two CPU cores.")
+    d = dk.DEMO_CONFIG
+    neurons_text = "standardised neurons" if d["normalize"] == "standardize" else f"normalize {d['normalize']}"
+    demo_text.caption(
+        f"Setting *{d['setting']}*, method *{d['method']}* on "
+        f"`{', '.join(p.removeprefix('features.') for p in d['pairs'])}` ({neurons_text}, "
+        f"λ = {d['lam']:g}), {d['epochs']} epochs of {d['steps_per_epoch']} steps at learning rate "
+        f"{d['lr']:g}: the benchmark's recipe (benchmarks/README.md), the same as "
+        f"`otviz train --setting {d['setting']} --method {d['method']}`; about a minute on two CPU cores.")
     st.divider()
-    arch = st.radio("Model family", ["cnn", "mlp"], horizontal=True, key="arch",
-                    help="Teacher and student family; the layer pairs below follow it.")
-    layers = default_pairs(arch)
-    with st.form("train_form"):
-        c1, c2, c3 = st.columns(3)
-        setting = c1.selectbox("Setting", list(SETTINGS), key="setting",
+    st.session_state.setdefault("setting", d["setting"])
+    st.session_state.setdefault("method", d["method"])
+    top = st.columns([1, 2, 2, 2])
+    arch = top[0].radio("Model family", ["cnn", "mlp"], key="arch",
+                        help="Teacher and student family; the layer pairs follow it.")
+    setting = top[1].selectbox("Setting", list(SETTINGS), key="setting",
                                help="\n\n".join(f"**{k}**: {v.description}" for k, v in SETTINGS.items()))
-        method = c1.selectbox("Method", dk.METHOD_CHOICES, key="method",
+    method = top[2].selectbox("Method", dk.METHOD_CHOICES, key="method",
                               help="ot: the OT regulariser; kd+ot adds Hinton's distillation; the "
                                    "others are the usual baselines (scratch, finetune, L2-SP, KD, "
                                    "FitNets, attention transfer).")
-        lam = c1.number_input("λ (weight of the OT term)", min_value=0.0, value=0.1, step=0.05,
-                              format="%.3f", key="lam")
-        pairs = c1.multiselect("Layer pairs (teacher layer = student layer)", layers,
-                               default=layers[-1:], key="pairs",
+    rec = recipe(setting, method, arch=arch)
+    if st.session_state.get("recipe_for") != (arch, setting, method):
+        load_recipe(rec)
+        st.session_state["recipe_for"] = (arch, setting, method)
+    ot_method = top[3].selectbox("OT solver", ["emd", "sinkhorn", "unbalanced"], key="ot_method",
+                                 help="emd: exact OT (the recipe); sinkhorn / unbalanced: entropic, "
+                                      "blurred by eps.")
+    terms = set(method.split("+"))
+    has_ot = "ot" in terms
+    full_data = SETTINGS[setting].default_k is None
+    st.caption(f"The form starts from the benchmark's recipe for *{setting}* / *{method}* "
+               f"(`otviz train --setting {setting} --method {method}` uses the same); picking another "
+               f"setting, method or model family reloads it. Inputs that the method does not use are "
+               f"hidden.")
+    layers = default_pairs(arch)
+    with st.form("train_form"):
+        c1, c2, c3 = st.columns(3)
+        if has_ot:
+            lam = c1.number_input("λ (weight of the OT term)", min_value=0.0, step=0.05, format="%.3f",
+                                  key="lam")
+        else:
+            lam = None
+            with c1:
+                not_used("λ", f"method *{method}* has no OT term; the OT distance is logged, not "
+                              f"trained on")
+        pairs = c1.multiselect("Layer pairs (teacher layer = student layer)", layers, key="pairs",
                                format_func=lambda n: n.removeprefix("features."),
-                               help="Layers whose neurons are compared by OT (also logged for the "
-                                    "other methods).")
+                               help="Layers whose neurons are compared by OT (the OT term, FitNets "
+                                    "and attention transfer use them; every method logs their OT "
+                                    "distance).")
+        if "kd" in terms:
+            kd_weight = c1.number_input("KD weight", min_value=0.0, step=0.1, key="kd_weight")
+            temperature = c1.number_input("KD temperature", min_value=0.1, step=0.5, key="temperature")
+        if "l2sp" in terms:
+            l2sp_weight = c1.number_input("L2-SP weight", min_value=0.0, step=0.005, format="%.4f",
+                                          key="l2sp_weight")
+        if "fitnets" in terms:
+            fitnets_weight = c1.number_input("FitNets weight", min_value=0.0, step=0.1,
+                                             key="fitnets_weight")
+        if "at" in terms:
+            at_weight = c1.number_input("Attention-transfer weight", min_value=0.0, step=10.0,
+                                        key="at_weight")
+        if not has_ot:
+            c2.caption("OT options below: of the OT distance logged for comparison.")
         cost = c2.selectbox("Cost between neurons", ["sqeuclidean", "euclidean", "cosine",
                                                      "correlation"], key="cost")
         normalize = c2.selectbox("Per-neuron normalisation", ["standardize", "none", "center", "unit"],
                                  key="normalize",
                                  help="standardize: each neuron's responses to zero mean and unit "
                                       "variance, so OT compares response shapes, not scales (the "
-                                      "benchmark's choice).")
-        ot_method = c2.selectbox("OT solver", ["emd", "sinkhorn", "unbalanced"], key="ot_method")
-        eps = c2.number_input("eps (sinkhorn / unbalanced; relative to the cost scale)",
-                              min_value=1e-4, max_value=10.0, value=0.01, step=0.005, format="%.4f",
-                              key="eps")
+                                      "recipe).")
+        if ot_method != "emd":
+            eps = c2.number_input(f"eps ({ot_method}; relative to the cost scale)", min_value=1e-4,
+                                  max_value=10.0, step=0.005, format="%.4f", key="eps")
+        else:
+            eps = None
+            with c2:
+                not_used("eps", "the exact solver (emd) has no entropic blur")
         spatial = c2.selectbox("Conv neuron", ["flatten", "mean"], key="spatial",
                                help="flatten: one response per image and position; mean: its spatial "
                                     "average per image.")
-        epochs = c3.number_input("Epochs", min_value=1, max_value=500, value=8, key="epochs")
+        epochs = c3.number_input("Epochs", min_value=1, max_value=500, key="epochs")
         steps = c3.number_input("Steps per epoch (0 = one pass over the training set)",
-                                min_value=0, max_value=100_000, value=15, key="steps")
-        k = c3.number_input("Labels per class (transfer settings; 0 = the setting's default)",
-                            min_value=0, max_value=400, value=0, key="k")
-        batch_size = c3.number_input("Batch size", min_value=2, max_value=1024, value=64, key="batch_size")
-        lr = c3.number_input("Learning rate", min_value=1e-5, max_value=1.0, value=1e-3, format="%.4f",
-                             key="lr")
-        seed = c3.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="seed")
+                                min_value=0, max_value=100_000, key="steps")
+        if full_data:
+            k = 0
+            with c3:
+                not_used("Labels per class", f"*{setting}* trains on the full training split")
+        else:
+            k = c3.number_input("Labels per class (transfer settings; 0 = the setting's default)",
+                                min_value=0, max_value=400, key="k")
+        batch_size = c3.number_input("Batch size", min_value=2, max_value=1024, key="batch_size")
+        lr = c3.number_input("Learning rate", min_value=1e-5, max_value=1.0, format="%.4f", key="lr")
+        seed = c3.number_input("Seed", min_value=0, max_value=2**31 - 1, key="seed")
         name = st.text_input("Name (optional)", key="name")
         submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+    if st.button("Reset the form to the recipe", icon=":material/restart_alt:", key="reset_recipe"):
+        st.session_state.pop("recipe_for", None)
+        st.rerun()
     if submitted:
         if not pairs:
             st.error("Pick at least one layer pair.")
         else:
-            start(dict(
-                setting=setting, method=method, lam=float(lam), pairs=list(pairs), cost=cost,
-                normalize=None if normalize == "none" else normalize, ot_method=ot_method,
-                eps=float(eps) if ot_method != "emd" else None, spatial=spatial, epochs=int(epochs),
-                steps_per_epoch=int(steps) or None, k=int(k) or None, batch_size=int(batch_size),
-                lr=float(lr), seed=int(seed), arch=arch, name=name.strip() or None))
+            config = dict(rec, setting=setting, method=method, arch=arch, pairs=list(pairs), cost=cost,
+                          normalize=None if normalize == "none" else normalize, ot_method=ot_method,
+                          eps=float(eps) if eps is not None else None, spatial=spatial,
+                          epochs=int(epochs), steps_per_epoch=int(steps) or None, k=int(k) or None,
+                          batch_size=int(batch_size), lr=float(lr), seed=int(seed),
+                          name=name.strip() or None)
+            if has_ot:
+                config["lam"] = float(lam)
+            if "kd" in terms:
+                config.update(kd_weight=float(kd_weight), temperature=float(temperature))
+            if "l2sp" in terms:
+                config["l2sp_weight"] = float(l2sp_weight)
+            if "fitnets" in terms:
+                config["fitnets_weight"] = float(fitnets_weight)
+            if "at" in terms:
+                config["at_weight"] = float(at_weight)
+            start(config)
 
 # ----------------------------------------------------------------------------- follow a run
 if runs.empty:
