@@ -107,7 +107,8 @@ def fake_run(store: RunStore, *, setting="transfer", method="ot", epochs=3, acc=
                             "teacher": "cnn-mnist5k", "cost": "sqeuclidean"})
     rng = np.random.default_rng(rid)
     for e in range(epochs):
-        store.log_metrics(rid, {"test/accuracy": acc[e], "train/accuracy": acc[e] + 0.1}, step=e * 5, epoch=e)
+        store.log_metrics(rid, {"test/accuracy": acc[e], "train/accuracy": acc[e] + 0.1,
+                                "score/a->b": 0.9 - 0.1 * e}, step=e * 5, epoch=e)
         if e:
             store.log_metrics(rid, {"loss/total": 1.0 / e, "ot/a->b": 0.5 / e}, step=e * 5 - 1, epoch=e)
         plan = rng.random((8, 4))
@@ -392,6 +393,8 @@ def test_compare_page_filters_overlays_and_exports(store_path):
     table = at.dataframe[0].value
     assert list(table["setting"]) == ["distill"]
     assert table["test/accuracy"].iloc[0] == pytest.approx(40.0)
+    # the last epoch's OT score of each pair, beside the accuracies
+    assert table["score/a->b"].iloc[0] == pytest.approx(0.7)
 
 
 def test_compare_page_shows_the_benchmark_tables(store_path, tmp_path, monkeypatch):

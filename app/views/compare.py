@@ -12,16 +12,20 @@ st.caption("Every run of the store: filter them, overlay their test accuracy, ex
 
 
 def final_metrics(store, run_ids: list[int]) -> pd.DataFrame:
-    """Last test/train accuracy of each run (one query per run; stores hold tens of runs)."""
+    """Last test/train accuracy and OT score of every pair of each run (one query per run)."""
     rows = []
     for rid in run_ids:
-        m = store.metrics(rid, ["test/accuracy", "train/accuracy"])
-        row = {"run_id": rid}
-        for key in ("test/accuracy", "train/accuracy"):
-            vals = m.loc[m["key"] == key, "value"]
-            row[key] = float(vals.iloc[-1]) if len(vals) else None
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["run_id", "test/accuracy", "train/accuracy"])
+        m = store.metrics(rid)
+        m = m[m["epoch"].notna() & (m["key"].isin(["test/accuracy", "train/accuracy"])
+                                    | m["key"].str.startswith("score/"))]
+        last = m.groupby("key")["value"].last()
+        rows.append({"run_id": rid, **last.to_dict()})
+    base = ["run_id", "test/accuracy", "train/accuracy"]
+    frame = pd.DataFrame(rows)
+    for col in base:
+        if col not in frame.columns:
+            frame[col] = None
+    return frame[base + sorted(c for c in frame.columns if c.startswith("score/"))]
 
 
 def runs_section() -> None:
@@ -48,10 +52,17 @@ def runs_section() -> None:
     table = view.merge(finals, on="run_id", how="left")
     for key in ("test/accuracy", "train/accuracy"):
         table[key] = table[key] * 100
-    cols = ["run_id", "name", "setting", "method", "status", "test/accuracy", "train/accuracy",
-            "epoch", "config.lam", "config.epochs", "config.k", "config.seed", "duration", "created_at"]
+    score_cols = [c for c in table.columns if c.startswith("score/")]
+    cols = (["run_id", "name", "setting", "method", "status", "test/accuracy", "train/accuracy"]
+            + score_cols + ["epoch", "config.lam", "config.epochs", "config.k", "config.seed",
+                            "duration", "created_at"])
     table = table[[c for c in cols if c in table.columns]]
+    score_help = ("OT score of the teacher's and the student's layer at the last epoch, on a fixed "
+                  "probe batch: 0 = the same layer up to permutation and scale, ~1 = unrelated. "
+                  "Empty: the run does not pair these layers, or predates the score.")
     st.dataframe(table, hide_index=True, key="cmp_table", column_config={
+        **{c: st.column_config.NumberColumn(f"OT score {c[len('score/'):]}", format="%.3f",
+                                            help=score_help) for c in score_cols},
         "test/accuracy": st.column_config.NumberColumn("test acc", format="%.1f %%"),
         "train/accuracy": st.column_config.NumberColumn("train acc", format="%.1f %%"),
         "duration": st.column_config.NumberColumn("seconds", format="%.0f"),
