@@ -267,9 +267,12 @@ def epoch_series(views: list[dict], series: dict[int, dict], pair: str, measure:
 
 
 MEASURES = {
-    "matched / random cost": "matched / random-pairing cost on the probe batch (0 = free, 1 = chance)",
-    "score": "OT score (dimensionless; 0 = same layer up to permutation)",
-    "raw OT": "raw OT distance (mean over the epoch's batches; scale of the cost)",
+    "score": "OT score on the fixed probe batch (scale-free: 0 = the teacher's layer up to "
+             "permutation and scale, ~1 = unrelated; see README, Reading the numbers)",
+    "matched / random cost": "matched / random-pairing cost of the run's own plan on the probe "
+                             "batch (0 = free matches, 1 = no better than chance)",
+    "raw OT": "raw OT term as optimised (mean over the epoch's minibatches; in the units of the "
+              "training's cost)",
 }
 
 
