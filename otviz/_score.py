@@ -150,11 +150,10 @@ def symmetric_ot(C: np.ndarray, a: np.ndarray, reg: float, rho: float, *, tol: f
     start = max(float(C.max()), reg)
     stages = [start * 0.5 ** k for k in range(64) if start * 0.5 ** k > reg] + [reg]
     converged = False
-    it = 0
     for e in stages:
         lam_e = 1.0 if math.isinf(rho) else rho / (rho + e)
-        for _ in range(max_iter):
-            it += 1
+        # annealing stages only warm the potentials: a few updates each (as in geomloss)
+        for _ in range(max_iter if e == reg else 3):
             soft = -e * logsumexp(loga[None, :] + (f[None, :] - C) / e, axis=1)
             new = 0.5 * (f + lam_e * soft)
             delta = float(np.abs(new - f).max())
@@ -162,8 +161,6 @@ def symmetric_ot(C: np.ndarray, a: np.ndarray, reg: float, rho: float, *, tol: f
             if delta < tol:
                 converged = e == reg
                 break
-        else:
-            converged = False
     # dual objective at f = g
     K = np.exp((f[:, None] + f[None, :] - C) / reg) - 1.0
     if math.isinf(rho):
