@@ -99,7 +99,7 @@ def two_models() -> None:
                            format_func=lambda n: f"{n} ({student.layer_widths.get(n, '?')} neurons)"
                            if hasattr(student, "layer_widths") else n)
 
-    o = st.columns(6)
+    o = dk.cells(6, "al_options", min_width=dk.CONTROL_MIN_WIDTH, gap="small")
     cost = o[0].selectbox("Cost", ["sqeuclidean", "euclidean", "cosine", "correlation"], key="al_cost")
     norm = o[1].selectbox("Normalisation", ["center", "standardize", "unit", "none"], key="al_norm",
                           help="center accepts dead (constant) units; standardize makes OT blind to "
@@ -132,7 +132,7 @@ def two_models() -> None:
         data = None
     if data is not None:
         al = data["alignment"]
-        m = st.columns(5)
+        m = dk.cells(5, "al_metrics", min_width=dk.METRIC_MIN_WIDTH, gap="small")
         m[0].metric("OT distance", f"{al.distance:.4g}")
         m[1].metric("Solver", al.method, f"{al.n_iter} iterations" if al.n_iter else None,
                     delta_color="off")
@@ -142,7 +142,7 @@ def two_models() -> None:
                     f"in R^{data['T'].shape[1]}", delta_color="off")
         st.caption(f"Probe: {data['n_probe']} held-out images of {data['task']}. Teacher activation "
                    f"{data['t_shape']}, student activation {data['s_shape']}.")
-        left, right = st.columns(2)
+        left, right = dk.cells(2, "al_plan_map")
         with left:
             dk.chart(figures.plan_heatmap(al, title=f"Plan {t_layer} -> {s_layer}"),
                             key="al_plan")
@@ -206,11 +206,11 @@ def training_run() -> None:
     order = figures.plan_order(plans[-1])
     idx = epochs.index(epoch)
     ot = metrics[(metrics["key"] == f"ot/{pair}") & (metrics["epoch"] == epoch)]
-    m = st.columns(3)
+    m = dk.cells(3, "al_run_metrics", min_width=dk.METRIC_MIN_WIDTH, gap="small")
     m[0].metric("Epoch", f"{epoch} of {epochs[-1]}")
     m[1].metric("OT distance (last batch of the epoch)", "-" if ot.empty else f"{ot['value'].iloc[-1]:.4g}")
     m[2].metric("Plan size", f"{plans[idx].shape[0]} x {plans[idx].shape[1]}")
-    left, right = st.columns(2)
+    left, right = dk.cells(2, "al_run_plans")
     with left:
         dk.chart(figures.plan_heatmap(plans[idx], order=order, title=f"Plan at epoch {epoch}"),
                  key="al_run_plan")

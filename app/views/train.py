@@ -186,7 +186,7 @@ def live_view(run_id: int) -> None:
     keys = sorted(metrics["key"].unique().tolist()) if not metrics.empty else []
     loss_keys = [k for k in keys if k.startswith("loss/")] or ["loss/total"]
     ot_keys = [k for k in keys if k.startswith("ot/")]
-    left, right = st.columns(2)
+    left, right = dk.cells(2, f"train_charts_{run_id}")
     with left:
         dk.chart(figures.training_curves(metrics, loss_keys, x="step", title="Loss terms",
                                                 height=340), key=f"loss_{run_id}")
