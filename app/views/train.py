@@ -60,11 +60,11 @@ with st.expander("Shipped teachers", expanded=runs.empty):
                                 "num_classes": "classes (n)"})
 
 with st.expander("Start a training", expanded=runs.empty):
-    demo_col, demo_text = st.columns([1, 3], vertical_alignment="center")
-    if demo_col.button("Run the demo transfer", type="primary", icon=":material/play_arrow:",
+    demo_row = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    if demo_row.button("Run the demo transfer", type="primary", icon=":material/play_arrow:",
                        key="demo"):
         start(dict(dk.DEMO_CONFIG))
-    demo_text.caption("Setting *transfer-small*, method *ot* on `features.conv3` (standardised "
+    demo_row.caption("Setting *transfer-small*, method *ot* on `features.conv3` (standardised "
                       "neurons, λ = 1), 8 epochs of 15 steps: the benchmark's configuration "
                       "(benchmarks/README.md), about a minute on two CPU cores.")
     st.divider()
