@@ -147,13 +147,23 @@ _SUB_LINE = 64          # characters per subtitle line: fits a figure 440 px wid
 
 
 def _wrap(text: str, width: int = _SUB_LINE) -> list[str]:
-    """Break a subtitle into lines of at most ``width`` characters, at spaces."""
+    """Break a subtitle into lines of at most ``width`` characters: between its ``"; "``-separated
+    clauses where it can (a clause such as "NOT converged after 200 iterations" stays on one
+    line), at spaces inside a clause longer than a line."""
     lines: list[str] = []
-    for word in text.split(" "):
-        if lines and len(lines[-1]) + 1 + len(word) <= width:
-            lines[-1] += " " + word
-        else:
-            lines.append(word)
+    for clause in text.split("; "):
+        words = clause.split(" ")
+        if lines and len(lines[-1]) + 2 + len(clause) <= width:
+            lines[-1] += "; " + clause
+            continue
+        if lines:
+            lines[-1] += ";"
+        lines.append(words[0])
+        for word in words[1:]:
+            if len(lines[-1]) + 1 + len(word) <= width:
+                lines[-1] += " " + word
+            else:
+                lines.append(word)
     return lines
 
 
