@@ -363,6 +363,46 @@ def notebooks() -> list[tuple[Path, str]]:
     return out
 
 
+# --------------------------------------------------------------------------- layout
+#: Narrowest a cell holding a figure may get before the cells of its row stack: two figures sit
+#: side by side from about 1000 px of window width, one per row below (800 px windows, tablets).
+FIGURE_MIN_WIDTH = 440
+#: Narrowest cell for a select box, number input or slider: its label and options stay legible.
+CONTROL_MIN_WIDTH = 170
+#: Narrowest cell for an ``st.metric``: a value such as ``465 / 600`` or ``64 x 64`` fits unclipped.
+METRIC_MIN_WIDTH = 150
+
+_GRID_CSS = (".st-key-{key}{{display:grid !important;"
+             "grid-template-columns:repeat(auto-fit,minmax(min(100%,{w}px),1fr));align-items:{align}}}"
+             ".st-key-{key}>div{{min-width:0;width:auto !important}}")
+
+
+def cells(n: int, key: str, *, min_width: int = FIGURE_MIN_WIDTH, gap: str = "medium",
+          align: str = "start") -> list:
+    """``n`` cells side by side that wrap onto more rows when the page is narrow (a responsive
+    ``st.columns(n)``).
+
+    ``st.columns`` keeps every column in one row down to 640 px of window width, so at 800 px
+    four columns are 180 px wide and two figures 370 px. A row of cells lays them out as a grid
+    of as many equal columns of at least ``min_width`` px as fit, so the same code shows two
+    figures side by side at 1400 px and one under the other at 800 px, and six select boxes
+    in one row or in two. Use it like ``st.columns``: ``left, right = cells(2, "plans")``, then
+    ``with left: ...`` or ``left.selectbox(...)``.
+
+    The grid is the one piece of CSS of the dashboard: Streamlit's horizontal containers wrap
+    but cannot be told a minimum width per child. ``key`` names the row (unique on the page,
+    letters, digits, ``-`` and ``_``); ``min_width`` is :data:`FIGURE_MIN_WIDTH` for figures,
+    :data:`CONTROL_MIN_WIDTH` for controls, :data:`METRIC_MIN_WIDTH` for metrics; ``align`` is
+    the vertical alignment of cells in a row (``"start"``, ``"center"``, ``"end"``).
+    """
+    if n < 1:
+        raise ValueError(f"cells needs at least one cell, got n={n}")
+    key = f"otviz-cells-{key}"
+    st.html(f"<style>{_GRID_CSS.format(key=key, w=int(min_width), align=align)}</style>")
+    row = st.container(horizontal=True, gap=gap, key=key)
+    return [row.container() for _ in range(n)]
+
+
 def chart(fig, key: str, *, legend_below: bool = False) -> None:
     """Draw an otviz figure as built (its own template, the same look as in the notebooks).
 

@@ -6,7 +6,8 @@ store is ``$OTVIZ_STORE`` if set, else ``~/.otviz/runs.db``.
 
 import streamlit as st
 
-st.set_page_config(page_title="otviz", page_icon=":material/hub:", layout="wide")
+st.set_page_config(page_title="otviz", page_icon=":material/hub:", layout="wide",
+                   initial_sidebar_state="collapsed")
 
 PAGES = [
     st.Page("views/train.py", title="Train", icon=":material/model_training:", default=True),
@@ -14,7 +15,7 @@ PAGES = [
     st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
 ]
-page = st.navigation(PAGES)
+page = st.navigation(PAGES, position="top")
 
 with st.sidebar:
     import otviz

@@ -2,8 +2,14 @@
 
 Starts the dashboard on a free loopback port with a temporary run store, opens
 Train, starts a short training from the form, waits until the accuracy chart
-shows new points, then opens Alignments and finds a rendered plan heatmap.
-Screenshots go to ``$OTVIZ_TEST_ARTIFACTS`` (default ``test-artifacts/``).
+shows new points, stops it, then opens Alignments and finds a rendered plan
+heatmap. It then trains a second, tiny run to completion and, with the same
+server, opens every page (Train following the finished run, Alignments between
+two models and over the run's epochs, Compare, Learn) at 1400 and at 800 px of
+window width: it screenshots each one and checks that no drawn plotly figure is
+narrower than 300 px and no select box narrower than 120 px (the layout stacks
+its cells instead). Screenshots go to ``$OTVIZ_TEST_ARTIFACTS`` (default
+``test-artifacts/``).
 The server and every training process it started are killed at teardown.
 Skipped only when ``/usr/bin/chromium`` is missing (CI installs it with apt-get).
 """
@@ -144,6 +150,52 @@ def shot(pg, name: str) -> None:
     pg.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"))
 
 
+# The layout checks, at every window width: figures keep a readable width, select boxes a legible one.
+WIDTHS = (1400, 800)
+MIN_FIGURE_WIDTH = 300
+MIN_SELECT_WIDTH = 120
+SELECTS = "[data-testid='stSelectbox'], [data-testid='stMultiSelect']"
+
+# The drawn plotly figures that a user can see (not in a closed expander or a hidden tab):
+# [title, width of the chart element, width plotly drew at, height plotly drew at].
+FIGURES = """() => Array.from(document.querySelectorAll('.stPlotlyChart')).filter(
+        el => el.getClientRects().length > 0 && el.closest('details:not([open])') === null)
+    .map(el => {
+        const gd = el.querySelector('.js-plotly-plot');
+        const svg = gd && gd.querySelector('.main-svg');
+        const title = gd && gd.layout && gd.layout.title && gd.layout.title.text || '';
+        return [title.split('<br>')[0], el.getBoundingClientRect().width,
+                svg ? svg.getBoundingClientRect().width : 0, svg ? svg.getBoundingClientRect().height : 0];
+    })"""
+# Every visible figure has been drawn by plotly at the width of its element (layout settled).
+FIGURES_SETTLED = f"""(n) => {{ const f = ({FIGURES})();
+    return document.querySelector("[data-testid='stElementContainer'][data-stale='true']") === null
+        && f.length >= n && f.every(([t, w, drawn, h]) => drawn > 0 && h > 0 && Math.abs(w - drawn) <= 2); }}"""
+SELECT_WIDTHS = f"""() => Array.from(document.querySelectorAll("{SELECTS}")).filter(
+        el => el.getClientRects().length > 0 && el.closest('details:not([open])') === null)
+    .map(el => [(el.querySelector('label') || {{}}).innerText || '', el.getBoundingClientRect().width])"""
+SCROLL_HEIGHT = """() => { const m = document.querySelector("[data-testid='stMain']");
+    return m ? m.scrollHeight : document.body.scrollHeight; }"""
+
+
+def check_layout(pg, name: str, width: int, n_figures: int) -> None:
+    """Wait for ``n_figures`` drawn figures, screenshot the whole page, check the widths."""
+    pg.wait_for_function(FIGURES_SETTLED, arg=n_figures, timeout=PAGE_READY * 1000, polling=250)
+    assert pg.locator("[data-testid='stException']").count() == 0, f"{name}: an exception on the page"
+    figures = pg.evaluate(FIGURES)
+    selects = pg.evaluate(SELECT_WIDTHS)
+    # the whole page in one picture: a window as tall as the page (bounded), then back
+    height = min(max(int(pg.evaluate(SCROLL_HEIGHT)) + 40, 900), 8000)
+    pg.set_viewport_size({"width": width, "height": height})
+    pg.wait_for_function(FIGURES_SETTLED, arg=n_figures, timeout=PAGE_READY * 1000, polling=250)
+    shot(pg, f"{name}-{width}")
+    pg.set_viewport_size({"width": width, "height": 1000})
+    narrow = [(t, round(w)) for t, w, _, _ in figures if w < MIN_FIGURE_WIDTH]
+    assert not narrow, f"{name} at {width} px: figures narrower than {MIN_FIGURE_WIDTH} px: {narrow}"
+    cramped = [(label, round(w)) for label, w in selects if w < MIN_SELECT_WIDTH]
+    assert not cramped, f"{name} at {width} px: select boxes narrower than {MIN_SELECT_WIDTH} px: {cramped}"
+
+
 def test_train_live_then_alignments_in_chromium(dashboard, page):
     from otviz.runs import RunStore
 
@@ -187,3 +239,39 @@ def test_train_live_then_alignments_in_chromium(dashboard, page):
     pg.wait_for_function(HAS_HEATMAP, arg="Plan features.conv3", timeout=PAGE_READY * 1000)
     shot(pg, "4-alignments")
     assert pg.locator("[data-testid='stException']").count() == 0
+
+    # A tiny run that finishes (3 epochs of 2 steps), for the pages that show a finished run
+    pg.get_by_role("link", name="Train").click()
+    pg.get_by_role("heading", name="Train").wait_for()
+    pg.get_by_text("Start a training").click()
+    pg.get_by_label("Epochs").fill("3")
+    pg.get_by_label("Steps per epoch (0 = one pass over the training set)").fill("2")
+    pg.get_by_role("button", name="Start training").click()
+    pg.get_by_text(re.compile(r"^completed - step")).wait_for(timeout=TRAINING * 1000)
+    finished = RunStore(store).runs()
+    finished = int(finished.loc[finished["status"] == "completed", "run_id"].iloc[0])
+
+    # Every page at both widths, with the same server and the same runs
+    for width in WIDTHS:
+        pg.set_viewport_size({"width": width, "height": 1000})
+        pg.goto(f"{url}/?run={finished}")
+        pg.get_by_role("heading", name="Train").wait_for()
+        pg.wait_for_function(HAS_HEATMAP, arg="Latest transport plan", timeout=PAGE_READY * 1000)
+        check_layout(pg, "5-train-finished", width, 3)
+
+        pg.goto(f"{url}/alignments")
+        pg.get_by_role("heading", name="Alignments").wait_for()
+        pg.wait_for_function(HAS_HEATMAP, arg="Plan features.conv3", timeout=PAGE_READY * 1000)
+        check_layout(pg, "6-alignments-models", width, 3)
+
+        pg.get_by_text("A training run").click()
+        pg.wait_for_function(HAS_HEATMAP, arg="Plan at epoch", timeout=PAGE_READY * 1000)
+        check_layout(pg, "7-alignments-run", width, 2)
+
+        pg.goto(f"{url}/compare")
+        pg.get_by_role("heading", name="Compare").wait_for()
+        check_layout(pg, "8-compare", width, 1)
+
+        pg.goto(f"{url}/learn")
+        pg.get_by_role("heading", name="Learn").wait_for()
+        check_layout(pg, "9-learn", width, 2)

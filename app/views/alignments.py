@@ -90,7 +90,7 @@ def match_panels(plan: np.ndarray, cost: np.ndarray, cost_label: str, key: str,
     st.caption("Left, the cost of every teacher/student pair (dark = cheap); right, the plan in the "
                "same order. A plan always looks like a matching: what tells a real alignment is "
                "whether its mass sits on dark cells. Hover a cell for the pair, its mass and cost.")
-    cols = [st.container()] * 2 if compact else st.columns(2)
+    cols = [st.container()] * 2 if compact else dk.cells(2, f"{key}_match")
     with cols[0]:
         dk.chart(figures.matched_cost_distribution(plan, cost, cost_label=cost_label),
                  key=f"{key}_ecdf", legend_below=True)
@@ -122,7 +122,7 @@ def two_models() -> None:
                            format_func=lambda n: f"{n} ({student.layer_widths.get(n, '?')} neurons)"
                            if hasattr(student, "layer_widths") else n)
 
-    o = st.columns(6)
+    o = dk.cells(6, "al_options", min_width=dk.CONTROL_MIN_WIDTH, gap="small")
     cost = o[0].selectbox("Cost", ["sqeuclidean", "euclidean", "cosine", "correlation"], key="al_cost")
     norm = o[1].selectbox("Normalisation", ["center", "standardize", "unit", "none"], key="al_norm",
                           help="center accepts dead (constant) units; standardize makes OT blind to "
@@ -161,7 +161,7 @@ def two_models() -> None:
         except ValueError as exc:
             det = None
             st.warning(f"**OT score undefined**: {exc}", icon=":material/warning:")
-        m = st.columns(5)
+        m = dk.cells(5, "al_metrics", min_width=dk.METRIC_MIN_WIDTH, gap="small")
         if det is not None:
             m[0].metric("OT score", f"{det['score']:.3f}",
                         None if det["converged"] else "not converged: approximate",
@@ -342,7 +342,7 @@ def training_run() -> None:
 
     st.subheader(f"Epoch {epoch}: cost beside plan")
     log_color = st.toggle("Log colour for the plans", key="al_run_log")
-    cols = st.columns(len(series))
+    cols = dk.cells(len(series), "al_run_side1")
     for col, v in zip(cols, [v for v in views if v["run_id"] in series]):
         s = series[v["run_id"]]
         with col:
@@ -371,7 +371,7 @@ def training_run() -> None:
                "lower than chance.")
 
     st.subheader("Neuron reallocation during training")
-    cols = st.columns(len(series))
+    cols = dk.cells(len(series), "al_run_side2")
     for col, v in zip(cols, [v for v in views if v["run_id"] in series]):
         s = series[v["run_id"]]
         with col:

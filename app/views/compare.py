@@ -80,7 +80,8 @@ def runs_section() -> None:
         except (RunStoreError, OSError) as exc:
             dk.show_error(exc, "Could not read the metrics")
         else:
-            dk.chart(figures.accuracy_curves(curves, title="Test accuracy"), key="cmp_curves")
+            dk.chart(figures.accuracy_curves(curves, title="Test accuracy"), key="cmp_curves",
+                     legend_below=True)
 
     st.subheader("Export")
     try:
@@ -88,11 +89,11 @@ def runs_section() -> None:
     except (RunStoreError, OSError, ValueError) as exc:
         dk.show_error(exc, "Could not export the runs")
     else:
-        e1, e2, _ = st.columns([1, 1, 2])
-        e1.download_button("runs.csv", files["runs"], file_name="otviz-runs.csv", mime="text/csv",
+        buttons = st.container(horizontal=True)
+        buttons.download_button("runs.csv", files["runs"], file_name="otviz-runs.csv", mime="text/csv",
                            icon=":material/download:", key="cmp_dl_runs",
                            help="The runs shown in the table, with their configuration.")
-        e2.download_button("metrics.csv", files["metrics"], file_name="otviz-metrics.csv",
+        buttons.download_button("metrics.csv", files["metrics"], file_name="otviz-metrics.csv",
                            mime="text/csv", icon=":material/download:", key="cmp_dl_metrics",
                            help="Every logged metric of these runs, long format.")
 

@@ -52,7 +52,7 @@ def clouds(shape: str, m: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarra
     return X, Y
 
 
-c = st.columns(5)
+c = dk.cells(5, "learn_controls", min_width=dk.CONTROL_MIN_WIDTH, gap="small")
 shape = c[0].selectbox("Clouds", list(CLOUDS), key="learn_shape", help="; ".join(
     f"{k}: {v}" for k, v in CLOUDS.items()))
 m = c[1].slider("Blue points", 3, 80, 30, key="learn_m")
@@ -70,20 +70,20 @@ except ValueError as exc:
     dk.show_error(exc, "Could not solve")
     st.stop()
 
-left, right = st.columns(2)
+left, right = dk.cells(2, "learn_clouds")
 for col, al, name in ((left, exact, "Exact OT (EMD)"), (right, entropic, f"Sinkhorn, eps = {eps:g}")):
     with col:
         dk.chart(figures.point_cloud_transport(X, Y, al, top=0.95, title=name, height=430,
                                                       x_label="blue", y_label="orange"),
                  key=f"learn_cloud_{name[:5]}", legend_below=True)
         n_links = int((al.plan > 1e-3 * al.plan.max()).sum())
-        s = st.columns(3)
+        s = dk.cells(3, f"learn_metrics_{name[:5]}", min_width=dk.METRIC_MIN_WIDTH, gap="small")
         s[0].metric("Transport cost", f"{al.distance:.3f}")
         s[1].metric("Plan entries in use", f"{n_links} / {al.plan.size}",
                     help="Entries above 1/1000 of the largest one.")
         s[2].metric("Iterations", "-" if al.n_iter is None else f"{al.n_iter}")
 with st.expander("The two plans as matrices"):
-    a, b = st.columns(2)
+    a, b = dk.cells(2, "learn_plans")
     with a:
         dk.chart(figures.plan_heatmap(exact, title="Exact plan", height=420,
                                       teacher_label="blue points", student_label="orange points"),

@@ -89,13 +89,13 @@ def not_used(label: str, reason: str) -> None:
 
 
 with st.expander("Start a training", expanded=runs.empty):
-    demo_col, demo_text = st.columns([1, 3], vertical_alignment="center")
-    if demo_col.button("Run the demo transfer", type="primary", icon=":material/play_arrow:",
+    demo_row = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    if demo_row.button("Run the demo transfer", type="primary", icon=":material/play_arrow:",
                        key="demo"):
         start(dict(dk.DEMO_CONFIG))
     d = dk.DEMO_CONFIG
     neurons_text = "standardised neurons" if d["normalize"] == "standardize" else f"normalize {d['normalize']}"
-    demo_text.caption(
+    demo_row.caption(
         f"Setting *{d['setting']}*, method *{d['method']}* on "
         f"`{', '.join(p.removeprefix('features.') for p in d['pairs'])}` ({neurons_text}, "
         f"λ = {d['lam']:g}), {d['epochs']} epochs of {d['steps_per_epoch']} steps at learning rate "
@@ -295,7 +295,7 @@ def live_view(run_id: int) -> None:
     keys = sorted(metrics["key"].unique().tolist()) if not metrics.empty else []
     loss_keys = [k for k in keys if k.startswith("loss/")] or ["loss/total"]
     ot_keys = [k for k in keys if k.startswith("ot/")]
-    left, right = st.columns(2)
+    left, right = dk.cells(2, f"train_charts_{run_id}")
     with left:
         dk.chart(figures.training_curves(metrics, loss_keys, x="step", title="Loss terms",
                                                 height=340), key=f"loss_{run_id}")

@@ -143,17 +143,42 @@ def _check_order(order: Any, shape: tuple[int, int]) -> tuple[np.ndarray, np.nda
     return out[0], out[1]
 
 
+_SUB_LINE = 64          # characters per subtitle line: fits a figure 440 px wide (plotly never wraps)
+
+
+def _wrap(text: str, width: int = _SUB_LINE) -> list[str]:
+    """Break a subtitle into lines of at most ``width`` characters: between its ``"; "``-separated
+    clauses where it can (a clause such as "NOT converged after 200 iterations" stays on one
+    line), at spaces inside a clause longer than a line."""
+    lines: list[str] = []
+    for clause in text.split("; "):
+        words = clause.split(" ")
+        if lines and len(lines[-1]) + 2 + len(clause) <= width:
+            lines[-1] += "; " + clause
+            continue
+        if lines:
+            lines[-1] += ";"
+        lines.append(words[0])
+        for word in words[1:]:
+            if len(lines[-1]) + 1 + len(word) <= width:
+                lines[-1] += " " + word
+            else:
+                lines.append(word)
+    return lines
+
+
 def _title(text: str | None, sub: str | None = None) -> dict:
     if text is None:
         return {}
     if sub:
-        text = f"{text}<br><sup>{sub}</sup>"
+        text = f"{text}<br>" + "<br>".join(f"<sup>{line}</sup>" for line in _wrap(sub))
     return dict(text=text, x=0.02, xanchor="left")
 
 
 def _finish(fig: go.Figure, title: str | None, sub: str | None = None, **layout: Any) -> go.Figure:
+    extra = 14 * (len(_wrap(sub)) - 1) if title and sub else 0   # room for a wrapped subtitle
     fig.update_layout(template=TEMPLATE, title=_title(title, sub),
-                      margin=dict(l=60, r=30, t=80 if title else 30, b=55),
+                      margin=dict(l=60, r=30, t=(80 if title else 30) + extra, b=55),
                       hoverlabel=dict(namelength=-1), **layout)
     return fig
 

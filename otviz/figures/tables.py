@@ -161,6 +161,9 @@ def distance_matrices(ot_df: pd.DataFrame, cka_df: pd.DataFrame, *,
                                           f"{df.index.name or 'teacher'} layer" if col == 1
                                           else None, reverse=True),
                          row=1, col=col)
+    # both tables have the same rows in the same order: label them once, on the left, so the
+    # right table's labels never run into the OT colour bar when the figure is narrow
+    fig.update_yaxes(showticklabels=False, row=1, col=2)
     sub = f"{ot_label}: {ot_hint.split(';')[0]}. {cka_label}: {cka_hint.split(';')[0]}."
     return _finish(fig, title or "Layer similarity: OT beside CKA", sub, height=height)
 
