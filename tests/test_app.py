@@ -342,7 +342,7 @@ def test_alignments_page_compares_a_run_with_its_scratch_twin(store_path):
     assert by_label(at.selectbox, "Compare with").value == scratch  # the twin by default
     figs = figures_of(at)
     titles = [fig["layout"].get("title", {}).get("text", "") for fig in figs]
-    compare = [f for f, t in zip(figs, titles) if t.startswith("matched / random cost per epoch")]
+    compare = [f for f, t in zip(figs, titles) if t.startswith("score per epoch")]  # the score first
     assert len(compare) == 1, titles
     assert [t["name"] for t in compare[0]["data"]] == [f"#{ot} ot", f"#{scratch} scratch"]
     assert [len(t["y"]["bdata"] if isinstance(t["y"], dict) else t["y"]) > 0
