@@ -334,7 +334,8 @@ def training_run() -> None:
     measure = st.radio("Measure", choices, horizontal=True, key="al_run_measure",
                        help="\n\n".join(f"**{k}**: {MEASURES[k]}" for k in choices))
     frame = epoch_series([v for v in views if v["run_id"] in series], series, pair, measure)
-    dk.chart(figures.compare_runs(frame, value_label=measure, title=f"{measure} per epoch"),
+    value_label = {"score": "OT score (0 = same layer, ~1 = unrelated)"}.get(measure, measure)
+    dk.chart(figures.compare_runs(frame, value_label=value_label, title=f"{measure} per epoch"),
              key="al_run_compare")
     if not have_cost:
         st.caption("A run recorded before cost matrices were stored has only its plans: the "
