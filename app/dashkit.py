@@ -68,7 +68,7 @@ def open_store(*, quiet: bool = False) -> RunStore | None:
         if not quiet:
             show_error(exc, f"The run store {path} cannot be used")
             st.caption(f"Point the environment variable `OTVIZ_STORE` (or `otviz dashboard --store PATH`) "
-                       f"at a writable file to use another store. Pages that need no store keep working.")
+                       "at a writable file to use another store. Pages that need no store keep working.")
         return None
 
 

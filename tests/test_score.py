@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 import otviz
 from otviz import align, cka, layer_distances
-from otviz.capture import capture, neurons
+from otviz.capture import neurons
 
 
 def layer(m: int, d: int, seed: int, *, factors: int = 6) -> np.ndarray:

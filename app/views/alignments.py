@@ -112,7 +112,7 @@ def two_models() -> None:
     loaded_t, loaded_s = load(t_label, choices), load(s_label, choices)
     if loaded_t is None or loaded_s is None:
         return
-    (teacher, t_info), (student, s_info) = loaded_t, loaded_s
+    (teacher, _), (student, _) = loaded_t, loaded_s
     t_layers = list(getattr(teacher, "alignable_layers", [])) or [n for n, _ in teacher.named_modules() if n]
     s_layers = list(getattr(student, "alignable_layers", [])) or [n for n, _ in student.named_modules() if n]
     t_layer = c1.selectbox("Teacher layer", t_layers, index=len(t_layers) - 1, key="al_t_layer",

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from otviz.figures._common import TEACHER_COLOR, _empty_figure, _finish
 from otviz.matching import reallocation
