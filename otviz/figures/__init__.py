@@ -19,7 +19,9 @@ Tables and curves
     :func:`distance_matrix` / :func:`distance_matrices` draw the
     teacher-layer x student-layer tables of :func:`otviz.layers.layer_distances`;
     :func:`training_curves` and :func:`accuracy_curves` plot long-format
-    metrics from :meth:`otviz.runs.RunStore.metrics`; :func:`distance_bars`
+    metrics from :meth:`otviz.runs.RunStore.metrics`, a panel per tag family
+    (:func:`metric_family`), accuracies in percent with the chance level
+    (:func:`chance_level`); :func:`distance_bars`
     compares a few alignments.
 
 Conventions: one template (:data:`TEMPLATE`), teacher in blue and student in
@@ -36,7 +38,7 @@ from otviz.figures._common import (
     TEACHER_COLOR,
     TEMPLATE,
 )
-from otviz.figures.curves import accuracy_curves, training_curves
+from otviz.figures.curves import accuracy_curves, chance_level, metric_family, training_curves
 from otviz.figures.neurons import embed_neurons, neuron_map, point_cloud_transport
 from otviz.figures.plans import plan_heatmap, plan_order, plan_snapshots
 from otviz.figures.tables import distance_bars, distance_matrices, distance_matrix
@@ -47,10 +49,12 @@ __all__ = [
     "TEACHER_COLOR",
     "TEMPLATE",
     "accuracy_curves",
+    "chance_level",
     "distance_bars",
     "distance_matrices",
     "distance_matrix",
     "embed_neurons",
+    "metric_family",
     "neuron_map",
     "plan_heatmap",
     "plan_order",
