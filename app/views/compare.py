@@ -3,7 +3,10 @@
 import pandas as pd
 import streamlit as st
 
+import json
+
 import dashkit as dk
+import runcharts as rc
 from otviz import figures
 from otviz.runs import RunStoreError
 
@@ -51,6 +54,7 @@ def runs_section() -> None:
     cols = ["run_id", "name", "setting", "method", "status", "test/accuracy", "train/accuracy",
             "epoch", "config.lam", "config.epochs", "config.k", "config.seed", "duration", "created_at"]
     table = table[[c for c in cols if c in table.columns]]
+    table["status"] = table["status"].map(rc.status_text)
     st.dataframe(table, hide_index=True, key="cmp_table", column_config={
         "test/accuracy": st.column_config.NumberColumn("test acc", format="%.1f %%"),
         "train/accuracy": st.column_config.NumberColumn("train acc", format="%.1f %%"),
@@ -64,12 +68,16 @@ def runs_section() -> None:
     chosen = st.multiselect("Runs to overlay", list(labels), default=list(labels)[:6],
                             format_func=labels.get, key="cmp_chosen")
     if chosen:
+        opts = rc.curve_controls("cmp", x_default="epoch", smoothing=False, log=False)
         try:
             curves = {labels[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
         except (RunStoreError, OSError) as exc:
             dk.show_error(exc, "Could not read the metrics")
         else:
-            dk.chart(figures.accuracy_curves(curves, title="Test accuracy"), key="cmp_curves")
+            configs = {int(r): json.loads(c) for r, c in zip(view["run_id"], view["config"])}
+            chance = {labels[r]: figures.chance_level(configs.get(r)) for r in chosen}
+            dk.chart(figures.accuracy_curves(curves, title="Test accuracy", chance=chance, **opts),
+                     key="cmp_curves")
 
     st.subheader("Export")
     try:

@@ -3,6 +3,7 @@
 import streamlit as st
 
 import dashkit as dk
+import runcharts as rc
 from otviz import figures
 from otviz.data import SETTINGS
 from otviz.runs import RunNotFoundError, RunStoreError
@@ -43,6 +44,44 @@ def start(config: dict) -> None:
     st.rerun()
 
 
+def request_start(config: dict) -> None:
+    """Launch ``config``, unless a run of the store already has this configuration: then ask."""
+    same = rc.identical_runs(runs, config)
+    if not same:
+        start(config)
+        return
+    st.session_state["pending_launch"] = {"config": config, "same": same}
+    st.rerun()
+
+
+def pending_launch() -> None:
+    """The warning before launching a configuration that the store already holds."""
+    pending = st.session_state.get("pending_launch")
+    if not pending:
+        return
+    labels = {int(r["run_id"]): dk.run_label(r) for _, r in runs.iterrows()}
+    same = [r for r in pending["same"] if r in labels]
+    if not same:
+        st.session_state.pop("pending_launch", None)
+        start(pending["config"])
+        return
+    listed = "; ".join(labels[r] for r in same[:3]) + (f" and {len(same) - 3} more" if len(same) > 3 else "")
+    st.warning(f"**This configuration was already trained**: {listed}. The same seed gives the same "
+               f"run again; change the seed for another sample.", icon=":material/content_copy:")
+    a, b, c = st.columns(3)
+    if a.button("Launch anyway", type="primary", icon=":material/play_arrow:", key="dup_launch"):
+        st.session_state.pop("pending_launch", None)
+        start(pending["config"])
+    if b.button(f"Show run #{same[0]}", icon=":material/visibility:", key="dup_show"):
+        st.session_state.pop("pending_launch", None)
+        st.session_state["follow"] = same[0]
+        st.query_params["run"] = str(same[0])
+        st.rerun()
+    if c.button("Cancel", key="dup_cancel"):
+        st.session_state.pop("pending_launch", None)
+        st.rerun()
+
+
 # ----------------------------------------------------------------------------- start here
 if runs.empty:
     st.info("The run store is empty. **Run the demo transfer** below: a CNN four times narrower than "
@@ -59,11 +98,12 @@ with st.expander("Shipped teachers", expanded=runs.empty):
                                                                                format="percent"),
                                 "num_classes": "classes (n)"})
 
-with st.expander("Start a training", expanded=runs.empty):
+with st.expander("Start a training", expanded=runs.empty or "pending_launch" in st.session_state):
+    pending_launch()
     demo_col, demo_text = st.columns([1, 3], vertical_alignment="center")
     if demo_col.button("Run the demo transfer", type="primary", icon=":material/play_arrow:",
                        key="demo"):
-        start(dict(dk.DEMO_CONFIG))
+        request_start(dict(dk.DEMO_CONFIG))
     demo_text.caption("Setting *transfer-small*, method *ot* on `features.conv3` (standardised "
                       "neurons, λ = 1), 8 epochs of 15 steps: the benchmark's configuration "
                       "(benchmarks/README.md), about a minute on two CPU cores.")
@@ -115,7 +155,7 @@ with st.expander("Start a training", expanded=runs.empty):
         if not pairs:
             st.error("Pick at least one layer pair.")
         else:
-            start(dict(
+            request_start(dict(
                 setting=setting, method=method, lam=float(lam), pairs=list(pairs), cost=cost,
                 normalize=None if normalize == "none" else normalize, ot_method=ot_method,
                 eps=float(eps) if ot_method != "emd" else None, spatial=spatial, epochs=int(epochs),
@@ -170,39 +210,55 @@ def live_view(run_id: int) -> None:
         frac = min(1.0, step / total) if total else 0.0
         detail = run.get("message") or (f"epoch {run.get('epoch') or 0}/"
                                         f"{run['config'].get('epochs', '?')}")
-        st.progress(frac, text=f"**{run['status']}** - step {step}/{total or '?'} - {detail}")
+        rc.status_bar(run["status"], frac, f"step {step}/{total or '?'} · {detail}")
+        speed = rc.speed_text(run, metrics)
+        if speed:
+            st.caption(speed)
     with head[1]:
         if run["status"] == "running":
             if st.button("Stop", icon=":material/stop:", key=f"stop_{run_id}",
                          help="End this run's process only; the run is marked interrupted."):
                 st.toast(dk.stop_training(run))
         else:
-            st.caption(f"{run['status']} after {run.get('duration') or 0:.0f} s")
+            st.caption(f"{rc.status_text(run['status'])} after {run.get('duration') or 0:.0f} s")
     if run["status"] == "failed" and run.get("error"):
         st.error(f"The run failed: {str(run['error']).strip().splitlines()[-1]}")
         with st.expander("Error details"):
             st.code(run["error"])
+    elif run["status"] == "interrupted":
+        why = str(run.get("error") or "").strip()
+        st.warning("The run was interrupted before its last step"
+                   + (f": {why.splitlines()[-1]}" if why else "") + ". Its curves stop there.")
 
+    opts = rc.curve_controls("tr")
     keys = sorted(metrics["key"].unique().tolist()) if not metrics.empty else []
-    loss_keys = [k for k in keys if k.startswith("loss/")] or ["loss/total"]
-    ot_keys = [k for k in keys if k.startswith("ot/")]
+    acc_keys = [k for k in keys if "acc" in figures.metric_family(k)] or ["train/accuracy",
+                                                                          "test/accuracy"]
+    loss_keys = [k for k in keys if figures.metric_family(k) == "loss"] or ["loss/total"]
+    pair_keys = [k for k in keys if k not in acc_keys and k not in loss_keys]
+    cfg = run["config"]
     left, right = st.columns(2)
     with left:
-        dk.chart(figures.training_curves(metrics, loss_keys, x="step", title="Loss terms",
-                                                height=340), key=f"loss_{run_id}")
-        if ot_keys:
-            dk.chart(figures.training_curves(metrics, ot_keys, x="step", log_y=True,
-                                                    title="OT distance per layer pair", height=380),
-                     key=f"ot_{run_id}", legend_below=True)
+        dk.chart(figures.training_curves(metrics, acc_keys, config=cfg, height=360, **opts),
+                 key=f"acc_{run_id}", legend_below=True)
+    with right:
+        if pair_keys:
+            families = {figures.metric_family(k) for k in pair_keys}
+            dk.chart(figures.training_curves(metrics, pair_keys, config=cfg, cols=1,
+                                             height=None if len(families) > 1 else 360,
+                                             **opts),
+                     key=f"ot_{run_id}", legend_below=len(families) == 1)
         else:
             st.caption("No OT distances logged yet.")
-    with right:
-        dk.chart(figures.training_curves(metrics, ["train/accuracy", "test/accuracy"],
-                                                x="epoch", title="Accuracy", height=340),
-                        key=f"acc_{run_id}")
-        pair_keys = sorted(snaps["key"].unique().tolist()) if not snaps.empty else []
-        if pair_keys:
-            pair = st.selectbox("Layer pair", pair_keys, index=len(pair_keys) - 1,
+    n_loss = len(loss_keys)
+    dk.chart(figures.training_curves(metrics, loss_keys, config=cfg, cols=min(n_loss, 2),
+                                     title="Loss terms, as added to the total", **opts),
+             key=f"loss_{run_id}")
+    left, right = st.columns(2)
+    with left:
+        plan_keys = sorted(snaps["key"].unique().tolist()) if not snaps.empty else []
+        if plan_keys:
+            pair = st.selectbox("Layer pair", plan_keys, index=len(plan_keys) - 1,
                                 key=f"plan_pair_{run_id}")
             latest = snaps[snaps["key"] == pair].iloc[-1]
             try:
@@ -221,3 +277,21 @@ def live_view(run_id: int) -> None:
 
 
 st.fragment(live_view, run_every=1.0 if live else None)(run_id)
+
+
+def watch_statuses(seen: tuple) -> None:
+    """Rerun the page when a run starts or ends, so the run picker shows every status."""
+    store = dk.open_store(quiet=True)
+    if store is None:
+        return
+    try:
+        now = store.runs()
+    except (RunStoreError, OSError):
+        return
+    if tuple(zip(now["run_id"].tolist(), now["status"].tolist())) != seen:
+        st.rerun()
+
+
+if (runs["status"] == "running").any():
+    st.fragment(watch_statuses, run_every=2.0)(tuple(zip(runs["run_id"].tolist(),
+                                                         runs["status"].tolist())))

@@ -1,0 +1,150 @@
+"""Run status, speed, curve controls and the duplicate-run check of the Train and Compare pages.
+
+The figures themselves are :mod:`otviz.figures` builders; this module only turns widget
+values into their options and draws the status of a run (colour and word) the same way
+on every page.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+#: Colour, coloured mark and word of each run status (the word is always shown: colour is a hint).
+STATUS_STYLE: dict[str, tuple[str, str]] = {
+    "running": ("#1c83e1", "🔵"),
+    "completed": ("#1e9e5a", "🟢"),
+    "failed": ("#d93b3b", "🔴"),
+    "interrupted": ("#e8870e", "🟠"),
+}
+_UNKNOWN = ("#808080", "⚪")
+
+X_LABELS = {"step": "step", "epoch": "epoch", "time": "wall time"}
+SMOOTHING = (0.0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.99)
+
+
+def status_text(status: Any) -> str:
+    """``"🟢 completed"``: the status's coloured mark and its word."""
+    return f"{STATUS_STYLE.get(str(status), _UNKNOWN)[1]} {status}"
+
+
+def status_bar(status: str, fraction: float, text: str) -> None:
+    """A progress bar in the colour of the run's status, with the status word in its text.
+
+    ``st.progress`` has one colour for every state; a failed or interrupted run must not
+    look like one still running, so the bar is drawn here.
+    """
+    color = STATUS_STYLE.get(status, _UNKNOWN)[0]
+    pct = max(0.0, min(1.0, float(fraction))) * 100
+    st.html(
+        f'<div class="otviz-status" data-status="{html.escape(status)}" role="progressbar" '
+        f'aria-valuemin="0" aria-valuemax="100" aria-valuenow="{pct:.0f}" '
+        f'aria-label="{html.escape(status)}" style="font-family:inherit">'
+        f'<div style="font-size:0.9rem;margin-bottom:4px">'
+        f'<span style="color:{color};font-weight:600">{html.escape(status)}</span>'
+        f' · {html.escape(text)}</div>'
+        f'<div style="background:#e6e9ef;border-radius:4px;height:8px;overflow:hidden">'
+        f'<div style="width:{pct:.1f}%;background:{color};height:8px"></div></div></div>')
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def speed_text(run: dict[str, Any], metrics: pd.DataFrame) -> str | None:
+    """``"12.3 steps/s over the last 100 steps · ETA 0:45 · last update 2 s ago"`` for a
+    running run, ``"1:12 in all, 1.7 steps/s on average"`` for an ended one, or None before
+    the second step (:func:`otviz.runs.step_rate`)."""
+    from otviz.runs import step_rate
+
+    if metrics.empty:
+        return None
+    running = run.get("status") == "running"
+    rate = step_rate(metrics, total_steps=run.get("total_steps"), window=100 if running else 10**9)
+    if rate is None:
+        return None
+    if not running:
+        dur = run.get("duration")
+        head = f"{_clock(dur)} in all, " if dur else ""
+        return f"{head}{rate.steps_per_second:.3g} steps/s on average"
+    parts = [f"{rate.steps_per_second:.3g} steps/s over the last {rate.steps} steps"]
+    if rate.eta_seconds is not None:
+        parts.append(f"ETA {_clock(rate.eta_seconds)}")
+    beat = run.get("heartbeat_at")
+    if beat is not None:
+        age = (pd.Timestamp.now(tz="UTC") - beat).total_seconds()
+        if math.isfinite(age):
+            parts.append(f"last sign of life {max(0, age):.0f} s ago")
+    return " · ".join(parts)
+
+
+def curve_controls(prefix: str, *, x_default: str = "step", smooth_default: float = 0.6,
+                   smoothing: bool = True, log: bool = True) -> dict[str, Any]:
+    """Horizontal axis, smoothing and log-scale widgets; returns figure options.
+
+    The returned dict holds ``x`` and, when their widget is shown, ``smooth`` and ``log_y``,
+    for :func:`otviz.figures.training_curves` / :func:`otviz.figures.accuracy_curves`.
+    """
+    widths = [2] + ([3] if smoothing else []) + ([1.3] if log else [])
+    cols = st.columns(widths + ([3] if len(widths) == 1 else []), vertical_alignment="bottom")
+    out: dict[str, Any] = {}
+    x = cols[0].segmented_control(
+        "X axis", list(X_LABELS), default=x_default, required=True, format_func=X_LABELS.get,
+        key=f"{prefix}_x", help="Optimisation step, epoch (per-step values averaged over the "
+                                "epoch), or wall time since the run's first metric.")
+    out["x"] = x or x_default
+    if smoothing:
+        out["smooth"] = float(cols[1].select_slider(
+            "Smoothing", SMOOTHING, value=smooth_default, key=f"{prefix}_smooth",
+            format_func=lambda w: "off" if w == 0 else f"{w:g}",
+            help="Weight w of an exponential moving average, as in TensorBoard (0: raw "
+                 "values). The raw values stay as a faint line; accuracies are evaluations, "
+                 "never smoothed."))
+    if log:
+        out["log_y"] = bool(cols[-1].toggle(
+            "Log scale", value=False, key=f"{prefix}_log",
+            help="Logarithmic y axis for the loss and distance panels (accuracies keep "
+                 "0-100 %, scores their 0-based axis)."))
+    return out
+
+
+# --------------------------------------------------------------------------- identical runs
+def resolved_config(config: dict[str, Any]) -> dict[str, Any] | None:
+    """``config`` with every default the trainer fills in, or None if it is not a valid one.
+
+    Defaults come from :class:`otviz.train.TrainConfig`, and the setting's labels per class
+    and student width from :data:`otviz.data.SETTINGS` (what the stored config records).
+    """
+    from otviz.data import SETTINGS
+    from otviz.train import TrainConfig
+
+    try:
+        full = TrainConfig.from_dict(config).to_dict()
+    except (TypeError, ValueError):
+        return None
+    spec = SETTINGS.get(full.get("setting"))
+    if spec is not None:
+        if full.get("k") is None:
+            full["k"] = spec.default_k
+        if full.get("student_width") is None:
+            full["student_width"] = spec.student_width
+    return full
+
+
+def identical_runs(runs: pd.DataFrame, config: dict[str, Any]) -> list[int]:
+    """Run ids of the store trained with the same resolved configuration (name aside)."""
+    from otviz.runs import matching_runs
+
+    if runs is None or runs.empty:
+        return []
+    full = resolved_config(config)
+    if full is None:  # the launch itself reports what is wrong with it
+        return []
+    return matching_runs(runs, full, ignore=("name", "num_threads", "device"))
