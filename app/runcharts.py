@@ -14,22 +14,30 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-#: Colour, coloured mark and word of each run status (the word is always shown: colour is a hint).
+#: Colour and mark of each run status. Select boxes show plain text, so the mark is a shape
+#: (one per status, in every common font) beside the word; bars and captions add the colour.
 STATUS_STYLE: dict[str, tuple[str, str]] = {
-    "running": ("#1c83e1", "🔵"),
-    "completed": ("#1e9e5a", "🟢"),
-    "failed": ("#d93b3b", "🔴"),
-    "interrupted": ("#e8870e", "🟠"),
+    "running": ("#1c83e1", "●"),
+    "completed": ("#1e9e5a", "✓"),
+    "failed": ("#d93b3b", "✗"),
+    "interrupted": ("#e8870e", "■"),
 }
-_UNKNOWN = ("#808080", "⚪")
+_UNKNOWN = ("#808080", "?")
 
 X_LABELS = {"step": "step", "epoch": "epoch", "time": "wall time"}
 SMOOTHING = (0.0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.99)
 
 
 def status_text(status: Any) -> str:
-    """``"🟢 completed"``: the status's coloured mark and its word."""
+    """``"✓ completed"``: the status's mark and its word (plain text, for tables and pickers)."""
     return f"{STATUS_STYLE.get(str(status), _UNKNOWN)[1]} {status}"
+
+
+def status_markdown(status: Any) -> str:
+    """``":green[✓ completed]"``: the status's mark and word in its colour, for captions."""
+    color = {"running": "blue", "completed": "green", "failed": "red",
+             "interrupted": "orange"}.get(str(status), "gray")
+    return f":{color}[{status_text(status)}]"
 
 
 def status_bar(status: str, fraction: float, text: str) -> None:
@@ -92,27 +100,49 @@ def curve_controls(prefix: str, *, x_default: str = "step", smooth_default: floa
     The returned dict holds ``x`` and, when their widget is shown, ``smooth`` and ``log_y``,
     for :func:`otviz.figures.training_curves` / :func:`otviz.figures.accuracy_curves`.
     """
-    widths = [2] + ([3] if smoothing else []) + ([1.3] if log else [])
-    cols = st.columns(widths + ([3] if len(widths) == 1 else []), vertical_alignment="bottom")
+    row = st.container(horizontal=True, vertical_alignment="bottom", gap="medium")
     out: dict[str, Any] = {}
-    x = cols[0].segmented_control(
+    x = row.segmented_control(
         "X axis", list(X_LABELS), default=x_default, required=True, format_func=X_LABELS.get,
         key=f"{prefix}_x", help="Optimisation step, epoch (per-step values averaged over the "
                                 "epoch), or wall time since the run's first metric.")
     out["x"] = x or x_default
     if smoothing:
-        out["smooth"] = float(cols[1].select_slider(
+        out["smooth"] = float(row.select_slider(
             "Smoothing", SMOOTHING, value=smooth_default, key=f"{prefix}_smooth",
-            format_func=lambda w: "off" if w == 0 else f"{w:g}",
+            format_func=lambda w: "off" if w == 0 else f"{w:g}", width=260,
             help="Weight w of an exponential moving average, as in TensorBoard (0: raw "
                  "values). The raw values stay as a faint line; accuracies are evaluations, "
                  "never smoothed."))
     if log:
-        out["log_y"] = bool(cols[-1].toggle(
+        out["log_y"] = bool(row.toggle(
             "Log scale", value=False, key=f"{prefix}_log",
             help="Logarithmic y axis for the loss and distance panels (accuracies keep "
                  "0-100 %, scores their 0-based axis)."))
     return out
+
+
+CARD_WIDTH = 460
+"""Width of a curve card in px: two side by side in a 1400 px window, one per row at 800 px."""
+
+
+def curve_cards(metrics: pd.DataFrame, keys: list[str], *, config: dict[str, Any],
+                options: dict[str, Any], key: str, height: int = 330) -> None:
+    """One figure per panel of :func:`otviz.figures.training_curves`, as cards that wrap.
+
+    Like TensorBoard's cards: each tag family (each loss term) gets a chart of fixed width,
+    as many per row as the page holds, so no chart gets narrower than the card on a
+    narrow window.
+    """
+    import dashkit as dk
+    from otviz import figures
+
+    with st.container(horizontal=True, gap="small"):
+        for group in figures.metric_panels(keys):
+            with st.container(width=CARD_WIDTH):
+                fig = figures.training_curves(metrics, group, config=config, height=height,
+                                              **options)
+                dk.chart(fig, key=f"{key}_{'_'.join(group)}", legend_below=len(group) > 1)
 
 
 # --------------------------------------------------------------------------- identical runs

@@ -213,8 +213,8 @@ def test_train_page_shows_status_colours_and_reads_at_a_glance(store_path):
     at = open_page("train")
     # the picker shows every run's status as a mark and a word
     picker = by_label(at.selectbox, "Run")
-    assert any("(completed)" in o and o.startswith("🟢") for o in picker.options), picker.options
-    assert any("(failed)" in o and o.startswith("🔴") for o in picker.options), picker.options
+    assert any("(completed)" in o and o.startswith("✓") for o in picker.options), picker.options
+    assert any("(failed)" in o and o.startswith("✗") for o in picker.options), picker.options
     assert picker.value == failed  # the newest run
     # a failed run's bar is red and says so, not a blue progress bar
     bars = [h.value for h in at.html if "otviz-status" in h.value]
@@ -232,12 +232,12 @@ def test_train_page_shows_status_colours_and_reads_at_a_glance(store_path):
     # controls: x axis, smoothing, log scale
     by_label(at.button_group, "X axis").set_value("epoch").run()
     assert_ok(at)
-    loss = _figure(at, "Loss terms")
+    loss = _figure(at, "total loss")
     assert loss["layout"]["xaxis"]["title"]["text"] == "epoch"
     assert by_label(at.select_slider, "Smoothing").value == 0.6
     by_label(at.toggle, "Log scale").set_value(True).run()
     assert_ok(at)
-    assert _figure(at, "Loss terms")["layout"]["yaxis"]["type"] == "log"
+    assert _figure(at, "total loss")["layout"]["yaxis"]["type"] == "log"
     assert _figure(at, "accuracy (%)")["layout"]["yaxis"]["range"] == [0, 100]
 
 

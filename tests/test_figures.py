@@ -520,6 +520,18 @@ def test_metric_family():
     assert F.metric_family("lr") == "lr"
 
 
+def test_metric_panels_match_the_panels_of_training_curves():
+    keys = ["loss/total", "loss/ce", "loss/ot", "ot/a->b", "ot/c->d", "score/a->b",
+            "train/accuracy", "test/accuracy"]
+    assert F.metric_panels(keys) == [["train/accuracy", "test/accuracy"], ["score/a->b"],
+                                     ["ot/a->b", "ot/c->d"], ["loss/total"], ["loss/ce"],
+                                     ["loss/ot"]]
+    assert F.metric_panels(keys, "one") == [keys]
+    assert len(F.metric_panels(keys, "key")) == len(keys)
+    with pytest.raises(ValueError, match="panels"):
+        F.metric_panels(keys, "cards")
+
+
 def test_training_curves_smoothing_is_a_debiased_ema_over_faint_raw_values():
     df = long_metrics()
     y = 1.0 / np.arange(1, 21)

@@ -220,7 +220,7 @@ def live_view(run_id: int) -> None:
                          help="End this run's process only; the run is marked interrupted."):
                 st.toast(dk.stop_training(run))
         else:
-            st.caption(f"{rc.status_text(run['status'])} after {run.get('duration') or 0:.0f} s")
+            st.caption(f"{rc.status_markdown(run['status'])} after {run.get('duration') or 0:.0f} s")
     if run["status"] == "failed" and run.get("error"):
         st.error(f"The run failed: {str(run['error']).strip().splitlines()[-1]}")
         with st.expander("Error details"):
@@ -232,28 +232,9 @@ def live_view(run_id: int) -> None:
 
     opts = rc.curve_controls("tr")
     keys = sorted(metrics["key"].unique().tolist()) if not metrics.empty else []
-    acc_keys = [k for k in keys if "acc" in figures.metric_family(k)] or ["train/accuracy",
-                                                                          "test/accuracy"]
-    loss_keys = [k for k in keys if figures.metric_family(k) == "loss"] or ["loss/total"]
-    pair_keys = [k for k in keys if k not in acc_keys and k not in loss_keys]
-    cfg = run["config"]
-    left, right = st.columns(2)
-    with left:
-        dk.chart(figures.training_curves(metrics, acc_keys, config=cfg, height=360, **opts),
-                 key=f"acc_{run_id}", legend_below=True)
-    with right:
-        if pair_keys:
-            families = {figures.metric_family(k) for k in pair_keys}
-            dk.chart(figures.training_curves(metrics, pair_keys, config=cfg, cols=1,
-                                             height=None if len(families) > 1 else 360,
-                                             **opts),
-                     key=f"ot_{run_id}", legend_below=len(families) == 1)
-        else:
-            st.caption("No OT distances logged yet.")
-    n_loss = len(loss_keys)
-    dk.chart(figures.training_curves(metrics, loss_keys, config=cfg, cols=min(n_loss, 2),
-                                     title="Loss terms, as added to the total", **opts),
-             key=f"loss_{run_id}")
+    wanted = ["train/accuracy", "test/accuracy", "loss/total"]  # drawn (empty) before any data
+    rc.curve_cards(metrics, sorted(set(keys) | set(wanted)), config=run["config"], options=opts,
+                   key=f"curves_{run_id}")
     left, right = st.columns(2)
     with left:
         plan_keys = sorted(snaps["key"].unique().tolist()) if not snaps.empty else []

@@ -38,7 +38,13 @@ from otviz.figures._common import (
     TEACHER_COLOR,
     TEMPLATE,
 )
-from otviz.figures.curves import accuracy_curves, chance_level, metric_family, training_curves
+from otviz.figures.curves import (
+    accuracy_curves,
+    chance_level,
+    metric_family,
+    metric_panels,
+    training_curves,
+)
 from otviz.figures.neurons import embed_neurons, neuron_map, point_cloud_transport
 from otviz.figures.plans import plan_heatmap, plan_order, plan_snapshots
 from otviz.figures.tables import distance_bars, distance_matrices, distance_matrix
@@ -55,6 +61,7 @@ __all__ = [
     "distance_matrix",
     "embed_neurons",
     "metric_family",
+    "metric_panels",
     "neuron_map",
     "plan_heatmap",
     "plan_order",

@@ -44,7 +44,8 @@ from plotly.subplots import make_subplots
 
 from otviz.figures._common import _empty_figure, _finish
 
-__all__ = ["training_curves", "accuracy_curves", "chance_level", "metric_family", "X_AXES"]
+__all__ = ["training_curves", "accuracy_curves", "chance_level", "metric_family", "metric_panels",
+           "X_AXES"]
 
 X_AXES = ("step", "epoch", "time")
 """Horizontal axes of the curves: optimisation step, epoch, wall time since the first metric."""
@@ -297,6 +298,18 @@ def _panels(keys: list[str], mode: str, config: Mapping[str, Any],
     return sorted(out.values(), key=lambda p: _panel_order(p.family, p.keys[0]))
 
 
+def metric_panels(keys: Sequence[str], panels: str = "family") -> list[list[str]]:
+    """The keys of each panel of :func:`training_curves`, in its order.
+
+    For drawing each panel as a figure of its own (``training_curves(metrics, group)`` for
+    every group), e.g. as cards that wrap on a narrow page. ``panels`` is as in
+    :func:`training_curves`.
+    """
+    if panels not in PANELS:
+        raise ValueError(f"panels must be one of {list(PANELS)}, got {panels!r}")
+    return [p.keys for p in _panels([str(k) for k in keys], panels, {}, None)]
+
+
 def _axis_ref(i: int, axis: str) -> str:
     return f"{axis}axis" + ("" if i == 1 else str(i))
 
@@ -515,14 +528,18 @@ def training_curves(
                            if len(panel.keys) == 1 and panel.keys[0].startswith("loss/") else "")
         if title is None and panel.title:
             title = panel.title
-        y_title = ("accuracy" if percent else panel.keys[0] if len(panel.keys) == 1
-                   else panel.family or "value")
+        only = panel.keys[0]
+        y_title = ("accuracy" if percent else (only if only.startswith("loss/")
+                                              else _trace_name(only, panel.family))
+                   if len(panel.keys) == 1 else panel.family or "value")
         fig.update_yaxes(title=dict(text=y_title))
         fig.update_layout(showlegend=len(panel.keys) > 1,
                           legend=dict(orientation="h", yanchor="top", y=-0.22, x=0, xanchor="left"))
     if x == "epoch":
         fig.update_xaxes(dtick=1 if x_max <= 15 else None, tickformat="d")
-    sub = f"smoothed: EMA weight {smooth:g}, raw values faint" if smooth > 0 else None
+    smoothed = smooth > 0 and any(not _is_accuracy(p.family) and len(series[k]) > 1
+                                  for p in plist for k in p.keys)
+    sub = f"smoothed: EMA weight {smooth:g}, raw values faint" if smoothed else None
     fig = _finish(fig, title, sub, height=height, hovermode="x unified" if n == 1 else "closest")
     if n > 1:  # room for the first row's panel titles under the figure title
         fig.update_layout(margin=dict(t=(100 if sub else 85) if title else 40))
