@@ -68,14 +68,20 @@ def runs_section() -> None:
     chosen = st.multiselect("Runs to overlay", list(labels), default=list(labels)[:6],
                             format_func=labels.get, key="cmp_chosen")
     if chosen:
+        short = {}  # legend names: mark, id, setting/method and the start of the name
+        for _, r in view[view["run_id"].isin(chosen)].iterrows():
+            name = str(r["name"] or "")
+            name = f" - {name[:24]}{'…' if len(name) > 24 else ''}" if name else ""
+            short[int(r["run_id"])] = (f"{rc.status_text(r['status']).split()[0]} #{int(r['run_id'])} "
+                                       f"{r['setting']}/{r['method']}{name}")
         opts = rc.curve_controls("cmp", x_default="epoch", smoothing=False, log=False)
         try:
-            curves = {labels[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
+            curves = {short[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
         except (RunStoreError, OSError) as exc:
             dk.show_error(exc, "Could not read the metrics")
         else:
             configs = {int(r): json.loads(c) for r, c in zip(view["run_id"], view["config"])}
-            chance = {labels[r]: figures.chance_level(configs.get(r)) for r in chosen}
+            chance = {short[r]: figures.chance_level(configs.get(r)) for r in chosen}
             dk.chart(figures.accuracy_curves(curves, title="Test accuracy", chance=chance, **opts),
                      key="cmp_curves")
 
