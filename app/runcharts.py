@@ -40,6 +40,14 @@ def status_markdown(status: Any) -> str:
     return f":{color}[{status_text(status)}]"
 
 
+def labels_signature(labels: dict[int, str], *extra: Any) -> str:
+    """A short hash of a picker's labels (and ``extra``), for a widget key that changes with them."""
+    import hashlib
+
+    text = "\x1f".join([*(f"{k}={v}" for k, v in labels.items()), *map(str, extra)])
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
 def status_bar(status: str, fraction: float, text: str) -> None:
     """A progress bar in the colour of the run's status, with the status word in its text.
 

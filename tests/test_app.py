@@ -241,6 +241,27 @@ def test_train_page_shows_status_colours_and_reads_at_a_glance(store_path):
     assert _figure(at, "accuracy (%)")["layout"]["yaxis"]["range"] == [0, 100]
 
 
+def test_train_page_picker_follows_a_status_change(store_path):
+    store = RunStore(store_path)
+    older = fake_run(store)
+    live = store.create_run({"setting": "transfer", "method": "ot"}, total_steps=10)  # this process
+    store.log_metrics(live, {"loss/total": 1.0}, step=1, epoch=1)
+    at = open_page("train")
+    picker = by_label(at.selectbox, "Run")
+    assert picker.value == live and any("(running)" in o for o in picker.options)
+    assert 'data-status="running"' in [h.value for h in at.html if "otviz-status" in h.value][0]
+    store.finish(live, "completed")
+    at.run()
+    assert_ok(at)
+    picker = by_label(at.selectbox, "Run")
+    assert picker.value == live
+    assert not any("(running)" in o for o in picker.options), picker.options
+    assert 'data-status="completed"' in [h.value for h in at.html if "otviz-status" in h.value][0]
+    picker.set_value(older).run()
+    assert_ok(at)
+    assert at.session_state["follow"] == older and by_label(at.selectbox, "Run").value == older
+
+
 def test_train_page_warns_before_launching_an_identical_run(store_path):
     import dashkit
     import runcharts

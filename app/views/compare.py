@@ -65,8 +65,12 @@ def runs_section() -> None:
     st.caption(f"{len(view)} of {len(runs)} runs.")
 
     labels = {int(r["run_id"]): dk.run_label(r) for _, r in view.iterrows()}
-    chosen = st.multiselect("Runs to overlay", list(labels), default=list(labels)[:6],
-                            format_func=labels.get, key="cmp_chosen")
+    # keyed on the labels (they carry the status): a status change draws a fresh multiselect
+    # that keeps the runs chosen so far
+    kept = [r for r in st.session_state.get("cmp_chosen_ids", list(labels)[:6]) if r in labels]
+    chosen = st.multiselect("Runs to overlay", list(labels), default=kept, format_func=labels.get,
+                            key="cmp_chosen_" + rc.labels_signature(labels))
+    st.session_state["cmp_chosen_ids"] = list(chosen)
     if chosen:
         short = {}  # legend names: mark, id, setting/method and the start of the name
         for _, r in view[view["run_id"].isin(chosen)].iterrows():

@@ -179,7 +179,13 @@ if st.session_state.get("follow") not in labels:
         st.session_state["follow"] = int(running.iloc[0])
     else:
         st.session_state["follow"] = ids[0]
-run_id = st.selectbox("Run", ids, format_func=labels.get, key="follow")
+# The labels carry each run's status; a select box shows the label it was created with, so it is
+# keyed on the labels and the followed run: a status change or a followed run set elsewhere
+# (a launch, "Show run") draws a fresh one, on the followed run.
+picker_key = "follow_pick_" + rc.labels_signature(labels, st.session_state["follow"])
+run_id = st.selectbox("Run", ids, index=ids.index(st.session_state["follow"]),
+                      format_func=labels.get, key=picker_key)
+st.session_state["follow"] = run_id
 st.query_params["run"] = str(run_id)
 status = ordered.loc[ordered["run_id"] == run_id, "status"].iloc[0]
 live = status == "running"
