@@ -82,16 +82,22 @@ def read_store(store: RunStore, what: str, fn, *args, **kwargs):
 
 
 def run_label(row: Any) -> str:
-    """``#3 transfer/ot, 14:02`` for a row of :meth:`RunStore.runs`.
+    """``✓ #3 transfer/ot (completed), Nov 28 14:02 - name`` for a row of :meth:`RunStore.runs`.
 
-    No status in the label: a select box keeps showing the label it was drawn with, and a
-    status there would go stale when the run ends; the pages show the status beside it.
+    The status comes as a mark (one shape per status) and a word. A select box keyed on the run id keeps
+    its choice when a label changes, and the Train page reruns when a status changes, so
+    the labels do not go stale.
     """
+    from runcharts import STATUS_STYLE
+
     name = row.get("name") if hasattr(row, "get") else None
     created = row.get("created_at") if hasattr(row, "get") else None
+    status = row.get("status") if hasattr(row, "get") else None
     when = ("" if created is None or created != created
             else f", {created.to_pydatetime().astimezone():%b %d %H:%M}")
-    base = f"#{int(row['run_id'])} {row['setting']}/{row['method']}{when}"
+    mark = f"{STATUS_STYLE.get(str(status), ('', '?'))[1]} " if status else ""
+    state = f" ({status})" if status else ""
+    base = f"{mark}#{int(row['run_id'])} {row['setting']}/{row['method']}{state}{when}"
     if name and not str(name).startswith(f"{row['setting']}-{row['method']}-"):
         base += f" - {name}"
     return base

@@ -814,7 +814,7 @@ NB02 = [
     """),
     code(r"""
     key = f"ot/{LAYER}->{LAYER}"
-    figures.accuracy_curves(metrics, key=key, x="step", smooth=5,
+    figures.accuracy_curves(metrics, key=key, x="step", smooth=0.6,
                             title="OT distance, teacher vs student conv3 (per step, smoothed)").show()
     """),
     code(r"""
@@ -1214,7 +1214,8 @@ NB03 = [
     final_acc = m[m.key == "test/accuracy"].value.iloc[-1]
     print(f"narrow student on my digits: test accuracy {final_acc:.3f}")
     figures.training_curves(m, keys=["loss/ce", "ot/features.conv3->features.conv3", "test/accuracy"],
-                            facet=True, title="Your own data and teacher, from the store").show()
+                            config={"num_classes": data.num_classes}, smooth=0.6,
+                            title="Your own data and teacher, from the store").show()
     """),
     md(r"""
     The run sits in the store beside the others (`store.runs()`), so `otviz dashboard --store

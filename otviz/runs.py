@@ -82,7 +82,10 @@ __all__ = [
     "RunRecorder",
     "RunStore",
     "RunStoreError",
+    "StepRate",
     "default_store_path",
+    "matching_runs",
+    "step_rate",
 ]
 
 #: Environment variable naming the run store file.
@@ -1481,3 +1484,131 @@ class RunRecorder:
         """
         self.store.finish(self.run_id, status, error)
         self.finished = True
+
+
+# --------------------------------------------------------------------------
+# reading runs: speed and duplicates
+# --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StepRate:
+    """Training speed of a run, measured from its metrics' timestamps (see :func:`step_rate`)."""
+
+    steps_per_second: float
+    """Optimisation steps per second of wall time over the window."""
+    eta_seconds: float | None
+    """Seconds left at that speed, :math:`(n_\\text{total} - s_\\text{last}) / r`; None without a total."""
+    steps: int
+    """Steps in the window the speed was measured on."""
+    seconds: float
+    """Wall time spanned by that window."""
+    last_step: int
+    """Last step logged."""
+
+
+def step_rate(metrics: pd.DataFrame, *, total_steps: int | None = None,
+              window: int = 100) -> StepRate | None:
+    """Steps per second over the last ``window`` logged steps, and the time left.
+
+    The speed is :math:`r = (s_b - s_a) / (t_b - t_a)` between the first and the last of
+    the last ``window + 1`` distinct logged steps, :math:`t` being the wall time of a
+    step's last metric. Evaluation pauses that fall inside the window are counted, so
+    the ETA :math:`(n_\\text{total} - s_b) / r` includes them. Step 0 (the evaluation
+    before training) is left out.
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame
+        Long-format metrics of one run (:meth:`RunStore.metrics`), with ``step`` and
+        ``time`` columns.
+    total_steps : int, optional
+        The run's planned number of steps (``RunStore.run(run_id)["total_steps"]``).
+    window : int, default 100
+        Number of most recent steps to measure on.
+
+    Returns
+    -------
+    StepRate or None
+        None while fewer than two training steps are logged or no time has passed
+        between them.
+    """
+    import pandas as pd
+
+    if not isinstance(metrics, pd.DataFrame) or not {"step", "time"} <= set(metrics.columns):
+        raise ValueError("metrics must be the long-format DataFrame of RunStore.metrics "
+                         "(columns step and time)")
+    window = _check_int(window, "window", minimum=1)
+    sub = metrics.loc[metrics["step"] > 0, ["step", "time"]].dropna()
+    if sub.empty:
+        return None
+    times = sub.groupby("step")["time"].max().sort_index()
+    if len(times) < 2:
+        return None
+    times = times.iloc[-(window + 1):]
+    if pd.api.types.is_datetime64_any_dtype(times):
+        dt = float((times.iloc[-1] - times.iloc[0]).total_seconds())
+    else:
+        dt = float(times.iloc[-1] - times.iloc[0])
+    ds = int(times.index[-1] - times.index[0])
+    if dt <= 0 or ds <= 0:
+        return None
+    rate = ds / dt
+    last = int(times.index[-1])
+    eta = None
+    if total_steps:
+        eta = max(0.0, (int(total_steps) - last) / rate)
+    return StepRate(steps_per_second=rate, eta_seconds=eta, steps=ds, seconds=dt,
+                    last_step=last)
+
+
+_MISSING = object()
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or a == b and type(a) is type(b)
+    if isinstance(a, numbers.Real) and isinstance(b, numbers.Real):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return set(a) == set(b) and all(_same_value(a[k], b[k]) for k in a)
+    return a == b
+
+
+def matching_runs(runs: pd.DataFrame, config: Mapping[str, Any], *,
+                  ignore: Iterable[str] = ("name", "num_threads")) -> list[int]:
+    """Runs whose stored configuration agrees with ``config`` on every key it has.
+
+    ``config`` is compared as a dict: each of its keys, except those in ``ignore``
+    (settings that do not change what is trained), must be in the run's stored
+    configuration with the same value (numbers equal to 1e-9 relative, lists and
+    tuples alike). Keys that only the stored configuration has (the trainer adds
+    resolved facts such as ``teacher`` or ``n_train``) are not compared, so pass a
+    *resolved* ``config`` (every default filled in) to find the identical runs.
+
+    Parameters
+    ----------
+    runs : pandas.DataFrame
+        :meth:`RunStore.runs` (its ``run_id`` and ``config`` JSON columns).
+    config : mapping
+        The configuration about to be launched.
+    ignore : iterable of str, default ("name", "num_threads")
+
+    Returns
+    -------
+    list of int
+        Matching run ids, newest first.
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    skip = set(ignore)
+    wanted = json.loads(_to_json({k: v for k, v in config.items() if k not in skip}, "config"))
+    out = []
+    for rid, text in zip(runs["run_id"], runs["config"]):
+        try:
+            stored = json.loads(text) if isinstance(text, str) else dict(text)
+        except (TypeError, ValueError):
+            continue
+        if all(_same_value(v, stored.get(k, _MISSING)) for k, v in wanted.items()):
+            out.append(int(rid))
+    return sorted(out, reverse=True)

@@ -262,6 +262,102 @@ def test_train_page_reports_a_store_that_cannot_be_created(tmp_path, monkeypatch
     assert errors(at)
 
 
+def _figure(at: AppTest, title_part: str) -> dict:
+    for fig in figures_of(at):
+        if title_part in (fig["layout"].get("title", {}).get("text") or ""):
+            return fig
+    raise AssertionError(f"no figure titled {title_part!r}: "
+                         f"{[f['layout'].get('title', {}).get('text') for f in figures_of(at)]}")
+
+
+def test_train_page_shows_status_colours_and_reads_at_a_glance(store_path):
+    store = RunStore(store_path)
+    done = fake_run(store, setting="transfer", method="ot")
+    failed = fake_run(store, setting="transfer", method="kd")
+    store.finish(failed, "failed", "loss became nan at step 3")
+    at = open_page("train")
+    # the picker shows every run's status as a mark and a word
+    picker = by_label(at.selectbox, "Run")
+    assert any("(completed)" in o and o.startswith("✓") for o in picker.options), picker.options
+    assert any("(failed)" in o and o.startswith("✗") for o in picker.options), picker.options
+    assert picker.value == failed  # the newest run
+    # a failed run's bar is red and says so, not a blue progress bar
+    bars = [h.value for h in at.html if "otviz-status" in h.value]
+    assert len(bars) == 1 and 'data-status="failed"' in bars[0] and "#d93b3b" in bars[0]
+    assert not at.get("progress")
+    picker.set_value(done).run()
+    assert_ok(at)
+    bars = [h.value for h in at.html if "otviz-status" in h.value]
+    assert 'data-status="completed"' in bars[0] and "#1e9e5a" in bars[0]
+    # accuracy in percent on a fixed 0-100 axis, chance (5 classes) drawn and labelled
+    acc = _figure(at, "accuracy (%)")
+    assert acc["layout"]["yaxis"]["range"] == [0, 100]
+    assert [s["y0"] for s in acc["layout"]["shapes"]] == [pytest.approx(20.0)]
+    assert "chance 20 %" in acc["layout"]["title"]["text"]
+    # controls: x axis, smoothing, log scale
+    by_label(at.button_group, "X axis").set_value("epoch").run()
+    assert_ok(at)
+    loss = _figure(at, "total loss")
+    assert loss["layout"]["xaxis"]["title"]["text"] == "epoch"
+    assert by_label(at.select_slider, "Smoothing").value == 0.6
+    by_label(at.toggle, "Log scale").set_value(True).run()
+    assert_ok(at)
+    assert _figure(at, "total loss")["layout"]["yaxis"]["type"] == "log"
+    assert _figure(at, "accuracy (%)")["layout"]["yaxis"]["range"] == [0, 100]
+
+
+def test_train_page_picker_follows_a_status_change(store_path):
+    store = RunStore(store_path)
+    older = fake_run(store)
+    live = store.create_run({"setting": "transfer", "method": "ot"}, total_steps=10)  # this process
+    store.log_metrics(live, {"loss/total": 1.0}, step=1, epoch=1)
+    at = open_page("train")
+    picker = by_label(at.selectbox, "Run")
+    assert picker.value == live and any("(running)" in o for o in picker.options)
+    assert 'data-status="running"' in [h.value for h in at.html if "otviz-status" in h.value][0]
+    store.finish(live, "completed")
+    at.run()
+    assert_ok(at)
+    picker = by_label(at.selectbox, "Run")
+    assert picker.value == live
+    assert not any("(running)" in o for o in picker.options), picker.options
+    assert 'data-status="completed"' in [h.value for h in at.html if "otviz-status" in h.value][0]
+    picker.set_value(older).run()
+    assert_ok(at)
+    assert at.session_state["follow"] == older and by_label(at.selectbox, "Run").value == older
+
+
+def test_train_page_warns_before_launching_an_identical_run(store_path):
+    import dashkit
+    import runcharts
+
+    store = RunStore(store_path)
+    twin = store.create_run(runcharts.resolved_config(dict(dashkit.DEMO_CONFIG)),
+                            name="demo: an earlier run")
+    store.finish(twin, "completed")
+    other = store.create_run(runcharts.resolved_config(dict(dashkit.DEMO_CONFIG, seed=1)))
+    store.finish(other, "completed")
+    at = open_page("train")
+    by_label(at.button, "Run the demo transfer").click().run()
+    assert_ok(at)
+    warnings = [w.value for w in at.warning if "already trained" in w.value]
+    assert len(warnings) == 1 and f"#{twin} " in warnings[0] and f"#{other} " not in warnings[0]
+    assert len(RunStore(store_path).runs()) == 2  # nothing launched yet
+    by_label(at.button, "Cancel").click().run()
+    assert not [w for w in at.warning if "already trained" in w.value]
+    by_label(at.button, "Run the demo transfer").click().run()
+    by_label(at.button, f"Show run #{twin}").click().run()
+    assert_ok(at)
+    assert by_label(at.selectbox, "Run").value == twin
+    assert len(RunStore(store_path).runs()) == 2
+    by_label(at.button, "Run the demo transfer").click().run()
+    by_label(at.button, "Launch anyway").click().run()
+    assert_ok(at)
+    assert not errors(at), errors(at)
+    runs = RunStore(store_path).runs()
+    assert len(runs) == 3 and at.session_state["follow"] == int(runs["run_id"].max())
+
+
 # ----------------------------------------------------------------------------- Alignments
 def test_alignments_page_draws_a_plan_for_shipped_teachers(store_path):
     at = open_page("alignments")
@@ -386,6 +482,13 @@ def test_compare_page_filters_overlays_and_exports(store_path):
     assert len(at.dataframe[0].value) == 2
     curves = figures_of(at)[0]
     assert len(curves["data"]) == 2
+    assert curves["layout"]["yaxis"]["range"] == [0, 100]
+    # one chance line per task: transfer has 5 classes, distill 10
+    assert sorted(s["y0"] for s in curves["layout"]["shapes"]) == [pytest.approx(10.0), pytest.approx(20.0)]
+    assert all("(completed)" in o for o in by_label(at.multiselect, "Runs to overlay").options)
+    by_label(at.button_group, "X axis").set_value("step").run()
+    assert_ok(at)
+    assert figures_of(at)[0]["layout"]["xaxis"]["title"]["text"] == "step"
     downloads = {d.label for d in at.get("download_button")}
     assert {"runs.csv", "metrics.csv"} <= downloads
     by_label(at.multiselect, "Setting").set_value(["distill"]).run()

@@ -215,7 +215,7 @@ def test_train_live_then_alignments_in_chromium(dashboard, page):
     pg.get_by_role("button", name="Start training").click()
 
     # the page follows the new run: the accuracy chart appears, then gains points live
-    acc = ["Accuracy", "test/accuracy"]
+    acc = ["accuracy (%)", "test"]
     pg.wait_for_function(f"(a) => ({POINTS_OF})(a) >= 1", arg=acc, timeout=TRAINING * 1000, polling=250)
     first = pg.evaluate(POINTS_OF, acc)
     pg.wait_for_function(f"(a) => ({POINTS_OF})(a) > {first}", arg=acc, timeout=TRAINING * 1000,
@@ -228,7 +228,8 @@ def test_train_live_then_alignments_in_chromium(dashboard, page):
 
     # Stop ends that run's process; the page then shows it interrupted
     pg.get_by_role("button", name="Stop").click()
-    pg.get_by_text(re.compile(r"^interrupted - step")).wait_for(timeout=PAGE_READY * 1000)
+    pg.locator(".otviz-status[data-status='interrupted']").wait_for(timeout=PAGE_READY * 1000)
+    pg.get_by_text(re.compile(r"^interrupted · step")).wait_for(timeout=PAGE_READY * 1000)
     pg.get_by_role("button", name="Stop").wait_for(state="detached", timeout=PAGE_READY * 1000)
     assert RunStore(store).run(run_id)["status"] == "interrupted"
     shot(pg, "3-train-stopped")

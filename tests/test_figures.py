@@ -462,23 +462,130 @@ def long_metrics() -> pd.DataFrame:
     return df
 
 
-def test_training_curves_one_trace_per_key():
+def _named(fig, name):
+    return next(t for t in fig.data if t.name == name)
+
+
+def test_training_curves_one_panel_per_family():
     df = long_metrics()
     fig = F.training_curves(df)
-    assert sorted(t.name for t in fig.data) == ["test/accuracy", "train/loss", "train/ot"]
-    loss = next(t for t in fig.data if t.name == "train/loss")
+    # train/loss and test/... group by what follows the split; train/ot is its own family
+    assert [t.name for t in fig.data] == ["test", "train", "train"]
+    titles = [a.text for a in fig.layout.annotations[:3]]
+    assert titles == ["accuracy (%)", "OT distance per layer pair (before λ)", "loss"]
+    loss = next(t for t in fig.data if t.hovertemplate.startswith("train/loss"))
     np.testing.assert_allclose(np.asarray(loss.x, float), np.arange(1, 21))
     np.testing.assert_allclose(np.asarray(loss.y, float), 1.0 / np.arange(1, 21))
-    assert fig.layout.xaxis.title.text == "step"
-    fig = F.training_curves(df, ["train/loss"], smooth=3, title="loss")
-    assert len(fig.data) == 1
+    # each panel has its own y axis
+    assert len({t.yaxis for t in fig.data}) == 3
+    assert fig.layout.xaxis3.title.text == "step"  # under the last panel of each column
+
+
+def test_training_curves_loss_terms_get_a_panel_each_labelled_with_their_weight():
+    rows = [(s, 1, k, v) for s in range(1, 11) for k, v in
+            (("loss/ce", 2.0 / s), ("loss/ot", 0.0), ("loss/kd", 15.0), ("loss/total", 17.0),
+             ("ot/features.conv3->features.conv3", 0.5), ("ot/features.conv2->features.conv2", 0.7),
+             ("score/features.conv3->features.conv3", 0.3))]
+    df = pd.DataFrame(rows, columns=["step", "epoch", "key", "value"])
+    cfg = {"setting": "transfer-small", "method": "kd+ot", "lam": 0.5, "kd_weight": 1.0,
+           "temperature": 4.0}
+    fig = F.training_curves(df, config=cfg)
+    titles = [a.text for a in fig.layout.annotations]
+    assert "λ × OT, summed over pairs (λ = 0.5)" in titles
+    assert "1 × KD (T = 4)" in titles and "cross-entropy (task loss)" in titles
+    assert "OT distance per layer pair (before λ)" in titles
+    assert "OT score per layer pair (0 = same layer)" in titles
+    # loss/ot (flat at 0) and loss/kd (15) are on different y axes
+    ot_axis = next(t.yaxis for t in fig.data if t.hovertemplate.startswith("loss/ot"))
+    kd_axis = next(t.yaxis for t in fig.data if t.hovertemplate.startswith("loss/kd"))
+    assert ot_axis != kd_axis
+    # the two OT pairs share one panel, with a legend of short names
+    pairs = [t for t in fig.data if t.hovertemplate.startswith("ot/")]
+    assert {t.name for t in pairs} == {"conv3->conv3", "conv2->conv2"}
+    assert len({t.yaxis for t in pairs}) == 1 and all(t.showlegend for t in pairs)
+    # the score panel starts at 0
+    score_axis = next(t.yaxis for t in fig.data if t.hovertemplate.startswith("score/"))
+    layout_name = "yaxis" + score_axis[1:]
+    assert fig.layout[layout_name].rangemode == "tozero"
+    # log scale: positive panels become log, loss/ot (zeros) stays linear and says so
+    fig = F.training_curves(df, config=cfg, log_y=True)
+    kd_axis = next(t.yaxis for t in fig.data if t.hovertemplate.startswith("loss/kd"))
+    assert fig.layout["yaxis" + kd_axis[1:]].type == "log"
+    ot_axis = next(t.yaxis for t in fig.data if t.hovertemplate.startswith("loss/ot"))
+    assert fig.layout["yaxis" + ot_axis[1:]].type != "log"
+    assert any("linear: has values ≤ 0" in a.text for a in fig.layout.annotations)
+    assert fig.layout["yaxis" + score_axis[1:]].type != "log"
+    # a method without ot monitors the distance: the title says it is not in the loss
+    fig = F.training_curves(df, ["ot/features.conv3->features.conv3"], config={"method": "kd"})
+    assert "not in the loss" in fig.layout.title.text
+
+
+def test_training_curves_accuracy_in_percent_with_chance_level():
+    df = long_metrics()
+    fig = F.training_curves(df, ["test/accuracy"], x="epoch", config={"setting": "transfer"})
+    np.testing.assert_allclose(np.asarray(fig.data[0].y, float), [60, 70, 80, 90])
+    assert tuple(fig.layout.yaxis.range) == (0, 100)
+    assert fig.layout.yaxis.ticksuffix == " %"
+    chance = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(chance) == 1 and chance[0].y0 == pytest.approx(20.0)  # 5 classes
+    assert any(a.text == "chance 20 %" for a in fig.layout.annotations)
+    assert "chance 20 %" in fig.layout.title.text
+    # one point only: still the fixed 0-100 axis, never negative
+    one = df[(df.key == "test/accuracy") & (df.step == 5)]
+    fig = F.training_curves(one, "test/accuracy", chance=0.1)
+    assert tuple(fig.layout.yaxis.range) == (0, 100)
+    assert fig.layout.shapes[0].y0 == pytest.approx(10.0)
+    # a custom task without a known setting: no chance line
+    assert not F.training_curves(df, ["test/accuracy"], config={"setting": "mine"}).layout.shapes
+    assert F.chance_level({"setting": "distill"}) == pytest.approx(0.1)
+    assert F.chance_level({"num_classes": 4}) == pytest.approx(0.25)
+    assert F.chance_level(None) is None and F.chance_level({"setting": "mine"}) is None
+    with pytest.raises(ValueError, match="chance"):
+        F.training_curves(df, ["test/accuracy"], chance=20)
+
+
+def test_metric_family():
+    assert F.metric_family("ot/a->b") == "ot"
+    assert F.metric_family("score/a->b") == "score"
+    assert F.metric_family("train/accuracy") == F.metric_family("test/accuracy") == "accuracy"
+    assert F.metric_family("lr") == "lr"
+
+
+def test_metric_panels_match_the_panels_of_training_curves():
+    keys = ["loss/total", "loss/ce", "loss/ot", "ot/a->b", "ot/c->d", "score/a->b",
+            "train/accuracy", "test/accuracy"]
+    assert F.metric_panels(keys) == [["train/accuracy", "test/accuracy"], ["score/a->b"],
+                                     ["ot/a->b", "ot/c->d"], ["loss/total"], ["loss/ce"],
+                                     ["loss/ot"]]
+    assert F.metric_panels(keys, "one") == [keys]
+    assert len(F.metric_panels(keys, "key")) == len(keys)
+    with pytest.raises(ValueError, match="panels"):
+        F.metric_panels(keys, "cards")
+
+
+def test_training_curves_smoothing_is_a_debiased_ema_over_faint_raw_values():
+    df = long_metrics()
     y = 1.0 / np.arange(1, 21)
-    expected = pd.Series(y).rolling(3, min_periods=1).mean().to_numpy()
-    np.testing.assert_allclose(np.asarray(fig.data[0].y, float), expected)
-    assert fig.layout.title.text == "loss"
+    fig = F.training_curves(df, ["train/loss"], smooth=0.6, title="loss")
+    raw, smooth = fig.data
+    assert raw.opacity < 0.5 and not raw.showlegend
+    np.testing.assert_allclose(np.asarray(raw.y, float), y)
+    expected, m = [], 0.0
+    for t, v in enumerate(y, start=1):
+        m = 0.6 * m + 0.4 * v
+        expected.append(m / (1 - 0.6 ** t))
+    np.testing.assert_allclose(np.asarray(smooth.y, float), expected)
+    assert smooth.y[0] == pytest.approx(y[0])  # debiased: no pull toward 0 at the start
+    assert fig.layout.title.text.startswith("loss") and "EMA weight 0.6" in fig.layout.title.text
+    # accuracies are evaluations: never smoothed
+    fig = F.training_curves(df, ["test/accuracy"], smooth=0.9)
+    assert len(fig.data) == 1
+    for bad in (1.0, -0.1, 3, True):
+        with pytest.raises(ValueError, match="smooth"):
+            F.training_curves(df, smooth=bad)
 
 
-def test_training_curves_by_epoch_averages_and_missing_keys():
+def test_training_curves_by_epoch_and_by_wall_time():
     df = long_metrics()
     fig = F.training_curves(df, "train/loss", x="epoch")
     y = 1.0 / np.arange(1, 21)
@@ -486,32 +593,44 @@ def test_training_curves_by_epoch_averages_and_missing_keys():
     np.testing.assert_array_equal(np.asarray(fig.data[0].x), [1, 2, 3, 4])
     # a key not logged yet keeps its (empty) trace
     fig = F.training_curves(df, ["test/accuracy", "test/loss"], x="epoch")
-    assert [t.name for t in fig.data] == ["test/accuracy", "test/loss (no data yet)"]
-    assert len(fig.data[1].x) == 0
+    assert "test (no data yet)" in [t.name for t in fig.data]
     # epoch may be missing for some rows
     df2 = df.copy()
     df2.loc[0, "epoch"] = pd.NA
     assert len(F.training_curves(df2, "train/loss", x="epoch").data[0].x) == 4
-    # time axis, facets
-    assert len(F.training_curves(df, x="time").data) == 3
-    fig = F.training_curves(df, facet=True)
-    assert len(fig.data) == 3 and fig.layout.yaxis3 is not None
+    # wall time: seconds since the first metric (one per step here)
+    fig = F.training_curves(df, "train/loss", x="time")
+    np.testing.assert_allclose(np.asarray(fig.data[0].x, float), np.arange(0, 20))
+    assert fig.layout.xaxis.title.text == "wall time (s)"
+    slow = df.assign(time=df["time"].iloc[0] + (df["time"] - df["time"].iloc[0]) * 60)
+    fig = F.training_curves(slow, "train/loss", x="time")
+    assert fig.layout.xaxis.title.text == "wall time (min)"
+    np.testing.assert_allclose(np.asarray(fig.data[0].x, float), np.arange(0, 20))
+    # every key on one axis, or one panel per key
+    assert len({t.yaxis for t in F.training_curves(df, panels="one").data}) == 1
+    assert len({t.yaxis for t in F.training_curves(df, panels="key").data}) == 3
 
 
 def test_training_curves_empty_and_bad_input():
     empty = long_metrics().iloc[:0]
     fig = F.training_curves(empty)
     assert len(fig.data) == 0 and "no metrics" in fig.layout.annotations[0].text
+    fig = F.training_curves(empty, ["loss/total", "test/accuracy"])
+    assert sum("no data yet" in a.text for a in fig.layout.annotations) == 2
     with pytest.raises(TypeError):
         F.training_curves({"step": [1]})
     with pytest.raises(ValueError, match="lacks column"):
         F.training_curves(long_metrics().drop(columns="key"))
     with pytest.raises(ValueError, match="lacks column"):
+        F.training_curves(long_metrics().drop(columns="time"), x="time")
+    with pytest.raises(ValueError, match="x must be one of"):
         F.training_curves(long_metrics(), x="wall")
-    with pytest.raises(ValueError, match="smooth"):
-        F.training_curves(long_metrics(), smooth=0)
     with pytest.raises(ValueError, match="empty"):
         F.training_curves(long_metrics(), keys=[])
+    with pytest.raises(ValueError, match="panels"):
+        F.training_curves(long_metrics(), panels="grid")
+    with pytest.raises(ValueError, match="cols"):
+        F.training_curves(long_metrics(), cols=0)
 
 
 def test_accuracy_curves():
@@ -519,17 +638,30 @@ def test_accuracy_curves():
     other = df.assign(value=df["value"] * 0.9)
     fig = F.accuracy_curves({"ot": df, "kd": other, "new": df.iloc[:0]})
     assert [t.name for t in fig.data] == ["ot", "kd", "new (no data yet)"]
-    np.testing.assert_allclose(np.asarray(fig.data[0].y, float), [0.6, 0.7, 0.8, 0.9])
-    np.testing.assert_allclose(np.asarray(fig.data[1].y, float), [0.54, 0.63, 0.72, 0.81])
-    assert fig.layout.yaxis.tickformat == ".0%"
+    np.testing.assert_allclose(np.asarray(fig.data[0].y, float), [60, 70, 80, 90])
+    np.testing.assert_allclose(np.asarray(fig.data[1].y, float), [54, 63, 72, 81])
+    assert tuple(fig.layout.yaxis.range) == (0, 100)
     assert fig.layout.xaxis.title.text == "epoch"
-    fig = F.accuracy_curves({"ot": df}, key="train/loss", x="step")
-    assert len(fig.data[0].x) == 20 and fig.layout.yaxis.tickformat is None
+    assert not fig.layout.shapes
+    # chance levels: one line per distinct level, labelled with its runs when they differ
+    fig = F.accuracy_curves({"ot": df, "kd": other}, chance={"ot": 0.2, "kd": 0.1})
+    assert sorted(s.y0 for s in fig.layout.shapes) == pytest.approx([10.0, 20.0])
+    assert any(a.text == "chance 10 % (kd)" for a in fig.layout.annotations)
+    fig = F.accuracy_curves({"ot": df, "kd": other}, chance=0.2)
+    assert [a.text for a in fig.layout.annotations] == ["chance 20 %"]
+    # another metric: automatic axis, smoothing and log allowed
+    fig = F.accuracy_curves({"ot": df}, key="train/loss", x="step", smooth=0.5, log_y=True)
+    assert len(fig.data) == 2 and fig.data[0].opacity < 0.5 and len(fig.data[1].x) == 20
+    assert fig.layout.yaxis.range is None and fig.layout.yaxis.type == "log"
+    fig = F.accuracy_curves({"ot": df}, x="time")
+    assert fig.layout.xaxis.title.text == "wall time (s)"
     assert "no runs" in F.accuracy_curves({}).layout.annotations[0].text
     with pytest.raises(TypeError):
         F.accuracy_curves([df])
     with pytest.raises(ValueError, match="runs\\['bad'\\]"):
         F.accuracy_curves({"bad": df.drop(columns="value")})
+    with pytest.raises(ValueError, match="chance"):
+        F.accuracy_curves({"ot": df}, chance={"ot": 1.5})
 
 
 # ----------------------------------------------------------------------------
@@ -627,8 +759,9 @@ def test_every_figure_serialises(rng, tables, tmp_path):
         "map": F.neuron_map(T, S, al),
         "clouds": F.point_cloud_transport(rng.normal(size=(6, 2)), rng.normal(size=(4, 2)),
                                           np.ones((6, 4)) / 24),
-        "curves": F.training_curves(df),
-        "accuracy": F.accuracy_curves({"a": df}),
+        "curves": F.training_curves(df, smooth=0.6, log_y=True, config={"setting": "transfer"}),
+        "curves_one": F.training_curves(df, ["train/loss"], x="time"),
+        "accuracy": F.accuracy_curves({"a": df}, chance=0.2),
         "matrix": F.distance_matrix(tables[0]),
         "matrices": F.distance_matrices(*tables),
         "bars": F.distance_bars({"x": al}),

@@ -595,3 +595,70 @@ def test_foreign_or_newer_database_is_refused(tmp_path):
         RunStore(tmp_path)
     with pytest.raises(ValueError, match="file path"):
         RunStore(":memory:")
+
+
+# ----------------------------------------------------------------------------
+# speed and duplicates
+# ----------------------------------------------------------------------------
+def _timed_metrics(step_seconds: list[float]) -> pd.DataFrame:
+    """Long-format metrics whose step s was logged at step_seconds[s] (step 0: the evaluation)."""
+    t0 = pd.Timestamp("2026-01-01", tz="UTC")
+    rows = [(s, 1, "loss/total", 1.0, t0 + pd.Timedelta(seconds=t)) for s, t in enumerate(step_seconds)]
+    rows.append((0, 0, "test/accuracy", 0.2, t0))
+    return pd.DataFrame(rows, columns=["step", "epoch", "key", "value", "time"])
+
+
+def test_step_rate_and_eta_from_metric_timestamps():
+    from otviz.runs import step_rate
+
+    # step 0 at t=0 (then a 30 s evaluation), steps 1..11 every 0.5 s
+    df = _timed_metrics([0.0] + [30.0 + 0.5 * i for i in range(11)])
+    rate = step_rate(df, total_steps=51)
+    assert rate.steps_per_second == pytest.approx(2.0)  # the evaluation before step 1 is left out
+    assert rate.eta_seconds == pytest.approx(20.0)      # 40 steps left at 2 steps/s
+    assert (rate.steps, rate.seconds, rate.last_step) == (10, pytest.approx(5.0), 11)
+    # a window of the last 4 steps, and no total
+    rate = step_rate(df, window=4)
+    assert rate.steps == 4 and rate.eta_seconds is None
+    # not enough to measure
+    assert step_rate(_timed_metrics([0.0, 3.0])) is None
+    assert step_rate(_timed_metrics([0.0, 3.0, 3.0])) is None
+    with pytest.raises(ValueError, match="step and time"):
+        step_rate(df.drop(columns="time"))
+
+
+def test_step_rate_on_a_real_store(tmp_path):
+    from otviz.runs import step_rate
+
+    store = RunStore(tmp_path / "r.db")
+    rid = store.create_run({"setting": "x"})
+    for step in range(1, 6):
+        store.log_metrics(rid, {"loss": 1.0}, step=step, epoch=1)
+        time.sleep(0.02)
+    rate = step_rate(store.metrics(rid), total_steps=10)
+    assert rate is not None and rate.steps == 4 and rate.steps_per_second > 0
+    assert rate.eta_seconds == pytest.approx(5 / rate.steps_per_second)
+
+
+def test_matching_runs_compares_configs_as_dicts(tmp_path):
+    from otviz.runs import matching_runs
+
+    store = RunStore(tmp_path / "r.db")
+    base = {"setting": "transfer-small", "method": "ot", "lam": 1.0, "pairs": ["features.conv3"],
+            "normalize": "standardize", "eps": None, "seed": 0, "name": "first"}
+    a = store.create_run(dict(base, teacher="cnn-mnist5k", n_train=50))  # trainer-added facts
+    b = store.create_run(dict(base, seed=1))
+    c = store.create_run(dict(base, lam=0.1))
+    runs = store.runs()
+    assert matching_runs(runs, dict(base, name="another name")) == [a]
+    assert matching_runs(runs, dict(base, lam=1)) == [a]               # 1 == 1.0
+    assert matching_runs(runs, dict(base, pairs=("features.conv3",))) == [a]
+    assert matching_runs(runs, dict(base, seed=1)) == [b]
+    assert matching_runs(runs, dict(base, lam=0.1 + 1e-15)) == [c]
+    assert matching_runs(runs, dict(base, normalize=None)) == []
+    assert matching_runs(runs, dict(base, eps=0.01)) == []
+    assert matching_runs(runs, dict(base, arch="mlp")) == []           # a key the runs lack
+    assert matching_runs(runs, {"setting": "transfer-small"}) == [c, b, a]
+    assert matching_runs(runs, dict(base, name="x"), ignore=()) == []
+    with pytest.raises(TypeError):
+        matching_runs(runs, [("setting", "x")])

@@ -3,7 +3,10 @@
 import pandas as pd
 import streamlit as st
 
+import json
+
 import dashkit as dk
+import runcharts as rc
 from otviz import figures
 from otviz.runs import RunStoreError
 
@@ -60,6 +63,7 @@ def runs_section() -> None:
     score_help = ("OT score of the teacher's and the student's layer at the last epoch, on a fixed "
                   "probe batch: 0 = the same layer up to permutation and scale, ~1 = unrelated. "
                   "Empty: the run does not pair these layers, or predates the score.")
+    table["status"] = table["status"].map(rc.status_text)
     st.dataframe(table, hide_index=True, key="cmp_table", column_config={
         **{c: st.column_config.NumberColumn(f"OT score {c[len('score/'):]}", format="%.3f",
                                             help=score_help) for c in score_cols},
@@ -72,16 +76,29 @@ def runs_section() -> None:
     st.caption(f"{len(view)} of {len(runs)} runs.")
 
     labels = {int(r["run_id"]): dk.run_label(r) for _, r in view.iterrows()}
-    chosen = st.multiselect("Runs to overlay", list(labels), default=list(labels)[:6],
-                            format_func=labels.get, key="cmp_chosen")
+    # keyed on the labels (they carry the status): a status change draws a fresh multiselect
+    # that keeps the runs chosen so far
+    kept = [r for r in st.session_state.get("cmp_chosen_ids", list(labels)[:6]) if r in labels]
+    chosen = st.multiselect("Runs to overlay", list(labels), default=kept, format_func=labels.get,
+                            key="cmp_chosen_" + rc.labels_signature(labels))
+    st.session_state["cmp_chosen_ids"] = list(chosen)
     if chosen:
+        short = {}  # legend names: mark, id, setting/method and the start of the name
+        for _, r in view[view["run_id"].isin(chosen)].iterrows():
+            name = str(r["name"] or "")
+            name = f" - {name[:24]}{'…' if len(name) > 24 else ''}" if name else ""
+            short[int(r["run_id"])] = (f"{rc.status_text(r['status']).split()[0]} #{int(r['run_id'])} "
+                                       f"{r['setting']}/{r['method']}{name}")
+        opts = rc.curve_controls("cmp", x_default="epoch", smoothing=False, log=False)
         try:
-            curves = {labels[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
+            curves = {short[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
         except (RunStoreError, OSError) as exc:
             dk.show_error(exc, "Could not read the metrics")
         else:
-            dk.chart(figures.accuracy_curves(curves, title="Test accuracy"), key="cmp_curves",
-                     legend_below=True)
+            configs = {int(r): json.loads(c) for r, c in zip(view["run_id"], view["config"])}
+            chance = {short[r]: figures.chance_level(configs.get(r)) for r in chosen}
+            dk.chart(figures.accuracy_curves(curves, title="Test accuracy", chance=chance, **opts),
+                     key="cmp_curves", legend_below=True)
 
     st.subheader("Export")
     try:

@@ -3,6 +3,7 @@
 import streamlit as st
 
 import dashkit as dk
+import runcharts as rc
 from otviz import figures
 from otviz.data import SETTINGS
 from otviz.runs import RunNotFoundError, RunStoreError
@@ -41,6 +42,44 @@ def start(config: dict) -> None:
     st.session_state["follow"] = launched.run_id
     st.query_params["run"] = str(launched.run_id)
     st.rerun()
+
+
+def request_start(config: dict) -> None:
+    """Launch ``config``, unless a run of the store already has this configuration: then ask."""
+    same = rc.identical_runs(runs, config)
+    if not same:
+        start(config)
+        return
+    st.session_state["pending_launch"] = {"config": config, "same": same}
+    st.rerun()
+
+
+def pending_launch() -> None:
+    """The warning before launching a configuration that the store already holds."""
+    pending = st.session_state.get("pending_launch")
+    if not pending:
+        return
+    labels = {int(r["run_id"]): dk.run_label(r) for _, r in runs.iterrows()}
+    same = [r for r in pending["same"] if r in labels]
+    if not same:
+        st.session_state.pop("pending_launch", None)
+        start(pending["config"])
+        return
+    listed = "; ".join(labels[r] for r in same[:3]) + (f" and {len(same) - 3} more" if len(same) > 3 else "")
+    st.warning(f"**This configuration was already trained**: {listed}. The same seed gives the same "
+               f"run again; change the seed for another sample.", icon=":material/content_copy:")
+    a, b, c = st.columns(3)
+    if a.button("Launch anyway", type="primary", icon=":material/play_arrow:", key="dup_launch"):
+        st.session_state.pop("pending_launch", None)
+        start(pending["config"])
+    if b.button(f"Show run #{same[0]}", icon=":material/visibility:", key="dup_show"):
+        st.session_state.pop("pending_launch", None)
+        st.session_state["follow"] = same[0]
+        st.query_params["run"] = str(same[0])
+        st.rerun()
+    if c.button("Cancel", key="dup_cancel"):
+        st.session_state.pop("pending_launch", None)
+        st.rerun()
 
 
 # ----------------------------------------------------------------------------- start here
@@ -88,11 +127,12 @@ def not_used(label: str, reason: str) -> None:
     st.caption(f"{label}: not used, {reason}.")
 
 
-with st.expander("Start a training", expanded=runs.empty):
+with st.expander("Start a training", expanded=runs.empty or "pending_launch" in st.session_state):
+    pending_launch()
     demo_row = st.container(horizontal=True, vertical_alignment="center", gap="medium")
     if demo_row.button("Run the demo transfer", type="primary", icon=":material/play_arrow:",
                        key="demo"):
-        start(dict(dk.DEMO_CONFIG))
+        request_start(dict(dk.DEMO_CONFIG))
     d = dk.DEMO_CONFIG
     neurons_text = "standardised neurons" if d["normalize"] == "standardize" else f"normalize {d['normalize']}"
     demo_row.caption(
@@ -212,7 +252,7 @@ with st.expander("Start a training", expanded=runs.empty):
                 config["fitnets_weight"] = float(fitnets_weight)
             if "at" in terms:
                 config["at_weight"] = float(at_weight)
-            start(config)
+            request_start(config)
 
 # ----------------------------------------------------------------------------- follow a run
 if runs.empty:
@@ -231,7 +271,13 @@ if st.session_state.get("follow") not in labels:
         st.session_state["follow"] = int(running.iloc[0])
     else:
         st.session_state["follow"] = ids[0]
-run_id = st.selectbox("Run", ids, format_func=labels.get, key="follow")
+# The labels carry each run's status; a select box shows the label it was created with, so it is
+# keyed on the labels and the followed run: a status change or a followed run set elsewhere
+# (a launch, "Show run") draws a fresh one, on the followed run.
+picker_key = "follow_pick_" + rc.labels_signature(labels, st.session_state["follow"])
+run_id = st.selectbox("Run", ids, index=ids.index(st.session_state["follow"]),
+                      format_func=labels.get, key=picker_key)
+st.session_state["follow"] = run_id
 st.query_params["run"] = str(run_id)
 status = ordered.loc[ordered["run_id"] == run_id, "status"].iloc[0]
 live = status == "running"
@@ -279,36 +325,32 @@ def live_view(run_id: int) -> None:
         frac = min(1.0, step / total) if total else 0.0
         detail = run.get("message") or (f"epoch {run.get('epoch') or 0}/"
                                         f"{run['config'].get('epochs', '?')}")
-        st.progress(frac, text=f"**{run['status']}** - step {step}/{total or '?'} - {detail}")
+        rc.status_bar(run["status"], frac, f"step {step}/{total or '?'} · {detail}")
+        speed = rc.speed_text(run, metrics)
+        if speed:
+            st.caption(speed)
     with head[1]:
         if run["status"] == "running":
             if st.button("Stop", icon=":material/stop:", key=f"stop_{run_id}",
                          help="End this run's process only; the run is marked interrupted."):
                 st.toast(dk.stop_training(run))
         else:
-            st.caption(f"{run['status']} after {run.get('duration') or 0:.0f} s")
+            st.caption(f"{rc.status_markdown(run['status'])} after {run.get('duration') or 0:.0f} s")
     if run["status"] == "failed" and run.get("error"):
         st.error(f"The run failed: {str(run['error']).strip().splitlines()[-1]}")
         with st.expander("Error details"):
             st.code(run["error"])
+    elif run["status"] == "interrupted":
+        why = str(run.get("error") or "").strip()
+        st.warning("The run was interrupted before its last step"
+                   + (f": {why.splitlines()[-1]}" if why else "") + ". Its curves stop there.")
 
+    opts = rc.curve_controls("tr")
     keys = sorted(metrics["key"].unique().tolist()) if not metrics.empty else []
-    loss_keys = [k for k in keys if k.startswith("loss/")] or ["loss/total"]
-    ot_keys = [k for k in keys if k.startswith("ot/")]
-    left, right = dk.cells(2, f"train_charts_{run_id}")
-    with left:
-        dk.chart(figures.training_curves(metrics, loss_keys, x="step", title="Loss terms",
-                                                height=340), key=f"loss_{run_id}")
-        if ot_keys:
-            dk.chart(figures.training_curves(metrics, ot_keys, x="step", log_y=True,
-                                                    title="OT distance per layer pair", height=380),
-                     key=f"ot_{run_id}", legend_below=True)
-        else:
-            st.caption("No OT distances logged yet.")
-    with right:
-        dk.chart(figures.training_curves(metrics, ["train/accuracy", "test/accuracy"],
-                                                x="epoch", title="Accuracy", height=340),
-                        key=f"acc_{run_id}")
+    wanted = ["train/accuracy", "test/accuracy", "loss/total"]  # drawn (empty) before any data
+    rc.curve_cards(metrics, sorted(set(keys) | set(wanted)), config=run["config"], options=opts,
+                   key=f"curves_{run_id}")
+    with st.container():
         pair_keys = dk.plan_keys(snaps)
         if pair_keys:
             pair = st.selectbox("Layer pair", pair_keys, index=len(pair_keys) - 1,
@@ -331,3 +373,21 @@ def live_view(run_id: int) -> None:
 
 
 st.fragment(live_view, run_every=1.0 if live else None)(run_id)
+
+
+def watch_statuses(seen: tuple) -> None:
+    """Rerun the page when a run starts or ends, so the run picker shows every status."""
+    store = dk.open_store(quiet=True)
+    if store is None:
+        return
+    try:
+        now = store.runs()
+    except (RunStoreError, OSError):
+        return
+    if tuple(zip(now["run_id"].tolist(), now["status"].tolist())) != seen:
+        st.rerun()
+
+
+if (runs["status"] == "running").any():
+    st.fragment(watch_statuses, run_every=2.0)(tuple(zip(runs["run_id"].tolist(),
+                                                         runs["status"].tolist())))

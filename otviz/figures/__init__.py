@@ -19,7 +19,9 @@ Tables and curves
     :func:`distance_matrix` / :func:`distance_matrices` draw the
     teacher-layer x student-layer tables of :func:`otviz.layers.layer_distances`;
     :func:`training_curves` and :func:`accuracy_curves` plot long-format
-    metrics from :meth:`otviz.runs.RunStore.metrics`; :func:`distance_bars`
+    metrics from :meth:`otviz.runs.RunStore.metrics`, a panel per tag family
+    (:func:`metric_family`), accuracies in percent with the chance level
+    (:func:`chance_level`); :func:`distance_bars`
     compares a few alignments.
 
 Conventions: one template (:data:`TEMPLATE`), teacher in blue and student in
@@ -36,7 +38,13 @@ from otviz.figures._common import (
     TEACHER_COLOR,
     TEMPLATE,
 )
-from otviz.figures.curves import accuracy_curves, training_curves
+from otviz.figures.curves import (
+    accuracy_curves,
+    chance_level,
+    metric_family,
+    metric_panels,
+    training_curves,
+)
 from otviz.figures.evolution import compare_runs, reallocation_chart
 from otviz.figures.matching import alignment_panel, match_quality, matched_cost_distribution
 from otviz.figures.neurons import embed_neurons, neuron_map, point_cloud_transport
@@ -50,6 +58,7 @@ __all__ = [
     "TEMPLATE",
     "accuracy_curves",
     "alignment_panel",
+    "chance_level",
     "compare_runs",
     "distance_bars",
     "distance_matrices",
@@ -57,6 +66,8 @@ __all__ = [
     "embed_neurons",
     "match_quality",
     "matched_cost_distribution",
+    "metric_family",
+    "metric_panels",
     "neuron_map",
     "plan_heatmap",
     "plan_order",
