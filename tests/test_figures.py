@@ -472,7 +472,7 @@ def test_training_curves_one_panel_per_family():
     # train/loss and test/... group by what follows the split; train/ot is its own family
     assert [t.name for t in fig.data] == ["test", "train", "train"]
     titles = [a.text for a in fig.layout.annotations[:3]]
-    assert titles == ["accuracy (%)", "OT distance per layer pair (before λ)", "loss"]
+    assert titles == ["accuracy (%)", "raw OT term per layer pair, as optimised (before λ)", "loss"]
     loss = next(t for t in fig.data if t.hovertemplate.startswith("train/loss"))
     np.testing.assert_allclose(np.asarray(loss.x, float), np.arange(1, 21))
     np.testing.assert_allclose(np.asarray(loss.y, float), 1.0 / np.arange(1, 21))
@@ -493,8 +493,8 @@ def test_training_curves_loss_terms_get_a_panel_each_labelled_with_their_weight(
     titles = [a.text for a in fig.layout.annotations]
     assert "λ × OT, summed over pairs (λ = 0.5)" in titles
     assert "1 × KD (T = 4)" in titles and "cross-entropy (task loss)" in titles
-    assert "OT distance per layer pair (before λ)" in titles
-    assert "OT score per layer pair (0 = same layer)" in titles
+    assert "raw OT term per layer pair, as optimised (before λ)" in titles
+    assert "OT score per layer pair (0 = same layer, ~1 = unrelated)" in titles
     # loss/ot (flat at 0) and loss/kd (15) are on different y axes
     ot_axis = next(t.yaxis for t in fig.data if t.hovertemplate.startswith("loss/ot"))
     kd_axis = next(t.yaxis for t in fig.data if t.hovertemplate.startswith("loss/kd"))

@@ -7,10 +7,11 @@ each with its own y axis, so that a term near 0 is never flattened beside a term
 - ``loss/<term>``: one panel per term, since the terms differ in scale by design. Each holds
   the *weighted* value added to the total (``loss/ot`` is :math:`\lambda \sum_\ell
   \mathrm{OT}_\ell`, ``loss/kd`` is the KD weight times the KD loss), and its title says so.
-- ``ot/<teacher>-><student>``: one panel, a line per layer pair: the OT distance of the pair
-  before the weight :math:`\lambda`.
+- ``ot/<teacher>-><student>``: one panel, a line per layer pair: the raw OT term of the pair
+  as the regulariser optimises it on each minibatch, before the weight :math:`\lambda`.
 - ``score/<teacher>-><student>`` (any family whose name ends in ``score``): one panel on a
-  linear, 0-based axis.
+  linear, 0-based axis: the scale-free OT score (:attr:`otviz.Alignment.score`) logged per
+  epoch on a fixed probe batch.
 - ``train/<metric>``, ``test/<metric>`` (and ``val/``): one panel per metric with a line per
   split; accuracies are drawn in percent on a fixed 0-100 axis with the chance level
   :math:`100 / n_\text{classes}` marked.
@@ -139,10 +140,11 @@ def _family_title(family: str, config: Mapping[str, Any], chance: float | None) 
     if family == "ot":
         method = str(config.get("method", ""))
         if method and "ot" not in method.split("+"):
-            return "OT distance per layer pair (monitored, not in the loss)"
-        return "OT distance per layer pair (before λ)"
+            return "raw OT term per layer pair (monitored, not in the loss)"
+        return "raw OT term per layer pair, as optimised (before λ)"
     if _is_score(family):
-        return "OT score per layer pair (0 = same layer)" if family == "score" else family
+        return ("OT score per layer pair (0 = same layer, ~1 = unrelated)" if family == "score"
+                else family)
     return family
 
 
