@@ -284,7 +284,7 @@ live = status == "running"
 st.session_state["live_mode"] = (run_id, live)
 
 
-def plan_panel(plan, cost, run: dict, epoch: int, run_id: int) -> None:
+def plan_panel(plan, cost, run: dict, epoch: int, run_id: int, score: float | None = None) -> None:
     """The latest plan; with its cost matrix, the cost beside it and how much cheaper its matches are."""
     title = f"Latest transport plan (epoch {epoch})"
     if cost is None:
@@ -296,9 +296,13 @@ def plan_panel(plan, cost, run: dict, epoch: int, run_id: int) -> None:
     label = f"{cfg.get('cost', 'sqeuclidean')} cost ({cfg.get('normalize') or 'raw'} neurons)"
     dk.chart(figures.alignment_panel(plan, cost, cost_label=label, title=title),
              key=f"plan_{run_id}")
-    st.caption(f"Matched pairs cost {cost_contrast(plan, cost):.0%} of a random pairing's mean "
-               f"(0% = free matches, 100% = chance). The Alignments page compares this run with "
-               f"its scratch twin epoch by epoch.")
+    score_text = ("" if score is None else
+                  f"OT score at epoch {epoch}: **{score:.3f}** (0 = the teacher's layer up to "
+                  f"permutation and scale, ~1 = unrelated). ")
+    st.caption(f"{score_text}In the training's own geometry, matched pairs cost "
+               f"{cost_contrast(plan, cost):.0%} of a random pairing's mean (0% = free matches, "
+               f"100% = chance). The Alignments page compares this run with its scratch twin "
+               f"epoch by epoch.")
 
 
 def live_view(run_id: int) -> None:
@@ -364,7 +368,9 @@ def live_view(run_id: int) -> None:
             except (RunStoreError, OSError) as exc:
                 dk.show_error(exc, "Could not read the plan")
             else:
-                plan_panel(plan, cost, run, ep, run_id)
+                at = metrics[(metrics["key"] == f"score/{pair}") & (metrics["epoch"] == ep)]
+                plan_panel(plan, cost, run, ep, run_id,
+                           score=None if at.empty else float(at["value"].iloc[-1]))
         else:
             st.caption("The first transport plan appears after the first evaluation.")
 

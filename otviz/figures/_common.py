@@ -150,6 +150,8 @@ def _wrap(text: str, width: int = _SUB_LINE) -> list[str]:
     """Break a subtitle into lines of at most ``width`` characters: between its ``"; "``-separated
     clauses where it can (a clause such as "NOT converged after 200 iterations" stays on one
     line), at spaces inside a clause longer than a line."""
+    if "<br>" in text:  # explicit breaks first, then each part wrapped
+        return [line for part in text.split("<br>") for line in _wrap(part, width)]
     lines: list[str] = []
     for clause in text.split("; "):
         words = clause.split(" ")
@@ -176,7 +178,11 @@ def _title(text: str | None, sub: str | None = None) -> dict:
 
 
 def _finish(fig: go.Figure, title: str | None, sub: str | None = None, **layout: Any) -> go.Figure:
-    extra = 14 * (len(_wrap(sub)) - 1) if title and sub else 0   # room for a wrapped subtitle
+    extra = 16 * (len(_wrap(sub)) - 1) if title and sub else 0   # room for a wrapped subtitle
+    # subplot titles sit just above the plotting area: keep them clear of the subtitle
+    if title and any(getattr(a, "yref", None) == "paper" and (a.y or 0) >= 0.99
+                     for a in fig.layout.annotations):
+        extra += 26
     fig.update_layout(template=TEMPLATE, title=_title(title, sub),
                       margin=dict(l=60, r=30, t=(80 if title else 30) + extra, b=55),
                       hoverlabel=dict(namelength=-1), **layout)

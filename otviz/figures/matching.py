@@ -147,12 +147,12 @@ def alignment_panel(
     contrast = matching.cost_contrast(P, C)
     if title is None:
         title = f"Cost beside plan ({m} x {k})"
-    sub = (f"matched pairs cost {contrast:.0%} of a random pairing's mean cost<br>"
+    sub = (f"matched pairs cost {contrast:.0%} of a random pairing's mean cost "
            f"(0% = free matches, 100% = no better than random); same order on both sides")
     if height == "auto":
         height = auto_height(len(rl)) + 110
     fig = _finish(fig, title, sub, height=height)
-    fig.update_layout(margin=dict(t=140, b=120))
+    fig.update_layout(margin=dict(b=120))
     return fig
 
 
@@ -253,7 +253,7 @@ def matched_cost_distribution(
         fig.update_layout(barmode="overlay", bargap=0)
     fig = _finish(fig, title or "Matched pairs against all pairs", sub, height=height,
                   legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
-    fig.update_layout(margin=dict(t=120))
+    fig.update_layout(margin=dict(t=fig.layout.margin.t + 26))  # the legend above the axes
     return fig
 
 
@@ -321,5 +321,4 @@ def match_quality(
     sub = "; ".join(medians) + "<br>1 (dashed) = no better than a random partner"
     fig = _finish(fig, title or "Match quality per neuron", sub,
                   height=height or 270 * len(sides) + 80, bargap=0.05)
-    fig.update_layout(margin=dict(t=120))
     return fig
