@@ -178,11 +178,11 @@ def _title(text: str | None, sub: str | None = None) -> dict:
 
 
 def _finish(fig: go.Figure, title: str | None, sub: str | None = None, **layout: Any) -> go.Figure:
-    extra = 16 * (len(_wrap(sub)) - 1) if title and sub else 0   # room for a wrapped subtitle
+    extra = 22 * (len(_wrap(sub)) - 1) if title and sub else 0   # room for a wrapped subtitle
     # subplot titles sit just above the plotting area: keep them clear of the subtitle
     if title and any(getattr(a, "yref", None) == "paper" and (a.y or 0) >= 0.99
                      for a in fig.layout.annotations):
-        extra += 26
+        extra += 30
     fig.update_layout(template=TEMPLATE, title=_title(title, sub),
                       margin=dict(l=60, r=30, t=(80 if title else 30) + extra, b=55),
                       hoverlabel=dict(namelength=-1), **layout)

@@ -147,8 +147,8 @@ def alignment_panel(
     contrast = matching.cost_contrast(P, C)
     if title is None:
         title = f"Cost beside plan ({m} x {k})"
-    sub = (f"matched pairs cost {contrast:.0%} of a random pairing's mean cost "
-           f"(0% = free matches, 100% = no better than random); same order on both sides")
+    sub = (f"matched pairs cost {contrast:.0%} of a random pairing's mean; "
+           f"0% = free matches, 100% = chance; same order on both sides")
     if height == "auto":
         height = auto_height(len(rl)) + 110
     fig = _finish(fig, title, sub, height=height)

@@ -164,7 +164,9 @@ def distance_matrices(ot_df: pd.DataFrame, cka_df: pd.DataFrame, *,
     # both tables have the same rows in the same order: label them once, on the left, so the
     # right table's labels never run into the OT colour bar when the figure is narrow
     fig.update_yaxes(showticklabels=False, row=1, col=2)
-    sub = f"{ot_label}: {ot_hint.split(';')[0]}. {cka_label}: {cka_hint.split(';')[0]}."
+    sub = (f"{ot_label}: 0 = same layer, ~1 = unrelated; " if ot_key == "ot"
+           else f"{ot_label}: in the units of the activations; ") + \
+        f"{cka_label}: 1 = same up to rotation and scale"
     return _finish(fig, title or "Layer similarity: OT beside CKA", sub, height=height)
 
 
