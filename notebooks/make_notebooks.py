@@ -59,7 +59,11 @@ NB01 = [
     $$\mathrm{OT}(\mu_T, \mu_S) = \min_{P \in U(a, b)} \sum_{ij} P_{ij}\, c(t_i, s_j),
     \qquad U(a, b) = \{P \ge 0 : P\mathbf{1} = a,\ P^\top\mathbf{1} = b\}.$$
 
-    The plan $P$ says which teacher neurons correspond to which student neurons.
+    The plan $P$ says which teacher neurons correspond to which student neurons. The minimum
+    itself, the *raw* OT cost, is in the units of the activations; the number to read is the
+    **OT score**, the same transport problem on a common, dimensionless scale: 0 for the same
+    layer up to a permutation of its neurons and a scale, about 1 for unrelated layers
+    (section 4).
 
     What we do, step by step:
 
@@ -67,11 +71,12 @@ NB01 = [
        another task, and a 4x narrower network trained here for a minute;
     2. capture their activations on real images and turn them into neurons;
     3. align the last convolutional layers and draw the plan;
-    4. see how the cost and the per-neuron normalisation change the alignment;
-    5. see what the entropic regularisation `eps` does;
-    6. draw the neurons of both networks in one map, with the plan as lines;
-    7. compare every teacher layer with every student layer, OT beside CKA;
-    8. check that shuffling a layer's neurons changes nothing for OT.
+    4. read the numbers: what the OT score is, and what 0, 0.4 and 0.9 mean;
+    5. see how the cost and the per-neuron normalisation change the alignment;
+    6. see what the entropic regularisation `eps` does;
+    7. draw the neurons of both networks in one map, with the plan as lines;
+    8. compare every teacher layer with every student layer, the OT score beside CKA;
+    9. check that shuffling a layer's neurons changes nothing for OT.
 
     Everything runs offline on a CPU. The neuron map uses UMAP, whose first fit in a Python
     process compiles code with numba (20 to 60 seconds); the rest takes a few seconds per cell.
@@ -194,6 +199,9 @@ NB01 = [
     The weights are uniform: each teacher neuron carries $1/64$ of the mass, each student neuron
     receives $1/16$. The widths differ, so every student neuron takes the mass of about four
     teacher neurons. `method="emd"` (the default) solves the problem exactly.
+
+    `summary()` gives the **score** first (section 4 says how to read it), then the raw
+    distance $\sum_{ij} P_{ij} C_{ij}$ in the units of the cost.
     """),
     code(r"""
     LAYER = "features.conv3"
@@ -216,21 +224,125 @@ NB01 = [
     divide, such as 64 and 24, some teacher neurons split their mass.)
     """),
     md(r"""
-    ## 4. Costs and normalisations
+    ## 4. Reading the numbers: the OT score
 
-    `otviz.align` takes a ground cost (`sqeuclidean`, `euclidean`, `cosine`, `correlation`) and a
-    per-neuron normalisation (`None`, `center`, `standardize`, `unit`). Distances of different
-    costs are in different units, so the table below also gives the distance relative to the
-    largest entry of the cost matrix, and, more telling, how often each teacher neuron is matched
-    to the same student neuron as in the alignment above.
+    The raw distance above is a sum of squared differences of activations: it grows with the
+    activations' scale and with the number of responses $d$, so on its own it says nothing, and
+    it cannot be compared across layers, models or probe sets. `Alignment.score` solves the same
+    transport problem after bringing both layers to a common scale. Each neuron is centred over
+    its responses, and each *layer* is divided by its root-mean-square response,
+
+    $$\hat t_i = \frac{t_i - \bar t_i}{\sigma_T}, \qquad
+    \sigma_T^2 = \frac{1}{d}\sum_i a_i \|t_i - \bar t_i\|^2$$
+
+    (the same for the student), and
+
+    $$\mathrm{score}(T, S) = \min_{P \in U(a, b)} \sum_{ij} P_{ij}\,
+    \frac{\|\hat t_i - \hat s_j\|^2}{2d}
+    = 1 - \max_{P \in U(a, b)} \sum_{ij} P_{ij}\, \frac{\langle \hat t_i, \hat s_j\rangle}{d}.$$
+
+    It reads as **1 minus how much matched neurons co-vary**, in units of their layers' mean
+    variance:
+
+    * **0**: the student's layer is the teacher's up to a permutation of its neurons, a global
+      scale, per-neuron offsets, or a duplication of every neuron;
+    * **about 1**: unrelated layers, whose matched neurons do not co-vary. With few responses
+      the best matching finds some covariance by chance, so two independent random layers of 64
+      neurons score 0.78 at $d = 100$ responses, 0.90 at 500 and 0.95 at 2,000;
+    * **up to 2**: matched neurons are anti-correlated.
+
+    The score has its own geometry: `cost` and `normalize` change the raw distance and the plan
+    drawn, not the score. The raw distance stays one attribute away (`Alignment.distance`).
+
+    A worked example on the last conv block, each channel averaged over positions
+    (`spatial="mean"`), so that every neuron has $d$ = `N_PROBE` responses, one per image:
     """),
     code(r"""
+    Tm = otviz.neurons(acts_teacher[LAYER], spatial="mean")    # (64, N_PROBE)
+    Sm = otviz.neurons(acts_student[LAYER], spatial="mean")    # (16, N_PROBE)
+    SIBm = otviz.neurons(otviz.capture(sibling, probe, LAYER)[LAYER], spatial="mean")
+    g = torch.Generator().manual_seed(0)
+    shuffle = torch.randperm(Tm.shape[0], generator=g)
+    random_layer = torch.randn(Tm.shape, generator=g)          # 64 neurons that ignore the images
+
+    examples = {
+        "the teacher's layer, neurons shuffled and multiplied by 7": 7 * Tm[shuffle],
+        "the teacher's layer, every neuron twice (128 neurons)": torch.cat([Tm, Tm]),
+        "the sibling's layer (same widths, another task)": SIBm,
+        "the narrow student's layer (16 neurons)": Sm,
+        "a random layer (64 Gaussian neurons)": random_layer,
+    }
+    rows = []
+    for name, other in examples.items():
+        al = otviz.align(Tm, other)
+        rows.append({"student layer": name, "score": al.score, "raw distance": al.distance})
+    reading = pd.DataFrame(rows).set_index("student layer")
+    print(f"teacher: features.conv3, 64 neurons, d = {Tm.shape[1]} responses")
+    reading
+    """),
+    md(r"""
+    The score puts the rescaled shuffled copy and the duplicated layer at exactly 0 and the
+    random layer near 1 (a little below, by chance, at this probe size), with the trained
+    networks in between: the sibling, trained on another task, closer than the narrow student,
+    which has four times fewer neurons to stand for the teacher's. The raw distance ranks them
+    by loudness instead: the copy multiplied by 7 comes out farthest of all.
+
+    How far below 1 chance goes depends on the widths and on $d$; to know what "large" means for
+    a given pair of layers, score two independent random layers of the same shape:
+    """),
+    code(r"""
+    def chance(m, k, d, seed=0):
+        # the score of two independent random layers of m and k neurons with d responses
+        g = torch.Generator().manual_seed(seed)
+        return otviz.align(torch.randn(m, d, generator=g), torch.randn(k, d, generator=g)).score
+
+    pd.DataFrame({f"d = {d}": [chance(64, 64, d), chance(64, 16, d)] for d in (100, N_PROBE, 2000)},
+                 index=["random 64 vs random 64", "random 64 vs random 16"])
+    """),
+    md(r"""
+    **Entropic solvers are debiased.** The entropic cost of a layer against *itself* is not 0:
+    the blurred plan also sends mass between different neurons. The score of an entropic
+    alignment is therefore the *Sinkhorn divergence*
+
+    $$\mathrm{score}_\varepsilon(T, S) = \mathrm{OT}_\varepsilon(T, S)
+    - \tfrac12\,\mathrm{OT}_\varepsilon(T, T) - \tfrac12\,\mathrm{OT}_\varepsilon(S, S),$$
+
+    with $\mathrm{OT}_\varepsilon$ the regularised objective, so a layer against itself scores
+    0 at any `eps`. `Alignment.score_details` gives the three terms:
+    """),
+    code(r"""
+    rows = []
+    for eps in [0.05, 0.2, 1.0]:
+        self_al = otviz.align(Tm, Tm, method="sinkhorn", eps=eps)
+        det = self_al.score_details
+        rows.append({"eps": eps, "raw entropic cost <P, C>": self_al.distance,
+                     "OT_eps(T, T), score scale": det["cross"], "score (debiased)": det["score"]})
+    pd.DataFrame(rows).set_index("eps")
+    """),
+    md(r"""
+    The teacher's layer against itself: the raw cost of the blurred plan, and its regularised
+    objective on the score's scale, grow with `eps`; the debiased score stays at 0.
+
+    ## 5. Costs and normalisations
+
+    `otviz.align` takes a ground cost (`sqeuclidean`, `euclidean`, `cosine`, `correlation`) and a
+    per-neuron normalisation (`None`, `center`, `standardize`, `unit`). These choices decide
+    which plan is drawn and what the raw distance measures, in the units of each cost. The table
+    gives, for each choice, the score (the same in every row: it does not depend on them), the
+    raw distance, the cost of that choice's plan on the score's scale (at least the score, equal
+    when the plan is also the score's optimum), and how often each teacher neuron is matched to
+    the same student neuron as in the alignment above.
+    """),
+    code(r"""
+    # the score's cost matrix: each layer centred and divided by its RMS response, / (2d)
+    score_cost = otviz.cost_matrix(T, S, normalize="layer").numpy() / (2 * T.shape[1])
     rows = []
     for cost in ["sqeuclidean", "euclidean", "cosine", "correlation"]:
         for normalize in [None, "center", "standardize", "unit"]:
             al = otviz.align(T, S, cost=cost, normalize=normalize)
-            rows.append({"cost": cost, "normalize": str(normalize), "distance": al.distance,
-                         "distance / max cost": al.distance / al.cost_scale,
+            rows.append({"cost": cost, "normalize": str(normalize), "score": al.score,
+                         "raw distance": al.distance,
+                         "its plan on the score's scale": float((al.plan * score_cost).sum()),
                          "same matching as above": (al.matching == exact.matching).mean()})
     costs = pd.DataFrame(rows)
     costs
@@ -238,6 +350,9 @@ NB01 = [
     md(r"""
     What the table shows:
 
+    * The raw distances span orders of magnitude, from units of correlation to sums of squared
+      activations: they cannot be compared across rows. The score is one number for the pair of
+      layers.
     * Some combinations are the same problem. Cosine compares unit vectors, so `unit` changes
       nothing for it; `correlation` is the cosine of centred vectors, so every normalisation
       gives it the same plan; and squared Euclidean on standardised neurons is an affine function
@@ -245,18 +360,23 @@ NB01 = [
     * Without normalisation, the squared Euclidean cost is dominated by neurons with large
       responses: a loud neuron is far from everything. Normalising lets the alignment follow
       what the neurons respond to rather than how loudly, and the matching changes accordingly.
-    * Which choice is right depends on what should be transferred; the benchmarks of this
-      project found standardised neurons with the squared Euclidean cost to work best as a
-      training regulariser (see `benchmarks/README.md`).
+      Priced on the score's scale, though, every plan costs within about 0.01 of the optimum:
+      the teacher neurons whose partner changes are near-ties between two student neurons.
+    * Which choice is right for training depends on what should be transferred; the benchmarks
+      of this project found standardised neurons with the squared Euclidean cost to work best as
+      a regulariser (see `benchmarks/README.md`).
     """),
     md(r"""
-    ## 5. Entropic OT: the effect of `eps`
+    ## 6. Entropic OT: the effect of `eps`
 
     With `method="sinkhorn"`, otviz solves the entropic problem
     $\min_P \langle P, C\rangle + \varepsilon\, \mathrm{KL}(P \,|\, a b^\top)$ with Sinkhorn
-    iterations. `eps` is **relative to the largest cost**, so the same value means the same blur
-    whatever the layer's scale. Small `eps` gives nearly the exact plan; large `eps` spreads every
-    teacher neuron's mass over many student neurons, up to the independent plan $a b^\top$.
+    iterations. `eps` is **relative to the median cost**: $\varepsilon = \texttt{eps} \cdot
+    \mathrm{median}_{ij}\, C_{ij}$ (`otviz.transport.eps_scale`), a typical cost between a
+    teacher and a student neuron, which neither the layer's scale nor a few outlier neurons can
+    move, so one value means the same blur in every layer. Small `eps` gives nearly the exact
+    plan; `eps` near 1 blurs over costs as large as the typical one and spreads every teacher
+    neuron's mass over many student neurons, up to the independent plan $a b^\top$.
 
     The *effective number of entries* $\exp(H(P))$, with $H(P) = -\sum_{ij} P_{ij}\log P_{ij}$,
     measures the spread: about 64 for a plan where each teacher neuron goes to one student
@@ -271,15 +391,23 @@ NB01 = [
     entropic = {eps: otviz.align(T, S, normalize="standardize", method="sinkhorn", eps=eps)
                 for eps in EPS}
     pd.DataFrame(
-        [{"eps": "exact", "distance": exact.distance, "iterations": None, "converged": exact.converged,
+        [{"eps": "exact", "score": exact.score, "raw distance <P, C>": exact.distance,
+          "iterations": None, "converged": exact.converged,
           "effective entries": effective_entries(exact.plan)}]
-        + [{"eps": eps, "distance": al.distance, "iterations": al.n_iter, "converged": al.converged,
+        + [{"eps": eps, "score": al.score, "raw distance <P, C>": al.distance,
+            "iterations": al.n_iter, "converged": al.converged,
             "effective entries": effective_entries(al.plan)} for eps, al in entropic.items()]
     )
     """),
     md(r"""
-    The transport cost $\langle P, C\rangle$ grows with `eps` (a blurred plan also sends mass to
-    poor matches), and the solver needs fewer iterations. To compare plans by eye, draw them in
+    The raw transport cost $\langle P, C\rangle$ grows with `eps` (a blurred plan also sends
+    mass to poor matches), and the solver needs fewer iterations. The debiased score goes the
+    other way: it stays close to the exact score at `eps=0.01` and shrinks as `eps` grows,
+    because a strong blur compares the two layers as wholes more than neuron by neuron (the
+    Sinkhorn divergence moves from OT toward a kernel distance between the layers). Compare
+    scores at the same `eps`, and read a layer pair at small `eps` or with the exact solver.
+
+    To compare plans by eye, draw them in
     the exact plan's order (`order=`). At `eps=0.01` the plan is nearly the exact one: a log
     colour scale (`log_color=True`) is needed to see the small masses spread around the matching.
     At `eps=0.2`, drawn on the exact plan's colour range (`zmax=`), no entry comes close to a full
@@ -293,11 +421,12 @@ NB01 = [
                          height=450, title="eps=0.2: the exact plan's order and colour range").show()
     """),
     code(r"""
+    # value="distance" draws the raw transport cost instead
     figures.distance_bars({"exact": exact, **{f"eps={eps}": al for eps, al in entropic.items()}},
-                          title="Transport cost of the plan, by eps").show()
+                          title="OT score by eps (entropic scores debiased)").show()
     """),
     md(r"""
-    ## 6. The neuron map
+    ## 7. The neuron map
 
     `figures.embed_neurons` embeds the teacher and student neurons *together* in 2-D (UMAP, or
     PCA for an instant picture), after standardising each one, so both layers share the same
@@ -321,24 +450,26 @@ NB01 = [
     full response space.)
     """),
     md(r"""
-    ## 7. Every teacher layer against every student layer: OT beside CKA
+    ## 8. Every teacher layer against every student layer: the OT score beside CKA
 
     `otviz.layer_distances` fills a teacher-layer x student-layer table. The maps of different
     layers have different sizes (28x28, 14x14, 7x7), so each channel is averaged over positions
-    (`spatial="mean"`, the default here): every neuron is then a vector of $n$ responses, whatever
-    its layer. With `cost="correlation"` the OT distance is the mean of $1 - r$ over the
-    transported mass, between 0 and 2.
+    (`spatial="mean"`, the default here): every neuron is then a vector of $n$ = `N_PROBE`
+    responses, whatever its layer. `measure="ot"` (the default) gives the OT score of section 4,
+    so the cells of one table, and of two tables, are on one scale: 0 = the same layer up to a
+    permutation and a scale, about 1 = unrelated. (`measure="ot-raw"` gives the raw cost, with the
+    `cost` and `normalize` you pass, in the units of each pair's activations.)
 
     Linear CKA (Kornblith et al., 2019) is the usual reference: it compares the two layers'
     representations of the *samples* (their Gram matrices), and is invariant to any rotation of
-    the features. OT compares the *neurons*: it is invariant to permutations of the neurons (and,
-    with this cost, to each neuron's scale and offset), but not to rotations that mix them. Dark
-    cells are the most similar pairs in both panels.
+    the features. The OT score compares the *neurons*: it is invariant to permutations and
+    duplications of the neurons, to a scale of the whole layer and to each neuron's offset, but
+    not to rotations that mix neurons. Like CKA, it gives neurons with a larger variance more
+    weight. Dark cells are the most similar pairs in both panels.
     """),
     code(r"""
     def compare(other, name):
-        ot_table = otviz.layer_distances(teacher, other, probe, layers, layers, measure="ot",
-                                         cost="correlation")
+        ot_table = otviz.layer_distances(teacher, other, probe, layers, layers, measure="ot")
         cka_table = otviz.layer_distances(teacher, other, probe, layers, layers, measure="cka")
         figures.distance_matrices(ot_table, cka_table, height=420,
                                   title=f"Teacher layers (rows) against {name} layers (columns)").show()
@@ -347,20 +478,39 @@ NB01 = [
     ot_narrow, cka_narrow = compare(student, "narrow student")
     ot_sibling, cka_sibling = compare(sibling, "sibling")
     """),
+    md(r"""
+    The diagonal (the same depth in both networks), with the score two random layers of the same
+    widths get at this probe size (`chance` from section 4) as the reference for "unrelated":
+    """),
     code(r"""
+    n = probe.shape[0]
     pd.DataFrame({
-        "OT, narrow student": np.diag(ot_narrow.to_numpy()),
-        "OT, sibling": np.diag(ot_sibling.to_numpy()),
+        "OT score, narrow student": np.diag(ot_narrow.to_numpy()),
+        "OT score, sibling": np.diag(ot_sibling.to_numpy()),
+        "OT score, random layers of the student's widths": [
+            chance(teacher.layer_widths[layer], student.layer_widths[layer], n) for layer in layers],
         "CKA, narrow student": np.diag(cka_narrow.to_numpy()),
         "CKA, sibling": np.diag(cka_sibling.to_numpy()),
     }, index=pd.Index(layers, name="same layer in both"))
     """),
+    code(r"""
+    best = pd.DataFrame({
+        "closest student layer by OT score": ot_narrow.idxmin(axis=1),
+        "by CKA": cka_narrow.idxmax(axis=1),
+        "closest sibling layer by OT score": ot_sibling.idxmin(axis=1),
+        "by CKA ": cka_sibling.idxmax(axis=1),
+    })
+    best
+    """),
     md(r"""
-    Between the teacher and its sibling (same widths), both measures put the most similar pairs
-    on the diagonal: layers at the same depth are alike, the first layers most of all, even
-    though the two networks learned different tasks.
+    Between the teacher and its sibling (same widths), both measures put the most similar pair
+    of every row on the diagonal: layers at the same depth are alike, the first layers most of
+    all, even though the two networks learned different tasks. All the scores are far below the
+    random reference.
 
-    With the narrow student the picture is less clean, and where the two measures disagree it is
+    The narrow student, trained for a minute, is further from the teacher at every depth, and
+    its picture is less clean: in a row or two the closest layer by one measure or the other sits
+    off the diagonal (the table above), and where the two measures disagree it is
     instructive. OT looks at neurons one by one: with 8 student neurons standing for the
     teacher's 32 (or 16 for 64), every student neuron must be close to about four teacher neurons
     at once, so OT also measures what is lost by compressing the layer. CKA compares the
@@ -369,7 +519,7 @@ NB01 = [
     transfer acts on the quantity OT measures.
     """),
     md(r"""
-    ## 8. Permutation invariance
+    ## 9. Permutation invariance
 
     The order of a layer's channels is arbitrary: permuting the output channels of a conv block,
     together with the matching inputs of the next layer, gives a network that computes exactly
@@ -397,7 +547,7 @@ NB01 = [
     index_by_index = float(((T - T_shuffled) ** 2).sum(dim=1).mean())
     recovered = otviz.align(T, T_shuffled)
     print(f"neuron i against neuron i: mean squared distance {index_by_index:.4g}")
-    print(f"OT distance: {recovered.distance:.3g}")
+    print(f"OT score: {recovered.score:.3g}   (raw distance {recovered.distance:.3g})")
     print("the plan recovers the shuffle:",
           np.array_equal(recovered.permutation, torch.argsort(perm).numpy()))
     print(f"CKA: {otviz.cka(acts_teacher[LAYER], otviz.capture(shuffled, probe, LAYER)[LAYER]):.6f}")
@@ -409,13 +559,14 @@ NB01 = [
     """),
     md(r"""
     The same holds between different networks: shuffling the narrow student's neurons leaves the
-    OT distance to the teacher unchanged, and the plan's columns are shuffled with them.
+    OT score and the raw distance to the teacher unchanged, and the plan's columns are shuffled
+    with them.
     """),
     code(r"""
     perm_s = torch.randperm(S.shape[0], generator=torch.Generator().manual_seed(2))
     again = otviz.align(T, S[perm_s], normalize="standardize")
-    print(f"distance before {exact.distance:.6g}, "
-          f"after shuffling the student's neurons {again.distance:.6g}")
+    print(f"score before {exact.score:.6g}, after shuffling the student's neurons {again.score:.6g}")
+    print(f"raw distance before {exact.distance:.6g}, after {again.distance:.6g}")
     print("same plan up to the shuffle:", np.allclose(again.plan, exact.plan[:, perm_s.numpy()]))
     """),
     md(r"""
@@ -513,14 +664,15 @@ NB02 = [
     Y = rng.normal([1, 2.5], 0.8, (5, 2))
 
     exact = otviz.align(X, Y)          # method="emd": exact OT, squared Euclidean cost
-    print(exact.summary())
+    print(repr(exact))
     figures.point_cloud_transport(X, Y, exact, title="Exact optimal transport, 8 points to 5").show()
     """),
     md(r"""
-    (`summary()` calls the two sides teacher and student neurons, as it will in the rest of the
-    lesson.) Each line carries mass from a source point to a target point (darker and wider for
-    more mass). The plan itself is a small matrix: its row sums are the source weights and its column
-    sums the target weights.
+    (`otviz.align` returns an `Alignment`: the plan, the cost matrix, the transport cost
+    `distance` and how the solver did. It calls the two sides teacher and student neurons, as the
+    rest of the lesson will.) Each line carries mass from a source point to a target point
+    (darker and wider for more mass). The plan itself is a small matrix: its row sums are the
+    source weights and its column sums the target weights.
     """),
     code(r"""
     plan = pd.DataFrame(exact.plan, index=[f"x{i}" for i in range(8)],
@@ -562,8 +714,10 @@ NB02 = [
     * $\varepsilon \to \infty$: the independent plan $P = a b^\top$, every point sends mass
       everywhere in proportion to the weights.
 
-    In otviz, `eps` is relative to the largest cost ($\varepsilon = \texttt{eps} \cdot \max C$),
-    so one value means the same blur for any scale of the data. The *effective number of
+    In otviz, `eps` is relative to the median cost
+    ($\varepsilon = \texttt{eps} \cdot \mathrm{median}_{ij}\, C_{ij}$, a typical cost that a few
+    outlying points cannot move), so one value means the same blur for any scale of the data:
+    at `eps=1` the blur is as large as a typical cost. The *effective number of
     entries* $\exp(H(P))$, $H(P) = -\sum P_{ij} \log P_{ij}$, counts how spread the plan is.
     """),
     code(r"""
@@ -667,6 +821,21 @@ NB02 = [
                          title="Teacher (64) to untrained student (16): columns gather groups").show()
     """),
     md(r"""
+    The summary starts with the **score**, the number otviz reports for a pair of layers. The
+    raw distance below it is a sum of squared differences over the $d$ = 256 x 7 x 7 responses,
+    so it grows with $d$ and with the activations' scale. The score solves the same transport
+    problem after centring every neuron and dividing each layer by its root-mean-square
+    response, with the cost halved and divided by $d$:
+
+    $$\mathrm{score} = \min_{P \in U(a, b)} \sum_{ij} P_{ij}\, \frac{\|\hat t_i - \hat s_j\|^2}{2d}
+    = 1 - \max_{P \in U(a, b)} \sum_{ij} P_{ij}\, \frac{\langle \hat t_i, \hat s_j \rangle}{d}.$$
+
+    It is dimensionless: 0 when the student's layer is the teacher's up to a permutation of its
+    neurons and a scale, about 1 for unrelated layers whose matched neurons do not co-vary
+    (notebook 01, section 4, reads it in detail). The untrained student scores well below 1:
+    even random convolutions respond to the structure of the images.
+    """),
+    md(r"""
     ## 5. OT as a regulariser in the loss
 
     The student is trained on its task with an extra term that pulls chosen layers toward the
@@ -763,9 +932,14 @@ NB02 = [
           float(student.features.conv1.conv.weight.grad.norm()))
     """),
     md(r"""
-    (`ot/...` is the OT distance of the pair, divided by the number of features $d$ so that
-    $\lambda$ does not depend on the batch or map size; for standardised neurons it is
-    $2(1 - r)$ averaged over the transported mass.)
+    (`ot/...` is the **raw OT term** that the regulariser optimises on this minibatch: the OT
+    distance of the pair divided by the number of features $d$, so that $\lambda$ does not depend
+    on the batch or map size; for standardised neurons it is $2(1 - r)$ averaged over the
+    transported mass. Its value depends on the options of the term (cost, normalisation, layer),
+    so it is the quantity to watch for optimisation, not a number to compare layers or runs
+    with different options by: that is the scale-free OT score of notebook 01,
+    `Alignment.score`, 0 for the teacher's layer up to a permutation and scale, about 1 for an
+    unrelated layer.)
 
     ## 6. A short distillation, with and without the regulariser
 
@@ -777,11 +951,18 @@ NB02 = [
     * `ot`: cross-entropy $+ \lambda\,\mathrm{OT}$ on `features.conv3` with standardised neurons
       and $\lambda = 1$ (the options this project's benchmarks settled on).
 
-    `otviz.train.train` logs everything to a **run store** (one SQLite file): the losses and the
-    OT distance of each pair at every step (for `scratch` too, computed without affecting
-    training, so the runs can be compared on it), the train and test accuracy after each epoch,
-    and a snapshot of the plan on a fixed probe batch per epoch. We use a store in a temporary
-    directory, so nothing is added to your own (`~/.otviz/runs.db`).
+    `otviz.train.train` logs everything to a **run store** (one SQLite file):
+
+    * at every step, the loss terms, among them the raw OT term of each pair as the regulariser
+      computes it on the minibatch (`ot/<pair>`; for `scratch` too, computed without affecting
+      training);
+    * after each epoch (and at epoch 0, before training), the train and test accuracy, and on a
+      fixed probe batch of 128 test images the **OT score** of each pair (`score/<pair>`: 0 = the
+      teacher's layer up to a permutation and scale, about 1 = unrelated; the same scale for
+      every method and option) with a snapshot of its plan.
+
+    We use a store in a temporary directory, so nothing is added to your own
+    (`~/.otviz/runs.db`).
     """),
     code(r"""
     from otviz.runs import RunStore
@@ -812,10 +993,27 @@ NB02 = [
     metrics = {method: store.metrics(res.run_id) for method, res in results.items()}
     figures.accuracy_curves(metrics, title="Test accuracy after each epoch").show()
     """),
+    md(r"""
+    How close each student's `features.conv3` gets to the teacher's, as the OT score on the
+    probe batch after each epoch:
+    """),
     code(r"""
-    key = f"ot/{LAYER}->{LAYER}"
-    figures.accuracy_curves(metrics, key=key, x="step", smooth=0.6,
-                            title="OT distance, teacher vs student conv3 (per step, smoothed)").show()
+    PAIR = f"{LAYER}->{LAYER}"
+    scores = pd.concat([
+        m[m.key == f"score/{PAIR}"][["epoch", "value"]].assign(run=method, pair=PAIR)
+        for method, m in metrics.items()])
+    figures.compare_runs(scores, value_label="OT score (0 = teacher's layer, ~1 = unrelated)",
+                         title="OT score of conv3 to the teacher, per epoch").show()
+    scores.pivot_table(index="epoch", columns="run", values="value")
+    """),
+    md(r"""
+    The raw term the `ot` run optimises, per step on each minibatch (in the `scratch` run it is
+    computed alongside, with the same options, without affecting training):
+    """),
+    code(r"""
+    figures.accuracy_curves(metrics, key=f"ot/{PAIR}", x="step", smooth=0.6,
+                            title="Raw OT term ot/conv3 (standardised neurons, / d; per step, "
+                                  "smoothed)").show()
     """),
     code(r"""
     run_id = results["ot"].run_id
@@ -828,9 +1026,10 @@ NB02 = [
     md(r"""
     What to look for:
 
-    * The OT distance falls much further in the `ot` run: that is what the regulariser optimises.
-      In the `scratch` run it also falls somewhat, since learning the same task makes the
-      student's neurons more teacher-like on their own.
+    * The two runs start from the same score (same seed, same initial student) and part from the
+      first epoch: the score falls much further in the `ot` run, whose regulariser optimises the
+      raw term on every minibatch. In the `scratch` run it also falls somewhat, since learning the
+      same task makes the student's neurons more teacher-like on their own.
     * The plan snapshots (press ▶ or drag the slider) show which teacher neurons each student
       neuron takes over as training goes: drawn in the last epoch's order, the earlier plans are
       scattered wherever the matching has changed since.
@@ -901,6 +1100,7 @@ NB03 = [
     import torch
     from plotly.subplots import make_subplots
 
+    import otviz
     from otviz import figures
     from otviz.data import SETTINGS, make_task
     from otviz.runs import RunStore
@@ -977,20 +1177,25 @@ NB03 = [
 
     `store.runs()` has one row per run, with its configuration flattened into `config.*`
     columns; `store.metrics(run_id)` has every logged value. The final test accuracy is the last
-    `test/accuracy` of each run; the final OT distance is the mean of the last 10 steps'
-    `ot/features.conv3->features.conv3`, logged for every method (computed on each minibatch
-    without affecting the methods that do not train with it).
+    `test/accuracy` of each run. How close the student's `features.conv3` is to the teacher's is
+    the **OT score** `score/features.conv3->features.conv3`, which the trainer logs for every
+    method after each epoch (and at epoch 0, before training) on a fixed probe batch of 128 test
+    images: 0 = the teacher's layer up to a permutation of its neurons and a scale, about 1 =
+    unrelated, on one scale for every method. (The per-step `ot/...` metric is the raw term the
+    `ot` methods optimise on each minibatch; it is logged for the other methods too, without
+    affecting them.)
     """),
     code(r"""
-    OT_KEY = "ot/features.conv3->features.conv3"
+    SCORE_KEY = "score/features.conv3->features.conv3"
     runs = store.runs()
     runs = runs[runs.status == "completed"]
 
     def final(run_id):
         m = store.metrics(run_id)
         acc = m[m.key == "test/accuracy"].sort_values("step").value.iloc[-1]
-        ot = m[m.key == OT_KEY].sort_values("step").value.iloc[-10:].mean()
-        return pd.Series({"test accuracy": acc, "final OT distance": ot})
+        score = m[m.key == SCORE_KEY].sort_values("epoch").value
+        return pd.Series({"test accuracy": acc, "OT score at start": score.iloc[0],
+                          "final OT score": score.iloc[-1]})
 
     results = pd.concat([runs[["run_id", "setting", "method", "config.seed"]],
                          runs.run_id.apply(final)], axis=1).rename(columns={"config.seed": "seed"})
@@ -999,15 +1204,18 @@ NB03 = [
     code(r"""
     summary = (results.groupby(["setting", "method"], sort=False)
                .agg(mean=("test accuracy", "mean"), std=("test accuracy", "std"),
-                    seeds=("seed", "count"), ot_distance=("final OT distance", "mean"))
+                    seeds=("seed", "count"), score_start=("OT score at start", "mean"),
+                    score=("final OT score", "mean"))
                .reset_index())
     summary["std"] = summary["std"].fillna(0.0)
 
     table = summary.assign(**{
         "test accuracy (%)": [f"{100 * m:.1f} ± {100 * s:.1f}"
                               for m, s in zip(summary["mean"], summary["std"])],
-        "OT distance": summary["ot_distance"].round(3),
-    }).pivot(index="method", columns="setting", values=["test accuracy (%)", "OT distance"])
+        "OT score, start → end": [f"{a:.2f} → {b:.2f}"
+                                  for a, b in zip(summary["score_start"], summary["score"])],
+    }).pivot(index="method", columns="setting",
+             values=["test accuracy (%)", "OT score, start → end"])
     order = list(dict.fromkeys(m for ms in METHODS.values() for m in ms))
     table = table.reindex(order).reindex(columns=list(METHODS), level=1).fillna("")
     table
@@ -1068,11 +1276,20 @@ NB03 = [
     * **`distill`**: OT and scratch within noise: with 4,000 labelled images, the teacher adds
       little that the labels do not.
 
-    The *OT distance* columns show what each method does to the student's `features.conv3`
-    neurons (standardised, so $2(1 - r)$ on average over the plan). Where the student starts
-    from scratch (`distill`, `transfer-small`), the `ot` runs end closest to the teacher: that is
-    what they optimise. In `transfer`, every method but `scratch` starts from the teacher's
-    weights, and the students stay comparably close to it whatever the method.
+    The *OT score, start → end* columns show what each method does to the student's
+    `features.conv3` neurons, on the score's scale (0 = the teacher's layer up to a permutation
+    and a scale; two random layers of these widths and this probe batch score about 0.98). In a
+    run of this notebook with the default budgets:
+
+    * Where the student starts from scratch (`distill`, `transfer-small`), every method starts
+      from the same student at about 0.65-0.8, and the `ot` runs end closest to the teacher
+      (about 0.36 and 0.40, against 0.45-0.71 for the other methods): that is what they
+      optimise. `kd+ot` ends between `ot` and `kd`, its OT term sharing the loss with KD, and
+      `scratch` moves least, or even away from the teacher.
+    * In `transfer`, every method but `scratch` starts from the teacher's weights, at a score of
+      exactly 0, and drifts away while learning the new digits, to comparable scores (about
+      0.25-0.33) whatever the method: at $\lambda = 0.1$ the OT term keeps the student no closer
+      than FitNets or attention transfer do. The student from scratch stays near 0.7.
     """),
     md(r"""
     ## Scaling up
@@ -1173,7 +1390,9 @@ NB03 = [
     """),
     md(r"""
     **3. Transfer into a narrower student**, with cross-entropy plus $\lambda\,\mathrm{OT}$ on the
-    last conv block, logged to the run store as a run like the others.
+    last conv block, logged to the run store as a run like the others: the loss terms per step
+    (`ot/...` is the raw term optimised), and after each epoch the test accuracy and the OT score
+    of the pair on a fixed probe batch, as the trainer logs them.
     """),
     code(r"""
     from otviz.capture import hooked
@@ -1187,9 +1406,25 @@ NB03 = [
     batches = [idx for _ in range(OWN_EPOCHS) for idx in torch.randperm(len(data.X_train)).split(64)]
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=len(batches))
 
+    probe = data.X_test[:128].to(device)   # a fixed probe batch for the per-epoch OT score
+    PAIR = "features.conv3->features.conv3"
+
+    def conv3_score():
+        # the OT score of the student's conv3 to the teacher's on the probe batch, in eval mode
+        was = student.training
+        student.eval()
+        t = otviz.neurons(otviz.capture(teacher, probe, "features.conv3")["features.conv3"])
+        s = otviz.neurons(otviz.capture(student, probe, "features.conv3")["features.conv3"])
+        student.train(was)
+        return otviz.align(t, s).score
+
+    def evaluate():
+        return {"test/accuracy": accuracy(student, data.X_test, data.y_test),
+                f"score/{PAIR}": conv3_score()}
+
     with store.track({"setting": "my digits", "method": "ot", "lam": 1.0, "teacher": str(path)},
                      name="my digits/ot", total_steps=len(batches)) as rec:
-        rec.log({"test/accuracy": accuracy(student, data.X_test, data.y_test)}, step=0, epoch=0)
+        rec.log(evaluate(), step=0, epoch=0)
         per_epoch = len(batches) // OWN_EPOCHS
         for step, idx in enumerate(batches, start=1):
             xb, yb = data.X_train[idx].to(device), data.y_train[idx].to(device)
@@ -1206,14 +1441,15 @@ NB03 = [
             rec.log({"loss/total": loss.item(), **loss_fn.diagnostics()}, step=step,
                     epoch=(step - 1) // per_epoch + 1)
             if step % per_epoch == 0:
-                rec.log({"test/accuracy": accuracy(student, data.X_test, data.y_test)}, step=step,
-                        epoch=step // per_epoch)
+                rec.log(evaluate(), step=step, epoch=step // per_epoch)
         own_run = rec.run_id
 
     m = store.metrics(own_run)
     final_acc = m[m.key == "test/accuracy"].value.iloc[-1]
-    print(f"narrow student on my digits: test accuracy {final_acc:.3f}")
-    figures.training_curves(m, keys=["loss/ce", "ot/features.conv3->features.conv3", "test/accuracy"],
+    score = m[m.key == f"score/{PAIR}"].sort_values("step").value
+    print(f"narrow student on my digits: test accuracy {final_acc:.3f}, "
+          f"OT score of conv3 {score.iloc[0]:.3f} at the start, {score.iloc[-1]:.3f} at the end")
+    figures.training_curves(m, keys=["loss/ce", f"ot/{PAIR}", f"score/{PAIR}", "test/accuracy"],
                             config={"num_classes": data.num_classes}, smooth=0.6,
                             title="Your own data and teacher, from the store").show()
     """),
