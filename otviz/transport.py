@@ -397,7 +397,8 @@ class Alignment:
         the activations). Entropic solvers are debiased (Sinkhorn divergence:
         :math:`\mathrm{OT}_\varepsilon(T,S) - \frac12\mathrm{OT}_\varepsilon(T,T) -
         \frac12\mathrm{OT}_\varepsilon(S,S)`), so a layer against itself scores
-        0 at any ``eps``. Computed on first access (one more solve, three for
+        0 at any ``eps``; a larger ``eps`` also lowers the score of different
+        layers, so compare scores obtained with the same solver and ``eps``. Computed on first access (one more solve, three for
         the entropic methods) and cached; see :attr:`score_details`.
 
         Raises

@@ -237,7 +237,11 @@ def test_train_live_then_alignments_in_chromium(dashboard, page):
     # Alignments: a plan between two shipped teachers, drawn as a heatmap
     pg.get_by_role("link", name="Alignments").click()
     pg.get_by_role("heading", name="Alignments").wait_for()
-    pg.wait_for_function(HAS_HEATMAP, arg="Plan features.conv3", timeout=PAGE_READY * 1000)
+    pg.wait_for_function(HAS_HEATMAP, arg="Cost beside plan", timeout=PAGE_READY * 1000)
+    # the number read first is the scale-free OT score, with its scale one hover away
+    score = pg.locator("[data-testid='stMetric']").filter(has_text="OT score")
+    score.wait_for(timeout=PAGE_READY * 1000)
+    assert 0.0 < float(score.locator("[data-testid='stMetricValue']").inner_text()) < 1.0
     shot(pg, "4-alignments")
     assert pg.locator("[data-testid='stException']").count() == 0
 
