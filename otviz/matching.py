@@ -61,8 +61,8 @@ def _array(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _plan(plan: Any, name: str = "plan") -> np.ndarray:
-    P = _array(plan, name)
+def nonnegative_mass(P: np.ndarray, name: str = "plan") -> np.ndarray:
+    """``P`` (finite, 2-D) with rounding negatives clipped; refuses real negatives and no mass."""
     top = float(np.abs(P).max())
     if (P < -1e-12 * top).any():
         i, j = np.unravel_index(int(np.argmin(P)), P.shape)
@@ -71,6 +71,10 @@ def _plan(plan: Any, name: str = "plan") -> np.ndarray:
     if top == 0:
         raise ValueError(f"{name} is all zeros; nothing is transported")
     return np.clip(P, 0.0, None)
+
+
+def _plan(plan: Any, name: str = "plan") -> np.ndarray:
+    return nonnegative_mass(_array(plan, name), name)
 
 
 def _plan_cost(plan: Any, cost: Any) -> tuple[np.ndarray, np.ndarray]:

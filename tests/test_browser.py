@@ -252,7 +252,7 @@ def test_train_live_then_alignments_in_chromium(dashboard, page):
     pg.get_by_label("Epochs").fill("3")
     pg.get_by_label("Steps per epoch (0 = one pass over the training set)").fill("2")
     pg.get_by_role("button", name="Start training").click()
-    pg.get_by_text(re.compile(r"^completed - step")).wait_for(timeout=TRAINING * 1000)
+    pg.get_by_text(re.compile(r"^completed · step")).wait_for(timeout=TRAINING * 1000)
     finished = RunStore(store).runs()
     finished = int(finished.loc[finished["status"] == "completed", "run_id"].iloc[0])
 
@@ -262,16 +262,16 @@ def test_train_live_then_alignments_in_chromium(dashboard, page):
         pg.goto(f"{url}/?run={finished}")
         pg.get_by_role("heading", name="Train").wait_for()
         pg.wait_for_function(HAS_HEATMAP, arg="Latest transport plan", timeout=PAGE_READY * 1000)
-        check_layout(pg, "5-train-finished", width, 3)
+        check_layout(pg, "5-train-finished", width, 7)  # six curve cards and the plan panel
 
         pg.goto(f"{url}/alignments")
         pg.get_by_role("heading", name="Alignments").wait_for()
-        pg.wait_for_function(HAS_HEATMAP, arg="Plan features.conv3", timeout=PAGE_READY * 1000)
-        check_layout(pg, "6-alignments-models", width, 3)
+        pg.wait_for_function(HAS_HEATMAP, arg="Cost beside plan", timeout=PAGE_READY * 1000)
+        check_layout(pg, "6-alignments-models", width, 5)
 
         pg.get_by_text("A training run").click()
-        pg.wait_for_function(HAS_HEATMAP, arg="Plan at epoch", timeout=PAGE_READY * 1000)
-        check_layout(pg, "7-alignments-run", width, 2)
+        pg.wait_for_function(HAS_HEATMAP, arg="Cost beside plan, epoch", timeout=PAGE_READY * 1000)
+        check_layout(pg, "7-alignments-run", width, 5)
 
         pg.goto(f"{url}/compare")
         pg.get_by_role("heading", name="Compare").wait_for()

@@ -60,14 +60,9 @@ def _check_plan(plan: Any, name: str = "plan") -> np.ndarray:
         n_bad = int((~np.isfinite(P)).sum())
         raise ValueError(f"{name} contains {n_bad} NaN or infinite value(s); a transport plan "
                          f"must be finite (did the solver diverge? try a larger eps)")
-    scale = float(np.abs(P).max())
-    if (P < -1e-12 * scale).any():
-        i, j = np.unravel_index(int(np.argmin(P)), P.shape)
-        raise ValueError(f"{name} has negative entries (e.g. {P[i, j]:.3g} at [{i}, {j}]); "
-                         f"transported mass must be non-negative")
-    if scale == 0:
-        raise ValueError(f"{name} is all zeros; nothing is transported")
-    return np.clip(P, 0.0, None)
+    from otviz.matching import nonnegative_mass
+
+    return nonnegative_mass(P, name)
 
 
 def _plan_and_weights(plan_or_alignment: Any) -> tuple[np.ndarray, np.ndarray | None,
