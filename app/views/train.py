@@ -106,6 +106,10 @@ RECIPE_INPUTS = {"lam": "lam", "pairs": "pairs", "cost": "cost", "normalize": "n
                  "fitnets_weight": "fitnets_weight", "at_weight": "at_weight"}
 
 
+#: Every input of the form (kept across page switches).
+FORM_KEYS = ("arch", "setting", "method", *RECIPE_INPUTS, "eps", "k", "seed", "name")
+
+
 def load_recipe(rec: dict) -> None:
     """Put the recipe's values into the form's inputs (before they are drawn)."""
     for key, field in RECIPE_INPUTS.items():
@@ -142,6 +146,11 @@ with st.expander("Start a training", expanded=runs.empty or "pending_launch" in 
         f"{d['lr']:g}: the benchmark's recipe (benchmarks/README.md), the same as "
         f"`otviz train --setting {d['setting']} --method {d['method']}`; about a minute on two CPU cores.")
     st.divider()
+    # Streamlit forgets a widget's value while another page is shown: put the form back as the
+    # user left it (the copy below is no widget's key, so it survives page switches)
+    for key, value in st.session_state.get("form_saved", {}).items():
+        if key not in st.session_state:
+            st.session_state[key] = value
     st.session_state.setdefault("setting", d["setting"])
     st.session_state.setdefault("method", d["method"])
     top = st.columns([1, 2, 2, 2])
@@ -231,7 +240,9 @@ with st.expander("Start a training", expanded=runs.empty or "pending_launch" in 
         submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
     if st.button("Reset the form to the recipe", icon=":material/restart_alt:", key="reset_recipe"):
         st.session_state.pop("recipe_for", None)
+        st.session_state.pop("form_saved", None)
         st.rerun()
+    st.session_state["form_saved"] = {k: st.session_state[k] for k in FORM_KEYS if k in st.session_state}
     if submitted:
         if not pairs:
             st.error("Pick at least one layer pair.")
