@@ -335,8 +335,10 @@ def training_run() -> None:
                        help="\n\n".join(f"**{k}**: {MEASURES[k]}" for k in choices))
     frame = epoch_series([v for v in views if v["run_id"] in series], series, pair, measure)
     value_label = {"score": "OT score (0 = same layer, ~1 = unrelated)"}.get(measure, measure)
-    dk.chart(figures.compare_runs(frame, value_label=value_label, title=f"{measure} per epoch"),
-             key="al_run_compare")
+    fig = figures.compare_runs(frame, value_label=value_label, title=f"{measure} per epoch")
+    if measure != "raw OT":  # both are read against 0 (free / the same layer)
+        fig.update_yaxes(rangemode="tozero")
+    dk.chart(fig, key="al_run_compare")
     if not have_cost:
         st.caption("A run recorded before cost matrices were stored has only its plans: the "
                    "cost-based views are shown for runs that have them.")
