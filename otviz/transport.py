@@ -47,6 +47,7 @@ __all__ = [
     "NORMALIZATIONS",
     "align",
     "cost_matrix",
+    "eps_scale",
     "normalize_neurons",
     "ot_distance",
 ]
