@@ -172,8 +172,14 @@ def symmetric_ot(C: np.ndarray, a: np.ndarray, reg: float, rho: float, *, tol: f
 
 
 def score_details(t: np.ndarray, s: np.ndarray, a: np.ndarray, b: np.ndarray, *, method: str,
-                  eps: float | None, reg_m: float, tol: float, max_iter: int) -> dict[str, Any]:
+                  eps: float | None, reg_m: float, tol: float, max_iter: int,
+                  solved: Any = None) -> dict[str, Any]:
     """Score of two neuron sets (float64 numpy, rows = neurons) and how it was obtained.
+
+    ``solved``: an alignment of the same neurons already in the score's geometry
+    (``cost="sqeuclidean"``, ``normalize="layer"``, uniform weights, same solver),
+    whose cost matrix is the score's times ``2 d``: its plan is reused instead of
+    solving the cross problem again.
 
     Returns a dict with ``score``, ``cross`` / ``self_teacher`` / ``self_student``
     (the three regularised OT values; the self terms are 0 for the exact
@@ -184,21 +190,28 @@ def score_details(t: np.ndarray, s: np.ndarray, a: np.ndarray, b: np.ndarray, *,
     from otviz.transport import _finish
 
     C, Ctt, Css = score_geometry(t, s, a, b)
-    opts = dict(method=method, cost="sqeuclidean", normalize="layer", eps=eps, reg_m=reg_m,
-                tol=tol, max_iter=max_iter, warm=None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one warning below, for the three solves
-        cross = _finish(C, a, b, **opts)
-    v_ts = _objective(cross, C)
+    if solved is not None:
+        # the same problem with every cost times 2d: same plan, values and eps scale / 2d
+        unit = 2.0 * t.shape[1]
+        cross = solved
+        v_ts = _objective(solved, solved.cost_matrix) / unit
+        reg = None if solved.reg is None else solved.reg / unit
+        scale = solved.cost_scale / unit
+    else:
+        opts = dict(method=method, cost="sqeuclidean", normalize="layer", eps=eps, reg_m=reg_m,
+                    tol=tol, max_iter=max_iter, warm=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one warning below, for the three solves
+            cross = _finish(C, a, b, **opts)
+        v_ts = _objective(cross, C)
+        reg, scale = cross.reg, cross.cost_scale
     v_tt = v_ss = 0.0
     converged = cross.converged
     if method != "emd":
         # the same absolute regularisation (and marginal penalty) in the three problems
-        rho = math.inf if method == "sinkhorn" else reg_m * cross.cost_scale
-        v_tt, ok_t = symmetric_ot(Ctt, a, cross.reg, rho, tol=tol * cross.cost_scale,
-                                  max_iter=max_iter)
-        v_ss, ok_s = symmetric_ot(Css, b, cross.reg, rho, tol=tol * cross.cost_scale,
-                                  max_iter=max_iter)
+        rho = math.inf if method == "sinkhorn" else reg_m * scale
+        v_tt, ok_t = symmetric_ot(Ctt, a, reg, rho, tol=tol * scale, max_iter=max_iter)
+        v_ss, ok_s = symmetric_ot(Css, b, reg, rho, tol=tol * scale, max_iter=max_iter)
         converged = converged and ok_t and ok_s
     value = v_ts - 0.5 * v_tt - 0.5 * v_ss
     # a divergence is >= 0; rounding (or an unconverged solve) may leave a tiny negative
@@ -209,5 +222,5 @@ def score_details(t: np.ndarray, s: np.ndarray, a: np.ndarray, b: np.ndarray, *,
         warnings.warn(f"the OT score's {method} solves did not converge within max_iter={max_iter} "
                       f"(tol={tol:g}); the score is approximate: raise max_iter or eps",
                       RuntimeWarning, stacklevel=4)
-    return dict(score=value, cross=v_ts, self_teacher=v_tt, self_student=v_ss, reg=cross.reg,
-                cost_scale=cross.cost_scale, converged=converged, plan=cross.plan)
+    return dict(score=value, cross=v_ts, self_teacher=v_tt, self_student=v_ss, reg=reg,
+                cost_scale=scale, converged=converged, plan=cross.plan)

@@ -365,15 +365,17 @@ def layer_distances(
                 with warnings.catch_warnings():
                     # non-convergence is recorded in attrs["converged"], once per table
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    result = align(t_neur[tn], s_neur[sn], **align_kwargs)
                     if measure == "ot":
+                        # in the score's own geometry: this one solve serves the score
                         try:
-                            details = result.score_details
+                            details = align(t_neur[tn], s_neur[sn], normalize="layer",
+                                            **align_kwargs).score_details
                         except ValueError as exc:
                             raise ValueError(f"teacher layer {tn!r} against student layer {sn!r}: "
                                              f"{exc}") from None
                         value, converged[i, j] = details["score"], details["converged"]
                     else:
+                        result = align(t_neur[tn], s_neur[sn], **align_kwargs)
                         value, converged[i, j] = result.distance, result.converged
                 if not np.isfinite(value):
                     raise ValueError(

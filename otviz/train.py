@@ -634,7 +634,8 @@ def _snapshot_plans(s: _Setup) -> tuple[dict[str, np.ndarray], dict[str, float]]
     for t, st in s.pairs:
         tn, sn = _pair_neurons(t_acts[t], s_acts[st], s.config.spatial, None, pair_key(t, st))
         try:
-            al = align(tn, sn, method=s.config.ot_method,
+            # in the score's own geometry, so that this one solve serves the score
+            al = align(tn, sn, normalize="layer", method=s.config.ot_method,
                        eps=None if s.config.ot_method == "emd" else s.config.eps)
             scores[pair_key(t, st)] = al.score
         except ValueError:

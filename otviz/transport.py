@@ -212,8 +212,10 @@ def normalize_neurons(x: ArrayLike, how: NormName | None, *, name: str = "neuron
         scale = t.detach().abs().max().clamp_min(1.0)
         if not bool(sd.detach() > _ZERO_TOL * scale):
             raise ValueError(f"all {t.shape[0]} {name} neurons have a constant response (zero "
-                             f"variance), so normalize='layer' is undefined; feed more varied "
-                             f"probe inputs or pick a layer whose neurons vary")
+                             f"variance), so normalize='layer' (the geometry of the OT score) is "
+                             f"undefined; feed more varied probe inputs or pick a layer whose "
+                             f"neurons vary; the raw cost (normalize=None, measure='ot-raw') is "
+                             f"still defined")
         out = c / sd
     else:  # unit
         nrm = t.norm(dim=1, keepdim=True)
@@ -431,10 +433,14 @@ class Alignment:
             t, s = (np.asarray(x.detach().to("cpu", torch.float64).numpy()
                                if isinstance(x, torch.Tensor) else x, dtype=np.float64)
                     for x in self._neurons)
+            m, k = self.plan.shape
+            # an alignment in the score's geometry (uniform weights) already solved its problem
+            own = (self.cost == "sqeuclidean" and self.normalize == "layer"
+                   and np.allclose(self.a, 1.0 / m) and np.allclose(self.b, 1.0 / k))
             self._cache["score"] = score_details(
                 t, s, np.asarray(self.a, dtype=np.float64), np.asarray(self.b, dtype=np.float64),
                 method=self.method, eps=self.eps, reg_m=self.reg_m or 1.0, tol=self.tol,
-                max_iter=self.max_iter)
+                max_iter=self.max_iter, solved=self if own else None)
         return self._cache["score"]
 
     @property

@@ -55,6 +55,22 @@ def test_normalize_layer_gives_the_score_geometry():
     assert al.distance / (2 * T.shape[1]) == pytest.approx(al.score, rel=1e-10)
 
 
+@pytest.mark.parametrize("method", ["emd", "sinkhorn", "unbalanced"])
+def test_alignment_in_the_score_geometry_reuses_its_plan(method):
+    # normalize="layer" solves the score's own problem (costs times 2d): reusing that plan
+    # gives the score that a separate solve in the score's geometry gives
+    T, S = layer(20, 100, 1), layer(12, 100, 2)
+    kw = {} if method == "emd" else dict(eps=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fresh = align(T, S, method=method, **kw).score_details
+        own_al = align(T, S, method=method, normalize="layer", **kw)
+        own = own_al.score_details
+    assert own["plan"] is own_al.plan
+    assert own["score"] == pytest.approx(fresh["score"], rel=1e-9, abs=1e-12)
+    assert own["cost_scale"] == pytest.approx(fresh["cost_scale"], rel=1e-9)
+
+
 # --------------------------------------------------------------------------- invariances
 @pytest.mark.parametrize("method", ["emd", "sinkhorn", "unbalanced"])
 def test_permuted_rescaled_copy_scores_zero(method):
@@ -167,6 +183,21 @@ def test_dead_neurons_are_kept_and_a_dead_layer_is_refused():
     with pytest.raises(ValueError, match=r"all 5 teacher neurons are constant.*ot-raw"):
         al.score
     assert "undefined" in al.summary()
+
+
+def test_layer_table_names_the_dead_pair():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    dead = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    with torch.no_grad():
+        dead[0].weight.zero_()
+        dead[0].bias.fill_(-1.0)  # every unit of layer "1" is 0 on every input
+    x = torch.randn(40, 4)
+    with pytest.raises(ValueError, match=r"teacher layer '2' against student layer '1'.*all 6 "
+                                         r"student neurons have a constant response.*ot-raw"):
+        layer_distances(net, dead, x, ["2"], ["1"])
+    raw = layer_distances(net, dead, x, ["2"], ["1"], measure="ot-raw")
+    assert np.isfinite(raw.to_numpy()).all()
 
 
 def test_summary_shows_score_first_with_its_scale():
