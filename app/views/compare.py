@@ -65,8 +65,9 @@ def runs_section() -> None:
                   "Empty: the run does not pair these layers, or predates the score.")
     table["status"] = table["status"].map(rc.status_text)
     st.dataframe(table, hide_index=True, key="cmp_table", column_config={
-        **{c: st.column_config.NumberColumn(f"OT score {c[len('score/'):]}", format="%.3f",
-                                            help=score_help) for c in score_cols},
+        **{c: st.column_config.NumberColumn(
+            "OT score " + c[len("score/"):].replace("features.", ""), format="%.3f",
+            help=score_help) for c in score_cols},
         "test/accuracy": st.column_config.NumberColumn("test acc", format="%.1f %%"),
         "train/accuracy": st.column_config.NumberColumn("train acc", format="%.1f %%"),
         "duration": st.column_config.NumberColumn("seconds", format="%.0f"),
