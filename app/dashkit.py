@@ -236,15 +236,14 @@ def alignment_data(t_ref: str, s_ref: str, t_layer: str, s_layer: str, cost: str
                    size: int | None, n_probe: int, seed: int,
                    _t_data: bytes | None = None, _s_data: bytes | None = None) -> dict[str, Any]:
     """Neurons of one teacher layer and one student layer on the same probe batch, and their alignment."""
-    from otviz.capture import neurons
     from otviz.transport import align
 
     teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data)
     inputs, task_name = probe_inputs(t_info, s_info, n_probe, seed)
     t_acts, s_acts = _run_both(teacher, student, inputs, [t_layer], [s_layer])
     kw = {"spatial": spatial, "size": size if spatial == "flatten" else None}
-    T = neurons(t_acts[t_layer], **({**kw, "size": None} if t_acts[t_layer].ndim <= 2 else kw))
-    S = neurons(s_acts[s_layer], **({**kw, "size": None} if s_acts[s_layer].ndim <= 2 else kw))
+    T = t_acts.neurons(t_layer, **kw)
+    S = s_acts.neurons(s_layer, **kw)
     if T.shape[1] != S.shape[1]:
         hint = ("pick 'mean' (one response per image) or resize both maps"
                 if spatial == "flatten" else "pick layers of the same kind")

@@ -23,9 +23,10 @@ space and can be compared as point clouds (see :mod:`otviz.transport`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar, Union
 
 import numpy as np
@@ -33,13 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["capture", "hooked", "layer_names", "neurons"]
+from otviz import _probe
+
+__all__ = ["Activations", "LayerInfo", "capture", "dead_neurons", "hooked", "layer_names", "neurons"]
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 Layers = Union[str, Sequence[str]]
 
 _SPATIAL_MODES = ("flatten", "mean")
-_KINDS = ("leaf", "all", "conv", "linear")
+_KINDS = ("blocks", "leaf", "all", "conv", "linear")
 
 
 # ----------------------------------------------------------------------------
@@ -61,11 +64,17 @@ def layer_names(model: nn.Module, kind: str | type | tuple[type, ...] | None = N
     ----------
     model : torch.nn.Module
         The network.
-    kind : {None, "leaf", "all", "conv", "linear"} or type or tuple of types, default None
+    kind : {None, "blocks", "leaf", "all", "conv", "linear"} or type or tuple of types, default None
         Which modules to list:
 
-        - ``None`` or ``"leaf"``: modules without children (``Conv2d``,
-          ``ReLU``, ``Linear``, ...), the usual places to read activations;
+        - ``None``: ``"blocks"`` if the model has repeated blocks, else ``"leaf"``;
+        - ``"blocks"``: the repeated blocks of the network -- modules with
+          children that sit in an ``nn.Sequential`` or ``nn.ModuleList``
+          beside at least one sibling of the same class: a transformer's
+          layers (``encoder.layer.0`` .. ``encoder.layer.5`` of a BERT), a
+          ResNet's residual blocks, the conv blocks of otviz's small CNN;
+        - ``"leaf"``: modules without children (``Conv2d``, ``ReLU``,
+          ``Linear``, ...);
         - ``"all"``: every named submodule, containers included;
         - ``"conv"``: ``Conv1d``/``Conv2d``/``Conv3d`` (and transposed);
         - ``"linear"``: ``nn.Linear``;
@@ -85,10 +94,15 @@ def layer_names(model: nn.Module, kind: str | type | tuple[type, ...] | None = N
     ['0', '1', '2']
     >>> layer_names(net, "linear")
     ['0', '2']
+    >>> block = lambda: nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+    >>> layer_names(nn.Sequential(nn.Linear(4, 8), block(), block()))
+    ['1', '2']
     """
     _check_model(model)
     if kind is None:
-        kind = "leaf"
+        kind = "blocks" if _blocks(model) else "leaf"
+    if kind == "blocks":
+        return _blocks(model)
     if isinstance(kind, str):
         if kind not in _KINDS:
             raise ValueError(
@@ -120,6 +134,21 @@ def layer_names(model: nn.Module, kind: str | type | tuple[type, ...] | None = N
     if not names and next(model.children(), None) is None and keep(model):
         names = [""]
     return names
+
+
+def _blocks(model: nn.Module) -> list[str]:
+    """Names of the repeated blocks: non-leaf modules in a Sequential/ModuleList beside a same-class sibling."""
+    names: list[str] = []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, (nn.Sequential, nn.ModuleList)):
+            continue
+        children = list(parent.named_children())
+        classes = [type(c) for _, c in children]
+        for child_name, child in children:
+            if next(child.children(), None) is not None and classes.count(type(child)) >= 2:
+                names.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(dict.fromkeys(names), key=lambda n: order.get(n, 0))
 
 
 def _all_module_names(model: nn.Module) -> dict[str, nn.Module]:
@@ -166,34 +195,209 @@ def _resolve_layers(model: nn.Module, layers: Layers) -> list[str]:
 
 
 # ----------------------------------------------------------------------------
+# captured activations
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """How one captured activation is read as neurons.
+
+    Attributes
+    ----------
+    module : str
+        Class name of the module that produced it.
+    shape : tuple of int
+        Shape of the activation.
+    channel_axis : int or None
+        Axis holding the neurons (non-negative), or ``None`` when the shape is
+        ambiguous and nothing told which axis it is (pass ``channel_axis=``).
+    axis_from : str
+        How the axis was decided: ``"given"``, the module's type (``"Conv2d"``,
+        ``"LayerNorm"``, ...), the last recognised layer before it (``"as
+        LayerNorm 'encoder.layer.0.output.LayerNorm', ..."``), a convention, or
+        why it is ambiguous.
+    field : str or None
+        The field of the module's output that was read (``"last_hidden_state"``,
+        ``"[0]"`` for the first element of a tuple), ``None`` for a tensor output.
+    """
+
+    module: str
+    shape: tuple[int, ...]
+    channel_axis: int | None
+    axis_from: str
+    field: str | None = None
+
+
+class Activations(dict):
+    """Captured activations ``{layer: tensor}``, with what is needed to read their neurons.
+
+    A plain ``dict`` of the layers' outputs (as :func:`capture` and
+    :func:`hooked` always returned), plus:
+
+    - :attr:`info` -- per layer, a :class:`LayerInfo`: which axis holds the
+      neurons and how that was decided, which output field was read;
+    - :attr:`mask` -- the attention mask of the probe inputs, shape
+      ``(n, positions)`` (``True`` = a real token), or ``None``;
+    - :meth:`neurons` -- the layer's neuron matrix, with the right axis and
+      the mask applied (padding never enters a neuron's responses);
+    - :meth:`describe` -- a table of the above.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.info: dict[str, LayerInfo] = {}
+        self.mask: torch.Tensor | None = None
+        self.inputs: str = ""
+        self.dropped: dict[str, list[int]] = {}
+
+    @property
+    def channel_axis(self) -> dict[str, int | None]:
+        """``{layer: neuron axis}`` (``None`` where ambiguous)."""
+        return {name: info.channel_axis for name, info in self.info.items()}
+
+    def mask_for(self, layer: str) -> torch.Tensor | None:
+        """The attention mask as it applies to ``layer``'s positions, or ``None``.
+
+        Raises ``ValueError`` when a mask is in use and the layer has positions
+        (tokens, pixels) that the mask does not describe.
+        """
+        act, info = self[layer], self.info.get(layer)
+        if self.mask is None or info is None or info.channel_axis is None or act.ndim <= 2:
+            return None
+        positions = tuple(s for a, s in enumerate(act.shape) if a not in (0, info.channel_axis))
+        if tuple(self.mask.shape[1:]) != positions or self.mask.shape[0] != act.shape[0]:
+            raise ValueError(
+                f"Layer {layer!r} has {positions} positions per input (activation "
+                f"{tuple(act.shape)}, neurons on axis {info.channel_axis}), but the mask has shape "
+                f"{tuple(self.mask.shape)}, so it cannot say which positions are padding. Capture "
+                "layers whose outputs keep the input's tokens, or pass mask=None to use every "
+                "position."
+            )
+        return self.mask
+
+    def neurons(self, layer: str, spatial: str = "flatten", size: int | tuple[int, ...] | None = None,
+                *, drop_dead: bool = False) -> torch.Tensor:
+        """The neuron matrix of ``layer`` (see :func:`neurons`), with its axis and mask.
+
+        With ``drop_dead=True`` the neurons that are constant over the probe
+        batch (:func:`dead_neurons`) are removed; their indices are recorded
+        in :attr:`dropped` ``[layer]``.
+        """
+        if layer not in self:
+            raise ValueError(f"No captured layer {layer!r}; captured: {list(self)}.")
+        info = self.info.get(layer)
+        axis = None if info is None else info.channel_axis
+        act = self[layer]
+        if axis is None and act.ndim == 3:
+            why = info.axis_from if info is not None else "no layout information"
+            raise ValueError(
+                f"Layer {layer!r} ({info.module if info else 'activation'} output "
+                f"{tuple(act.shape)}) is ambiguous ({why}): its neurons may be on axis 1 "
+                "(n, channels, length), as a Conv1d gives, or on the last axis (n, tokens, "
+                "features), as a transformer gives. Pass channel_axis=1 or channel_axis=-1 "
+                "(a dict {layer: axis} for several layers)."
+            )
+        mat = neurons(act, spatial, size if act.ndim > 2 else None, channel_axis=axis,
+                      mask=self.mask_for(layer))
+        if drop_dead:
+            dead = dead_neurons(mat)
+            self.dropped[layer] = dead.tolist()
+            if dead.size:
+                keep = np.setdiff1d(np.arange(mat.shape[0]), dead)
+                if keep.size == 0:
+                    raise ValueError(f"Every neuron of layer {layer!r} is constant over the probe "
+                                     "batch; nothing is left to compare.")
+                mat = mat[torch.as_tensor(keep, device=mat.device)]
+        return mat
+
+    def describe(self) -> Any:
+        """A pandas DataFrame: one row per layer (module, shape, neuron axis, neurons, field, masked)."""
+        import pandas as pd
+
+        rows = []
+        for name, act in self.items():
+            info = self.info.get(name)
+            axis = None if info is None else info.channel_axis
+            try:
+                masked = self.mask_for(name) is not None
+            except ValueError:
+                masked = False
+            rows.append({
+                "layer": name, "module": info.module if info else "",
+                "shape": tuple(act.shape), "channel_axis": axis,
+                "neurons": int(act.shape[axis]) if axis is not None else None,
+                "axis from": info.axis_from if info else "", "field": info.field if info else None,
+                "masked": masked,
+            })
+        return pd.DataFrame(rows).set_index("layer")
+
+
+def _axis_option(channel_axis: Any, names: Sequence[str], what: str = "channel_axis") -> dict[str, int]:
+    """``{layer: axis}`` from an int (every layer) or a mapping (the layers it names)."""
+    if channel_axis is None:
+        return {}
+    if isinstance(channel_axis, Mapping):
+        unknown = sorted(set(channel_axis) - set(names))
+        if unknown:
+            raise ValueError(f"{what} names layer(s) {unknown} that are not captured; captured: "
+                             f"{list(names)}.")
+        items = dict(channel_axis)
+    else:
+        items = {name: channel_axis for name in names}
+    for name, axis in items.items():
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"{what} for {name!r} must be an int (1 for channel-first, -1 for "
+                            f"channel-last), got {axis!r}.")
+    return {k: int(v) for k, v in items.items()}
+
+
+def _field_option(output_field: Any, names: Sequence[str]) -> dict[str, str | int]:
+    if output_field is None:
+        return {}
+    if isinstance(output_field, Mapping):
+        unknown = sorted(set(output_field) - set(names))
+        if unknown:
+            raise ValueError(f"output_field names layer(s) {unknown} that are not captured; "
+                             f"captured: {list(names)}.")
+        return dict(output_field)
+    if not isinstance(output_field, (str, int)) or isinstance(output_field, bool):
+        raise TypeError(f"output_field must be a field name (e.g. 'last_hidden_state'), an index, or "
+                        f"a dict {{layer: field}}, got {output_field!r}.")
+    return {name: output_field for name in names}
+
+
+# ----------------------------------------------------------------------------
 # hooks
 # ----------------------------------------------------------------------------
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        for item in output:
-            if isinstance(item, torch.Tensor):
-                return item
-    return None
-
-
-def _make_hook(name: str, store: dict[str, torch.Tensor]):
+def _make_hook(name: str, store: Activations, tracker: _probe.LayoutTracker,
+               axes: dict[str, int], fields: dict[str, Any]):
     def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        tensor = _first_tensor(output)
-        if tensor is None:
-            raise TypeError(
-                f"Module {name!r} ({type(module).__name__}) returned {type(output).__name__}, "
-                "which holds no tensor at its top level. Capture a module that returns a "
-                "tensor or a tuple/list whose elements include a tensor."
+        where = f"Module {name!r} ({type(module).__name__})"
+        tensor, field = _probe.read_output(output, fields.get(name), where)
+        given = axes.get(name)
+        if given is not None and not -tensor.ndim <= given < tensor.ndim:
+            raise ValueError(f"channel_axis={given} for layer {name!r}, but its output has shape "
+                             f"{tuple(tensor.shape)} ({tensor.ndim} axes).")
+        if given is not None and given % tensor.ndim == 0:
+            raise ValueError(f"channel_axis={given} for layer {name!r} is the batch axis; pass the "
+                             "axis of the features (1 or -1).")
+        layout = _probe.decide_layout(module, tensor, given, tracker.last)
+        if not layout.batch_first:
+            raise ValueError(
+                f"{where} returns (sequence, batch, features) because it was built with "
+                "batch_first=False; neurons need the batch first. Build it with batch_first=True, "
+                "or capture a module that runs after the transpose."
             )
         store[name] = tensor  # a later call of the same module overwrites an earlier one
+        store.info[name] = LayerInfo(type(module).__name__, tuple(tensor.shape), layout.axis,
+                                     layout.reason, field)
 
     return hook
 
 
 @contextlib.contextmanager
-def hooked(model: nn.Module, layers: Layers) -> Iterator[dict[str, torch.Tensor]]:
+def hooked(model: nn.Module, layers: Layers, *, channel_axis: int | Mapping[str, int] | None = None,
+           output_field: str | int | Mapping[str, str | int] | None = None,
+           mask: Any = "auto") -> Iterator[Activations]:
     """Record the outputs of named modules while the model runs forward.
 
     A context manager for training loops, where one forward pass must give both
@@ -214,13 +418,23 @@ def hooked(model: nn.Module, layers: Layers) -> Iterator[dict[str, torch.Tensor]
     layers : str or sequence of str
         Dotted module names as given by ``model.named_modules()`` (see
         :func:`layer_names`). Duplicates are ignored.
+    channel_axis : int or dict of str to int, optional
+        The axis of each layer's output that holds its neurons, when the
+        automatic choice (see :func:`capture`) is not the right one.
+    output_field : str, int or dict, optional
+        Which field of a module's structured output to read (see :func:`capture`).
+    mask : "auto", None or tensor, default "auto"
+        ``"auto"``: each forward call's ``attention_mask`` keyword argument (or
+        a mapping argument's ``"attention_mask"``) becomes
+        :attr:`Activations.mask`; ``None``: no mask; a tensor: that mask.
 
     Yields
     ------
-    dict of str to torch.Tensor
-        Filled during each forward pass run inside the block, in the order the
-        modules execute. The stored tensors are the modules' outputs
-        themselves (not copies, not detached), so gradients flow through them.
+    Activations
+        A dict filled during each forward pass run inside the block, in the
+        order the modules execute, with each layer's :class:`LayerInfo`. The
+        stored tensors are the modules' outputs themselves (not copies, not
+        detached), so gradients flow through them.
 
     Raises
     ------
@@ -230,8 +444,10 @@ def hooked(model: nn.Module, layers: Layers) -> Iterator[dict[str, torch.Tensor]
 
     Notes
     -----
-    - If a module returns a tuple or list (e.g. an ``nn.LSTM``), the first
-      tensor element is stored (for an LSTM: the output sequence).
+    - If a module returns a tuple, a dict or a ``ModelOutput``, its first
+      floating-point tensor is stored (for an ``nn.LSTM``: the output
+      sequence; for a Hugging Face model: ``last_hidden_state``), unless
+      ``output_field`` names another.
     - If a module is called several times in one forward pass (a shared block
       applied repeatedly), only its **last** output is kept.
     - Entries persist across forward passes inside the block: each pass
@@ -240,14 +456,32 @@ def hooked(model: nn.Module, layers: Layers) -> Iterator[dict[str, torch.Tensor]
     """
     _check_model(model)
     names = _resolve_layers(model, layers)
+    axes = _axis_option(channel_axis, names)
+    fields = _field_option(output_field, names)
     modules = _all_module_names(model)
-    store: dict[str, torch.Tensor] = {}
+    store = Activations()
+    tracker = _probe.LayoutTracker()
+    if isinstance(mask, (torch.Tensor, np.ndarray)):
+        store.mask = torch.as_tensor(mask) != 0
+    elif not (mask is None or mask is False or mask == "auto"):
+        raise ValueError(f"mask={mask!r}; pass 'auto', None or a tensor of shape (n, positions).")
+
+    def on_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        tracker.reset()
+        if isinstance(mask, str):
+            found = _probe._find_mask((args, kwargs))
+            store.mask = None if found is None else found != 0
+
     handles = []
     try:
+        handles.append(model.register_forward_pre_hook(on_call, with_kwargs=True))
+        tracker.attach(model)
         for name in names:
-            handles.append(modules[name].register_forward_hook(_make_hook(name, store)))
+            handles.append(modules[name].register_forward_hook(
+                _make_hook(name, store, tracker, axes, fields)))
         yield store
     finally:
+        tracker.detach()
         for handle in handles:
             handle.remove()
 
@@ -263,34 +497,6 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _as_input(inputs: Any, device: torch.device) -> torch.Tensor:
-    if isinstance(inputs, torch.Tensor):
-        x = inputs
-    else:
-        try:
-            arr = np.asarray(inputs)
-        except Exception as exc:  # pragma: no cover - exotic objects
-            raise TypeError(
-                f"inputs must be a torch.Tensor or a numpy array, got {type(inputs).__name__}."
-            ) from exc
-        if arr.dtype == bool or np.issubdtype(arr.dtype, np.floating):
-            x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        elif np.issubdtype(arr.dtype, np.integer):
-            x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
-        else:
-            raise TypeError(
-                f"inputs has dtype {arr.dtype}; pass a numeric numpy array or a torch.Tensor."
-            )
-    if x.ndim == 0:
-        raise ValueError(
-            "inputs is a scalar. Pass a batch of inputs with the batch on the first axis, "
-            "e.g. shape (n, channels, height, width)."
-        )
-    if x.shape[0] == 0:
-        raise ValueError("inputs is empty (0 samples). Pass a probe batch with at least one input.")
-    return x.to(device)
-
-
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
     finite = torch.isfinite(tensor.detach())
     if not bool(finite.all()):
@@ -304,13 +510,16 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
 
 def capture(
     model: nn.Module,
-    inputs: torch.Tensor | np.ndarray,
+    inputs: Any,
     layers: Layers,
     *,
     grad: bool = False,
     batch_size: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Run ``model(inputs)`` and return the outputs of the named modules.
+    channel_axis: int | Mapping[str, int] | None = None,
+    output_field: str | int | Mapping[str, str | int] | None = None,
+    mask: Any = "auto",
+) -> Activations:
+    """Run the model on a probe batch and return the outputs of the named modules.
 
     Parameters
     ----------
@@ -318,11 +527,21 @@ def capture(
         The network. Its train/eval mode is **not** changed: call
         ``model.eval()`` first for analysis (dropout off, batch-norm running
         statistics), keep ``model.train()`` inside a training loop.
-    inputs : torch.Tensor or numpy.ndarray
-        A probe batch, batch on the first axis. A tensor is moved to the
-        model's device and keeps its dtype. A numpy array (or array-like) is
-        converted to a float32 tensor on the model's device; integer arrays
-        become int64 tensors (token ids for embedding layers).
+    inputs : tensor, array, tuple or mapping
+        The probe batch, batch on the first axis of every tensor:
+
+        - a ``torch.Tensor`` (moved to the model's device, dtype kept) or a
+          numpy array (float32; integer arrays become int64 token ids):
+          ``model(inputs)``;
+        - a tuple (or a list of tensors/arrays): positional arguments,
+          ``model(*inputs)``, e.g. ``(input_ids, attention_mask)``;
+        - a mapping or a tokenizer's ``BatchEncoding``: keyword arguments,
+          ``model(**inputs)``; or, when no key names a parameter of
+          ``model.forward`` and it takes one argument (a
+          ``SentenceTransformer``), ``model(inputs)``.
+
+        Containers may be nested; every tensor whose first axis is the batch
+        is split by ``batch_size``.
     layers : str or sequence of str
         Dotted module names as given by ``model.named_modules()`` (see
         :func:`layer_names`). Duplicates are ignored.
@@ -332,26 +551,53 @@ def capture(
         carry the autograd graph (training).
     batch_size : int, optional
         Run the probe set in chunks of this many inputs and concatenate the
-        activations along the first axis, to bound memory on large probe sets.
-        This assumes every captured activation has the batch on its first
-        axis. With ``grad=True`` chunking still works but saves no memory
-        (every chunk's graph is kept); note also that a model in train mode
-        with batch normalisation sees per-chunk statistics.
+        activations along the first axis, to bound memory on large probe sets;
+        the result equals one batch up to floating-point rounding (a model in
+        eval mode treats inputs independently). With ``grad=True`` chunking
+        saves no memory (every chunk's graph is kept), and a model in train
+        mode with batch normalisation sees per-chunk statistics.
+    channel_axis : int or dict of str to int, optional
+        The axis of each activation that holds the neurons, for every layer
+        (an int) or some of them (a dict). By default it is decided from the
+        module that produced the activation: axis 1 for ``Conv1d/2d/3d``,
+        batch-norm and pooling layers; the last axis for ``Linear``,
+        ``LayerNorm``, ``Embedding``, attention, transformer and recurrent
+        layers (a sequence model's ``(n, tokens, features)``); for any other
+        module (a ``ReLU``, a transformer or residual block), the layout of
+        the last recognised layer that ran before it. A 3-d activation that
+        none of this decides is reported as ambiguous (``channel_axis=None``
+        in :attr:`Activations.info`; :meth:`Activations.neurons` then asks for
+        this option).
+    output_field : str, int or dict, optional
+        For modules that return a tuple, a dict, a ``ModelOutput`` or
+        another dataclass: the field to read (``"pooler_output"``, ``1``), for
+        every layer or per layer. Default: the first floating-point tensor
+        (``last_hidden_state``), recorded in ``info[layer].field``.
+    mask : "auto", None, tensor or array, default "auto"
+        Which positions are real tokens: ``"auto"`` takes the inputs'
+        ``attention_mask``; a tensor of shape ``(n, positions)`` (nonzero =
+        real) is used as given; ``None`` uses every position. Stored in
+        :attr:`Activations.mask` and applied by :meth:`Activations.neurons`
+        (and :func:`otviz.layer_distances`) to every layer whose positions it
+        describes.
 
     Returns
     -------
-    dict of str to torch.Tensor
-        ``{name: activation}`` in the order of ``layers``. Activations are the
-        modules' outputs; for a module returning a tuple/list, its first
-        tensor; for a module called several times, its last output (see
-        :func:`hooked`).
+    Activations
+        ``{name: activation}`` in the order of ``layers`` (a ``dict``), with
+        :attr:`~Activations.info`, :attr:`~Activations.mask` and
+        :meth:`~Activations.neurons`. For a module called several times, its
+        last output (see :func:`hooked`).
 
     Raises
     ------
     ValueError
         Unknown or empty layer names, empty inputs, a named module that the
-        forward pass never calls, an activation containing NaN or inf, or a
-        chunked activation whose first axis is not the batch.
+        forward pass never calls, an activation containing NaN or inf, a mask
+        whose shape does not match the inputs or a layer's positions, an
+        output field the module does not return, a chunked activation whose
+        first axis is not the batch, or inputs the model fails on (the message
+        says what its first layer expects).
     TypeError
         ``model`` is not an ``nn.Module``, or ``inputs`` is not numeric.
 
@@ -361,6 +607,8 @@ def capture(
     >>> acts = capture(net, np.zeros((5, 4)), ["0", "2"])
     >>> {k: tuple(v.shape) for k, v in acts.items()}
     {'0': (5, 8), '2': (5, 2)}
+    >>> acts.neurons("0").shape
+    torch.Size([8, 5])
     """
     _check_model(model)
     names = _resolve_layers(model, layers)
@@ -370,16 +618,26 @@ def capture(
         isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1
     ):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
-    x = _as_input(inputs, _model_device(model))
-    n = x.shape[0]
-    chunks = [x] if batch_size is None or batch_size >= n else list(torch.split(x, int(batch_size)))
+    probe = _probe.Probe(inputs, model, _model_device(model), mask)
+    n = probe.n
+    step = n if batch_size is None else int(batch_size)
+    bounds = [(i, min(i + step, n)) for i in range(0, n, step)]
 
     collected: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    infos: dict[str, LayerInfo] = {}
     mode = torch.enable_grad() if grad else torch.no_grad()
-    with mode, hooked(model, names) as store:
-        for chunk in chunks:
+    with mode, hooked(model, names, channel_axis=channel_axis, output_field=output_field,
+                      mask=None) as store:
+        for start, stop in bounds:
             store.clear()
-            model(chunk)
+            try:
+                probe.call(model, start, stop)
+            except (RuntimeError, TypeError, IndexError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(
+                    f"{type(model).__name__} failed on the probe inputs ({probe.describe()}): "
+                    f"{first}. {_probe.input_hint(model).capitalize()}."
+                ) from exc
             missing = [name for name in names if name not in store]
             if missing:
                 raise ValueError(
@@ -389,21 +647,60 @@ def capture(
                 )
             for name in names:
                 act = store[name]
-                if len(chunks) > 1 and (act.ndim == 0 or act.shape[0] != chunk.shape[0]):
+                if len(bounds) > 1 and (act.ndim == 0 or act.shape[0] != stop - start):
                     raise ValueError(
                         f"Activation of layer {name!r} has shape {tuple(act.shape)}, whose first "
-                        f"axis is not the batch ({chunk.shape[0]} inputs in this chunk), so chunks "
+                        f"axis is not the batch ({stop - start} inputs in this chunk), so chunks "
                         "cannot be concatenated. Pass batch_size=None."
                     )
                 collected[name].append(act)
+                infos[name] = store.info[name]
 
-    out: dict[str, torch.Tensor] = {}
+    out = Activations()
+    out.mask, out.inputs = probe.mask, probe.describe()
     for name in names:
         parts = collected[name]
         act = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         _check_finite(name, act)
         out[name] = act
+        out.info[name] = dataclasses.replace(infos[name], shape=tuple(act.shape))
+    for name in names:
+        out.mask_for(name)  # a mask that does not fit a layer is an error now, not later
     return out
+
+
+def dead_neurons(matrix: np.ndarray | torch.Tensor, rtol: float = 1e-6) -> np.ndarray:
+    r"""Indices of the neurons (rows) that are constant over their responses.
+
+    Neuron :math:`i` is dead when its standard deviation over the
+    responses is at most ``rtol`` times the root-mean-square standard
+    deviation of the layer, :math:`\sigma_i \le \mathrm{rtol}\,
+    (\frac1m\sum_k \sigma_k^2)^{1/2}` (a ReLU silent on the whole probe
+    batch, a unit whose LayerNorm weight is ~0). Such a neuron has no
+    direction: per-neuron standardisation and the cosine and correlation
+    costs are undefined for it.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray or torch.Tensor, shape (neurons, responses)
+        A neuron matrix (:func:`neurons`).
+    rtol : float, default 1e-6
+
+    Returns
+    -------
+    numpy.ndarray of int
+        Sorted row indices; empty when no neuron is dead. Every row is
+        returned when the whole layer is constant.
+    """
+    if isinstance(matrix, torch.Tensor):
+        arr = matrix.detach().to("cpu", torch.float64).numpy()
+    else:
+        arr = np.asarray(matrix, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"matrix has shape {arr.shape}; pass a neuron matrix (neurons, responses).")
+    std = arr.std(axis=1)
+    rms = float(np.sqrt(np.mean(std ** 2)))
+    return np.flatnonzero(std <= rtol * rms) if rms > 0 else np.arange(arr.shape[0])
 
 
 # ----------------------------------------------------------------------------
@@ -431,6 +728,9 @@ def neurons(
     activation: ArrayT,
     spatial: str = "flatten",
     size: int | tuple[int, ...] | None = None,
+    *,
+    channel_axis: int | None = None,
+    mask: Any = None,
 ) -> ArrayT:
     """Functional view: one row per neuron, one column per response.
 
@@ -446,25 +746,38 @@ def neurons(
       then position: ``A.permute(1, 0, 2, 3).reshape(c, -1)``), and with
       ``spatial="mean"``, :math:`N_{i, k} = \\frac{1}{hw} \\sum_p A_{k, i, p}`,
       :math:`N \\in \\mathbb{R}^{c \\times n}`;
-    - 1-d conv / sequence output :math:`A \\in \\mathbb{R}^{n \\times c
-      \\times L}` is handled likewise (:math:`c \\times nL` or
-      :math:`c \\times n`).
+    - a sequence :math:`A \\in \\mathbb{R}^{n \\times L \\times d}` (a
+      transformer's tokens, ``channel_axis=-1``) or :math:`n \\times c \\times
+      L` (a ``Conv1d``, ``channel_axis=1``) is handled likewise: positions
+      are the tokens. With a mask :math:`m \\in \\{0, 1\\}^{n \\times L}`,
+      only real tokens count: ``"mean"`` gives :math:`N_{i, k} = \\sum_p
+      m_{kp} A_{k, p, i} / \\sum_p m_{kp}`, ``"flatten"`` keeps one response
+      per real token, :math:`N \\in \\mathbb{R}^{d \\times \\sum_{kp} m_{kp}}`.
 
     Parameters
     ----------
     activation : numpy.ndarray or torch.Tensor
-        Output of a layer for :math:`n` inputs, of shape ``(n, units)``,
-        ``(n, c, L)`` or ``(n, c, h, w)``. Channel-last layouts (e.g. a
-        transformer's ``(n, L, d)``) must be permuted to channel-first first.
+        Output of a layer for :math:`n` inputs, batch on the first axis,
+        neurons on ``channel_axis``, positions on the other axes.
     spatial : {"flatten", "mean"}, default "flatten"
-        How a channel's map becomes a vector: all positions kept, or averaged.
-        Ignored for dense output.
+        How a neuron's map (or token sequence) becomes a vector: all positions
+        kept, or averaged. Ignored for dense output.
     size : int or tuple of int, optional
         Resize the maps to ``(h', w')`` (an int means square; ``(L',)`` or an
-        int for 3-d output) by adaptive average pooling before flattening, so
+        int for 1-d maps) by adaptive average pooling before flattening, so
         that teacher and student maps of different sizes give neurons in the
-        same space. Only with ``spatial="flatten"``. Sizes larger than the map
-        replicate values rather than adding information.
+        same space. Only with ``spatial="flatten"`` and without a mask. Sizes
+        larger than the map replicate values rather than adding information.
+    channel_axis : int, optional
+        The axis holding the neurons. Default: axis 1 for a 2-d activation
+        ``(n, units)`` and for 4-d and 5-d maps (PyTorch's channel-first
+        convention); a 3-d activation is ambiguous (``(n, channels, length)``
+        or ``(n, tokens, features)``) and must say which. :func:`capture`
+        decides it from the module that produced the activation
+        (:meth:`Activations.neurons` passes it on).
+    mask : tensor or array, optional
+        Shape ``(n, positions...)``: nonzero marks the real positions (the
+        attention mask of a tokenizer). Padding then enters no response.
 
     Returns
     -------
@@ -476,9 +789,11 @@ def neurons(
     Raises
     ------
     ValueError
-        Unknown ``spatial``, ndim not in {2, 3, 4}, an empty activation,
-        NaN or inf values, ``size`` given for dense output or with
-        ``spatial="mean"``, or a malformed ``size``.
+        Unknown ``spatial``, fewer than 2 axes, an ambiguous 3-d activation
+        without ``channel_axis``, an empty activation, NaN or inf values,
+        ``size`` given for dense output, with ``spatial="mean"`` or with a
+        mask, a malformed ``size``, or a mask of the wrong shape or with an
+        input that has no real position.
 
     Examples
     --------
@@ -488,6 +803,8 @@ def neurons(
     (3, 10)
     >>> neurons(np.zeros((10, 3, 8, 8)), size=4).shape
     (3, 160)
+    >>> neurons(np.zeros((10, 7, 32)), spatial="mean", channel_axis=-1).shape  # 7 tokens, 32 units
+    (32, 10)
     """
     if isinstance(activation, torch.Tensor):
         is_numpy = False
@@ -511,12 +828,30 @@ def neurons(
 
     if spatial not in _SPATIAL_MODES:
         raise ValueError(f"Unknown spatial={spatial!r}. Pass one of {list(_SPATIAL_MODES)}.")
-    if t.ndim not in (2, 3, 4):
+    if t.ndim < 2 or t.ndim > 5:
         raise ValueError(
             f"activation has shape {tuple(t.shape)} (ndim={t.ndim}); expected (n, units), "
-            "(n, channels, length) or (n, channels, height, width). Reshape it to one of these, "
-            "with the probe batch on the first axis and the neurons on the second."
+            "(n, channels, length), (n, tokens, features), (n, channels, height, width) or "
+            "(n, channels, depth, height, width), with the probe batch on the first axis."
         )
+    if channel_axis is None:
+        if t.ndim == 3:
+            raise ValueError(
+                f"activation has shape {tuple(t.shape)}, which is ambiguous: its neurons are on "
+                "axis 1 for a Conv1d's (n, channels, length), on the last axis for a transformer's "
+                "(n, tokens, features). Pass channel_axis=1 or channel_axis=-1 (capture() decides "
+                "it from the module: use acts.neurons(layer))."
+            )
+        axis = 1
+    else:
+        if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
+            raise TypeError(f"channel_axis must be an int, got {channel_axis!r}.")
+        if not -t.ndim <= channel_axis < t.ndim or channel_axis % t.ndim == 0:
+            raise ValueError(
+                f"channel_axis={channel_axis} is not a feature axis of an activation of shape "
+                f"{tuple(t.shape)}; pass an axis in 1..{t.ndim - 1} (or -1 for the last)."
+            )
+        axis = int(channel_axis) % t.ndim
     if t.numel() == 0:
         raise ValueError(f"activation is empty (shape {tuple(t.shape)}); every axis must be non-empty.")
     finite = torch.isfinite(t.detach())
@@ -525,6 +860,8 @@ def neurons(
             f"activation contains {int((~finite).sum())} non-finite value(s) (NaN or inf). "
             "Check the inputs and the model that produced it."
         )
+    if axis != 1:
+        t = t.movedim(axis, 1)
 
     if t.ndim == 2:
         if size is not None:
@@ -533,6 +870,8 @@ def neurons(
                 "size only applies to convolutional maps. Pass size=None."
             )
         out = t.T.contiguous()
+    elif mask is not None:
+        out = _masked_neurons(t, mask, spatial, size)
     else:
         n_spatial = t.ndim - 2
         if size is not None:
@@ -542,7 +881,7 @@ def neurons(
                     "already removes the map size). Pass size=None, or spatial='flatten'."
                 )
             target = _spatial_size(size, n_spatial)
-            pool = F.adaptive_avg_pool1d if n_spatial == 1 else F.adaptive_avg_pool2d
+            pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[n_spatial - 1]
             if tuple(t.shape[2:]) != target:
                 t = pool(t, target)
         channels = t.shape[1]
@@ -559,3 +898,29 @@ def neurons(
             result = result.copy()
         return result
     return out
+
+
+def _masked_neurons(t: torch.Tensor, mask: Any, spatial: str, size: Any) -> torch.Tensor:
+    """Neurons of a channel-first ``t`` (n, c, positions...) over the real positions of ``mask``."""
+    if size is not None:
+        raise ValueError(f"size={size!r} cannot be combined with a mask (resizing would mix padding "
+                         "into real positions). Pass size=None.")
+    m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
+    positions = (t.shape[0],) + tuple(t.shape[2:])
+    if tuple(m.shape) != positions:
+        raise ValueError(
+            f"mask has shape {tuple(m.shape)} but the activation (neurons moved to axis 1: "
+            f"{tuple(t.shape)}) has positions {positions}; pass a mask of shape (n, positions...) "
+            "as the tokenizer's attention_mask has."
+        )
+    m = (m != 0).to(t.device)
+    counts = m.reshape(m.shape[0], -1).sum(dim=1)
+    if bool((counts == 0).any()):
+        empty = (counts == 0).nonzero().flatten().tolist()[:5]
+        raise ValueError(f"mask has no real position for input(s) {empty}; every input needs one.")
+    if spatial == "mean":
+        weights = m.unsqueeze(1).to(t.dtype)  # (n, 1, positions...)
+        dims = tuple(range(2, t.ndim))
+        return ((t * weights).sum(dim=dims) / counts.to(t.dtype).unsqueeze(1)).T.contiguous()
+    # (n, c, positions...) -> (n, positions..., c) -> rows of real positions, sample-major
+    return t.movedim(1, -1)[m].T.contiguous()

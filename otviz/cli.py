@@ -327,15 +327,15 @@ def _report(teacher, student, inputs, t_layers, s_layers, args, *, spatial="mean
     """Print the per-pair alignments and the layer x layer tables; ``extra(t_name, s_name, t, s)``
     may print more lines after a pair."""
     from otviz.layers import layer_distances
-    from otviz.capture import capture, neurons
+    from otviz.capture import capture
     from otviz.transport import align
 
     methods = ("emd", "sinkhorn") if args.method is None else (args.method,)
     t_acts = capture(teacher, inputs, list(t_layers))
     s_acts = capture(student, inputs, list(s_layers))
     for t_name, s_name in _pairs(t_layers, s_layers):
-        t_neurons = neurons(t_acts[t_name], spatial=spatial, size=size)
-        s_neurons = neurons(s_acts[s_name], spatial=spatial, size=size)
+        t_neurons = t_acts.neurons(t_name, spatial=spatial, size=size)
+        s_neurons = s_acts.neurons(s_name, spatial=spatial, size=size)
         print()
         print(
             f"== teacher {t_name} ({t_neurons.shape[0]} neurons) <-> student {s_name} "

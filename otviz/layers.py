@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from otviz.capture import capture, neurons
+from otviz.capture import Activations, capture
 
 __all__ = ["cka", "layer_distances"]
 
@@ -163,40 +163,53 @@ def cka(X: np.ndarray | torch.Tensor, Y: np.ndarray | torch.Tensor) -> float:
 # ----------------------------------------------------------------------------
 # layer x layer tables
 # ----------------------------------------------------------------------------
-def _sample_features(act: torch.Tensor, spatial: str, size: Any) -> torch.Tensor:
-    """Per-sample features (n, features) for CKA, consistent with ``neurons``' options."""
-    if act.ndim <= 2 or spatial == "flatten" and size is None:
+def _sample_features(acts: Activations, name: str, spatial: str, size: Any) -> torch.Tensor:
+    """Per-sample features (samples, features) for CKA, consistent with the neurons' options.
+
+    One row per input; with a mask and ``spatial="flatten"``, one row per real token.
+    """
+    act = acts[name]
+    if act.ndim <= 2:
         return act.reshape(act.shape[0], -1)
-    # neurons() validates spatial/size and does the pooling; (c, n) or (c, n*prod(size))
-    mat = neurons(act, spatial=spatial, size=size)
-    n, c = act.shape[0], act.shape[1]
-    # (c, n, *size) -> (n, c, *size) -> (n, c * prod(size))
+    mat = acts.neurons(name, spatial, size)  # (c, n) or (c, n * positions) or (c, real tokens)
+    if spatial == "mean" or acts.mask_for(name) is not None:
+        return mat.T
+    n, c = act.shape[0], mat.shape[0]
     return mat.reshape(c, n, -1).permute(1, 0, 2).reshape(n, -1)
 
 
-def _describe(act: torch.Tensor) -> str:
-    return "x".join(str(s) for s in act.shape[2:]) if act.ndim > 2 else "none: dense"
-
-
-def _map_shape(act: torch.Tensor, spatial: str, size: Any) -> tuple[int, ...]:
-    """Spatial shape that one response of a neuron covers, after ``neurons``' options."""
+def _space(acts: Activations, name: str, spatial: str, size: Any) -> tuple:
+    """What the responses of a layer's neurons index: inputs, (input, position) pairs of a map, tokens."""
+    act, axis = acts[name], acts.info[name].channel_axis
     if act.ndim <= 2 or spatial == "mean":
-        return ()
-    if size is None:
-        return tuple(act.shape[2:])
-    return (size,) * (act.ndim - 2) if isinstance(size, numbers.Integral) else tuple(size)
+        return ("inputs",)
+    if acts.mask_for(name) is not None:
+        return ("real tokens",)
+    positions = tuple(s for i, s in enumerate(act.shape) if i not in (0, axis))
+    if size is not None:
+        positions = (size,) * len(positions) if isinstance(size, numbers.Integral) else tuple(size)
+    return ("inputs",) if int(np.prod(positions)) == 1 else ("map",) + positions
 
 
-def _same_space(ta: torch.Tensor, sa: torch.Tensor, spatial: str, size: Any) -> bool:
-    """Whether teacher and student neurons index the same (input, position) pairs."""
-    a, b = _map_shape(ta, spatial, size), _map_shape(sa, spatial, size)
-    return a == b or (int(np.prod(a)) == 1 and int(np.prod(b)) == 1)
+def _describe(acts: Activations, name: str) -> str:
+    act, axis = acts[name], acts.info[name].channel_axis
+    positions = [str(s) for i, s in enumerate(act.shape) if i not in (0, axis)]
+    return "x".join(positions) if positions else "none: dense"
+
+
+def _per_side(option: Any, what: str) -> tuple[Any, Any]:
+    """An option for both models, or a (teacher, student) pair of them."""
+    if isinstance(option, tuple):
+        if len(option) != 2:
+            raise ValueError(f"{what} as a tuple must be (teacher option, student option), got {option!r}.")
+        return option
+    return option, option
 
 
 def layer_distances(
     teacher_model: nn.Module,
     student_model: nn.Module,
-    inputs: torch.Tensor | np.ndarray,
+    inputs: Any,
     teacher_layers: Layers,
     student_layers: Layers,
     measure: str = "ot",
@@ -204,6 +217,10 @@ def layer_distances(
     spatial: str = "mean",
     size: int | tuple[int, ...] | None = None,
     batch_size: int | None = None,
+    channel_axis: Any = None,
+    output_field: Any = None,
+    mask: Any = "auto",
+    drop_dead: bool = False,
     **align_kwargs: Any,
 ) -> pd.DataFrame:
     r"""Compare every teacher layer with every student layer on one probe batch.
@@ -242,8 +259,10 @@ def layer_distances(
     ----------
     teacher_model, student_model : torch.nn.Module
         The two networks (may be the same object).
-    inputs : torch.Tensor or numpy.ndarray
-        Probe batch fed to both models (see :func:`otviz.capture.capture`).
+    inputs : tensor, array, tuple or mapping
+        Probe batch fed to both models: a tensor, positional arguments (a
+        tuple) or keyword arguments (a dict or a tokenizer's
+        ``BatchEncoding``); see :func:`otviz.capture.capture`.
     teacher_layers, student_layers : str or sequence of str
         Dotted module names in each model (duplicates are ignored).
     measure : {"ot", "ot-raw", "cka"}, default "ot"
@@ -258,7 +277,28 @@ def layer_distances(
         before flattening; only with ``spatial="flatten"``. Dense layers are
         left as they are.
     batch_size : int, optional
-        Run the probe batch through each model in chunks of this size.
+        Run the probe batch through each model in chunks of this size (same
+        result as one batch).
+    channel_axis : int, dict or (teacher, student) pair, optional
+        The axis holding the neurons, when the automatic choice is wrong (see
+        :func:`otviz.capture.capture`: ``Conv*d`` -> 1; ``Linear``,
+        ``LayerNorm``, transformer blocks -> the last axis of
+        ``(n, tokens, features)``). An int or ``{layer: axis}`` applies to
+        both models; a tuple gives the teacher's and the student's.
+    output_field : str, int, dict or (teacher, student) pair, optional
+        Which field of a structured output to read (``ModelOutput``, dict,
+        tuple); default the first floating-point tensor.
+    mask : "auto", None or tensor, default "auto"
+        Real-token mask of shape ``(n, tokens)``; ``"auto"`` takes the inputs'
+        ``attention_mask``. Token positions are averaged over real tokens
+        (``spatial="mean"``) or kept one response per real token
+        (``"flatten"``); padding never enters a neuron's responses.
+    drop_dead : bool, default False
+        Remove the neurons that are constant over the probe batch
+        (:func:`otviz.capture.dead_neurons`: a silent ReLU, a unit with a
+        LayerNorm weight of ~0) before comparing; the removed indices are in
+        ``df.attrs["dropped"]``. Needed for ``normalize="standardize"`` and the
+        cosine/correlation costs, which are undefined for such a neuron.
     **align_kwargs
         Options for :func:`otviz.transport.align`: ``method``, ``eps``,
         ``tol``, ``max_iter``, ... with ``measure="ot"``; also ``cost`` and
@@ -269,7 +309,10 @@ def layer_distances(
     pandas.DataFrame
         Index: teacher layers; columns: student layers; values: float64.
         ``df.attrs`` records ``measure``, ``spatial``, ``size``,
-        ``align_kwargs`` and ``n_inputs``.
+        ``align_kwargs``, ``n_inputs``, ``converged``, the neuron axis of
+        every layer (``channel_axis``: ``{"teacher": {...}, "student": {...}}``),
+        the output fields read (``fields``), whether a mask was used
+        (``masked``) and the dropped neurons (``dropped``).
 
     Raises
     ------
@@ -315,10 +358,15 @@ def layer_distances(
             f"size={size!r} only has an effect with spatial='flatten'. Pass size=None, or "
             "spatial='flatten'."
         )
-    t_acts = capture(teacher_model, inputs, teacher_layers, batch_size=batch_size)
-    s_acts = capture(student_model, inputs, student_layers, batch_size=batch_size)
+    t_axis, s_axis = _per_side(channel_axis, "channel_axis")
+    t_field, s_field = _per_side(output_field, "output_field")
+    t_acts = capture(teacher_model, inputs, teacher_layers, batch_size=batch_size,
+                     channel_axis=t_axis, output_field=t_field, mask=mask)
+    s_acts = capture(student_model, inputs, student_layers, batch_size=batch_size,
+                     channel_axis=s_axis, output_field=s_field, mask=mask)
     t_names, s_names = list(t_acts), list(s_acts)
-    n_t = int(np.shape(inputs)[0]) if not isinstance(inputs, torch.Tensor) else int(inputs.shape[0])
+    first = next(iter(t_acts.values()))
+    n_t = int(first.shape[0]) if first.ndim else 0
     for side, acts in (("teacher", t_acts), ("student", s_acts)):
         for name, act in acts.items():
             if act.ndim == 0 or act.shape[0] != n_t:
@@ -329,30 +377,34 @@ def layer_distances(
                 )
 
     values = np.empty((len(t_names), len(s_names)), dtype=np.float64)
+    dropped: dict[str, dict[str, list[int]]] = {"teacher": {}, "student": {}}
     if measure == "cka":
-        t_feats = {k: _sample_features(v, spatial, size) for k, v in t_acts.items()}
-        s_feats = {k: _sample_features(v, spatial, size) for k, v in s_acts.items()}
+        t_feats = {k: _sample_features(t_acts, k, spatial, size) for k in t_names}
+        s_feats = {k: _sample_features(s_acts, k, spatial, size) for k in s_names}
         for i, tn in enumerate(t_names):
             for j, sn in enumerate(s_names):
                 values[i, j] = cka(t_feats[tn], s_feats[sn])
     else:
-        def view(act: torch.Tensor) -> torch.Tensor:
-            return neurons(act, spatial=spatial, size=size if act.ndim > 2 else None)
-
-        t_neur = {k: view(v) for k, v in t_acts.items()}
-        s_neur = {k: view(v) for k, v in s_acts.items()}
+        t_neur = {k: t_acts.neurons(k, spatial, size, drop_dead=drop_dead) for k in t_names}
+        s_neur = {k: s_acts.neurons(k, spatial, size, drop_dead=drop_dead) for k in s_names}
+        if drop_dead:
+            dropped = {"teacher": {k: v for k, v in t_acts.dropped.items() if v},
+                       "student": {k: v for k, v in s_acts.dropped.items() if v}}
         # check every pair before solving anything
-        for tn, ta in t_acts.items():
-            for sn, sa in s_acts.items():
-                if not _same_space(ta, sa, spatial, size):
-                    if ta.ndim > 2 and sa.ndim > 2 and ta.ndim == sa.ndim:
-                        common = tuple(min(a, b) for a, b in zip(ta.shape[2:], sa.shape[2:]))
+        for tn in t_names:
+            for sn in s_names:
+                same = _space(t_acts, tn, spatial, size) == _space(s_acts, sn, spatial, size)
+                if not same or t_neur[tn].shape[1] != s_neur[sn].shape[1]:
+                    t_pos = _space(t_acts, tn, spatial, size)
+                    s_pos = _space(s_acts, sn, spatial, size)
+                    if t_pos[0] == s_pos[0] == "map" and len(t_pos) == len(s_pos):
+                        common = tuple(min(a, b) for a, b in zip(t_pos[1:], s_pos[1:]))
                         fix = f"pass size= (e.g. size={common}) to resize both maps, or spatial='mean'"
                     else:
                         fix = "pass spatial='mean' (one response per input for every layer)"
                     raise ValueError(
-                        f"Teacher layer {tn!r} (maps {_describe(ta)}) and student layer {sn!r} "
-                        f"(maps {_describe(sa)}) give neurons in different spaces "
+                        f"Teacher layer {tn!r} (positions {_describe(t_acts, tn)}) and student layer "
+                        f"{sn!r} (positions {_describe(s_acts, sn)}) give neurons in different spaces "
                         f"(lengths {t_neur[tn].shape[1]} and {s_neur[sn].shape[1]}) with "
                         f"spatial={spatial!r}, size={size!r}, so they cannot be compared: {fix}."
                     )
@@ -401,5 +453,10 @@ def layer_distances(
         size=size,
         align_kwargs=dict(align_kwargs),
         n_inputs=int(n_t),
+        channel_axis={"teacher": t_acts.channel_axis, "student": s_acts.channel_axis},
+        fields={"teacher": {k: v.field for k, v in t_acts.info.items()},
+                "student": {k: v.field for k, v in s_acts.info.items()}},
+        masked=t_acts.mask is not None,
+        dropped=dropped,
     )
     return df

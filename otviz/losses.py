@@ -62,7 +62,7 @@ One training step, as the trainer runs it::
         t_logits = teacher(x)
     with hooked(student, loss.student_layers) as s_feats:
         s_logits = student(x)
-    ctx = StepContext(x, y, s_logits, t_logits, dict(s_feats), dict(t_feats), student, step)
+    ctx = StepContext(x, y, s_logits, t_logits, s_feats, t_feats, student, step)
     value = loss(ctx)
     opt.zero_grad(); value.backward(); opt.step()
     log(loss.diagnostics())   # {"loss/ce": ..., "loss/kd": ..., "ot/features.conv2->...": ...}
@@ -86,7 +86,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from otviz import transport as _transport
-from otviz.capture import neurons
+from otviz.capture import Activations, neurons
 
 __all__ = [
     "AttentionTransfer",
@@ -144,9 +144,13 @@ class StepContext:
     student_features : dict of str to torch.Tensor
         Outputs of the student modules listed in ``student_layers``, captured
         by forward hooks during the student's forward pass (with the graph).
+        Pass the :class:`otviz.capture.Activations` that
+        :func:`otviz.capture.hooked` yields (not a plain ``dict`` copy of
+        it): it tells the OT regulariser which axis holds each layer's
+        neurons and which tokens are padding.
     teacher_features : dict of str to torch.Tensor
         Outputs of the teacher modules listed in ``teacher_layers``, captured
-        under ``torch.no_grad()``.
+        under ``torch.no_grad()`` (an :class:`~otviz.capture.Activations` too).
     student : torch.nn.Module
         The student network (L2-SP reads its parameters).
     step : int, default 0
@@ -899,25 +903,74 @@ def _check_ot_options(cost: str, normalize: str | None, method: str, eps: float 
         )
 
 
-def _pair_neurons(t: torch.Tensor, s: torch.Tensor, spatial: str, size: Any, key: str
+Layout = tuple[Union[int, None], Union[torch.Tensor, None]]
+"""(neuron axis, token mask) of one feature; ``(None, None)``: channel-first, no mask."""
+
+
+def _layout(store: Any, layer: str, side: str, given: Any) -> Layout:
+    """Neuron axis and mask of a captured feature: the option given, else what capture recorded."""
+    axis = None
+    if isinstance(given, tuple):
+        given = given[0] if side == "teacher" else given[1]
+    if isinstance(given, Mapping):
+        given = given.get(layer)
+    if given is not None:
+        axis = int(given)
+    mask = None
+    if isinstance(store, Activations) and layer in store.info:
+        if axis is None:
+            axis = store.info[layer].channel_axis
+        mask = store.mask_for(layer)
+    return axis, mask
+
+
+def _channel_first(x: torch.Tensor, axis: int | None, key: str, side: str) -> torch.Tensor:
+    if axis is None:
+        if x.ndim == 3:
+            raise ValueError(
+                f"ot: the {side} feature of pair {key!r} has shape {tuple(x.shape)}, which is "
+                "ambiguous: neurons on axis 1 (n, channels, length) or on the last axis (n, tokens, "
+                "features)? Capture the features with otviz.capture.hooked (it decides from the "
+                "module) and pass its result itself, not a dict copy, or pass "
+                "channel_axis=1 / -1 to the regulariser."
+            )
+        return x
+    axis = axis % x.ndim
+    return x if axis == 1 else x.movedim(axis, 1)
+
+
+def _pair_neurons(t: torch.Tensor, s: torch.Tensor, spatial: str, size: Any, key: str,
+                  layouts: tuple[Layout, Layout] = ((None, None), (None, None)),
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neuron matrices of a pair, in a common response space."""
+    """Neuron matrices of a pair, in a common response space.
+
+    ``layouts`` gives each side's neuron axis and token mask (see :func:`_layout`).
+    """
     _check_batches(t, s, key, "ot")
+    (t_axis, t_mask), (s_axis, s_mask) = layouts
+    t = _channel_first(t, t_axis, key, "teacher")
+    s = _channel_first(s, s_axis, key, "student")
+    if t_mask is not None or s_mask is not None:
+        # token positions: averaged over, or one response per, real token
+        how = spatial if t_mask is not None and s_mask is not None else "mean"
+        return (neurons(t, how, channel_axis=1, mask=t_mask),
+                neurons(s, how, channel_axis=1, mask=s_mask))
     if spatial == "mean" or (t.ndim == 2 and s.ndim == 2):
-        return neurons(t, spatial=spatial), neurons(s, spatial=spatial)
+        return neurons(t, spatial=spatial, channel_axis=1), neurons(s, spatial=spatial, channel_axis=1)
     if size is not None:
-        return (neurons(t, spatial="flatten", size=size if t.ndim > 2 else None),
-                neurons(s, spatial="flatten", size=size if s.ndim > 2 else None))
+        return (neurons(t, spatial="flatten", size=size if t.ndim > 2 else None, channel_axis=1),
+                neurons(s, spatial="flatten", size=size if s.ndim > 2 else None, channel_axis=1))
     if t.ndim == 2 or s.ndim == 2:
         # a dense layer against a conv map: the common space is one response per input
-        return neurons(t, spatial="mean"), neurons(s, spatial="mean")
+        return neurons(t, spatial="mean", channel_axis=1), neurons(s, spatial="mean", channel_axis=1)
     if t.ndim != s.ndim:
         raise ValueError(
             f"ot: pair {key!r} pairs a {t.ndim - 2}-d map with a {s.ndim - 2}-d map; pass "
             "spatial='mean' to compare one response per input."
         )
     common = tuple(min(a, b) for a, b in zip(t.shape[2:], s.shape[2:]))
-    return neurons(t, spatial="flatten", size=common), neurons(s, spatial="flatten", size=common)
+    return (neurons(t, spatial="flatten", size=common, channel_axis=1),
+            neurons(s, spatial="flatten", size=common, channel_axis=1))
 
 
 def _floored_normalize(x: torch.Tensor, how: str) -> torch.Tensor:
@@ -1022,6 +1075,15 @@ class OTRegularizer(TransferLoss):
     warm_start : bool, default True
         Start each pair's entropic solver from the dual potentials of its
         previous call (the previous minibatch); the exact solver ignores them.
+    channel_axis : int, dict or (teacher, student) pair, optional
+        The axis of each feature that holds the neurons. By default it is the
+        one :func:`otviz.capture.hooked` recorded in the
+        :class:`~otviz.capture.Activations` put in the step context (axis 1
+        for conv maps, the last axis of a transformer's ``(n, tokens,
+        features)``), and axis 1 for plain tensors; a 3-d plain tensor is
+        refused as ambiguous. When the features carry an attention mask
+        (``hooked`` finds the forward call's ``attention_mask``), padding tokens
+        are left out of every neuron's responses.
     **solver_options
         ``reg_m``, ``tol`` or ``max_iter``, passed on to
         :func:`otviz.transport.ot_distance`.
@@ -1053,6 +1115,7 @@ class OTRegularizer(TransferLoss):
         feature_scale: str = "mean",
         monitor: bool = False,
         warm_start: bool = True,
+        channel_axis: Any = None,
         **solver_options: Any,
     ) -> None:
         super().__init__(weight)
@@ -1079,6 +1142,7 @@ class OTRegularizer(TransferLoss):
         self.spatial, self.size, self.feature_scale = spatial, size, feature_scale
         self.monitor = bool(monitor)
         self.use_warm_start = bool(warm_start)
+        self.channel_axis = channel_axis
         self.solver_options = dict(solver_options)
         self.teacher_layers = _unique(p[0] for p in self.pairs)
         self.student_layers = _unique(p[1] for p in self.pairs)
@@ -1141,7 +1205,9 @@ class OTRegularizer(TransferLoss):
                 s = _feature(ctx, "student", sl, self.name)
                 if not grad:
                     s = s.detach()
-                tn, sn = _pair_neurons(t, s, self.spatial, self.size, key)
+                layouts = (_layout(ctx.teacher_features, tl, "teacher", self.channel_axis),
+                           _layout(ctx.student_features, sl, "student", self.channel_axis))
+                tn, sn = _pair_neurons(t, s, self.spatial, self.size, key, layouts)
                 if tn.shape[1] != sn.shape[1]:
                     raise ValueError(
                         f"{self.name}: pair {key!r} gives teacher neurons of {tn.shape[1]} "
@@ -1342,7 +1408,8 @@ def probe_channels(model: nn.Module, layers: Iterable[str], inputs: torch.Tensor
     """Number of channels (units) of named layers, read off one forward pass.
 
     Runs ``model(inputs)`` under ``torch.no_grad()`` with forward hooks on
-    ``layers`` and returns ``{layer: output.shape[1]}``; useful for
+    ``layers`` and returns ``{layer: number of neurons}`` (the size of the
+    axis :func:`otviz.capture.capture` decides holds them); useful for
     :class:`FitNets`. ``inputs`` can be a single example batch.
     """
     from otviz.capture import capture
@@ -1354,7 +1421,8 @@ def probe_channels(model: nn.Module, layers: Iterable[str], inputs: torch.Tensor
             raise ValueError(
                 f"Layer {name!r} outputs shape {tuple(act.shape)}; expected (n, channels, ...)."
             )
-        out[name] = int(act.shape[1])
+        axis = acts.info[name].channel_axis
+        out[name] = int(act.shape[1 if axis is None else axis])
     return out
 
 

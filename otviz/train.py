@@ -579,7 +579,7 @@ def _forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]):
         return model(x), {}
     with hooked(model, list(layers)) as feats:
         out = model(x)
-    return out, dict(feats)
+    return out, feats  # the Activations themselves: they know each layer's neuron axis
 
 
 @torch.no_grad()
@@ -607,7 +607,7 @@ def _snapshot_plans(s: _Setup) -> tuple[dict[str, np.ndarray], dict[str, float]]
     method and option can be compared on them.
     """
     from otviz.capture import capture
-    from otviz.losses import OTRegularizer, _pair_neurons, pair_key
+    from otviz.losses import OTRegularizer, _layout, _pair_neurons, pair_key
     from otviz.transport import align
 
     was = s.student.training
@@ -632,7 +632,8 @@ def _snapshot_plans(s: _Setup) -> tuple[dict[str, np.ndarray], dict[str, float]]
         plans[COST_SNAPSHOT_PREFIX + pair_key(t, st)] = np.asarray(al.cost_matrix, dtype=np.float32)
     scores: dict[str, float] = {}
     for t, st in s.pairs:
-        tn, sn = _pair_neurons(t_acts[t], s_acts[st], s.config.spatial, None, pair_key(t, st))
+        layouts = (_layout(t_acts, t, "teacher", None), _layout(s_acts, st, "student", None))
+        tn, sn = _pair_neurons(t_acts[t], s_acts[st], s.config.spatial, None, pair_key(t, st), layouts)
         try:
             # in the score's own geometry, so that this one solve serves the score
             al = align(tn, sn, normalize="layer", method=s.config.ot_method,

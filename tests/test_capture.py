@@ -160,8 +160,10 @@ def test_module_not_called_is_reported(x):
 
 def test_hooks_removed_when_forward_raises():
     model = Boom()
-    with pytest.raises(RuntimeError, match="boom"):
+    # capture names the inputs it fed; the model's own error stays attached
+    with pytest.raises(ValueError, match=r"Boom failed on the probe inputs \(inputs float32 \(2, 4\)\): boom") as info:
         capture(model, torch.randn(2, 4), "fc")
+    assert isinstance(info.value.__cause__, RuntimeError)
     assert _no_hooks(model)
     with pytest.raises(RuntimeError, match="boom"):
         with hooked(model, ["fc"]) as feats:
@@ -213,10 +215,13 @@ def test_nan_activation_names_layer():
 
 
 def test_layer_names(net):
-    assert layer_names(net) == [
+    # the repeated blocks by default, when the model has them
+    assert layer_names(net) == layer_names(net, "blocks") == ["features.0", "features.2"]
+    assert layer_names(net, "leaf") == [
         "features.0.conv", "features.0.act", "features.1",
         "features.2.conv", "features.2.act", "pool", "fc",
     ]
+    assert layer_names(net.fc) == [""]
     assert layer_names(net, "conv") == ["features.0.conv", "features.2.conv"]
     assert layer_names(net, "linear") == ["fc"]
     assert layer_names(net, nn.ReLU) == ["features.0.act", "features.2.act"]
@@ -266,13 +271,18 @@ def test_neurons_size_pools():
 def test_neurons_three_dim():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(4, 3, 6))
-    assert neurons(a).shape == (3, 24)
-    np.testing.assert_allclose(neurons(a, "mean"), a.mean(axis=2).T)
-    pooled = neurons(a, size=3)
+    with pytest.raises(ValueError, match="ambiguous.*channel_axis=1 or channel_axis=-1"):
+        neurons(a)
+    assert neurons(a, channel_axis=1).shape == (3, 24)
+    np.testing.assert_allclose(neurons(a, "mean", channel_axis=1), a.mean(axis=2).T)
+    # the same numbers laid out (n, tokens, features) give the same neurons with channel_axis=-1
+    np.testing.assert_allclose(neurons(a.transpose(0, 2, 1), "mean", channel_axis=-1), a.mean(axis=2).T)
+    np.testing.assert_allclose(neurons(a.transpose(0, 2, 1), channel_axis=2), neurons(a, channel_axis=1))
+    pooled = neurons(a, size=3, channel_axis=1)
     assert pooled.shape == (3, 12)
     np.testing.assert_allclose(pooled[0, 0], a[0, 0, :2].mean())
     with pytest.raises(ValueError, match="entries"):
-        neurons(a, size=(3, 3))
+        neurons(a, size=(3, 3), channel_axis=1)
 
 
 def test_neurons_keeps_type_device_and_gradients():
@@ -293,7 +303,10 @@ def test_neurons_keeps_type_device_and_gradients():
     [
         (np.zeros((4, 3, 2, 2)), {"spatial": "max"}, "spatial"),
         (np.zeros((4,)), {}, "ndim"),
-        (np.zeros((4, 3, 2, 2, 2)), {}, "ndim"),
+        (np.zeros((4, 3, 2, 2, 2, 2)), {}, "ndim"),
+        (np.zeros((4, 3, 2)), {}, "ambiguous"),
+        (np.zeros((4, 3, 2)), {"channel_axis": 0}, "feature axis"),
+        (np.zeros((4, 3, 2)), {"channel_axis": 3}, "feature axis"),
         (np.zeros((0, 3)), {}, "empty"),
         (np.zeros((4, 3)), {"size": 2}, "dense"),
         (np.zeros((4, 3, 2, 2)), {"spatial": "mean", "size": 2}, "flatten"),
