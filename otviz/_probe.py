@@ -82,6 +82,27 @@ def _find_mask(value: Any) -> torch.Tensor | None:
     return None
 
 
+def find_call_mask(model: nn.Module, args: tuple, kwargs: Mapping) -> torch.Tensor | None:
+    """The attention mask of a call ``model(*args, **kwargs)``, found by name.
+
+    A keyword argument or mapping entry named ``attention_mask``, or a
+    positional argument bound to a parameter of that name in
+    ``model.forward``'s signature (``bert(ids, mask)``).
+    """
+    found = _find_mask((args, kwargs))
+    if found is not None or not args:
+        return found
+    try:
+        bound = inspect.signature(model.forward).bind_partial(*args)
+    except (TypeError, ValueError):
+        return None
+    for key in MASK_KEYS:
+        value = bound.arguments.get(key)
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
 def _slice(value: Any, n: int, start: int, stop: int) -> Any:
     if isinstance(value, torch.Tensor):
         return value[start:stop] if value.ndim >= 1 and value.shape[0] == n else value
@@ -194,6 +215,7 @@ class Probe:
                 "e.g. shape (n, channels, height, width)."
             )
         self.n = int(batch.shape[0])
+        self.model = model
         if self.n == 0:
             raise ValueError("inputs is empty (0 samples). Pass a probe batch with at least one input.")
         self.mask = self._mask(mask, device)
@@ -204,7 +226,7 @@ class Probe:
         if isinstance(mask, str):
             if mask != "auto":
                 raise ValueError(f"mask={mask!r}; pass 'auto', None or a tensor of shape (n, positions).")
-            found = _find_mask((self.args, self.kwargs))
+            found = find_call_mask(self.model, self.args, self.kwargs)
             return None if found is None else self._check_mask(found, "the inputs' attention_mask")
         if isinstance(mask, np.ndarray):
             mask = torch.from_numpy(np.asarray(mask))
@@ -246,16 +268,16 @@ def input_hint(model: nn.Module) -> str:
     """What the first layer of ``model`` expects, for error messages."""
     for name, m in model.named_modules():
         if isinstance(m, nn.Embedding):
-            return (f"its first layer {name!r} is an Embedding of {m.num_embeddings} entries: pass "
+            return (f"Its first layer {name!r} is an Embedding of {m.num_embeddings} entries: pass "
                     f"integer ids in [0, {m.num_embeddings})")
         if isinstance(m, nn.modules.conv._ConvNd):
             d = len(m.kernel_size)
             shape = ", ".join(["n", str(m.in_channels)] + ["..."] * d)
-            return f"its first layer {name!r} is a {type(m).__name__}: pass floats of shape ({shape})"
+            return f"Its first layer {name!r} is a {type(m).__name__}: pass floats of shape ({shape})"
         if isinstance(m, nn.Linear):
-            return (f"its first layer {name!r} is a Linear of {m.in_features} inputs: pass floats of "
+            return (f"Its first layer {name!r} is a Linear of {m.in_features} inputs: pass floats of "
                     f"shape (n, {m.in_features})")
-    return "check the model's forward signature"
+    return "Check the inputs against the model's forward signature"
 
 
 # ----------------------------------------------------------------------------
@@ -385,10 +407,14 @@ class LayoutTracker:
 
 
 def _batch_first(module: nn.Module) -> bool:
-    flag = getattr(module, "batch_first", True)
-    if isinstance(module, nn.TransformerEncoder) and module.layers:
-        flag = getattr(module.layers[0].self_attn, "batch_first", True)
-    return bool(flag) if isinstance(flag, bool) else True
+    """False for a recurrent/attention/transformer module built with ``batch_first=False``."""
+    inner = module
+    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)) and len(module.layers):
+        inner = module.layers[0]
+    flag = getattr(inner, "batch_first", None)
+    if flag is None:
+        flag = getattr(getattr(inner, "self_attn", None), "batch_first", None)
+    return flag is not False
 
 
 def decide_layout(module: nn.Module, act: torch.Tensor, given: int | None,

@@ -424,8 +424,9 @@ def hooked(model: nn.Module, layers: Layers, *, channel_axis: int | Mapping[str,
     output_field : str, int or dict, optional
         Which field of a module's structured output to read (see :func:`capture`).
     mask : "auto", None or tensor, default "auto"
-        ``"auto"``: each forward call's ``attention_mask`` keyword argument (or
-        a mapping argument's ``"attention_mask"``) becomes
+        ``"auto"``: each forward call's ``attention_mask`` (a keyword argument,
+        a mapping entry, or a positional argument bound to a parameter of that
+        name) becomes
         :attr:`Activations.mask`; ``None``: no mask; a tensor: that mask.
 
     Yields
@@ -469,7 +470,7 @@ def hooked(model: nn.Module, layers: Layers, *, channel_axis: int | Mapping[str,
     def on_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
         tracker.reset()
         if isinstance(mask, str):
-            found = _probe._find_mask((args, kwargs))
+            found = _probe.find_call_mask(model, args, kwargs)
             store.mask = None if found is None else found != 0
 
     handles = []
@@ -575,7 +576,8 @@ def capture(
         (``last_hidden_state``), recorded in ``info[layer].field``.
     mask : "auto", None, tensor or array, default "auto"
         Which positions are real tokens: ``"auto"`` takes the inputs'
-        ``attention_mask``; a tensor of shape ``(n, positions)`` (nonzero =
+        ``attention_mask`` (a mapping entry, or a positional argument that
+        ``model.forward`` names ``attention_mask``); a tensor of shape ``(n, positions)`` (nonzero =
         real) is used as given; ``None`` uses every position. Stored in
         :attr:`Activations.mask` and applied by :meth:`Activations.neurons`
         (and :func:`otviz.layer_distances`) to every layer whose positions it
@@ -636,7 +638,7 @@ def capture(
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ValueError(
                     f"{type(model).__name__} failed on the probe inputs ({probe.describe()}): "
-                    f"{first}. {_probe.input_hint(model).capitalize()}."
+                    f"{first}. {_probe.input_hint(model)}."
                 ) from exc
             missing = [name for name in names if name not in store]
             if missing:
