@@ -690,6 +690,9 @@ class FitNets(TransferLoss):
     runs over samples, channels and positions. Dense features ``(n, units)``
     are treated as ``(n, units, 1, 1)`` maps, for which a 1x1 convolution is
     exactly a linear layer; ``(n, c, L)`` features as ``(n, c, L, 1)``.
+    Features captured by :func:`otviz.capture.hooked` are first put channels
+    first on the axis it recorded (a transformer's ``(n, tokens, d)`` becomes
+    ``(n, d, tokens)``; padding tokens are not masked out of the mean).
     The teacher's features are constants.
 
     If the spatial sizes differ, the student's map is resized to the
@@ -758,6 +761,11 @@ class FitNets(TransferLoss):
             t = _feature(ctx, "teacher", tl, "fitnets").detach()
             s = _feature(ctx, "student", sl, "fitnets")
             _check_batches(t, s, key, "fitnets")
+            # channels first, as capture recorded them: a transformer's (n, tokens, d) -> (n, d, tokens)
+            t_axis = _layout(ctx.teacher_features, tl, "teacher", None)[0]
+            s_axis = _layout(ctx.student_features, sl, "student", None)[0]
+            t = t if t_axis is None or t_axis % t.ndim == 1 else t.movedim(t_axis, 1)
+            s = s if s_axis is None or s_axis % s.ndim == 1 else s.movedim(s_axis, 1)
             if t.ndim > 4 or s.ndim > 4:
                 raise ValueError(
                     f"fitnets: pair {key!r} has features of {t.ndim} and {s.ndim} dimensions; "

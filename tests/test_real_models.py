@@ -344,3 +344,25 @@ def test_minilm_layer_table_on_tokens_ranks_like_cka(minilm):
     off = ~np.eye(6, dtype=bool)
     assert np.allclose(np.diag(score), 0.0, atol=1e-9) and (score[off] > 0.05).all()
     assert spearmanr(score[off], -sim[off]).statistic > 0.8
+
+
+def test_fitnets_regresses_hidden_units_of_hooked_transformer_features(bert, batch):
+    from otviz.losses import FitNets, probe_channels
+
+    small = transformers.BertModel(transformers.BertConfig(
+        vocab_size=97, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=24, max_position_embeddings=64)).train()
+    pairs = [("encoder.layer.2", "encoder.layer.1")]
+    t_ch = probe_channels(bert, ["encoder.layer.2"], batch)
+    s_ch = probe_channels(small, ["encoder.layer.1"], batch)
+    assert t_ch == {"encoder.layer.2": HIDDEN} and s_ch == {"encoder.layer.1": 16}
+    loss = FitNets(pairs, teacher_channels=list(t_ch.values()), student_channels=list(s_ch.values()))
+    with torch.no_grad(), hooked(bert, ["encoder.layer.2"]) as t_feats:
+        bert(**batch)
+    with hooked(small, ["encoder.layer.1"]) as s_feats:
+        out = small(**batch)
+    ctx = StepContext(inputs=batch["input_ids"], targets=batch["input_ids"][:, 0],
+                      student_logits=out.last_hidden_state, teacher_logits=None,
+                      student_features=s_feats, teacher_features=t_feats, student=small)
+    value = loss(ctx)
+    assert torch.isfinite(value) and value.requires_grad
