@@ -18,6 +18,16 @@ neuron. A neuron is seen through its responses to the probe batch of
 
 Teacher and student are fed the same inputs, so their neurons live in the same
 space and can be compared as point clouds (see :mod:`otviz.transport`).
+
+Real models are fed and read as they are: the probe batch may be a tensor,
+a tuple of positional arguments or a mapping of keyword arguments (a
+tokenizer's ``BatchEncoding``); a module's tuple, dict or ``ModelOutput`` is
+read at a named field. :func:`capture` returns :class:`Activations`, which
+records for every layer the axis that holds its neurons -- decided from the
+module that produced it (a ``Conv2d``'s channels on axis 1, a transformer
+block's hidden units on the last axis of ``(n, tokens, d)``) -- and the
+attention mask, so that :meth:`Activations.neurons` never mistakes token
+positions for neurons nor lets padding into a neuron's responses.
 """
 
 from __future__ import annotations
