@@ -381,6 +381,13 @@ def _field_option(output_field: Any, names: Sequence[str]) -> dict[str, str | in
 def _make_hook(name: str, store: Activations, tracker: _probe.LayoutTracker,
                axes: dict[str, int], fields: dict[str, Any]):
     def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        try:
+            record(module, output)
+        except (TypeError, ValueError) as exc:
+            exc._otviz_hook = True  # type: ignore[attr-defined]  # capture re-raises it as is
+            raise
+
+    def record(module: nn.Module, output: Any) -> None:
         where = f"Module {name!r} ({type(module).__name__})"
         tensor, field = _probe.read_output(output, fields.get(name), where)
         given = axes.get(name)
@@ -645,6 +652,8 @@ def capture(
             try:
                 probe.call(model, start, stop)
             except (RuntimeError, TypeError, IndexError) as exc:
+                if getattr(exc, "_otviz_hook", False):
+                    raise
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ValueError(
                     f"{type(model).__name__} failed on the probe inputs ({probe.describe()}): "

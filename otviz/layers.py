@@ -294,7 +294,7 @@ def layer_distances(
         (``spatial="mean"``) or kept one response per real token
         (``"flatten"``); padding never enters a neuron's responses.
     drop_dead : bool, default False
-        Remove the neurons that are constant over the probe batch
+        With ``measure="ot"`` or ``"ot-raw"``: remove the neurons that are constant over the probe batch
         (:func:`otviz.capture.dead_neurons`: a silent ReLU, a unit with a
         LayerNorm weight of ~0) before comparing; the removed indices are in
         ``df.attrs["dropped"]``. Needed for ``normalize="standardize"`` and the

@@ -366,3 +366,13 @@ def test_fitnets_regresses_hidden_units_of_hooked_transformer_features(bert, bat
                       student_features=s_feats, teacher_features=t_feats, student=small)
     value = loss(ctx)
     assert torch.isfinite(value) and value.requires_grad
+
+
+def test_a_module_returning_no_tensor_is_named_not_blamed_on_the_inputs():
+    class Words(nn.Module):
+        def forward(self, x: torch.Tensor) -> str:
+            return "no tensor here"
+
+    net = nn.Sequential(nn.Linear(3, 3), Words())
+    with pytest.raises(TypeError, match=r"Module '1' \(Words\) returned str"):
+        capture(net, torch.randn(2, 3), ["1"])
