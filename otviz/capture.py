@@ -515,6 +515,25 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def _running_stats_kept(model: nn.Module) -> Iterator[None]:
+    """Restore the running statistics of batch-norm layers in train mode after the block.
+
+    A forward pass in train mode updates ``running_mean``/``running_var``/
+    ``num_batches_tracked``; capture observes a network and must leave it as it was.
+    """
+    saved = [(m, {k: b.detach().clone() for k, b in m.named_buffers(recurse=False) if b is not None})
+             for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, buffers in saved:
+                for key, value in buffers.items():
+                    getattr(module, key).copy_(value)
+
+
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
     finite = torch.isfinite(tensor.detach())
     if not bool(finite.all()):
@@ -544,7 +563,10 @@ def capture(
     model : torch.nn.Module
         The network. Its train/eval mode is **not** changed: call
         ``model.eval()`` first for analysis (dropout off, batch-norm running
-        statistics), keep ``model.train()`` inside a training loop.
+        statistics), keep ``model.train()`` inside a training loop. Nothing
+        of the model is modified: in train mode, batch-norm layers normalise
+        with the probe batch's statistics, and their running statistics are
+        restored afterwards.
     inputs : tensor, array, tuple or mapping
         The probe batch, batch on the first axis of every tensor:
 
@@ -645,8 +667,8 @@ def capture(
     collected: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     infos: dict[str, LayerInfo] = {}
     mode = torch.enable_grad() if grad else torch.no_grad()
-    with mode, hooked(model, names, channel_axis=channel_axis, output_field=output_field,
-                      mask=None) as store:
+    with mode, _running_stats_kept(model), hooked(model, names, channel_axis=channel_axis,
+                                                  output_field=output_field, mask=None) as store:
         for start, stop in bounds:
             store.clear()
             try:

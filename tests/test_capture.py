@@ -332,3 +332,19 @@ def test_neurons_type_errors():
         neurons([[1.0, 2.0]])
     with pytest.raises(TypeError, match="size"):
         neurons(np.zeros((2, 3, 4, 4)), size="4")
+
+
+def test_capture_in_train_mode_leaves_batchnorm_running_statistics_alone():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.LazyLinear(3)).train()
+    net(torch.randn(4, 1, 6, 6))  # materialise the lazy layer, move the statistics off their init
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    acts = capture(net, torch.randn(8, 1, 6, 6) * 5 + 3, ["1"])
+    after = net.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    assert net.training
+    # it normalised with the probe batch's own statistics, as train mode does
+    got = acts["1"].transpose(0, 1).reshape(4, -1)
+    assert torch.allclose(got.mean(1), net[1].bias.detach(), atol=1e-5)
