@@ -357,9 +357,10 @@ def make_probe(t_info: dict[str, Any], s_info: dict[str, Any], probe: str, n: in
     return inputs, what
 
 
-def _models(t_ref, s_ref, t_data, s_data):
-    teacher, t_info = load_model(t_ref, t_data, memory_limit())
-    student, s_info = load_model(s_ref, s_data, memory_limit())
+def _models(t_ref, s_ref, t_data, s_data, max_bytes: int | None = None):
+    limit = memory_limit() if max_bytes is None else max_bytes
+    teacher, t_info = load_model(t_ref, t_data, limit)
+    student, s_info = load_model(s_ref, s_data, limit)
     return teacher, t_info, student, s_info
 
 
@@ -447,7 +448,7 @@ def alignment_data(t_ref: str, s_ref: str, t_layer: str, s_layer: str, cost: str
     from otviz.capture import neurons
     from otviz.transport import align
 
-    teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data)
+    teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data, max_bytes)
     inputs, task_name = make_probe(t_info, s_info, probe, n_probe, seed)
     t_acts, s_acts = _run_both(teacher, student, inputs, [t_layer], [s_layer])
     kw = {"spatial": spatial, "size": size if spatial == "flatten" else None}
@@ -477,7 +478,7 @@ def layer_tables(t_ref: str, s_ref: str, cost: str, normalize: str | None, metho
     ignores ``cost`` and ``normalize``."""
     from otviz.layers import layer_distances
 
-    teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data)
+    teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data, max_bytes)
     inputs, _ = make_probe(t_info, s_info, probe, n_probe, seed)
     t_layers = table_layers(teacher, inputs)
     s_layers = table_layers(student, inputs)
