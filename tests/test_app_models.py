@@ -163,3 +163,19 @@ def test_alignments_page_refuses_models_over_the_memory_limit_and_bad_paths(stor
     # the rest of the page keeps working with the shipped teachers
     assert "heatmap" in {t.get("type") for c in at.get("plotly_chart")
                          for t in json.loads(c.proto.spec).get("data", [])}
+
+
+def test_alignments_page_takes_an_uploaded_pt2_program(store_path, tmp_path):
+    model = build_model("mlp", width=0.25, in_features=784).eval()
+    ep = torch.export.export(model, (torch.randn(4, 1, 28, 28),),
+                             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    path = tmp_path / "mlp.pt2"
+    torch.export.save(ep, str(path))
+    at = open_alignments()
+    at.file_uploader[0].set_value([("mlp.pt2", path.read_bytes(), "application/octet-stream")]).run()
+    assert not at.exception and not errors(at), errors(at)
+    student = by_label(at.selectbox, "Student")
+    student.set_value(option(student, "mlp.pt2 (uploaded: torch.export program")).run()
+    by_label(at.selectbox, "Student layer").set_value("features.fc2.relu").run()
+    assert not at.exception and not errors(at), errors(at)
+    assert {m.label: m.value for m in at.metric}["Neurons"] == "64 x 16"

@@ -441,3 +441,58 @@ def test_the_offline_minilm_directory_loads_as_sentence_transformers_reads_it():
     reference = st.SentenceTransformer(str(d), device="cpu")[0].auto_model.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(**enc).last_hidden_state, reference(**enc).last_hidden_state)
+
+
+def _fake_library(monkeypatch, name: str):
+    """A stand-in for timm / torchvision.models with one tiny architecture, to test the wiring."""
+    import sys
+    import types
+
+    def make(num_classes: int = 3):
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                  torch.nn.Linear(4, num_classes))
+        net.pretrained_cfg = {"input_size": (3, 16, 16)}
+        return net
+
+    if name == "timm":
+        mod = types.ModuleType("timm")
+        mod.list_models = lambda: ["tiny"]
+        mod.create_model = lambda arch, pretrained=False, **kw: make(**kw)
+        monkeypatch.setitem(sys.modules, "timm", mod)
+    else:
+        def builder(arch):
+            if arch != "tiny":
+                raise ValueError(f"Unknown model {arch}")
+            return lambda weights=None, **kw: make(**kw)
+
+        pkg, models = types.ModuleType("torchvision"), types.ModuleType("torchvision.models")
+        models.get_model_builder = builder
+        pkg.models = models
+        monkeypatch.setitem(sys.modules, "torchvision", pkg)
+        monkeypatch.setitem(sys.modules, "torchvision.models", models)
+    return make
+
+
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_named_architecture_of_a_library_is_built_on_meta_then_loaded(monkeypatch, tmp_path, library):
+    make = _fake_library(monkeypatch, library)
+    torch.manual_seed(0)
+    ref = make(num_classes=5).eval()
+    path = tmp_path / "w.pt"
+    torch.save(ref.state_dict(), path)
+    loaded = ex.load_external(path, arch=f"{library}:tiny", num_classes=5)
+    assert loaded.info["architecture"] == f"{library}:tiny" and loaded.input_spec.channels == 3
+    if library == "timm":
+        assert loaded.input_spec.image_size == (16, 16)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(loaded.model(x), ref(x))
+    assert loaded.nbytes == sum(p.numel() * 4 for p in ref.parameters())
+    with pytest.raises(ModelTooLargeError, match="more than the memory limit of 64 B"):
+        ex.load_external(path, arch=f"{library}:tiny", num_classes=5, max_bytes=64)  # the file itself
+    # an architecture far larger than its 1 KB file is refused from its meta-device build
+    with pytest.raises(ModelTooLargeError, match=rf"architecture '{library}:tiny' would need 1.91 MiB \(2,000,448 bytes\)"):
+        ex.load_external(path, arch=f"{library}:tiny", num_classes=100_000, max_bytes=100_000)
+    with pytest.raises(ValueError, match=f"{library} has no model 'huge'"):
+        ex.load_external(path, arch=f"{library}:huge")
+    with pytest.raises(ValueError, match="size mismatch .*pass num_classes"):
+        ex.load_external(path, arch=f"{library}:tiny")
