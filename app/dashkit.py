@@ -156,28 +156,91 @@ def upload_ref(data: bytes) -> str:
     return "upload:" + hashlib.sha256(data).hexdigest()[:16]
 
 
-@st.cache_resource(show_spinner=False, max_entries=24)
-def load_model(ref: str, _data: bytes | None = None):
-    """``(model, info)`` of a shipped teacher (``"shipped:<name>"``) or an upload (``"upload:<sha>"``).
+#: Default memory limit of a model read from a file, in GiB (the page's "Memory limit" input).
+DEFAULT_MEMORY_GIB = 2.0
 
-    Uploads are read with ``weights_only=True`` (:func:`otviz.teachers.load_checkpoint`).
+
+def memory_limit() -> int:
+    """The memory limit in bytes chosen on the page (``al_mem_gib``), checked before any model is built."""
+    return int(float(st.session_state.get("al_mem_gib", DEFAULT_MEMORY_GIB)) * 1024**3)
+
+
+def _mtime(path: Path) -> float:
+    """Latest modification time of a file, or of a directory's files (so a re-saved model reloads)."""
+    if path.is_dir():
+        times = [f.stat().st_mtime for f in path.iterdir() if f.is_file()]
+        return max(times, default=path.stat().st_mtime)
+    return path.stat().st_mtime
+
+
+def path_ref(path: str, arch: str | None = None) -> str:
+    """Reference of a model on this machine: ``path:`` + JSON [absolute path, arch, mtime].
+
+    The modification time is part of the key of :func:`load_model`'s cache, so a model
+    re-saved at the same path is read again.
+    """
+    p = Path(str(path).strip()).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist on this machine; type the path of a model directory "
+                                "(config.json + *.safetensors) or of a .pt2, .safetensors or .pt file")
+    p = p.resolve()
+    return "path:" + json.dumps([str(p), arch or "", _mtime(p)])
+
+
+@st.cache_resource(show_spinner=False)
+def _upload_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="otviz-uploads-"))
+
+
+def upload_file_ref(name: str, data: bytes, arch: str | None = None) -> str:
+    """Write an uploaded .pt2/.safetensors file to this server's upload folder; its :func:`path_ref`."""
+    suffix = Path(name).suffix.lower()
+    path = _upload_dir() / f"{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+    if not path.is_file():
+        path.write_bytes(data)
+    return path_ref(str(path), arch)
+
+
+@st.cache_resource(show_spinner=False, max_entries=24)
+def load_model(ref: str, _data: bytes | None = None, max_bytes: int | None = None):
+    """``(model, info)`` of a shipped teacher (``"shipped:<name>"``), an upload (``"upload:<sha>"``)
+    or a model on this machine (``"path:..."``, :func:`path_ref`).
+
+    Uploads are read with ``weights_only=True`` (:func:`otviz.teachers.load_checkpoint`); paths with
+    :func:`otviz.external.load_external` (Hugging Face directories, torch.export programs, state dicts,
+    otviz checkpoints), which unpickles nothing. Every model is refused before it is built when its
+    declared size exceeds ``max_bytes`` (default: :func:`memory_limit`). For a path, ``info`` holds the
+    :class:`~otviz.external.ExternalModel` under ``"external"``.
     """
     from otviz.teachers import load_teacher
 
+    limit = memory_limit() if max_bytes is None else max_bytes
     kind, _, name = ref.partition(":")
     if kind == "upload":
         if _data is None:
             raise ValueError("the uploaded checkpoint is no longer in this session; upload it again")
-        return load_teacher(bytes(_data))
-    return load_teacher(name)
+        return load_teacher(bytes(_data), max_bytes=limit)
+    if kind == "path":
+        from otviz.external import load_external
+
+        path, arch, _ = json.loads(name)
+        em = load_external(path, arch=arch or None, max_bytes=limit)
+        info = dict(em.info, kind=em.kind, external=em, path=em.source)
+        return em.model, info
+    return load_teacher(name, max_bytes=limit)
 
 
-def check_upload(data: bytes) -> dict[str, Any]:
-    """Validate an uploaded checkpoint; returns its metadata or raises ValueError."""
+def check_upload(data: bytes, max_bytes: int | None = None) -> dict[str, Any]:
+    """Validate an uploaded checkpoint; returns its metadata or raises ValueError.
+
+    The declared architecture is sized on the meta device first: a checkpoint that would need more
+    than ``max_bytes`` (default: :func:`memory_limit`) is refused before anything is built.
+    """
     from otviz.teachers import load_checkpoint, model_from_checkpoint
 
-    ckpt = load_checkpoint(bytes(data))   # torch.load(weights_only=True) + format checks
-    model_from_checkpoint(ckpt)           # the weights fit the architecture
+    limit = memory_limit() if max_bytes is None else max_bytes
+    ckpt = load_checkpoint(bytes(data), max_bytes=limit)   # torch.load(weights_only=True) + format checks
+    model_from_checkpoint(ckpt, max_bytes=limit)           # the weights fit the architecture
     return {k: v for k, v in ckpt.items() if k != "state_dict"}
 
 
@@ -201,13 +264,103 @@ def probe_inputs(t_info: dict[str, Any], s_info: dict[str, Any], n: int, seed: i
         if "dataset" in task and "classes" in task:
             keep = {k: task[k] for k in ("dataset", "classes", "test_size", "split_seed") if k in task}
             return _probe_cache(json.dumps(keep, sort_keys=True), n, seed)
-    raise ValueError("neither checkpoint records the task it was trained on (task.dataset and "
-                     "task.classes), so there are no probe inputs to feed them")
+    raise ValueError("neither model records the task it was trained on, so there are no task images to "
+                     "feed them: choose another probe (shipped images, a file of tensors, a folder of "
+                     "images or a text file of sentences)")
 
 
-def _models(t_ref, s_ref, t_data, s_data):
-    teacher, t_info = load_model(t_ref, t_data)
-    student, s_info = load_model(s_ref, s_data)
+#: Probe sources of the Alignments page: key -> label.
+PROBE_SOURCES = {
+    "task": "Held-out images of the models' task",
+    "dataset": "Shipped images",
+    "file": "A file of tensors or arrays",
+    "images": "A folder of images",
+    "text": "Sentences (a text file)",
+}
+
+
+def probe_key(kind: str, *args: Any) -> str:
+    """Hashable description of a probe choice (JSON), with the mtime of a path so edits are seen."""
+    if kind in ("file", "images", "text"):
+        p = Path(str(args[0]).strip()).expanduser()
+        if not str(args[0]).strip():
+            raise ValueError(f"type the path of {PROBE_SOURCES[kind].lower()}")
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist on this machine")
+        args = (str(p.resolve()), _mtime(p), *args[1:])
+    return json.dumps([kind, *args])
+
+
+def _external(info: dict[str, Any]):
+    return info.get("external")
+
+
+def describe_inputs(inputs: Any) -> str:
+    """``(256, 1, 28, 28)`` for a tensor, ``input_ids (64, 23), attention_mask (64, 23)`` for a mapping."""
+    if hasattr(inputs, "shape"):
+        return str(tuple(inputs.shape))
+    if isinstance(inputs, tuple):
+        return ", ".join(str(tuple(t.shape)) for t in inputs)
+    if hasattr(inputs, "keys"):
+        return ", ".join(f"{k} {tuple(inputs[k].shape)}" for k in inputs.keys())
+    return type(inputs).__name__
+
+
+def make_probe(t_info: dict[str, Any], s_info: dict[str, Any], probe: str, n: int, seed: int):
+    """``(inputs, description)`` of the probe chosen on the page, checked against both models.
+
+    ``probe`` is a :func:`probe_key`. Images of a shipped dataset are resized to the size and
+    channels the teacher (else the student) declares; sentences are tokenised with the teacher's
+    tokenizer (else the student's). Each model that declares its input checks the probe
+    (:func:`otviz.external.check_probe`).
+    """
+    from otviz import external as ex
+
+    kind, *args = json.loads(probe)
+    specs = [e.input_spec for e in (_external(t_info), _external(s_info)) if e is not None and e.input_spec]
+    if kind == "task":
+        inputs, what = probe_inputs(t_info, s_info, n, seed)
+        what = f"held-out images of {what}"
+    elif kind == "dataset":
+        size = next((sp.image_size for sp in specs if sp.image_size), None)
+        channels = next((sp.channels for sp in specs if sp.channels), None)
+        if any(sp.kind == "tokens" for sp in specs):
+            raise ValueError("a model takes token ids, not images: choose a text file of sentences or a "
+                             "file of token ids as the probe")
+        inputs = ex.shipped_probe(args[0], n, seed=seed, size=size, channels=channels)
+        what = f"held-out images of {args[0]}" + (f" resized to {size[0]}x{size[1]}" if size else "")
+    elif kind == "file":
+        inputs, what = ex.load_probe(args[0], limit=n), f"the first rows of {Path(args[0]).name}"
+    elif kind == "images":
+        first = next((e for e in (_external(t_info), _external(s_info)) if e is not None), None)
+        inputs = ex.load_probe(args[0], first, limit=n)
+        what = f"the images of {Path(args[0]).name}/"
+    elif kind == "text":
+        tok_model = next((e for e in (_external(t_info), _external(s_info))
+                          if e is not None and e.tokenizer is not None), None)
+        if tok_model is None:
+            raise ValueError("neither model has a tokenizer, so sentences cannot be turned into token ids: "
+                             "load a Hugging Face model directory that holds its tokenizer files "
+                             "(tokenizer.json, or vocab.txt and tokenizer_config.json), or probe with a "
+                             "file of token ids (.npz with input_ids and attention_mask)")
+        inputs = ex.tokenize_sentences(args[0], tok_model.tokenizer, max_length=int(args[2]), limit=n)
+        what = f"the sentences of {Path(args[0]).name}, tokenised by {tok_model.info.get('name')}'s tokenizer"
+    else:
+        raise ValueError(f"unknown probe source {kind!r}")
+    for role, info in (("teacher", t_info), ("student", s_info)):
+        em = _external(info)
+        if em is not None:
+            try:
+                ex.check_probe(em, inputs)
+            except ValueError as exc:
+                raise ValueError(f"the probe does not fit the {role}: {exc}") from None
+    return inputs, what
+
+
+def _models(t_ref, s_ref, t_data, s_data, max_bytes: int | None = None):
+    limit = memory_limit() if max_bytes is None else max_bytes
+    teacher, t_info = load_model(t_ref, t_data, limit)
+    student, s_info = load_model(s_ref, s_data, limit)
     return teacher, t_info, student, s_info
 
 
@@ -218,9 +371,58 @@ def _run_both(teacher, student, inputs, t_layers, s_layers):
     try:
         s_acts = capture(student, inputs, list(s_layers))
     except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"the student cannot take the teacher's probe images "
-                         f"{tuple(inputs.shape)}: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"the student cannot take the teacher's probe inputs "
+                         f"{describe_inputs(inputs)}: {str(exc).splitlines()[0]}") from None
     return t_acts, s_acts
+
+
+#: Most layers per model in the layer x layer table (a model without ``alignable_layers`` may list dozens).
+MAX_TABLE_LAYERS = 12
+
+
+def model_layers(model) -> list[str]:
+    """The layers offered for a model: its ``alignable_layers``, else :func:`otviz.layer_names`."""
+    from otviz import layer_names
+
+    return list(getattr(model, "alignable_layers", None) or layer_names(model))
+
+
+def _called_layers(model, inputs, names: list[str]) -> list[str]:
+    """The modules among ``names`` that the forward pass on two probe inputs calls with a tensor output
+    (a model may hold modules it never calls, e.g. a dropout replaced by a fused kernel)."""
+    import torch
+
+    from otviz.capture import hooked
+
+    from otviz._probe import Probe
+
+    try:
+        probe = Probe(inputs, model, next(model.parameters()).device, mask=None)
+        with torch.no_grad(), hooked(model, names) as store:
+            probe.call(model, 0, 2)  # fed as capture feeds it
+    except Exception:  # noqa: BLE001 - the real capture reports what is wrong
+        return names
+    return [n for n in names if n in store]
+
+
+def table_layers(model, inputs=None) -> list[str]:
+    """At most :data:`MAX_TABLE_LAYERS` of :func:`model_layers` (those the forward pass on ``inputs``
+    calls, when given), evenly spread from input to output, the last one kept."""
+    names = model_layers(model)
+    if inputs is not None and not hasattr(model, "alignable_layers"):
+        names = _called_layers(model, inputs, names)
+    if len(names) <= MAX_TABLE_LAYERS:
+        return names
+    idx = np.unique(np.linspace(0, len(names) - 1, MAX_TABLE_LAYERS).round().astype(int))
+    return [names[i] for i in idx]
+
+
+def _batch(inputs: Any) -> int:
+    if hasattr(inputs, "shape"):
+        return int(inputs.shape[0])
+    if isinstance(inputs, tuple):
+        return int(inputs[0].shape[0])
+    return int(next(iter(inputs.values())).shape[0])
 
 
 def ot_options(cost: str, normalize: str | None, method: str, eps: float | None) -> dict[str, Any]:
@@ -234,12 +436,16 @@ def ot_options(cost: str, normalize: str | None, method: str, eps: float | None)
 def alignment_data(t_ref: str, s_ref: str, t_layer: str, s_layer: str, cost: str,
                    normalize: str | None, method: str, eps: float | None, spatial: str,
                    size: int | None, n_probe: int, seed: int,
-                   _t_data: bytes | None = None, _s_data: bytes | None = None) -> dict[str, Any]:
-    """Neurons of one teacher layer and one student layer on the same probe batch, and their alignment."""
+                   _t_data: bytes | None = None, _s_data: bytes | None = None,
+                   probe: str = '["task"]', max_bytes: int | None = None) -> dict[str, Any]:
+    """Neurons of one teacher layer and one student layer on the same probe batch, and their alignment.
+
+    ``probe`` is a :func:`probe_key` (default: held-out images of the models' task); ``max_bytes``
+    is the memory limit in force (part of the cache key)."""
     from otviz.transport import align
 
-    teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data)
-    inputs, task_name = probe_inputs(t_info, s_info, n_probe, seed)
+    teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data, max_bytes)
+    inputs, task_name = make_probe(t_info, s_info, probe, n_probe, seed)
     t_acts, s_acts = _run_both(teacher, student, inputs, [t_layer], [s_layer])
     kw = {"spatial": spatial, "size": size if spatial == "flatten" else None}
     T = t_acts.neurons(t_layer, **kw)
@@ -254,22 +460,24 @@ def alignment_data(t_ref: str, s_ref: str, t_layer: str, s_layer: str, cost: str
     alignment = align(T, S, **ot_options(cost, normalize, method, eps))
     return {"T": T.detach().cpu().numpy().astype(np.float32),
             "S": S.detach().cpu().numpy().astype(np.float32),
-            "alignment": alignment, "n_probe": int(inputs.shape[0]), "task": task_name,
+            "alignment": alignment, "n_probe": _batch(inputs), "task": task_name,
             "t_shape": tuple(t_acts[t_layer].shape), "s_shape": tuple(s_acts[s_layer].shape)}
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def layer_tables(t_ref: str, s_ref: str, cost: str, normalize: str | None, method: str,
                  eps: float | None, spatial: str, size: int | None, n_probe: int, seed: int,
-                 _t_data: bytes | None = None, _s_data: bytes | None = None, measure: str = "ot"):
+                 _t_data: bytes | None = None, _s_data: bytes | None = None, measure: str = "ot",
+                 probe: str = '["task"]', max_bytes: int | None = None):
     """Layer x layer OT scores (or raw costs, ``measure="ot-raw"``) and linear CKA
-    (:func:`otviz.layers.layer_distances`); the score ignores ``cost`` and ``normalize``."""
+    (:func:`otviz.layers.layer_distances`) over :func:`table_layers` of each model; the score
+    ignores ``cost`` and ``normalize``."""
     from otviz.layers import layer_distances
 
-    teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data)
-    inputs, _ = probe_inputs(t_info, s_info, n_probe, seed)
-    t_layers = list(getattr(teacher, "alignable_layers", []))
-    s_layers = list(getattr(student, "alignable_layers", []))
+    teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data, max_bytes)
+    inputs, _ = make_probe(t_info, s_info, probe, n_probe, seed)
+    t_layers = table_layers(teacher, inputs)
+    s_layers = table_layers(student, inputs)
     size = size if spatial == "flatten" else None
     try:
         opts = ot_options(cost, normalize, method, eps)
@@ -280,8 +488,8 @@ def layer_tables(t_ref: str, s_ref: str, cost: str, normalize: str | None, metho
         cka_df = layer_distances(teacher, student, inputs, t_layers, s_layers, measure="cka",
                                  spatial=spatial, size=size)
     except RuntimeError as exc:
-        raise ValueError(f"the two models cannot be run on the same probe images "
-                         f"{tuple(inputs.shape)}: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"the two models cannot be run on the same probe inputs "
+                         f"{describe_inputs(inputs)}: {str(exc).splitlines()[0]}") from None
     return ot_df, cka_df
 
 

@@ -16,7 +16,9 @@ The public API::
 
 Trainings, the run store, datasets, models and figures live in the submodules
 ``otviz.train``, ``otviz.runs``, ``otviz.data``, ``otviz.models``,
-``otviz.teachers``, ``otviz.losses`` and ``otviz.figures``.
+``otviz.teachers``, ``otviz.losses`` and ``otviz.figures``; models from outside
+otviz (Hugging Face directories, torch.export programs, state dicts) and probe
+inputs for them in ``otviz.external``.
 """
 
 __version__ = "0.1.0"

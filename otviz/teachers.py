@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from ._memory import DEFAULT_MAX_BYTES, check_limit, meta_nbytes, zip_nbytes
 from .data import TaskData, _subset
 from .models import MODELS, accuracy, build_model
 
@@ -61,6 +62,7 @@ __all__ = [
     "load_teacher",
     "load_checkpoint",
     "model_from_checkpoint",
+    "checkpoint_nbytes",
     "save_checkpoint",
     "teacher_task",
     "train_teacher",
@@ -287,13 +289,17 @@ def _load_error_detail(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def load_checkpoint(source: str | os.PathLike[str] | bytes | bytearray | IO[bytes]) -> dict[str, Any]:
+def load_checkpoint(source: str | os.PathLike[str] | bytes | bytearray | IO[bytes], *,
+                    max_bytes: int | None = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """Read and validate an ``otviz-teacher/1`` checkpoint.
 
     Parameters
     ----------
     source : path-like, bytes or binary file object
         The checkpoint file, its content (e.g. an upload), or an open file.
+    max_bytes : int or None, default 2 GiB (:data:`otviz._memory.DEFAULT_MAX_BYTES`)
+        Refuse, before reading any tensor, a file whose archive declares more
+        uncompressed bytes than this (``None``: no limit).
 
     Returns
     -------
@@ -308,6 +314,8 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | bytearray | IO[byte
     ValueError
         If the content is not a compatible checkpoint (unreadable, wrong
         format tag, missing keys, unknown architecture).
+    otviz._memory.ModelTooLargeError
+        If the archive declares more than `max_bytes` (a subclass of ValueError).
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         label, handle = "the uploaded data", io.BytesIO(bytes(source))
@@ -320,6 +328,9 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | bytearray | IO[byte
         label, handle = "the given file object", source
     else:
         raise TypeError(f"source must be a path, bytes or a binary file object, got {type(source).__name__}")
+    declared = zip_nbytes(source)
+    if declared is not None:
+        check_limit(declared, max_bytes, f"{label} (by the sizes its archive declares)")
     try:
         ckpt = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a checkpoint we can read"
@@ -353,7 +364,36 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | bytearray | IO[byte
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> nn.Module:
+def checkpoint_nbytes(ckpt: dict[str, Any]) -> int:
+    """Bytes of parameters and buffers the architecture a checkpoint declares would need.
+
+    The model is built from ``ckpt["arch"]`` and ``ckpt["model_config"]`` on
+    PyTorch's ``meta`` device (shapes without storage), so a few-byte
+    ``model_config`` that declares a huge width costs nothing to check.
+
+    Parameters
+    ----------
+    ckpt : dict
+        As returned by :func:`load_checkpoint`.
+
+    Returns
+    -------
+    int
+        ``sum(numel * element_size)`` over the parameters and buffers.
+
+    Raises
+    ------
+    ValueError
+        If the stored configuration is invalid for the architecture.
+    """
+    try:
+        return meta_nbytes(lambda: build_model(ckpt["arch"], **ckpt["model_config"]))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint model_config {ckpt['model_config']!r} is invalid: {exc}") from None
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu", *,
+                          max_bytes: int | None = DEFAULT_MAX_BYTES) -> nn.Module:
     """Rebuild the model of a checkpoint dict and load its weights.
 
     Parameters
@@ -362,6 +402,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
         As returned by :func:`load_checkpoint`.
     device : str or torch.device, default "cpu"
         Where to put the model.
+    max_bytes : int or None, default 2 GiB (:data:`otviz._memory.DEFAULT_MAX_BYTES`)
+        Refuse, before building it, a model whose declared architecture
+        (:func:`checkpoint_nbytes`) needs more bytes than this (``None``: no
+        limit).
 
     Returns
     -------
@@ -372,7 +416,13 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     ------
     ValueError
         If the stored configuration or weights do not fit the architecture.
+    otviz._memory.ModelTooLargeError
+        If the declared architecture needs more than `max_bytes` (a subclass
+        of ValueError); nothing is allocated.
     """
+    nbytes = checkpoint_nbytes(ckpt)
+    check_limit(nbytes, max_bytes,
+                f"the checkpoint's architecture {ckpt['arch']!r} with config {ckpt['model_config']!r}")
     try:
         model = build_model(ckpt["arch"], **ckpt["model_config"])
     except (TypeError, ValueError) as exc:
@@ -404,6 +454,8 @@ def teacher_names(directory: str | os.PathLike[str] | None = None) -> list[str]:
 def load_teacher(
     name_or_path: str | os.PathLike[str] | bytes,
     device: str | torch.device = "cpu",
+    *,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load a teacher by shipped name, file path or checkpoint bytes.
 
@@ -414,6 +466,9 @@ def load_teacher(
         checkpoint file, or its content as bytes.
     device : str or torch.device, default "cpu"
         Where to put the model.
+    max_bytes : int or None, default 2 GiB
+        Memory limit, checked before anything is allocated (see
+        :func:`model_from_checkpoint`).
 
     Returns
     -------
@@ -436,8 +491,8 @@ def load_teacher(
     [0, 1, 2, 3, 4]
     """
     if isinstance(name_or_path, (bytes, bytearray)):
-        ckpt = load_checkpoint(name_or_path)
-        return model_from_checkpoint(ckpt, device), _info(ckpt, None)
+        ckpt = load_checkpoint(name_or_path, max_bytes=max_bytes)
+        return model_from_checkpoint(ckpt, device, max_bytes=max_bytes), _info(ckpt, None)
     shipped = TEACHER_DIR / f"{name_or_path}.pt"
     if isinstance(name_or_path, str) and "/" not in name_or_path and shipped.is_file():
         path = shipped
@@ -449,8 +504,8 @@ def load_teacher(
                 f"unknown teacher {str(name_or_path)!r}: neither a shipped teacher nor a checkpoint file; "
                 f"shipped teachers: {', '.join(names) if names else '(none; run otviz teachers --rebuild)'}"
             )
-    ckpt = load_checkpoint(path)
-    return model_from_checkpoint(ckpt, device), _info(ckpt, path)
+    ckpt = load_checkpoint(path, max_bytes=max_bytes)
+    return model_from_checkpoint(ckpt, device, max_bytes=max_bytes), _info(ckpt, path)
 
 
 def list_teachers(directory: str | os.PathLike[str] | None = None, *, as_frame: bool = False) -> Any:

@@ -12,24 +12,58 @@ st.caption("Each neuron is its vector of responses to the same probe images; a l
            "neurons, and two layers are matched by the optimal transport plan between these sets.")
 
 source = st.radio("Compare", ["Two models", "A training run"], horizontal=True, key="al_source",
-                  help="Two models: any two shipped teachers or uploaded otviz checkpoints. "
+                  help="Two models: any two shipped teachers, uploaded otviz checkpoints or your own "
+                       "models (Hugging Face directories, torch.export programs, state dicts). "
                        "A training run: the plans saved at each epoch of a run in the store.")
 
 
 # ============================================================================= two models
 def model_choices() -> dict[str, tuple[str, bytes | None]]:
-    """Label -> (ref, bytes) for the shipped teachers and the valid uploads."""
+    """Label -> (ref, bytes) for the shipped teachers, the valid uploads and the models typed as paths."""
     choices = {name: (f"shipped:{name}", None) for name in dk.teachers_frame()["name"]}
-    with st.expander("Upload checkpoints", icon=":material/upload_file:"):
-        st.caption("otviz checkpoints (`otviz.teachers.save_checkpoint`). They are read with "
-                   "`torch.load(weights_only=True)`: nothing in the file is executed.")
-        files = st.file_uploader("Checkpoint files", type=["pt", "pth"], accept_multiple_files=True,
-                                 key="al_uploads")
+    with st.expander("Your own models", icon=":material/folder_open:"):
+        st.caption("A Hugging Face model directory (config.json + *.safetensors, with its tokenizer "
+                   "files for text), a torch.export program (.pt2), a state dict (.safetensors, .pt) of a "
+                   "named architecture, or an otviz checkpoint. Nothing is unpickled: weights are read "
+                   "as safetensors or with `torch.load(weights_only=True)`, and no code from the files "
+                   "runs. A model whose declared size exceeds the memory limit is refused before "
+                   "anything is allocated.")
+        c1, c2 = st.columns([3, 1])
+        paths = c1.text_area("Model paths on this machine (one per line)", key="al_paths",
+                             placeholder="/home/me/models/all-MiniLM-L6-v2\n/home/me/cnn.pt2", height=80)
+        c2.number_input("Memory limit (GiB)", min_value=0.01, max_value=1024.0,
+                        value=dk.DEFAULT_MEMORY_GIB, step=0.5, key="al_mem_gib",
+                        help="Parameters and buffers the declared architecture would need, estimated "
+                             "before loading (meta-device build, safetensors headers, archive sizes).")
+        arch = c2.text_input("Architecture of a bare state dict", key="al_arch", placeholder="timm:resnet18",
+                             help="'timm:NAME', 'torchvision:NAME' (when installed) or an otviz family "
+                                  "('cnn', 'mlp'): a state dict alone does not say what it belongs to.")
+        for line in [ln.strip() for ln in (paths or "").splitlines() if ln.strip()]:
+            try:
+                ref = dk.path_ref(line, arch.strip() or None)
+                with st.spinner(f"Loading {line}..."):
+                    _, info = dk.load_model(ref, None, dk.memory_limit())
+            except (ValueError, OSError, ImportError) as exc:
+                dk.show_error(exc, f"{line} cannot be loaded")
+                continue
+            label = f"{info.get('name')} ({info['external'].describe()})"
+            choices[label] = (ref, None)
+            st.success(f"{line}: {info['external'].describe()}, ready to compare.")
+        files = st.file_uploader("Or upload files (otviz checkpoints .pt, programs .pt2, state dicts "
+                                 ".safetensors)", type=["pt", "pth", "pt2", "safetensors"],
+                                 accept_multiple_files=True, key="al_uploads")
         for f in files or []:
             data = f.getvalue()
             try:
-                meta = dk.check_upload(data)
-            except ValueError as exc:
+                if f.name.lower().endswith((".pt2", ".safetensors")):
+                    ref = dk.upload_file_ref(f.name, data, arch.strip() or None)
+                    _, info = dk.load_model(ref, None, dk.memory_limit())
+                    label = f"{f.name} (uploaded: {info['external'].describe()})"
+                    choices[label] = (ref, None)
+                    st.success(f"{f.name}: {info['external'].describe()}, ready to compare.")
+                    continue
+                meta = dk.check_upload(data, dk.memory_limit())
+            except (ValueError, OSError, ImportError) as exc:
                 dk.show_error(exc, f"{f.name} is not usable")
                 continue
             label = f"{f.name} (uploaded: {meta.get('arch')}, width {meta['model_config'].get('width')})"
@@ -42,9 +76,51 @@ def load(label: str, choices):
     ref, data = choices[label]
     try:
         with st.spinner(f"Loading {label}..."):
-            return dk.load_model(ref, data)
-    except (ValueError, OSError) as exc:
+            return dk.load_model(ref, data, dk.memory_limit())
+    except (ValueError, OSError, ImportError) as exc:
         dk.show_error(exc, f"Could not load {label}")
+        return None
+
+
+def probe_choice(t_info: dict, s_info: dict) -> str | None:
+    """The probe source chosen on the page, as a :func:`dashkit.probe_key` (None after an error)."""
+    has_task = any("dataset" in (i.get("task") or {}) and "classes" in (i.get("task") or {})
+                   for i in (t_info, s_info))
+    ext = [i["external"] for i in (t_info, s_info) if i.get("external") is not None]
+    takes_tokens = any(e.input_spec is not None and e.input_spec.kind == "tokens" for e in ext)
+    sources = [k for k in dk.PROBE_SOURCES if k != "task" or has_task]
+    default = "task" if has_task else ("text" if takes_tokens else "dataset")
+    if not ext and has_task:  # two otviz models: their task, as before
+        return dk.probe_key("task")
+    kind = st.radio("Probe inputs", sources, index=sources.index(default), horizontal=True, key="al_probe_src",
+                    format_func=dk.PROBE_SOURCES.get,
+                    help="Both models are run on the same inputs; each neuron is its vector of "
+                         "responses to them. Images are resized to the input size a model declares.")
+    for e in ext:
+        if e.input_spec is not None:
+            st.caption(f"{e.info.get('name')} takes {e.input_spec.describe()}.")
+    try:
+        if kind == "task":
+            return dk.probe_key("task")
+        if kind == "dataset":
+            from otviz.data import DATASETS
+
+            name = st.selectbox("Dataset", list(DATASETS), key="al_probe_dataset", format_func=lambda d: d,
+                                help="\n\n".join(f"**{k}**: {v}" for k, v in DATASETS.items()))
+            return dk.probe_key("dataset", name)
+        label = {"file": "Path of a .npy, .npz, .safetensors or .pt file",
+                 "images": "Path of a folder of images", "text": "Path of a text file (one sentence per line)"}[kind]
+        path = st.text_input(label, key=f"al_probe_{kind}")
+        if not path.strip():
+            st.info(f"Type the {label[0].lower() + label[1:]} to probe the models with it.")
+            return None
+        if kind == "text":
+            max_length = st.select_slider("Tokens per sentence (truncation)", [16, 32, 64, 128, 256, 512],
+                                          value=128, key="al_probe_maxlen")
+            return dk.probe_key("text", path, int(max_length))
+        return dk.probe_key(kind, path)
+    except (ValueError, OSError) as exc:
+        dk.show_error(exc, "Probe inputs")
         return None
 
 
@@ -112,9 +188,8 @@ def two_models() -> None:
     loaded_t, loaded_s = load(t_label, choices), load(s_label, choices)
     if loaded_t is None or loaded_s is None:
         return
-    (teacher, _), (student, _) = loaded_t, loaded_s
-    t_layers = list(getattr(teacher, "alignable_layers", [])) or [n for n, _ in teacher.named_modules() if n]
-    s_layers = list(getattr(student, "alignable_layers", [])) or [n for n, _ in student.named_modules() if n]
+    (teacher, t_info), (student, s_info) = loaded_t, loaded_s
+    t_layers, s_layers = dk.model_layers(teacher), dk.model_layers(student)
     t_layer = c1.selectbox("Teacher layer", t_layers, index=len(t_layers) - 1, key="al_t_layer",
                            format_func=lambda n: f"{n} ({teacher.layer_widths.get(n, '?')} neurons)"
                            if hasattr(teacher, "layer_widths") else n)
@@ -134,7 +209,8 @@ def two_models() -> None:
                                   "one eps means the same blur in every layer.")
     spatial = o[4].selectbox("Conv neuron", ["mean", "flatten"], key="al_spatial",
                              help="mean: one response per image; flatten: per image and position.")
-    n_probe = o[5].select_slider("Probe images", [64, 128, 256, 500, 1000], value=256, key="al_probe")
+    n_probe = o[5].select_slider("Probe inputs (at most)", [16, 64, 128, 256, 500, 1000], value=256,
+                                 key="al_probe")
     size = None
     if spatial == "flatten":
         size = st.select_slider("Resize maps to (flatten)", [0, 2, 4, 7, 14], value=4, key="al_size",
@@ -142,8 +218,12 @@ def two_models() -> None:
                                 help="Maps of different sizes give neurons of different lengths; "
                                      "resizing both makes them comparable.") or None
     normalize = None if norm == "none" else norm
+    probe = probe_choice(t_info, s_info)
+    if probe is None:
+        return
     opts = dict(cost=cost, normalize=normalize, method=method, eps=None if method == "emd" else eps,
-                spatial=spatial, size=size, n_probe=int(n_probe), seed=0)
+                spatial=spatial, size=size, n_probe=int(n_probe), seed=0, probe=probe,
+                max_bytes=dk.memory_limit())
     t_ref, t_data = choices[t_label]
     s_ref, s_data = choices[s_label]
 
@@ -177,7 +257,7 @@ def two_models() -> None:
         m[3].metric("Marginal error", f"{al.marginal_error:.1e}")
         m[4].metric("Neurons", f"{data['T'].shape[0]} x {data['S'].shape[0]}",
                     f"in R^{data['T'].shape[1]}", delta_color="off")
-        st.caption(f"Probe: {data['n_probe']} held-out images of {data['task']}. Teacher activation "
+        st.caption(f"Probe: {data['n_probe']} inputs, {data['task']}. Teacher activation "
                    f"{data['t_shape']}, student activation {data['s_shape']}.")
         match_panels(al.plan, al.cost_matrix, f"{al.cost} cost", key="al")
         neuron_map_panel(data)
@@ -197,6 +277,10 @@ def two_models() -> None:
         dk.show_error(exc, "The layer x layer table cannot be computed")
     else:
         dk.chart(figures.distance_matrices(ot_df, cka_df), key="al_tables")
+        cut = [m for m, full in ((t_label, t_layers), (s_label, s_layers)) if len(full) > dk.MAX_TABLE_LAYERS]
+        if cut:
+            st.caption(f"{' and '.join(cut)} list more than {dk.MAX_TABLE_LAYERS} layers: the table shows "
+                       f"{dk.MAX_TABLE_LAYERS} of them, evenly spread from input to output.")
         bad = ot_df.attrs.get("converged")
         if bad is not None and not bad.all():
             st.warning(f"The solver did not converge for {int((~bad).sum())} of {bad.size} layer "

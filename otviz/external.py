@@ -1,0 +1,1394 @@
+"""Models from outside otviz, and probe inputs for them, read without unpickling anything.
+
+Three kinds of model files are read, each by a loader that never runs Python
+code stored in the file:
+
+- a **Hugging Face model directory** (``config.json`` and ``*.safetensors``,
+  optionally tokenizer files), as written by ``model.save_pretrained(dir)``
+  (a SentenceTransformer directory holds one at its root):
+  :func:`load_hf_dir`, through ``transformers.AutoModel.from_pretrained(dir,
+  local_files_only=True, use_safetensors=True)``; its tokenizer too when the
+  directory has one;
+- a **torch.export program** (``.pt2``, written by
+  ``torch.export.save(torch.export.export(model, args), path)``):
+  :func:`load_exported`; the program is unflattened
+  (``torch.export.unflatten``) so that the original module names (e.g.
+  ``features.conv1``) exist and forward hooks on them fire;
+- a **state dict** (``.safetensors``, or ``.pt``/``.pth`` read with
+  ``torch.load(weights_only=True)``) for a *named* architecture:
+  :func:`load_state_dict_model`, with ``arch`` a model of timm
+  (``"timm:resnet18"``) or torchvision (``"torchvision:resnet18"``) when they
+  are installed, or an otviz family (``"cnn"``, ``"mlp"``, widths read from the
+  weights' shapes).
+
+:func:`load_external` picks the loader from the path. An otviz checkpoint
+(``otviz.teachers.save_checkpoint``) is read too.
+
+Memory limit
+------------
+Every loader estimates the bytes of the declared model *before* allocating it
+and raises :class:`ModelTooLargeError` (a ValueError) above ``max_bytes``
+(default :data:`DEFAULT_MAX_BYTES` = 2 GiB): a Hugging Face architecture is
+built from its config on PyTorch's ``meta`` device (shapes, no storage) and the
+``*.safetensors`` headers (shapes and dtypes, 8 bytes plus a JSON table) are
+read without their tensors; a ``.pt2``/``.pt`` archive is judged by the
+uncompressed sizes its zip directory declares; an architecture named for a
+state dict is built on ``meta`` as well. The estimate is
+
+.. math:: \\text{bytes} = \\sum_{t \\in \\text{params} \\cup \\text{buffers}}
+          \\operatorname{numel}(t) \\cdot \\operatorname{sizeof}(\\operatorname{dtype}(t)),
+
+the memory the weights themselves take; activations come on top and grow with
+the probe batch.
+
+Probe inputs
+------------
+:func:`load_probe` reads a file of tensors or arrays (:func:`load_tensor_file`:
+``.npy``, ``.npz``, ``.safetensors``, ``.pt`` with ``weights_only``), a folder
+of images (:func:`load_image_folder`, resized to the model's input size when
+the model states it), or a text file of sentences, one per line
+(:func:`tokenize_sentences`, with the model's tokenizer, into a
+``BatchEncoding`` with padding and truncation). :func:`shipped_probe` gives
+held-out images of otviz's shipped datasets, resized for the model.
+:func:`check_probe` compares a probe with what the model declares (dtype,
+rank, channels, image size, vocabulary, sequence length) and names the fix.
+
+Optional dependencies: ``transformers`` (model directories, tokenizers),
+``safetensors`` (installed with transformers), ``Pillow`` (image folders),
+``timm``/``torchvision`` (named architectures). Each is imported only when
+needed; a missing one raises ImportError naming the ``pip install`` to run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import struct
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._memory import DEFAULT_MAX_BYTES, ModelTooLargeError, check_limit, format_bytes, module_nbytes, zip_nbytes
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "ModelTooLargeError",
+    "InputSpec",
+    "ExternalModel",
+    "load_external",
+    "load_hf_dir",
+    "load_exported",
+    "load_state_dict_model",
+    "estimate_nbytes",
+    "safetensors_header",
+    "load_probe",
+    "load_tensor_file",
+    "load_image_folder",
+    "tokenize_sentences",
+    "shipped_probe",
+    "check_probe",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Probe = Union[torch.Tensor, tuple, Mapping]
+
+#: File names that mark a tokenizer in a Hugging Face model directory.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                   "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+#: Image file extensions read by :func:`load_image_folder`.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: Probe file extensions read by :func:`load_tensor_file`.
+TENSOR_EXTENSIONS = (".npy", ".npz", ".safetensors", ".pt", ".pth")
+
+_ST_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                   "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+                   "F8_E8M0": 1, "C64": 8}
+_PIP = {"transformers": "transformers", "safetensors": "safetensors", "PIL": "Pillow", "timm": "timm",
+        "torchvision": "torchvision"}
+
+
+# --------------------------------------------------------------------------- data classes
+@dataclass
+class InputSpec:
+    """What a model declares about its input, where it is knowable.
+
+    Attributes
+    ----------
+    kind : {"tokens", "images", "tensors"}
+        Token ids (a text model with a vocabulary), images ``(N, C, H, W)``, or
+        positional tensors with known shapes (an exported program).
+    shapes : list of tuple
+        One shape per positional input, batch axis included; ``None`` marks a
+        free (dynamic) dimension. Empty when unknown.
+    dtypes : list of torch.dtype
+        One dtype per positional input (``[]`` when unknown).
+    names : list of str
+        Names of the inputs (``["input_ids", ...]``, ``["x"]``).
+    channels : int or None
+        Image channels, when stated.
+    image_size : tuple of int or None
+        ``(H, W)`` of the images, when stated.
+    vocab_size : int or None
+        Token ids must be in ``[0, vocab_size)``.
+    max_length : int or None
+        Longest token sequence (position embeddings).
+    features : int or None
+        Values per input after flattening (an MLP's ``in_features``).
+    """
+
+    kind: str
+    shapes: list = field(default_factory=list)
+    dtypes: list = field(default_factory=list)
+    names: list = field(default_factory=list)
+    channels: int | None = None
+    image_size: tuple[int, int] | None = None
+    vocab_size: int | None = None
+    max_length: int | None = None
+    features: int | None = None
+
+    def describe(self) -> str:
+        """One line for a person: ``images (N, 3, 224, 224), float32``."""
+        if self.kind == "tokens":
+            parts = ["token ids"]
+            if self.vocab_size:
+                parts.append(f"vocabulary {self.vocab_size}")
+            if self.max_length:
+                parts.append(f"at most {self.max_length} tokens")
+            return ", ".join(parts)
+        if self.shapes:
+            parts = []
+            for i, shape in enumerate(self.shapes):
+                dims = ", ".join("N" if a == 0 and d is None else "*" if d is None else str(d)
+                                 for a, d in enumerate(shape))
+                name = self.names[i] + ": " if i < len(self.names) else ""
+                dtype = self.dtypes[i] if i < len(self.dtypes) else None
+                parts.append(f"{name}({dims})" + (f" {str(dtype).replace('torch.', '')}" if dtype else ""))
+            return f"{self.kind} {'; '.join(parts)}"
+        if self.kind == "images":
+            c = self.channels if self.channels else "C"
+            h, w = self.image_size if self.image_size else ("H", "W")
+            return f"images (N, {c}, {h}, {w}), float"
+        if self.features:
+            return f"tensors with {self.features} values each (flattened)"
+        return self.kind
+
+
+@dataclass
+class ExternalModel:
+    """A model read by :func:`load_external` and what is known about it.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The network in eval mode (for a ``.pt2``, the unflattened program:
+        its submodules keep their original names and take forward hooks).
+    kind : {"huggingface", "export", "state_dict", "otviz"}
+        Which loader read it.
+    source : str
+        The path read.
+    nbytes : int
+        Estimated bytes of parameters and buffers (checked against the limit
+        before loading).
+    tokenizer : object or None
+        The directory's tokenizer (Hugging Face models), else None.
+    input_spec : InputSpec or None
+        What the model declares about its input; None when nothing is known.
+    info : dict
+        Description for display: ``name``, ``architecture``, ``parameters``
+        and loader-specific entries (``task`` for otviz checkpoints, whose
+        shipped data is then the natural probe).
+    """
+
+    model: nn.Module
+    kind: str
+    source: str
+    nbytes: int
+    tokenizer: Any = None
+    input_spec: InputSpec | None = None
+    info: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for a person, e.g. ``BertModel (huggingface), 35.4k parameters, 138 KiB``."""
+        n = self.info.get("parameters")
+        count = "" if n is None else f", {_count(n)} parameters"
+        return f"{self.info.get('architecture', type(self.model).__name__)} ({self.kind}){count}, " \
+               f"{format_bytes(self.nbytes)}"
+
+
+def _count(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(int(n))
+
+
+# --------------------------------------------------------------------------- helpers
+def _require(module: str, what: str) -> Any:
+    """Import an optional dependency, or raise ImportError naming the pip package."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        raise ImportError(
+            f"{what} needs the optional package {top!r}, which is not installed: "
+            f"pip install {_PIP.get(top, top)}"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - e.g. a torchvision built for another torch
+        top = module.split(".")[0]
+        raise ImportError(
+            f"{what} needs {top!r}, which is installed but cannot be imported "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); install a "
+            f"{top} release built for torch {torch.__version__}: pip install -U {_PIP.get(top, top)}"
+        ) from exc
+
+
+def _as_path(path: Any, what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(path).__name__}")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what} {str(p)!r} does not exist; pass an existing file or directory")
+    return p
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _n_params(model: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return int(total)
+
+
+def safetensors_header(path: PathLike) -> dict[str, dict[str, Any]]:
+    """The tensor table of a ``.safetensors`` file, read without its tensors.
+
+    The format starts with an 8-byte little-endian header length and a JSON
+    header ``{name: {"dtype": "F32", "shape": [...], "data_offsets": [a, b]}}``;
+    only these bytes are read.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+
+    Returns
+    -------
+    dict
+        ``{name: {"dtype": str, "shape": list of int, "nbytes": int}}``
+        (the ``__metadata__`` entry is left out).
+
+    Raises
+    ------
+    ValueError
+        If the file is not a safetensors file (too short, header length beyond
+        the file, header not JSON).
+    """
+    p = _as_path(path, "safetensors file")
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{p} is not a safetensors file: it has only {size} bytes")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 * 1024**2):
+            raise ValueError(f"{p} is not a safetensors file: its header length {n} does not fit the "
+                             f"file ({size} bytes)")
+        raw = fh.read(n)
+    try:
+        table = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p} is not a safetensors file: its header is not JSON ({_first_line(exc)})") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{p} is not a safetensors file: its header is not a JSON object")
+    out = {}
+    for name, entry in table.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape = str(entry["dtype"]), [int(d) for d in entry["shape"]]
+            a, b = entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{p} is not a safetensors file: entry {name!r} lacks dtype/shape/data_offsets") from None
+        out[name] = {"dtype": dtype, "shape": shape, "nbytes": int(b) - int(a)}
+    return out
+
+
+def _safetensors_nbytes(files: Sequence[Path]) -> int:
+    return int(sum(e["nbytes"] for f in files for e in safetensors_header(f).values()))
+
+
+# --------------------------------------------------------------------------- Hugging Face directories
+def _hf_files(d: Path) -> list[Path]:
+    if not (d / "config.json").is_file():
+        hint = ""
+        if any(d.glob("*.safetensors")):
+            hint = (" It has .safetensors files: a bare state dict needs an architecture "
+                    "(load the file with arch=...).")
+        raise ValueError(
+            f"{d} is not a Hugging Face model directory: it has no config.json.{hint} Save a model "
+            "there with model.save_pretrained(directory)")
+    weights = sorted(d.glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(p.name for p in d.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
+        if pickles:
+            raise ValueError(
+                f"the model directory {d} has no *.safetensors weights, only {', '.join(pickles)}; otviz does "
+                "not unpickle weight files. Re-save the model with model.save_pretrained(directory) "
+                "(safetensors is its default format)")
+        raise ValueError(
+            f"the model directory {d} has a config.json but no weights (no *.safetensors file); copy the "
+            "model's model.safetensors (or its shards) next to config.json")
+    return weights
+
+
+def _hf_config(d: Path) -> Any:
+    transformers = _require("transformers", "Reading a Hugging Face model directory")
+    try:
+        return transformers.AutoConfig.from_pretrained(str(d), local_files_only=True, trust_remote_code=False)
+    except ValueError as exc:
+        msg = str(exc)
+        try:
+            model_type = json.loads((d / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None
+        if "trust_remote_code" in msg or "custom code" in msg:
+            raise ValueError(
+                f"the model in {d} needs its own Python code (auto_map / trust_remote_code), which otviz "
+                "does not run; export it with torch.export and load the .pt2 instead") from None
+        if model_type is None:
+            raise ValueError(
+                f"{d / 'config.json'} does not declare a model_type, so the architecture is unknown; "
+                "save the model with model.save_pretrained(directory)") from None
+        raise ValueError(
+            f"{d / 'config.json'} declares the architecture model_type={model_type!r}, unknown to "
+            f"transformers {transformers.__version__}; upgrade it (pip install -U transformers) or "
+            "export the model with torch.export and load the .pt2") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{d / 'config.json'} cannot be read as a model configuration ({_first_line(exc)})") from None
+
+
+def _config_dtype(cfg: Any) -> torch.dtype | None:
+    dt = getattr(cfg, "dtype", None)
+    if dt is None:
+        dt = getattr(cfg, "torch_dtype", None)
+    if isinstance(dt, str):
+        dt = getattr(torch, dt, None)
+    return dt if isinstance(dt, torch.dtype) else None
+
+
+def _hf_meta_nbytes(cfg: Any) -> tuple[int, int, str]:
+    """(bytes, parameters, class name) of AutoModel.from_config(cfg) built on meta, in the config's dtype."""
+    transformers = _require("transformers", "Reading a Hugging Face model directory")
+    with torch.device("meta"):
+        model = transformers.AutoModel.from_config(cfg)
+    dt = _config_dtype(cfg)
+    size = torch.empty((), dtype=dt).element_size() if dt is not None and dt.is_floating_point else None
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        per = size if (size is not None and t.is_floating_point()) else t.element_size()
+        total += t.numel() * per
+    return int(total), _n_params(model), type(model).__name__
+
+
+def _hf_input_spec(model: nn.Module, cfg: Any) -> InputSpec | None:
+    main = getattr(model, "main_input_name", "input_ids")
+    if main == "input_ids":
+        return InputSpec("tokens", names=["input_ids", "attention_mask"],
+                         vocab_size=getattr(cfg, "vocab_size", None),
+                         max_length=getattr(cfg, "max_position_embeddings", None))
+    if main == "pixel_values":
+        size = getattr(cfg, "image_size", None)
+        if isinstance(size, int):
+            size = (size, size)
+        elif isinstance(size, (list, tuple)) and len(size) == 2:
+            size = (int(size[0]), int(size[1]))
+        else:
+            size = None
+        return InputSpec("images", names=["pixel_values"], channels=getattr(cfg, "num_channels", None),
+                         image_size=size)
+    return None
+
+
+def load_hf_dir(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
+                device: str | torch.device = "cpu") -> ExternalModel:
+    """Load a local Hugging Face model directory (``config.json`` + ``*.safetensors``).
+
+    The size is checked first, without allocating: the architecture is built
+    from ``config.json`` on the meta device (parameters counted in the
+    config's dtype) and the safetensors headers are read; the larger of the two
+    estimates is compared with `max_bytes`. Then
+    ``transformers.AutoModel.from_pretrained(path, local_files_only=True,
+    use_safetensors=True)`` reads the weights (the base model: hidden states,
+    no task head) and, when the directory has tokenizer files,
+    ``AutoTokenizer.from_pretrained(path, local_files_only=True)`` the tokenizer.
+    Nothing is downloaded and no code from the directory runs.
+
+    Parameters
+    ----------
+    path : path-like
+        The directory.
+    max_bytes : int or None, default 2 GiB
+        Memory limit (``None``: no limit).
+    device : str or torch.device, default "cpu"
+        Where to put the model.
+
+    Returns
+    -------
+    ExternalModel
+        ``kind="huggingface"``; ``tokenizer`` set when the directory has one
+        (``info["tokenizer_error"]`` says why one could not be read).
+
+    Raises
+    ------
+    ValueError
+        No ``config.json``, no safetensors weights (only pickle files, or
+        none), an architecture unknown to transformers or needing custom code.
+    ModelTooLargeError
+        If the declared model exceeds `max_bytes`.
+    ImportError
+        If transformers is not installed (``pip install transformers``).
+    """
+    d = _as_path(path, "model directory")
+    if not d.is_dir():
+        raise ValueError(f"{d} is a file, not a Hugging Face model directory (config.json + *.safetensors)")
+    weights = _hf_files(d)
+    cfg = _hf_config(d)
+    file_bytes = _safetensors_nbytes(weights)
+    try:
+        meta_bytes, n_params, arch = _hf_meta_nbytes(cfg)
+    except Exception:  # noqa: BLE001 - an architecture that cannot be built on meta: the headers decide
+        meta_bytes, n_params, arch = 0, None, type(cfg).__name__.replace("Config", "Model")
+    nbytes = max(meta_bytes, file_bytes)
+    check_limit(nbytes, max_bytes, f"the model in {d} ({arch}, config.json and safetensors headers)")
+    transformers = _require("transformers", "Reading a Hugging Face model directory")
+    try:
+        model = transformers.AutoModel.from_pretrained(str(d), local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ValueError(f"transformers could not load the model in {d}: {_first_line(exc)}") from None
+    model = model.to(device).eval()
+    tokenizer, tok_error = None, None
+    if any((d / f).is_file() for f in TOKENIZER_FILES):
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - the model stays usable with tensor probes
+            tok_error = f"the tokenizer files in {d} could not be read ({_first_line(exc)})"
+    info = {"name": d.name, "architecture": type(model).__name__,
+            "model_type": getattr(cfg, "model_type", None), "parameters": _n_params(model),
+            "weights": [w.name for w in weights], "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    if n_params is not None:
+        info["declared_parameters"] = n_params
+    if tok_error:
+        info["tokenizer_error"] = tok_error
+    return ExternalModel(model, "huggingface", str(d), nbytes, tokenizer, _hf_input_spec(model, cfg), info)
+
+
+# --------------------------------------------------------------------------- torch.export programs
+def _export_input_spec(ep: Any) -> InputSpec:
+    shapes, dtypes, names = [], [], []
+    user = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    nodes = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    for name in user:
+        val = nodes[name].meta.get("val") if name in nodes else None
+        if isinstance(val, torch.Tensor):
+            shapes.append(tuple(int(d) if isinstance(d, int) else None for d in val.shape))
+            dtypes.append(val.dtype)
+        else:
+            shapes.append(())
+            dtypes.append(None)
+        names.append(name)
+    spec = InputSpec("tensors", shapes=shapes, dtypes=dtypes, names=names)
+    if len(shapes) == 1 and len(shapes[0]) == 4 and dtypes[0] is not None and dtypes[0].is_floating_point:
+        spec.kind = "images"
+        spec.channels = shapes[0][1]
+        if shapes[0][2] is not None and shapes[0][3] is not None:
+            spec.image_size = (shapes[0][2], shapes[0][3])
+    return spec
+
+
+def load_exported(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
+                  device: str | torch.device = "cpu") -> ExternalModel:
+    """Load a ``torch.export`` program (``.pt2``) as a module whose submodules take hooks.
+
+    ``torch.export.load`` reads the archive (a graph of ATen operators and its
+    tensors; no Python code of the file runs), and ``torch.export.unflatten``
+    rebuilds the module hierarchy of the exported model, so that the names of
+    ``model.named_modules()`` at export time (``features.conv1``,
+    ``encoder.layer.0``) are submodules again and :func:`otviz.capture` hooks
+    them. The program computes what it computed at export, in the mode it was
+    exported in (export a model in ``eval()`` mode).
+
+    The input shapes and dtypes the program was exported for are kept in
+    ``input_spec`` (dynamic dimensions as ``None``): a program exported
+    without ``dynamic_shapes`` accepts only its example batch size.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.pt2`` file.
+    max_bytes : int or None, default 2 GiB
+        Refuse, before loading, an archive whose members declare more
+        uncompressed bytes than this.
+    device : str or torch.device, default "cpu"
+        Where to put the module.
+
+    Returns
+    -------
+    ExternalModel
+        ``kind="export"``.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a torch.export archive.
+    ModelTooLargeError
+        If the archive declares more than `max_bytes`.
+    """
+    p = _as_path(path, ".pt2 file")
+    if p.is_dir():
+        raise ValueError(f"{p} is a directory; a torch.export program is one .pt2 file")
+    declared = zip_nbytes(p)
+    if declared is None:
+        raise ValueError(
+            f"{p} is not a torch.export program (.pt2 files are zip archives); write one with "
+            "torch.export.save(torch.export.export(model.eval(), example_args), 'model.pt2')")
+    check_limit(declared, max_bytes, f"the program {p} (by the sizes its archive declares)")
+    try:
+        with warnings.catch_warnings():  # torch's own deprecation notices about its tree specs
+            warnings.simplefilter("ignore", FutureWarning)
+            ep = torch.export.load(str(p))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a program we can read"
+        raise ValueError(
+            f"{p} is not a torch.export program that torch {torch.__version__} can read "
+            f"({type(exc).__name__}: {_first_line(exc, 200)}); write one with torch.export.save") from None
+    spec = _export_input_spec(ep)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.export.unflatten(ep)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"the program {p} cannot be unflattened into named modules ({_first_line(exc, 200)})") from None
+    module = module.to(device)
+    nbytes = module_nbytes(module)
+    info = {"name": p.stem, "architecture": "torch.export program", "parameters": _n_params(module),
+            "inputs": spec.describe()}
+    return ExternalModel(module, "export", str(p), max(nbytes, 0), None, spec, info)
+
+
+# --------------------------------------------------------------------------- state dicts
+def _read_state_dict(p: Path, max_bytes: int | None) -> dict[str, torch.Tensor] | dict[str, Any]:
+    if p.suffix == ".safetensors":
+        check_limit(_safetensors_nbytes([p]), max_bytes, f"the state dict {p} (by its safetensors header)")
+        st = _require("safetensors.torch", "Reading a .safetensors file")
+        return st.load_file(str(p), device="cpu")
+    declared = zip_nbytes(p)
+    if declared is not None:
+        check_limit(declared, max_bytes, f"the file {p} (by the sizes its archive declares)")
+    elif max_bytes is not None:
+        check_limit(p.stat().st_size, max_bytes, f"the file {p}")
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        from .teachers import _load_error_detail
+
+        raise ValueError(
+            f"{p} cannot be read with torch.load(weights_only=True) ({_load_error_detail(exc)}); otviz reads "
+            "state dicts (a dict of tensors), .safetensors files and torch.export programs (.pt2), and "
+            "unpickles nothing") from None
+
+
+def _unwrap_state_dict(obj: Any, p: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return dict(obj)
+    raise ValueError(
+        f"{p} holds a {type(obj).__name__}, not a state dict (a dict of parameter name -> tensor), nor an "
+        "otviz checkpoint; save one with torch.save(model.state_dict(), path) or "
+        "safetensors.torch.save_file(model.state_dict(), path)")
+
+
+def _otviz_config(arch: str, sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """An otviz family's constructor arguments, read from the shapes of its state dict."""
+    from .models import MLP, SmallCNN
+
+    try:
+        head = sd["head.weight"]
+        if arch == "cnn":
+            w = sd["features.conv1.conv.weight"]
+            return {"width": w.shape[0] / SmallCNN.BASE_CHANNELS[0], "num_classes": int(head.shape[0]),
+                    "in_channels": int(w.shape[1])}
+        w = sd["features.fc1.linear.weight"]
+        return {"width": w.shape[0] / MLP.BASE_UNITS[0], "num_classes": int(head.shape[0]),
+                "in_features": int(w.shape[1])}
+    except KeyError as exc:
+        raise ValueError(f"the state dict is not one of otviz's {arch!r} family: it lacks {exc.args[0]!r}") from None
+
+
+def _builder(arch: str, sd: Mapping[str, torch.Tensor], num_classes: int | None):
+    """(library, name, zero-argument constructor) of a named architecture."""
+    from .models import MODELS, build_model
+
+    if not isinstance(arch, str) or not arch.strip():
+        raise ValueError(
+            "a state dict does not say which architecture it belongs to: pass arch='timm:resnet18', "
+            "'torchvision:resnet18' or an otviz family ('cnn', 'mlp')")
+    library, sep, name = arch.partition(":")
+    if not sep:
+        library, name = "", arch
+    library = library.lower()
+    if library not in ("", "otviz", "timm", "torchvision"):
+        raise ValueError(f"unknown model library {library!r} in arch={arch!r}; use 'timm:NAME', "
+                         "'torchvision:NAME' or an otviz family ('cnn', 'mlp')")
+    if library in ("", "otviz") and name in MODELS:
+        cfg = _otviz_config(name, sd)
+        if num_classes is not None:
+            cfg["num_classes"] = int(num_classes)
+        return "otviz", name, lambda: build_model(name, **cfg)
+    if library == "otviz":
+        raise ValueError(f"unknown otviz architecture {name!r}; otviz families: {', '.join(MODELS)}")
+    kw = {} if num_classes is None else {"num_classes": int(num_classes)}
+    tried = []
+    if library in ("", "timm"):
+        try:
+            timm = _require("timm", f"the architecture {arch!r}")
+        except ImportError as exc:
+            if library == "timm":
+                raise
+            tried.append(f"timm cannot be used ({str(exc).split(', ', 1)[-1]})")
+        else:
+            if name in timm.list_models():
+                return "timm", name, lambda: timm.create_model(name, pretrained=False, **kw)
+            if library == "timm":
+                raise ValueError(f"timm has no model {name!r}; see timm.list_models()")
+    if library in ("", "torchvision"):
+        try:
+            tvm = _require("torchvision.models", f"the architecture {arch!r}")
+        except ImportError as exc:
+            if library == "torchvision":
+                raise
+            tried.append(f"torchvision cannot be used ({str(exc).split(', ', 1)[-1]})")
+        else:
+            try:
+                build = tvm.get_model_builder(name)
+            except ValueError:
+                if library == "torchvision":
+                    raise ValueError(f"torchvision has no model {name!r}; see torchvision.models.list_models()") from None
+            else:
+                return "torchvision", name, lambda: build(weights=None, **kw)
+    if tried:
+        raise ImportError(f"the architecture {arch!r} is not an otviz family ({', '.join(MODELS)}), and "
+                          + "; ".join(tried) + "; or name the library: arch='timm:NAME' / 'torchvision:NAME'")
+    raise ValueError(f"unknown architecture {arch!r}: not an otviz family ({', '.join(MODELS)}), nor a "
+                     "model of the installed timm / torchvision")
+
+
+def load_state_dict_model(path: PathLike, arch: str | None, *, num_classes: int | None = None,
+                          max_bytes: int | None = DEFAULT_MAX_BYTES,
+                          device: str | torch.device = "cpu") -> ExternalModel:
+    """Build a named architecture and load a state dict into it (``strict=True``).
+
+    Parameters
+    ----------
+    path : path-like
+        ``.safetensors`` (read by ``safetensors.torch.load_file``) or
+        ``.pt``/``.pth`` (``torch.load(weights_only=True)``) holding a dict
+        parameter name -> tensor (a dict with a ``"state_dict"`` or
+        ``"model"`` entry of that kind is unwrapped).
+    arch : str
+        ``"timm:NAME"`` (``timm.create_model(NAME, pretrained=False)``),
+        ``"torchvision:NAME"`` (``torchvision.models.get_model(NAME,
+        weights=None)``), an otviz family ``"cnn"``/``"mlp"`` (width, classes
+        and input size read from the weights' shapes), or a bare NAME looked up
+        in timm, then torchvision.
+    num_classes : int, optional
+        Outputs of the classifier, when it differs from the architecture's
+        default.
+    max_bytes : int or None, default 2 GiB
+        Refuse, before reading the tensors, a file that declares more bytes
+        than this, and, before building it, an architecture (built on the meta
+        device first) that needs more.
+    device : str or torch.device, default "cpu"
+        Where to put the model.
+
+    Returns
+    -------
+    ExternalModel
+        ``kind="state_dict"``.
+
+    Raises
+    ------
+    ValueError
+        No `arch`, an unknown architecture, a file that is not a state dict,
+        or weights that do not fit the architecture (names and shapes listed).
+    ImportError
+        If `arch` needs timm or torchvision and it is not installed.
+    ModelTooLargeError
+        Above `max_bytes`.
+    """
+    p = _as_path(path, "state dict file")
+    if not arch:
+        raise ValueError(
+            f"{p} is a bare state dict, which does not say which architecture it belongs to: pass "
+            "arch='timm:resnet18', 'torchvision:resnet18' or an otviz family ('cnn', 'mlp')")
+    sd = _unwrap_state_dict(_read_state_dict(p, max_bytes), p)
+    library, name, build = _builder(arch, sd, num_classes)
+    try:
+        with torch.device("meta"):
+            meta = build()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the architecture {arch!r} cannot be built from these weights ({_first_line(exc)})") from None
+    nbytes = module_nbytes(meta)
+    check_limit(nbytes, max_bytes, f"the architecture {arch!r}")
+    model = build()
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(s.strip() for s in str(exc).strip().splitlines()[:3])
+        raise ValueError(f"the weights in {p} do not fit the architecture {arch!r}: {detail[:400]}"
+                         + ("" if num_classes is not None else
+                            " (a classifier of another size? pass num_classes=...)")) from None
+    model = model.to(device).eval()
+    spec = None
+    if library == "otviz":
+        spec = _otviz_spec(model)
+    elif library == "timm":
+        size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+        if size and len(size) == 3:
+            spec = InputSpec("images", channels=int(size[0]), image_size=(int(size[1]), int(size[2])))
+    else:
+        spec = InputSpec("images", channels=3)
+    info = {"name": p.stem, "architecture": f"{library}:{name}", "parameters": _n_params(model)}
+    return ExternalModel(model, "state_dict", str(p), nbytes, None, spec, info)
+
+
+def _otviz_spec(model: nn.Module) -> InputSpec | None:
+    cfg = getattr(model, "config", {}) or {}
+    if "in_channels" in cfg:
+        return InputSpec("images", channels=int(cfg["in_channels"]))
+    if "in_features" in cfg:
+        return InputSpec("tensors", features=int(cfg["in_features"]))
+    return None
+
+
+# --------------------------------------------------------------------------- dispatch
+def _otviz_checkpoint(p: Path, obj: Any, max_bytes: int | None, device: Any) -> ExternalModel:
+    from .teachers import checkpoint_nbytes, load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(p, max_bytes=max_bytes)
+    model = model_from_checkpoint(ckpt, device, max_bytes=max_bytes)
+    info = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    info.update(name=ckpt.get("name", p.stem), architecture=f"otviz:{ckpt['arch']}", parameters=_n_params(model))
+    return ExternalModel(model, "otviz", str(p), checkpoint_nbytes(ckpt), None, _otviz_spec(model), info)
+
+
+def load_external(path: PathLike, *, arch: str | None = None, num_classes: int | None = None,
+                  max_bytes: int | None = DEFAULT_MAX_BYTES,
+                  device: str | torch.device = "cpu") -> ExternalModel:
+    """Load a model from a local path, choosing the reader from what the path holds.
+
+    - a directory: a Hugging Face model directory (:func:`load_hf_dir`);
+    - a ``.pt2`` file: a torch.export program (:func:`load_exported`);
+    - a ``.safetensors`` file: a state dict for `arch`
+      (:func:`load_state_dict_model`);
+    - a ``.pt``/``.pth`` file: an otviz checkpoint (format tag
+      ``otviz-teacher/1``) or a state dict for `arch`, read with
+      ``torch.load(weights_only=True)``.
+
+    Parameters
+    ----------
+    path : path-like
+        File or directory on this machine.
+    arch : str, optional
+        Architecture of a bare state dict (see :func:`load_state_dict_model`).
+    num_classes : int, optional
+        Classifier size for `arch`.
+    max_bytes : int or None, default 2 GiB (:data:`DEFAULT_MAX_BYTES`)
+        Memory limit, checked before anything is allocated.
+    device : str or torch.device, default "cpu"
+        Where to put the model.
+
+    Returns
+    -------
+    ExternalModel
+
+    Raises
+    ------
+    FileNotFoundError
+        If the path does not exist.
+    ValueError
+        A path that is none of the above, or bad content (the message names
+        the fix).
+    ModelTooLargeError
+        Above `max_bytes`.
+    ImportError
+        A needed optional package is missing (the message names it).
+    """
+    p = _as_path(path, "model path")
+    if p.is_dir():
+        return load_hf_dir(p, max_bytes=max_bytes, device=device)
+    suffix = p.suffix.lower()
+    if suffix == ".pt2":
+        return load_exported(p, max_bytes=max_bytes, device=device)
+    if suffix == ".safetensors":
+        return load_state_dict_model(p, arch, num_classes=num_classes, max_bytes=max_bytes, device=device)
+    if suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        obj = _read_state_dict(p, max_bytes)
+        if isinstance(obj, Mapping) and isinstance(obj.get("format"), str) and obj["format"].startswith("otviz-teacher/"):
+            return _otviz_checkpoint(p, obj, max_bytes, device)
+        if zip_nbytes(p) is not None and _is_export_archive(p):
+            return load_exported(p, max_bytes=max_bytes, device=device)
+        return load_state_dict_model(p, arch, num_classes=num_classes, max_bytes=max_bytes, device=device)
+    if p.name == "config.json":
+        return load_hf_dir(p.parent, max_bytes=max_bytes, device=device)
+    raise ValueError(
+        f"{p} is not a model file otviz reads: pass a Hugging Face model directory (config.json + "
+        "*.safetensors), a torch.export program (.pt2), a state dict (.safetensors, .pt, .pth) with arch=..., "
+        "or an otviz checkpoint (.pt)")
+
+
+def _is_export_archive(p: Path) -> bool:
+    import zipfile
+
+    with zipfile.ZipFile(p) as z:
+        return any(n.endswith("archive_format") or "/models/" in n for n in z.namelist())
+
+
+def estimate_nbytes(path: PathLike, *, arch: str | None = None, num_classes: int | None = None) -> int:
+    """Bytes the model at `path` would need, estimated without allocating it.
+
+    Parameters
+    ----------
+    path : path-like
+        As for :func:`load_external`.
+    arch : str, optional
+        Architecture of a bare state dict.
+    num_classes : int, optional
+        Classifier size for `arch`.
+
+    Returns
+    -------
+    int
+        For a Hugging Face directory, the larger of the meta-device build of
+        its config and its safetensors headers; for a ``.pt2``/``.pt``
+        archive, the uncompressed sizes its zip directory declares (an otviz
+        checkpoint: its architecture built on meta); for a state dict with
+        `arch`, the meta-device build.
+    """
+    p = _as_path(path, "model path")
+    if p.is_dir():
+        weights = _hf_files(p)
+        cfg = _hf_config(p)
+        try:
+            meta = _hf_meta_nbytes(cfg)[0]
+        except Exception:  # noqa: BLE001
+            meta = 0
+        return max(meta, _safetensors_nbytes(weights))
+    if p.suffix.lower() == ".safetensors" and not arch:
+        return _safetensors_nbytes([p])
+    if p.suffix.lower() in (".pt", ".pth") and not arch:
+        from .teachers import checkpoint_nbytes, load_checkpoint
+
+        try:
+            return checkpoint_nbytes(load_checkpoint(p, max_bytes=None))
+        except ValueError:
+            pass
+    if arch:
+        sd = _unwrap_state_dict(_read_state_dict(p, None), p)
+        build = _builder(arch, sd, num_classes)[2]
+        with torch.device("meta"):
+            return module_nbytes(build())
+    declared = zip_nbytes(p)
+    return int(declared if declared is not None else p.stat().st_size)
+
+
+# --------------------------------------------------------------------------- probe inputs
+def _to_tensor(arr: Any, what: str) -> torch.Tensor:
+    if isinstance(arr, torch.Tensor):
+        t = arr.detach().cpu()
+    else:
+        a = np.asarray(arr)
+        if a.dtype == object or a.dtype.kind in "USV":
+            raise ValueError(f"{what} has dtype {a.dtype}; probe arrays must be numeric")
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    if t.dtype == torch.float64:
+        t = t.float()  # models run in float32; a float64 probe is a numpy default, not a choice
+    if t.ndim == 0 or t.shape[0] == 0:
+        raise ValueError(f"{what} has shape {tuple(t.shape)}; a probe needs a batch axis with at least one input")
+    return t
+
+
+def _several(named: Mapping[str, Any], what: str) -> torch.Tensor | dict[str, torch.Tensor]:
+    tensors = {k: _to_tensor(v, f"{what}[{k!r}]") for k, v in named.items()}
+    if not tensors:
+        raise ValueError(f"{what} holds no array")
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    return tensors
+
+
+def load_tensor_file(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Probe:
+    """Read a probe batch from a file of tensors or arrays, unpickling nothing.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.npy`` (one array), ``.npz`` (one or several named arrays, read with
+        ``allow_pickle=False``), ``.safetensors`` (one or several named
+        tensors) or ``.pt``/``.pth`` (a tensor, a dict of tensors or a
+        list/tuple of tensors, read with ``torch.load(weights_only=True)``).
+    max_bytes : int or None, default 2 GiB
+        Refuse a file that declares more bytes than this before reading it.
+
+    Returns
+    -------
+    torch.Tensor, tuple or dict
+        One array: a tensor. Several named arrays: a dict (passed to the model
+        as keyword arguments, e.g. ``input_ids`` and ``attention_mask``). A
+        list/tuple: a tuple (positional arguments). Batch on the first axis;
+        float64 becomes float32, other dtypes are kept (int64 token ids).
+
+    Raises
+    ------
+    ValueError
+        Unknown extension, object (pickled) arrays, non-numeric or empty
+        arrays, or content of another kind.
+    """
+    p = _as_path(path, "probe file")
+    if p.is_dir():
+        raise ValueError(f"{p} is a directory; pass a file ({', '.join(TENSOR_EXTENSIONS)}), or use "
+                         "load_image_folder for a folder of images")
+    suffix = p.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        try:
+            data = np.load(p, allow_pickle=False, mmap_mode="r" if suffix == ".npy" else None)
+        except ValueError as exc:
+            if any(w in str(exc) for w in ("allow_pickle", "Object arrays", "Python objects")):
+                raise ValueError(f"{p} holds Python objects (a pickled array), which otviz does not unpickle; "
+                                 "save numeric arrays with np.save / np.savez") from None
+            raise ValueError(f"{p} is not a numpy file ({_first_line(exc)})") from None
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{p} is not a numpy file ({_first_line(exc)})") from None
+        if suffix == ".npy":
+            check_limit(int(data.nbytes), max_bytes, f"the probe array {p}")
+            return _to_tensor(np.array(data), f"the array in {p}")
+        with data as z:
+            total = 0
+            arrays = {}
+            for k in z.files:
+                try:
+                    arrays[k] = z[k]
+                except ValueError:
+                    raise ValueError(f"{p} entry {k!r} holds Python objects, which otviz does not unpickle; "
+                                     "save numeric arrays with np.savez") from None
+                total += arrays[k].nbytes
+                check_limit(total, max_bytes, f"the probe arrays {p}")
+            return _several(arrays, f"the arrays of {p}")
+    if suffix == ".safetensors":
+        header = safetensors_header(p)
+        check_limit(sum(e["nbytes"] for e in header.values()), max_bytes, f"the probe tensors {p}")
+        st = _require("safetensors.torch", "Reading a .safetensors file")
+        return _several(st.load_file(str(p), device="cpu"), f"the tensors of {p}")
+    if suffix in (".pt", ".pth"):
+        obj = _read_state_dict(p, max_bytes)
+        if isinstance(obj, torch.Tensor):
+            return _to_tensor(obj, f"the tensor in {p}")
+        if isinstance(obj, Mapping) and all(isinstance(k, str) for k in obj):
+            return _several(obj, f"the tensors of {p}")
+        if isinstance(obj, (list, tuple)) and obj:
+            return tuple(_to_tensor(v, f"{p}[{i}]") for i, v in enumerate(obj))
+        raise ValueError(f"{p} holds a {type(obj).__name__}; a probe file holds a tensor, a dict of tensors "
+                         "or a list of tensors")
+    raise ValueError(f"{p} is not a probe file otviz reads: pass {', '.join(TENSOR_EXTENSIONS)}, a folder of "
+                     "images, or a .txt file of sentences (one per line)")
+
+
+def load_image_folder(folder: PathLike, *, size: int | tuple[int, int] | None = None,
+                      channels: int | None = None, limit: int | None = None,
+                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> torch.Tensor:
+    """Read the images of a folder into a float batch ``(N, C, H, W)``.
+
+    Files are taken in name order (extensions :data:`IMAGE_EXTENSIONS`), converted
+    to grayscale (``channels=1``) or RGB (``channels=3``; default: grayscale
+    when every image is, else RGB), resized with bilinear filtering to `size`,
+    and scaled to ``[0, 1]``; with `mean` and `std`, each channel ``c`` becomes
+    ``(x_c - mean_c) / std_c``.
+
+    Parameters
+    ----------
+    folder : path-like
+        The folder (not searched recursively).
+    size : int or (int, int), optional
+        ``(H, W)`` to resize to (an int: square). Default: keep the images'
+        size, which must then be the same for all.
+    channels : {1, 3}, optional
+        Channels of the result.
+    limit : int, optional
+        Read at most this many images (the first in name order).
+    mean, std : sequence of float, optional
+        Per-channel normalisation (e.g. ImageNet's).
+
+    Returns
+    -------
+    torch.Tensor
+        float32, ``(N, C, H, W)``.
+
+    Raises
+    ------
+    ValueError
+        No image in the folder, an unreadable image, images of different
+        sizes without `size`, bad `channels`, `mean`/`std` of the wrong length.
+    ImportError
+        If Pillow is not installed (``pip install Pillow``).
+    """
+    d = _as_path(folder, "image folder")
+    if not d.is_dir():
+        raise ValueError(f"{d} is a file; pass a folder of images ({', '.join(IMAGE_EXTENSIONS)})")
+    Image = _require("PIL.Image", "Reading a folder of images")
+    files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    if limit is not None:
+        files = files[: max(0, int(limit))]
+    if not files:
+        raise ValueError(f"the folder {d} has no image file ({', '.join(IMAGE_EXTENSIONS)})")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    if isinstance(size, int):
+        size = (size, size)
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                images.append(im.copy())
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
+            raise ValueError(f"{f} cannot be read as an image ({_first_line(exc, 150)})") from None
+    if channels is None:
+        channels = 1 if all(im.mode in ("L", "1", "I", "I;16", "F") for im in images) else 3
+    mode = "L" if channels == 1 else "RGB"
+    if size is None:
+        sizes = {im.size for im in images}
+        if len(sizes) > 1:
+            shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:4])
+            raise ValueError(f"the images of {d} have different sizes ({shown}); pass size=(H, W) to resize them")
+    arrays = []
+    for im in images:
+        im = im.convert(mode)
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.float32) / 255.0
+        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    x = torch.from_numpy(np.stack(arrays))
+    if mean is not None or std is not None:
+        m = torch.tensor(list(mean if mean is not None else [0.0] * channels), dtype=torch.float32)
+        s = torch.tensor(list(std if std is not None else [1.0] * channels), dtype=torch.float32)
+        if m.numel() != channels or s.numel() != channels:
+            raise ValueError(f"mean and std need one value per channel ({channels}), got {m.numel()} and {s.numel()}")
+        if bool((s <= 0).any()):
+            raise ValueError(f"std must be positive, got {s.tolist()}")
+        x = (x - m.view(1, -1, 1, 1)) / s.view(1, -1, 1, 1)
+    return x
+
+
+def tokenize_sentences(source: PathLike | Sequence[str], tokenizer: Any, *, max_length: int = 128,
+                       limit: int | None = None) -> Any:
+    """Tokenise sentences (a text file, one per line, or a list) into a padded batch.
+
+    Parameters
+    ----------
+    source : path-like or sequence of str
+        A UTF-8 text file (blank lines are skipped) or the sentences.
+    tokenizer : transformers tokenizer
+        The model's tokenizer (:attr:`ExternalModel.tokenizer`).
+    max_length : int, default 128
+        Longer sentences are truncated to this many tokens.
+    limit : int, optional
+        Use at most this many sentences (the first).
+
+    Returns
+    -------
+    transformers.BatchEncoding
+        ``tokenizer(sentences, padding=True, truncation=True,
+        max_length=max_length, return_tensors="pt")``: ``input_ids``,
+        ``attention_mask`` (1 = real token, 0 = padding) and what else the
+        tokenizer returns, each ``(N, L)``; pass it to the model as keyword
+        arguments.
+
+    Raises
+    ------
+    ValueError
+        No tokenizer, no sentence, a file that is not UTF-8 text, or a bad
+        `max_length`.
+    """
+    if tokenizer is None:
+        raise ValueError(
+            "this model has no tokenizer, so sentences cannot be turned into token ids: put the tokenizer's "
+            "files (tokenizer.json, or vocab.txt and tokenizer_config.json) in the model directory, or pass "
+            "token ids as a tensor file (.npz with input_ids and attention_mask)")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    if isinstance(source, (str, os.PathLike)):
+        p = _as_path(source, "text file")
+        if p.is_dir():
+            raise ValueError(f"{p} is a directory; pass a text file with one sentence per line")
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(f"{p} is not UTF-8 text; pass a text file with one sentence per line") from None
+        what = str(p)
+    else:
+        lines, what = [str(s) for s in source], "the sentences"
+    sentences = [s.strip() for s in lines if s.strip()]
+    if limit is not None:
+        sentences = sentences[: max(0, int(limit))]
+    if not sentences:
+        raise ValueError(f"{what} holds no sentence; write one sentence per line")
+    return tokenizer(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+def shipped_probe(dataset: str, n: int = 256, *, seed: int = 0, size: int | tuple[int, int] | None = None,
+                  channels: int | None = None) -> torch.Tensor:
+    """Held-out images of a shipped dataset (``mnist5k``, ``digits``), shaped for a model.
+
+    The test split of :func:`otviz.data.load_split` is sampled (``n`` images,
+    fixed `seed`), resized bilinearly to `size` and repeated to `channels`
+    (grey to RGB), values as stored (in ``[0, 1]``).
+
+    Parameters
+    ----------
+    dataset : str
+        A dataset of :data:`otviz.data.DATASETS`.
+    n : int, default 256
+        Number of images (at most the test split's size).
+    seed : int, default 0
+        Sampling seed.
+    size : int or (int, int), optional
+        ``(H, W)`` to resize to.
+    channels : int, optional
+        Channels of the result (the grey image repeated).
+
+    Returns
+    -------
+    torch.Tensor
+        float32, ``(n, C, H, W)``.
+    """
+    from .data import load_split
+
+    X = torch.as_tensor(load_split(dataset)[2], dtype=torch.float32)
+    if X.ndim == 3:
+        X = X.unsqueeze(1)
+    gen = torch.Generator().manual_seed(int(seed))
+    X = X[torch.randperm(len(X), generator=gen)[: max(1, min(int(n), len(X)))]]
+    if size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+        if tuple(X.shape[-2:]) != size:
+            X = F.interpolate(X, size=size, mode="bilinear", align_corners=False)
+    if channels is not None and channels != X.shape[1]:
+        if X.shape[1] != 1:
+            raise ValueError(f"cannot turn {X.shape[1]}-channel images into {channels} channels")
+        X = X.repeat(1, int(channels), 1, 1)
+    return X
+
+
+def load_probe(source: PathLike, model: ExternalModel | None = None, *, limit: int | None = None,
+               max_length: int = 128, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Probe:
+    """Read probe inputs for `model` from a path: a tensor file, an image folder or a text file.
+
+    - a directory: :func:`load_image_folder`, resized to the model's declared
+      image size and channels (:attr:`InputSpec.image_size`);
+    - a ``.txt`` file: :func:`tokenize_sentences` with the model's tokenizer;
+    - a tensor file: :func:`load_tensor_file`.
+
+    The result is checked with :func:`check_probe` when `model` is given.
+
+    Parameters
+    ----------
+    source : path-like
+        The probe data.
+    model : ExternalModel, optional
+        The model the probe is for.
+    limit : int, optional
+        At most this many inputs (images, sentences, or the first rows of a
+        tensor file).
+    max_length : int, default 128
+        Token limit for sentences.
+    max_bytes : int or None, default 2 GiB
+        Size limit of a tensor file.
+
+    Returns
+    -------
+    torch.Tensor, tuple, dict or BatchEncoding
+        Ready for ``otviz.capture(model.model, probe, layers)``.
+    """
+    p = _as_path(source, "probe path")
+    spec = model.input_spec if model is not None else None
+    if p.is_dir():
+        size = spec.image_size if spec is not None else None
+        channels = spec.channels if spec is not None else None
+        if spec is not None and spec.kind == "tokens":
+            raise ValueError(f"{p} is a folder of images, but the model takes token ids; pass a .txt file "
+                             "of sentences or a tensor file of token ids")
+        try:
+            probe: Probe = load_image_folder(p, size=size, channels=channels, limit=limit)
+        except ValueError as exc:
+            if "different sizes" in str(exc) and size is None:
+                raise ValueError(f"{exc}; the model does not state its input size, so resize the images "
+                                 "yourself or pass size=") from None
+            raise
+    elif p.suffix.lower() == ".txt":
+        probe = tokenize_sentences(p, model.tokenizer if model is not None else None,
+                                   max_length=max_length, limit=limit)
+    else:
+        probe = load_tensor_file(p, max_bytes=max_bytes)
+        if limit is not None:
+            probe = _head(probe, int(limit))
+    if model is not None:
+        check_probe(model, probe)
+    return probe
+
+
+def _head(probe: Probe, n: int) -> Probe:
+    if isinstance(probe, torch.Tensor):
+        return probe[:n]
+    if isinstance(probe, tuple):
+        return tuple(t[:n] for t in probe)
+    return type(probe)({k: v[:n] for k, v in probe.items()}) if isinstance(probe, dict) else \
+        {k: v[:n] for k, v in probe.items()}
+
+
+def _shape(t: torch.Tensor) -> str:
+    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+
+
+def check_probe(model: ExternalModel, inputs: Probe) -> None:
+    """Check a probe against what the model declares; raise ValueError naming the fix.
+
+    Checks, where the model states them (:attr:`ExternalModel.input_spec`):
+
+    - token models: integer ``input_ids`` (a tensor, or a mapping with that
+      key), ids in ``[0, vocab_size)``, at most ``max_length`` tokens, an
+      ``attention_mask`` of the same shape;
+    - image models: a floating ``(N, C, H, W)`` tensor with the stated
+      channels and size;
+    - exported programs: the number of positional inputs, each one's dtype
+      and every static dimension (a static batch axis included);
+    - flattening models (otviz MLP): the values per input.
+
+    Parameters
+    ----------
+    model : ExternalModel
+        The model.
+    inputs : torch.Tensor, tuple, dict or BatchEncoding
+        The probe.
+
+    Raises
+    ------
+    ValueError
+        What does not match, what was expected, and what to pass instead.
+    """
+    spec = model.input_spec
+    if spec is None:
+        return
+    if isinstance(inputs, Mapping) or (hasattr(inputs, "keys") and hasattr(inputs, "__getitem__")
+                                       and not isinstance(inputs, torch.Tensor)):
+        named = {k: inputs[k] for k in inputs.keys()}
+    else:
+        named = None
+    if spec.kind == "tokens":
+        ids = named.get("input_ids") if named is not None else (inputs if isinstance(inputs, torch.Tensor) else None)
+        if ids is None:
+            raise ValueError(
+                "the model takes token ids: pass a tensor of ids, a mapping with 'input_ids' (and "
+                "'attention_mask'), or a .txt file of sentences to tokenise"
+                + (f"; got keys {sorted(named)}" if named is not None else f"; got a {type(inputs).__name__}"))
+        if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must be an integer tensor of token ids, got "
+                             f"{_shape(ids) if isinstance(ids, torch.Tensor) else type(ids).__name__}; "
+                             "tokenise the text with the model's tokenizer")
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (N, L) (sentences x tokens), got {tuple(ids.shape)}")
+        if spec.vocab_size and ids.numel() and (int(ids.max()) >= spec.vocab_size or int(ids.min()) < 0):
+            raise ValueError(f"token ids range over [{int(ids.min())}, {int(ids.max())}] but the model's vocabulary "
+                             f"has {spec.vocab_size} entries (ids 0..{spec.vocab_size - 1}); tokenise with this "
+                             "model's own tokenizer")
+        if spec.max_length and ids.shape[1] > spec.max_length:
+            raise ValueError(f"the probe has {ids.shape[1]} tokens per sentence, more than the model's "
+                             f"{spec.max_length} positions; truncate (max_length={spec.max_length})")
+        mask = named.get("attention_mask") if named is not None else None
+        if mask is not None and tuple(mask.shape) != tuple(ids.shape):
+            raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but input_ids {tuple(ids.shape)}; "
+                             "they must match (one 0/1 per token)")
+        return
+    if spec.shapes:  # an exported program: exact signature
+        args = inputs if isinstance(inputs, tuple) else ((inputs,) if isinstance(inputs, torch.Tensor) else None)
+        if args is None:
+            raise ValueError(f"the program takes {len(spec.shapes)} positional tensor(s) ({spec.describe()}); "
+                             f"got a {type(inputs).__name__} of {sorted(named) if named else '?'}: pass a tensor "
+                             "or a list of tensors")
+        if len(args) != len(spec.shapes):
+            raise ValueError(f"the program takes {len(spec.shapes)} positional input(s) ({spec.describe()}), "
+                             f"the probe has {len(args)}")
+        for i, (t, shape, dtype) in enumerate(zip(args, spec.shapes, spec.dtypes)):
+            name = spec.names[i] if i < len(spec.names) else str(i)
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"input {name!r} must be a tensor, got {type(t).__name__}")
+            if dtype is not None and t.dtype != dtype:
+                raise ValueError(f"input {name!r} is {_shape(t)} but the program was exported for "
+                                 f"{str(dtype).replace('torch.', '')}; convert the probe "
+                                 f"(e.g. x.to(torch.{str(dtype).replace('torch.', '')}))")
+            if len(shape) != t.ndim:
+                raise ValueError(f"input {name!r} has shape {tuple(t.shape)}, the program expects {spec.describe()}")
+            for axis, (want, got) in enumerate(zip(shape, t.shape)):
+                if want is not None and want != got:
+                    if axis == 0:
+                        raise ValueError(
+                            f"the program was exported with a fixed batch of {want} inputs and the probe has "
+                            f"{got}: probe with exactly {want} inputs, or re-export with a dynamic batch axis "
+                            "(torch.export.export(model, args, dynamic_shapes=({0: torch.export.Dim('batch')},)))")
+                    raise ValueError(f"input {name!r} has shape {tuple(t.shape)}, the program expects "
+                                     f"{spec.describe()} (axis {axis}: {want}, not {got})")
+        return
+    x = inputs if isinstance(inputs, torch.Tensor) else None
+    if x is None:
+        raise ValueError(f"the model takes one tensor ({spec.describe()}), got a {type(inputs).__name__}")
+    if spec.kind == "images":
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"the model takes float images, the probe is {_shape(x)}; convert it (x.float() / 255 "
+                             "for 8-bit pixels)")
+        if x.ndim != 4:
+            raise ValueError(f"the model takes images (N, C, H, W), the probe has shape {tuple(x.shape)}")
+        if spec.channels and x.shape[1] != spec.channels:
+            raise ValueError(f"the model takes {spec.channels}-channel images, the probe has {x.shape[1]} channels "
+                             f"(shape {tuple(x.shape)})")
+        if spec.image_size and tuple(x.shape[-2:]) != tuple(spec.image_size):
+            raise ValueError(f"the model takes {spec.image_size[0]}x{spec.image_size[1]} images, the probe's are "
+                             f"{x.shape[-2]}x{x.shape[-1]}; resize them")
+    elif spec.features:
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"the model takes float inputs, the probe is {_shape(x)}")
+        n = int(np.prod(x.shape[1:])) if x.ndim > 1 else 1
+        if n != spec.features:
+            raise ValueError(f"the model takes inputs of {spec.features} values (after flattening), the probe's "
+                             f"have {n} (shape {tuple(x.shape)})")
