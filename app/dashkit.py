@@ -10,6 +10,7 @@ layers that cannot be compared, a missing, locked or corrupt store) becomes an
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 import json
 import socket
 import tempfile
@@ -67,7 +68,7 @@ def open_store(*, quiet: bool = False) -> RunStore | None:
     except (RunStoreError, OSError, ValueError) as exc:
         if not quiet:
             show_error(exc, f"The run store {path} cannot be used")
-            st.caption(f"Point the environment variable `OTVIZ_STORE` (or `otviz dashboard --store PATH`) "
+            st.caption("Point the environment variable `OTVIZ_STORE` (or `otviz dashboard --store PATH`) "
                        "at a writable file to use another store. Pages that need no store keep working.")
         return None
 
@@ -447,7 +448,8 @@ def alignment_data(t_ref: str, s_ref: str, t_layer: str, s_layer: str, cost: str
     teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data, max_bytes)
     inputs, task_name = make_probe(t_info, s_info, probe, n_probe, seed)
     t_acts, s_acts = _run_both(teacher, student, inputs, [t_layer], [s_layer])
-    kw = {"spatial": spatial, "size": size if spatial == "flatten" else None}
+    tokens = t_acts.mask_for(t_layer) is not None or s_acts.mask_for(s_layer) is not None
+    kw = {"spatial": spatial, "size": size if spatial == "flatten" and not tokens else None}
     T = t_acts.neurons(t_layer, **kw)
     S = s_acts.neurons(s_layer, **kw)
     if T.shape[1] != S.shape[1]:
@@ -478,7 +480,8 @@ def layer_tables(t_ref: str, s_ref: str, cost: str, normalize: str | None, metho
     inputs, _ = make_probe(t_info, s_info, probe, n_probe, seed)
     t_layers = table_layers(teacher, inputs)
     s_layers = table_layers(student, inputs)
-    size = size if spatial == "flatten" else None
+    masked = isinstance(inputs, Mapping) and "attention_mask" in inputs
+    size = size if spatial == "flatten" and not masked else None  # token sequences are not resized
     try:
         opts = ot_options(cost, normalize, method, eps)
         if measure == "ot":  # the score has its own geometry

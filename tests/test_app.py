@@ -383,8 +383,8 @@ def test_alignments_page_draws_a_plan_for_shipped_teachers(store_path):
 
 def test_alignments_page_reports_incomparable_layers(store_path):
     at = open_page("alignments")
-    by_label(at.selectbox, "Conv neuron").set_value("flatten").run()
-    by_label(at.select_slider, "Resize maps to (flatten)").set_value(0)  # keep the map sizes
+    by_label(at.selectbox, "Positions").set_value("flatten").run()
+    by_label(at.select_slider, "Resize image maps to (flatten)").set_value(0)  # keep the map sizes
     by_label(at.selectbox, "Teacher layer").set_value("features.conv1")
     by_label(at.selectbox, "Student layer").set_value("features.conv3").run()
     assert_ok(at)

@@ -207,16 +207,20 @@ def two_models() -> None:
                              value=0.01, key="al_eps", disabled=method == "emd",
                              help="Relative to the typical cost: reg = eps * median(cost), so "
                                   "one eps means the same blur in every layer.")
-    spatial = o[4].selectbox("Conv neuron", ["mean", "flatten"], key="al_spatial",
-                             help="mean: one response per image; flatten: per image and position.")
+    spatial = o[4].selectbox("Positions", ["mean", "flatten"], key="al_spatial",
+                             help="How a neuron with a map (a conv channel) or a token sequence (a "
+                                  "transformer unit) responds: mean, one response per input (the "
+                                  "average over positions, over real tokens for text); flatten, one "
+                                  "response per input and position (per real token for text).")
     n_probe = o[5].select_slider("Probe inputs (at most)", [16, 64, 128, 256, 500, 1000], value=256,
                                  key="al_probe")
     size = None
     if spatial == "flatten":
-        size = st.select_slider("Resize maps to (flatten)", [0, 2, 4, 7, 14], value=4, key="al_size",
-                                format_func=lambda v: "keep" if not v else f"{v}x{v}",
+        size = st.select_slider("Resize image maps to (flatten)", [0, 2, 4, 7, 14], value=4,
+                                key="al_size", format_func=lambda v: "keep" if not v else f"{v}x{v}",
                                 help="Maps of different sizes give neurons of different lengths; "
-                                     "resizing both makes them comparable.") or None
+                                     "resizing both makes them comparable. Token sequences are "
+                                     "never resized: each real token is one response.") or None
     normalize = None if norm == "none" else norm
     probe = probe_choice(t_info, s_info)
     if probe is None:
