@@ -16,7 +16,9 @@ The public API::
 
 Trainings, the run store, datasets, models and figures live in the submodules
 ``otviz.train``, ``otviz.runs``, ``otviz.data``, ``otviz.models``,
-``otviz.teachers``, ``otviz.losses`` and ``otviz.figures``.
+``otviz.teachers``, ``otviz.losses`` and ``otviz.figures``; ``otviz.loop`` logs a
+training loop of your own like a built-in one, and ``otviz.sentences`` is a small
+text task generated offline.
 """
 
 __version__ = "0.1.0"

