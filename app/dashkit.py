@@ -98,10 +98,21 @@ def run_label(row: Any) -> str:
             else f", {created.to_pydatetime().astimezone():%b %d %H:%M}")
     mark = f"{STATUS_STYLE.get(str(status), ('', '?'))[1]} " if status else ""
     state = f" ({status})" if status else ""
-    base = f"{mark}#{int(row['run_id'])} {row['setting']}/{row['method']}{state}{when}"
+    base = f"{mark}#{int(row['run_id'])} {run_kind(row)}{state}{when}"
     if name and not str(name).startswith(f"{row['setting']}-{row['method']}-"):
         base += f" - {name}"
     return base
+
+
+def run_kind(row: Any) -> str:
+    """``setting/method`` of a run; a run logged by a loop of its own without them is ``run``.
+
+    :func:`otviz.loop.run_config` records both; a config given to ``RunStore.track`` by hand
+    may have neither (the columns are then empty).
+    """
+    parts = [str(row[k]) for k in ("setting", "method")
+             if k in row and row[k] is not None and row[k] == row[k] and str(row[k])]
+    return "/".join(parts) or "run"
 
 
 # --------------------------------------------------------------------------- launched trainings

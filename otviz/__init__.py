@@ -18,7 +18,9 @@ Trainings, the run store, datasets, models and figures live in the submodules
 ``otviz.train``, ``otviz.runs``, ``otviz.data``, ``otviz.models``,
 ``otviz.teachers``, ``otviz.losses`` and ``otviz.figures``; models from outside
 otviz (Hugging Face directories, torch.export programs, state dicts) and probe
-inputs for them in ``otviz.external``.
+inputs for them in ``otviz.external``; ``otviz.loop`` logs a training loop of
+your own like a built-in one, and ``otviz.sentences`` is a small text task
+generated offline.
 """
 
 __version__ = "0.1.0"

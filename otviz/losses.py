@@ -1228,6 +1228,66 @@ class OTRegularizer(TransferLoss):
                 out[key] = self._solve(key, tn, sn) * scale
         return out
 
+    def between(self, teacher_features: Mapping[str, torch.Tensor],
+                student_features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        r"""The weighted term on two captured feature sets, without a :class:`StepContext`.
+
+        For a training loop of your own: capture the paired layers with
+        :func:`otviz.capture.hooked` (the teacher under ``torch.no_grad()``,
+        the student with the graph) and pass the two
+        :class:`~otviz.capture.Activations` themselves (they carry each
+        layer's neuron axis and attention mask)::
+
+            with torch.no_grad(), hooked(teacher, reg.teacher_layers) as t_feats:
+                teacher(**batch)
+            with hooked(student, reg.student_layers) as s_feats:
+                logits = student(**batch)
+            loss = F.cross_entropy(logits, y) + reg.between(t_feats, s_feats)
+
+        Same value, gradient, :meth:`diagnostics` and :attr:`last_alignments`
+        as calling the regulariser with a step context holding these features:
+        :math:`\lambda \sum_\ell \mathrm{OT}_\ell` (zero, without a graph, in
+        monitor mode).
+
+        Parameters
+        ----------
+        teacher_features, student_features : mapping of str to torch.Tensor
+            The outputs of ``teacher_layers`` and ``student_layers`` on the
+            same minibatch, batch first.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar, already multiplied by ``weight``.
+
+        Raises
+        ------
+        TypeError
+            A feature set that is not a mapping of layer names to tensors.
+        ValueError
+            A paired layer missing from a feature set (the message lists what
+            was captured), or features that cannot be compared (see
+            :meth:`pair_distances`).
+        """
+        for side, feats in (("teacher", teacher_features), ("student", student_features)):
+            if not isinstance(feats, Mapping):
+                raise TypeError(
+                    f"{self.name}.between: {side}_features must be the Activations that "
+                    f"otviz.capture.hooked yields (a mapping layer -> tensor), got "
+                    f"{type(feats).__name__}."
+                )
+        ref = next((v for v in student_features.values() if isinstance(v, torch.Tensor)), None)
+        if ref is None:
+            raise ValueError(
+                f"{self.name}.between: student_features holds no tensor; capture "
+                f"{list(self.student_layers)} with otviz.capture.hooked(student, "
+                "reg.student_layers) during the student's forward pass."
+            )
+        ctx = StepContext(inputs=ref, targets=ref, student_logits=ref, teacher_logits=None,
+                          student_features=student_features,  # type: ignore[arg-type]
+                          teacher_features=teacher_features)  # type: ignore[arg-type]
+        return self(ctx)
+
     def forward(self, ctx: StepContext) -> torch.Tensor:
         distances = self.pair_distances(ctx, grad=not self.monitor)
         self._last = {f"ot/{k}": float(v.detach()) for k, v in distances.items()}

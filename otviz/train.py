@@ -604,45 +604,20 @@ def _snapshot_plans(s: _Setup) -> tuple[dict[str, np.ndarray], dict[str, float]]
     are keyed by the pair, the cost matrix each plan solved by ``cost/<pair>``;
     the scores (:attr:`otviz.Alignment.score`) use the same solver on the same
     neurons, in the score's own scale-free geometry, so that runs of every
-    method and option can be compared on them.
+    method and option can be compared on them (:func:`otviz.loop.probe_alignments`).
     """
-    from otviz.capture import capture
-    from otviz.losses import OTRegularizer, _layout, _pair_neurons, pair_key
-    from otviz.transport import align
+    from otviz.losses import OTRegularizer
+    from otviz.loop import probe_alignments
 
-    was = s.student.training
-    s.student.eval()
-    t_acts = capture(s.teacher, s.probe, sorted({t for t, _ in s.pairs}))
-    s_acts = capture(s.student, s.probe, sorted({st for _, st in s.pairs}))
-    s.student.train(was)
     reg = OTRegularizer(s.pairs, weight=1.0, cost=s.config.cost, normalize=s.config.normalize,
                         method=s.config.ot_method, eps=s.config.eps, spatial=s.config.spatial,
                         feature_scale=s.config.feature_scale, warm_start=False)
-    from otviz.losses import StepContext
-
-    ctx = StepContext(inputs=s.probe, targets=torch.zeros(len(s.probe), dtype=torch.long),
-                      student_logits=torch.zeros(1), teacher_logits=None,
-                      student_features=s_acts, teacher_features=t_acts, student=s.student)
-    with torch.no_grad():
-        reg(ctx)
+    found = probe_alignments(s.teacher, s.student, s.probe, reg)
     plans: dict[str, np.ndarray] = {}
-    for t, st in s.pairs:
-        al = reg.last_alignments[pair_key(t, st)]
-        plans[pair_key(t, st)] = np.asarray(al.plan, dtype=np.float32)
-        plans[COST_SNAPSHOT_PREFIX + pair_key(t, st)] = np.asarray(al.cost_matrix, dtype=np.float32)
-    scores: dict[str, float] = {}
-    for t, st in s.pairs:
-        layouts = (_layout(t_acts, t, "teacher", None), _layout(s_acts, st, "student", None))
-        tn, sn = _pair_neurons(t_acts[t], s_acts[st], s.config.spatial, None, pair_key(t, st), layouts)
-        try:
-            # in the score's own geometry, so that this one solve serves the score
-            al = align(tn, sn, normalize="layer", method=s.config.ot_method,
-                       eps=None if s.config.ot_method == "emd" else s.config.eps)
-            scores[pair_key(t, st)] = al.score
-        except ValueError:
-            # a layer dead on the whole probe batch has no score; the plan above is still logged
-            continue
-    return plans, scores
+    for key, plan in found.items():
+        plans[key] = plan
+        plans[COST_SNAPSHOT_PREFIX + key] = found.costs[key]
+    return plans, dict(found.scores)
 
 
 def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progress: bool = True,

@@ -36,10 +36,11 @@ KERNEL_NAME = "otviz-test-python"
 CHECK_CELL = "import sys; print(sys.executable)"
 
 
-def test_the_three_notebooks_exist():
+def test_the_four_notebooks_exist():
     assert [p.name for p in NOTEBOOKS] == ["01_explore_alignments.ipynb",
                                            "02_teach_ot_distillation.ipynb",
-                                           "03_paper_settings.ipynb"]
+                                           "03_paper_settings.ipynb",
+                                           "04_your_own_loop.ipynb"]
 
 
 @pytest.fixture

@@ -383,9 +383,9 @@ def training_run() -> None:
              "transfer term (its scratch twin), when the store has one.")
     if twin is None:
         c2.caption("No twin in the store (a scratch run with the same setting, student and budget).")
-    views = [v for v in (run_view(store, run_id, f"#{run_id} {runs.loc[runs.run_id == run_id, 'method'].iloc[0]}"),
+    views = [v for v in (run_view(store, run_id, f"#{run_id} {runs.loc[runs.run_id == run_id, 'method'].iloc[0] or 'run'}"),
                          None if other_id is None else run_view(
-                             store, other_id, f"#{other_id} {runs.loc[runs.run_id == other_id, 'method'].iloc[0]}"))
+                             store, other_id, f"#{other_id} {runs.loc[runs.run_id == other_id, 'method'].iloc[0] or 'run'}"))
              if v is not None]
     if not views:
         return
@@ -394,8 +394,13 @@ def training_run() -> None:
         st.info("This run has no plan snapshot yet (they are saved at each evaluation).")
         return
     cfg = main["run"]["config"]
-    st.caption(f"Teacher {cfg.get('teacher', '?')}; student width {cfg.get('student_width', '?')} "
-               f"({cfg.get('student_init', '?')} init); method {main['run']['method']}, "
+    if "student" in cfg or cfg.get("trainer") == "custom":  # a loop of its own (otviz.loop.run_config)
+        who = (f"Trained by its own loop: teacher {cfg.get('teacher', 'not recorded')}; student "
+               f"{cfg.get('student', 'not recorded')}")
+    else:
+        who = (f"Teacher {cfg.get('teacher', '?')}; student width {cfg.get('student_width', '?')} "
+               f"({cfg.get('student_init', '?')} init)")
+    st.caption(f"{who}; method {main['run']['method']}, "
                f"{cfg.get('ot_method', 'emd')} plans with cost {cfg.get('cost')}, "
                f"normalize={cfg.get('normalize')}.")
     pairs = dk.plan_keys(main["snaps"])

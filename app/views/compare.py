@@ -89,7 +89,7 @@ def runs_section() -> None:
             name = str(r["name"] or "")
             name = f" - {name[:24]}{'…' if len(name) > 24 else ''}" if name else ""
             short[int(r["run_id"])] = (f"{rc.status_text(r['status']).split()[0]} #{int(r['run_id'])} "
-                                       f"{r['setting']}/{r['method']}{name}")
+                                       f"{dk.run_kind(r)}{name}")
         opts = rc.curve_controls("cmp", x_default="epoch", smoothing=False, log=False)
         try:
             curves = {short[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
