@@ -318,3 +318,16 @@ def test_backend_choice():
     a1 = ot_distance(T, S, method="sinkhorn", eps=0.1)
     a2 = ot_distance(T, S, method="sinkhorn", eps=0.1, backend="numpy")
     assert a1.item() == a2.item()
+
+
+def test_auto_backend_follows_the_device():
+    from otviz.transport import _no_autocast, _pick_backend
+
+    assert _pick_backend("auto", "sinkhorn", torch.device("cuda")) == "torch"
+    assert _pick_backend("auto", "unbalanced", torch.device("cuda", 1)) == "torch"
+    assert _pick_backend("auto", "emd", torch.device("cuda")) == "numpy"  # POT's simplex: CPU
+    assert _pick_backend("auto", "sinkhorn", torch.device("cpu")) == "numpy"
+    # turning autocast off works for any device type, built for it or not
+    for dev in ("cpu", "cuda", "meta"):
+        with _no_autocast(torch.device(dev)):
+            pass
