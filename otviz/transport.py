@@ -311,10 +311,10 @@ def _sqdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     a constant).
     """
     d = x.shape[1]
-    shift = torch.cat([x.detach(), y.detach()]).mean(dim=0)
+    shift = (x.detach().sum(dim=0) + y.detach().sum(dim=0)) / (x.shape[0] + y.shape[0])
     x, y = x - shift, y - shift
     nn = x.pow(2).sum(1)[:, None] + y.pow(2).sum(1)[None, :]
-    C = (nn - 2.0 * (x @ y.T)).clamp_min(0.0)
+    C = torch.addmm(nn, x, y.T, alpha=-2.0).clamp_min(0.0)
     feps = torch.finfo(x.dtype).eps
     rho = max(1e-6, 1e3 * feps)
     thr = min(0.25, 2.0 * feps * math.sqrt(d) / rho)
