@@ -790,9 +790,11 @@ def align(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqeuclide
     ----------
     teacher : array of shape (m, d)
     student : array of shape (k, d)
-        Neurons as rows (see :func:`otviz.neurons`); numpy or torch (detached).
-        Both must have the same number ``d`` of features, i.e. be responses to
-        the same probe inputs. The widths ``m`` and ``k`` may differ.
+        Neurons as rows (see :func:`otviz.neurons`); numpy or torch (detached),
+        of any real dtype on any device: they are copied to the CPU and
+        everything is computed in float64, with autocast off. Both must have
+        the same number ``d`` of features, i.e. be responses to the same probe
+        inputs. The widths ``m`` and ``k`` may differ.
     cost : {"sqeuclidean", "euclidean", "cosine", "correlation"}
     normalize : {None, "center", "standardize", "unit"}
         Per-neuron normalisation applied before the cost.
