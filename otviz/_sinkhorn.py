@@ -53,8 +53,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-__all__ = ["SinkhornResult", "sinkhorn_solve"]
+__all__ = ["SinkhornResult", "TorchSinkhornResult", "sinkhorn_solve", "sinkhorn_solve_torch"]
 
 _BIG = 1e50  # absorption threshold for the scalings u and v
 _LOG_BIG = math.log(_BIG)
@@ -304,3 +305,244 @@ def sinkhorn_solve(a: np.ndarray, b: np.ndarray, M: np.ndarray, reg: float, *,
     P *= v[None, :]
     return SinkhornResult(plan=P, f=f, g=g, n_iter=total, converged=converged,
                           error=err, omega=w)
+
+
+# --------------------------------------------------------------------------
+# the same solver in torch, on the activations' own device
+# --------------------------------------------------------------------------
+#: absorption threshold of the torch solver: ``u, v`` stay in [1e-10, 1e10], so
+#: in float32 (range 1e-38..3e38) a kernel entry that carries mass neither
+#: underflows nor overflows.
+_BIG_TORCH = 1e10
+_LOG_BIG_TORCH = math.log(_BIG_TORCH)
+
+
+@dataclass
+class TorchSinkhornResult:
+    """Raw output of :func:`sinkhorn_solve_torch` (tensors on the solver's device)."""
+
+    plan: "torch.Tensor"
+    f: "torch.Tensor"
+    g: "torch.Tensor"
+    n_iter: int
+    converged: bool
+    error: float
+    omega: float
+    tol: float
+
+
+#: kernel entries below exp(-60) (relative to a_i b_j) are set to 0: they carry no mass
+#: worth a float32 bit, and left in they would turn into subnormal numbers, on which
+#: CPUs compute tens of times slower
+_LOG_KERNEL_FLOOR = -60.0
+
+
+def _kernel_torch(M, f, g, loga, logb, reg):
+    """Stabilised kernel, as :func:`_kernel`; negligible entries are exact zeros."""
+    z = (f / reg + loga)[:, None] + (g / reg + logb)[None, :] - M / reg
+    floor = _LOG_KERNEL_FLOOR + loga[:, None] + logb[None, :]
+    return torch.where(z > floor, torch.exp(z), torch.zeros((), dtype=z.dtype, device=z.device))
+
+
+def _stage_torch(a, b, M, reg, f, g, loga, logb, *, tol, max_iter, fi, omega, omega_init=1.0):
+    """One value of reg: :func:`_stage` in torch (same updates, same absorption rule).
+
+    Scalars that steer the loop (the marginal error, the largest log-scaling)
+    are read back once per half-iteration, so on a GPU the loop costs two
+    small synchronisations per iteration besides the two matrix-vector products.
+    """
+    balanced = fi == 1.0
+    K = _kernel_torch(M, f, g, loga, logb, reg)
+    m, k = M.shape
+    lu = torch.zeros(m, dtype=M.dtype, device=M.device)
+    lv = torch.zeros(k, dtype=M.dtype, device=M.device)
+    u = torch.ones_like(lu)
+    v = torch.ones_like(lv)
+    auto = omega == "auto"
+    w = float(omega_init) if auto else float(omega)
+    err = math.inf
+    win_len, win_start, n_backoff = 0, math.inf, 0
+    f_scale = max(float(M.abs().max()), 1e-300)
+    it = 0
+    converged = False
+    while it < max_iter:
+        Kv = K @ v
+        if balanced:
+            t = loga - torch.log(Kv)
+        else:
+            t = fi * (loga - torch.log(Kv)) - (1.0 - fi) * f / reg
+        lu_prev = lu
+        lu = t if w == 1.0 else (1.0 - w) * lu + w * t
+        if balanced:
+            err_t = torch.linalg.vector_norm(u * Kv - a)
+            err, big = torch.stack([err_t, lu.abs().max()]).tolist()
+            if not math.isfinite(err):
+                raise FloatingPointError("non-finite marginal")
+            if err < tol:
+                lu = lu_prev  # the marginal was read at the previous scalings
+                converged = True
+                break
+        else:
+            big = float(lu.abs().max())
+        if big > _LOG_BIG_TORCH:
+            if not math.isfinite(big):
+                raise FloatingPointError("row scaling out of range")
+            f = f + reg * lu
+            g = g + reg * lv
+            K = _kernel_torch(M, f, g, loga, logb, reg)
+            lu_prev = lu_prev - lu
+            lu = torch.zeros_like(lu)
+            lv = torch.zeros_like(lv)
+            v = torch.ones_like(lv)
+        u = torch.exp(lu)
+        KTu = K.T @ u
+        if balanced:
+            t = logb - torch.log(KTu)
+        else:
+            t = fi * (logb - torch.log(KTu)) - (1.0 - fi) * g / reg
+        lv_prev = lv
+        lv = t if w == 1.0 else (1.0 - w) * lv + w * t
+        if balanced:
+            big = float(lv.abs().max())
+        else:
+            err, big = (torch.stack([torch.maximum((lu - lu_prev).abs().max(),
+                                                   (lv - lv_prev).abs().max()) * (reg / f_scale),
+                                     lv.abs().max()]).tolist())
+        if big > _LOG_BIG_TORCH:
+            if not math.isfinite(big):
+                raise FloatingPointError("column scaling out of range")
+            f = f + reg * lu
+            g = g + reg * lv
+            K = _kernel_torch(M, f, g, loga, logb, reg)
+            lu = torch.zeros_like(lu)
+            lv = torch.zeros_like(lv)
+            u = torch.ones_like(lu)
+        v = torch.exp(lv)
+        it += 1
+        if not balanced:
+            if not math.isfinite(err):
+                raise FloatingPointError("non-finite potentials")
+            if err < tol:
+                converged = True
+                break
+            continue
+        if auto:
+            win_len += 1
+            if win_len == 1:
+                win_start = err
+            elif win_len > _WINDOW:
+                r = (err / win_start) ** (1.0 / (win_len - 1)) if win_start > 0 else 0.0
+                win_len = 0
+                if r >= 1.0:
+                    w = 1.0 + (w - 1.0) / 2.0
+                    if w < 1.02:
+                        w = 1.0
+                    n_backoff += 1
+                    if n_backoff > 8:
+                        w = 1.0
+                        auto = False
+                elif r > 0.0:
+                    eta = (r + w - 1.0) ** 2 / (r * w * w)
+                    if 0.0 < eta < 1.0:
+                        w_opt = 2.0 / (1.0 + math.sqrt(1.0 - eta))
+                        if w_opt > w:
+                            w = min(_OMEGA_MAX, w_opt)
+    f = f + reg * lu
+    g = g + reg * lv
+    return f, g, it, converged, err, w, K, torch.exp(lu), torch.exp(lv)
+
+
+def torch_tol_floor(a: "torch.Tensor") -> float:
+    """Smallest balanced tolerance the torch solver can meet in ``a``'s dtype.
+
+    The row marginal ``u * (K v)`` is a sum of ``k`` rounded products, so its
+    L2 error cannot be pushed much below ``dtype eps * ||a||_2``; a tighter
+    ``tol`` is raised to ``16 * eps * ||a||_2`` (about ``2e-6 ||a||_2`` in float32).
+    """
+    return 16.0 * torch.finfo(a.dtype).eps * float(torch.linalg.vector_norm(a))
+
+
+def sinkhorn_solve_torch(a: "torch.Tensor", b: "torch.Tensor", M: "torch.Tensor", reg: float, *,
+                         reg_m: float = math.inf, tol: float = 1e-9, max_iter: int = 10_000,
+                         warm_start: tuple | None = None, omega: float | str = "auto",
+                         omega_init: float = 1.0,
+                         scaling: bool | None = None) -> TorchSinkhornResult:
+    """:func:`sinkhorn_solve` in torch, on the device and in the dtype of ``M``.
+
+    The same algorithm as the numpy solver (stabilised kernel with absorption,
+    eps-scaling from the c-transformed zero potentials, adaptive
+    over-relaxation, warm starts), written with torch operations only, so it
+    runs wherever the activations live (CPU, CUDA, ...). It is meant for
+    float32: the scalings are absorbed into the potentials as soon as they
+    leave ``[1e-10, 1e10]`` (float32 spans 1e-38..3e38), and a balanced
+    ``tol`` below what float32 can resolve is raised to
+    :func:`torch_tol_floor` (the tolerance actually used is returned).
+    ``a``, ``b`` and ``M`` must share a device and a floating dtype;
+    ``warm_start`` potentials may be numpy arrays or tensors.
+    """
+    m, k = M.shape
+    dev, dt = M.device, M.dtype
+    a = a.to(device=dev, dtype=dt)
+    b = b.to(device=dev, dtype=dt)
+    mx, mn = float(M.max()), float(M.min())
+    scale = mx - mn
+    if scale <= 0.0:
+        scale = max(abs(mx), 1.0)
+    fi = 1.0 if math.isinf(reg_m) else reg_m / (reg_m + reg)
+    if not (fi == 1.0):
+        omega = 1.0
+    else:
+        tol = max(tol, torch_tol_floor(a))
+    loga, logb = torch.log(a), torch.log(b)
+
+    def c_init(f=None):
+        if f is None:
+            f = M.min(dim=1).values
+            return f, (M - f[:, None]).min(dim=0).values
+        g = (M - f[:, None]).min(dim=0).values
+        return (M - g[None, :]).min(dim=1).values, g
+
+    if warm_start is not None:
+        f, g = (torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+                .to(device=dev, dtype=dt).clone() for x in warm_start)
+        regs = [reg]
+    else:
+        rel = reg / scale
+        if scaling is None:
+            scaling = rel < 5e-3
+        f, g = c_init()
+        if scaling:
+            regs = []
+            r = 5e-2 * scale
+            while r > reg * 1.5:
+                regs.append(r)
+                r /= 3.0
+            regs.append(reg)
+        else:
+            regs = [reg]
+            if rel >= 5e-3 and mx / reg < 80.0:
+                # exp(-M/reg) stays far from float32 underflow: plain start
+                f = torch.zeros(m, dtype=dt, device=dev)
+                g = torch.zeros(k, dtype=dt, device=dev)
+    total, converged, err, w = 0, False, math.inf, 1.0
+    for i, r in enumerate(regs):
+        last = i == len(regs) - 1
+        if last:
+            stage_tol = tol
+        elif fi == 1.0:
+            stage_tol = max(tol, 1e-3 * float(torch.linalg.vector_norm(a)))
+        else:
+            stage_tol = max(tol, 1e-4)
+        try:
+            f1, g1, n, converged, err, w, K, u, v = _stage_torch(
+                a, b, M, r, f, g, loga, logb, tol=stage_tol, max_iter=max_iter, fi=fi,
+                omega=omega, omega_init=omega_init if warm_start is not None and fi == 1.0 else 1.0)
+        except FloatingPointError:
+            f, g = c_init(f)
+            f1, g1, n, converged, err, w, K, u, v = _stage_torch(
+                a, b, M, r, f, g, loga, logb, tol=stage_tol, max_iter=max_iter, fi=fi, omega=1.0)
+        f, g = f1, g1
+        total += n
+    P = u[:, None] * K * v[None, :]
+    return TorchSinkhornResult(plan=P, f=f, g=g, n_iter=total, converged=converged, error=err,
+                               omega=w, tol=tol)

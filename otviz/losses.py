@@ -1004,6 +1004,12 @@ def _scale_factor(cost: str, normalize: str | None, feature_scale: str, d: int) 
     return 1.0  # cosine, correlation: already scale-free
 
 
+def _power_of_two_scaled(x: torch.Tensor) -> torch.Tensor:
+    """``x`` divided by the largest power of two <= max |x| (exact; a constant, no gradient)."""
+    amax = float(x.detach().abs().max()) if x.numel() else 0.0
+    return x / _transport._pow2(amax) if 0.0 < amax < math.inf else x
+
+
 class OTRegularizer(TransferLoss):
     r"""The OT regulariser of representation transfer by optimal transport.
 
@@ -1187,21 +1193,33 @@ class OTRegularizer(TransferLoss):
     def _solve(self, key: str, tn: torch.Tensor, sn: torch.Tensor) -> torch.Tensor:
         warm = self._potentials.get(key) if self.use_warm_start else None
         normalize = self.normalize
-        if normalize in ("standardize", "unit"):
-            # A ReLU channel can be silent on a whole minibatch; otviz.align
-            # rejects such a neuron, but a training step must go on: normalise
-            # here with a floor on the scale, so a dead neuron becomes the zero
-            # vector (mean response) instead of a division by zero.
-            tn, sn = _floored_normalize(tn, normalize), _floored_normalize(sn, normalize)
-            normalize = None
-        value, alignment = _transport.ot_distance(
-            tn, sn, cost=self.cost, normalize=normalize, method=self.method, eps=self.eps,
-            grad="envelope", warm_start=warm, return_alignment=True, **self.solver_options,
-        )
+        # Mixed precision: features may be bfloat16/float16 (autocast). Everything
+        # below runs in otviz.transport.compute_dtype (float64 on the CPU, float32
+        # at least elsewhere) with autocast off; the gradient flows back to the
+        # student's features in their own dtype, and the value is returned in
+        # float32 (or the features' dtype if wider).
+        out_dtype = torch.promote_types(sn.dtype, torch.float32)
+        with _transport._no_autocast(sn.device):
+            dtype = _transport.compute_dtype(tn, sn)
+            tn, sn = tn.to(dtype), sn.to(dtype)
+            if normalize in ("standardize", "unit"):
+                # A ReLU channel can be silent on a whole minibatch; otviz.align
+                # rejects such a neuron, but a training step must go on: normalise
+                # here with a floor on the scale, so a dead neuron becomes the zero
+                # vector (mean response) instead of a division by zero. Each layer
+                # is first divided by a power of two near its largest response (exact,
+                # scale-free for these normalisations), so squares cannot overflow.
+                tn = _floored_normalize(_power_of_two_scaled(tn), normalize)
+                sn = _floored_normalize(_power_of_two_scaled(sn), normalize)
+                normalize = None
+            value, alignment = _transport.ot_distance(
+                tn, sn, cost=self.cost, normalize=normalize, method=self.method, eps=self.eps,
+                grad="envelope", warm_start=warm, return_alignment=True, **self.solver_options,
+            )
         self._alignments[key] = alignment
         if alignment.potentials is not None:
             self._potentials[key] = alignment.potentials
-        return value
+        return value.to(out_dtype)
 
     def pair_distances(self, ctx: StepContext, *, grad: bool = True) -> dict[str, torch.Tensor]:
         """Scaled OT distance of every pair on this step's features (unweighted)."""
@@ -1223,7 +1241,6 @@ class OTRegularizer(TransferLoss):
                         f"{tuple(t.shape)} and {tuple(s.shape)}), so they live in different "
                         "spaces. Pass spatial='mean', or pair layers of the same kind."
                     )
-                tn = tn.to(sn.dtype)
                 scale = _scale_factor(self.cost, self.normalize, self.feature_scale, sn.shape[1])
                 out[key] = self._solve(key, tn, sn) * scale
         return out

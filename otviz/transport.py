@@ -28,6 +28,7 @@ Functions
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ import ot
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from otviz._sinkhorn import sinkhorn_solve
+from otviz._sinkhorn import sinkhorn_solve, sinkhorn_solve_torch
 
 __all__ = [
     "Alignment",
@@ -46,6 +47,7 @@ __all__ = [
     "METHODS",
     "NORMALIZATIONS",
     "align",
+    "compute_dtype",
     "cost_matrix",
     "eps_scale",
     "normalize_neurons",
@@ -178,6 +180,45 @@ def _check_eps(eps: Any, method: str) -> float | None:
 # --------------------------------------------------------------------------
 # cost matrices
 # --------------------------------------------------------------------------
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype otviz computes costs in for these tensors, whatever their own dtype.
+
+    float64 on the CPU; on other devices float32, or float64 if an input is
+    float64. bfloat16 and float16 inputs (and autocast) are never computed
+    in: their 8 or 11 significant bits turn the cost of two close neurons,
+    a difference of large numbers, into 0.
+    """
+    if all(t.device.type == "cpu" for t in tensors):
+        return torch.float64
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _no_autocast(device: torch.device):
+    """A context that turns autocast off on ``device`` (matmuls stay in the tensors' dtype)."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):  # a device type without autocast support
+        return contextlib.nullcontext()
+
+
+def _pow2(x: float) -> float:
+    """The largest power of two <= ``x`` (> 0): dividing by it is exact."""
+    return math.ldexp(1.0, math.frexp(x)[1] - 1)
+
+
+def _row_prescale(t: torch.Tensor) -> torch.Tensor:
+    """Divide each row by a power of two near its largest magnitude (a constant: no gradient).
+
+    Standardisation and unit norm do not depend on a neuron's scale; taking
+    it out first keeps the squares of huge (>= 1e19 in float32) or tiny
+    responses from overflowing or underflowing.
+    """
+    amax = t.detach().abs().amax(dim=1, keepdim=True)
+    tiny = torch.finfo(t.dtype).tiny
+    e = torch.frexp(amax.clamp_min(tiny))[1]
+    return t * torch.ldexp(torch.ones_like(amax), -e)
+
+
 def normalize_neurons(x: ArrayLike, how: NormName | None, *, name: str = "neurons") -> ArrayLike:
     r"""Normalise each neuron (row) of ``x``.
 
@@ -191,38 +232,55 @@ def normalize_neurons(x: ArrayLike, how: NormName | None, *, name: str = "neuron
     (``"standardize"``) or zero norm (``"unit"``) has no direction and raises
     ``ValueError``; ``"layer"`` keeps such a neuron (it becomes the zero
     vector) and raises only when every neuron of the layer is constant.
+
+    The result is computed in :func:`compute_dtype` (float64 on the CPU,
+    float32 at least elsewhere) with autocast off, and the scale of each
+    neuron (of the layer for ``"layer"``) is divided out before squaring,
+    so bfloat16/float16 inputs and responses of any magnitude normalise as
+    well as float64 ones; gradients flow back to ``x`` in its own dtype.
+    A numpy input gives a float64 numpy result.
     """
     if how not in NORMALIZATIONS:
         raise _choice_error("normalize", how, list(NORMALIZATIONS))
     is_np = isinstance(x, np.ndarray)
     t = _as_tensor(x, name)
+    with _no_autocast(t.device):
+        out = _normalize(t.to(compute_dtype(t)), how, name)
+    return out.numpy() if is_np else out
+
+
+def _normalize(t: torch.Tensor, how: str | None, name: str) -> torch.Tensor:
     if how is None:
-        out = t
-    elif how == "center":
-        out = t - t.mean(dim=1, keepdim=True)
-    elif how == "standardize":
+        return t
+    if how == "center":
+        return t - t.mean(dim=1, keepdim=True)
+    if how == "standardize":
+        t = _row_prescale(t)
         c = t - t.mean(dim=1, keepdim=True)
         sd = c.pow(2).mean(dim=1, keepdim=True).sqrt()
         _check_nonzero(sd, t, name, "a constant response (zero variance)",
                        "drop dead neurons or use normalize='center' or None")
-        out = c / sd
-    elif how == "layer":
+        return c / sd
+    if how == "layer":
+        amax = float(t.detach().abs().max())
+        if amax > 0:
+            t = t / _pow2(amax)
         c = t - t.mean(dim=1, keepdim=True)
         sd = c.pow(2).mean().sqrt()
-        scale = t.detach().abs().max().clamp_min(1.0)
-        if not bool(sd.detach() > _ZERO_TOL * scale):
+        # the layer is now of magnitude 1..2: a relative test of its variance
+        if not (amax > 0 and bool(sd.detach() > _ZERO_TOL)):
             raise ValueError(f"all {t.shape[0]} {name} neurons have a constant response (zero "
                              f"variance), so normalize='layer' (the geometry of the OT score) is "
                              f"undefined; feed more varied probe inputs or pick a layer whose "
                              f"neurons vary; the raw cost (normalize=None, measure='ot-raw') is "
                              f"still defined")
-        out = c / sd
-    else:  # unit
-        nrm = t.norm(dim=1, keepdim=True)
-        _check_nonzero(nrm, t, name, "an all-zero response (zero norm)",
-                       "drop dead neurons or use normalize=None")
-        out = t / nrm
-    return out.numpy() if is_np else out
+        return c / sd
+    # unit
+    t = _row_prescale(t)
+    nrm = t.norm(dim=1, keepdim=True)
+    _check_nonzero(nrm, t, name, "an all-zero response (zero norm)",
+                   "drop dead neurons or use normalize=None")
+    return t / nrm
 
 
 def _check_nonzero(v: torch.Tensor, x: torch.Tensor, name: str, what: str, fix: str) -> None:
@@ -236,35 +294,88 @@ def _check_nonzero(v: torch.Tensor, x: torch.Tensor, name: str, what: str, fix: 
                          "or layer_distances(..., drop_dead=True))")
 
 
+#: Largest number of (neuron, neuron, feature) products one refinement chunk holds.
+_REFINE_CHUNK = 1 << 22
+
+
+def _sqdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""Squared Euclidean distances :math:`\|x_i - y_j\|^2`, accurate to a few ulps.
+
+    The Gram form :math:`\|x\|^2 + \|y\|^2 - 2\langle x, y\rangle` is a matrix
+    product (fast) but loses every digit of a small distance between two large
+    vectors. Both clouds are first shifted by their common mean (a translation:
+    distances do not change), then the entries whose Gram value is below the
+    formula's rounding error times :math:`1/\rho` (:math:`\rho` = 1e-6 in
+    float64, about 1e-4 in float32) are recomputed from the differences
+    :math:`x_i - y_j` themselves, in chunks. Gradients are exact (the shift is
+    a constant).
+    """
+    d = x.shape[1]
+    shift = (x.detach().sum(dim=0) + y.detach().sum(dim=0)) / (x.shape[0] + y.shape[0])
+    x, y = x - shift, y - shift
+    nn = x.pow(2).sum(1)[:, None] + y.pow(2).sum(1)[None, :]
+    C = torch.addmm(nn, x, y.T, alpha=-2.0).clamp_min(0.0)
+    feps = torch.finfo(x.dtype).eps
+    rho = max(1e-6, 1e3 * feps)
+    thr = min(0.25, 2.0 * feps * math.sqrt(d) / rho)
+    idx = (C.detach() <= thr * nn.detach()).nonzero()
+    if idx.shape[0]:
+        step = max(1, _REFINE_CHUNK // max(d, 1))
+        exact = torch.cat([(x[idx[c:c + step, 0]] - y[idx[c:c + step, 1]]).pow(2).sum(1)
+                           for c in range(0, idx.shape[0], step)])
+        C = C.index_put((idx[:, 0], idx[:, 1]), exact)
+    return C
+
+
+def _safe_sqrt(C: torch.Tensor) -> torch.Tensor:
+    """sqrt with gradient 0 (not NaN or inf) at 0."""
+    pos = C > 0
+    return torch.where(pos, torch.where(pos, C, torch.ones_like(C)).sqrt(), torch.zeros_like(C))
+
+
+def _overflow_error(cost: str, amax: float) -> ValueError:
+    return ValueError(
+        f"the {cost} cost overflows float64: the neurons' responses reach {amax:.3g}, so a "
+        f"{'squared ' if cost == 'sqeuclidean' else ''}distance between two neurons exceeds "
+        f"1.8e308. Pass normalize='standardize', 'layer' or 'unit' (scale-free costs), use "
+        f"cost='euclidean' or 'correlation', or divide the activations by a constant first")
+
+
 def _cost(t: torch.Tensor, s: torch.Tensor, cost: str, normalize: str | None) -> torch.Tensor:
+    """Cost matrix in :func:`compute_dtype`, autocast off (see :func:`cost_matrix`)."""
     if cost not in COSTS:
         raise _choice_error("cost", cost, list(COSTS))
-    t = normalize_neurons(t, normalize, name="teacher")
-    s = normalize_neurons(s, normalize, name="student")
-    dtype = torch.promote_types(t.dtype, s.dtype)
-    t, s = t.to(dtype), s.to(dtype)
-    if cost in ("sqeuclidean", "euclidean"):
-        # ||t||^2 + ||s||^2 - 2 <t, s>, clamped: rounding may give tiny negatives
-        # ||t||^2 + ||s||^2 - 2 <t, s>; entries below the rounding error of
-        # this formula (a few ulps of ||t||^2 + ||s||^2) are exact zeros
-        nn = t.pow(2).sum(1)[:, None] + s.pow(2).sum(1)[None, :]
-        C = nn - 2.0 * t @ s.T
-        noise = 8.0 * torch.finfo(dtype).eps * t.shape[1] ** 0.5 * nn.detach()
-        C = torch.where(C.detach() <= noise, torch.zeros_like(C), C)
-        if cost == "euclidean":
-            # sqrt has an infinite derivative at 0; keep gradients finite
-            C = torch.sqrt(C + torch.finfo(dtype).tiny) - torch.finfo(dtype).tiny ** 0.5
-        return C
-    if cost == "correlation":
-        t = t - t.mean(1, keepdim=True)
-        s = s - s.mean(1, keepdim=True)
-        what, fix = "a constant response (zero variance)", "drop dead neurons or use cost='cosine'"
-    else:
-        what, fix = "an all-zero response (zero norm)", "drop dead neurons or use cost='sqeuclidean'"
-    nt, ns = t.norm(dim=1, keepdim=True), s.norm(dim=1, keepdim=True)
-    _check_nonzero(nt, t, "teacher", what, fix)
-    _check_nonzero(ns, s, "student", what, fix)
-    return (1.0 - (t / nt) @ (s / ns).T).clamp(0.0, 2.0)
+    if normalize not in NORMALIZATIONS:
+        raise _choice_error("normalize", normalize, list(NORMALIZATIONS))
+    dtype = compute_dtype(t, s)
+    with _no_autocast(t.device):
+        t = _normalize(t.to(dtype), normalize, "teacher")
+        s = _normalize(s.to(dtype), normalize, "student")
+        if cost in ("sqeuclidean", "euclidean"):
+            # distances of the clouds divided by a power of two near their
+            # largest magnitude (exact), so no square overflows or underflows
+            amax = max(float(t.detach().abs().max()), float(s.detach().abs().max()))
+            lam = _pow2(amax) if amax > 0 else 1.0
+            C = _sqdist(t / lam, s / lam)
+            power = 1.0 if cost == "euclidean" else 2.0
+            if cost == "euclidean":
+                C = _safe_sqrt(C)
+            cmax = float(C.detach().max())
+            if cmax > 0 and math.log2(cmax) + power * math.log2(lam) >= 1023.0:
+                raise _overflow_error(cost, amax)
+            return C if lam == 1.0 else (C * lam * lam if power == 2.0 else C * lam)
+        if cost == "correlation":
+            t = t - t.mean(1, keepdim=True)
+            s = s - s.mean(1, keepdim=True)
+            what, fix = "a constant response (zero variance)", "drop dead neurons or use cost='cosine'"
+        else:
+            what, fix = "an all-zero response (zero norm)", "drop dead neurons or use cost='sqeuclidean'"
+        t, s = _row_prescale(t), _row_prescale(s)
+        nt, ns = t.norm(dim=1, keepdim=True), s.norm(dim=1, keepdim=True)
+        _check_nonzero(nt, t, "teacher", what, fix)
+        _check_nonzero(ns, s, "student", what, fix)
+        # 1 - cos = ||t/|t| - s/|s| ||^2 / 2: no cancellation for close neurons
+        return (0.5 * _sqdist(t / nt, s / ns)).clamp(0.0, 2.0)
 
 
 def cost_matrix(teacher: ArrayLike, student: ArrayLike, cost: CostName = "sqeuclidean",
@@ -291,6 +402,11 @@ def cost_matrix(teacher: ArrayLike, student: ArrayLike, cost: CostName = "sqeucl
     Returns
     -------
     C : array of shape (m, k), numpy if both inputs are numpy, else torch.
+        Computed in :func:`compute_dtype` (float64 on the CPU, float32 at
+        least on other devices) with autocast off, whatever the inputs'
+        dtype; the Euclidean costs are accurate to a few ulps even for two
+        nearly equal neurons (small entries are recomputed from the
+        differences), and a cost too large for float64 raises ``ValueError``.
     """
     both_np = isinstance(teacher, np.ndarray) and isinstance(student, np.ndarray)
     t, s = _as_tensor(teacher, "teacher"), _as_tensor(student, "student")
@@ -567,23 +683,45 @@ def eps_scale(C: np.ndarray) -> float:
     return float(pos.mean()) if pos.size else 1.0
 
 
+def _median_torch(C: torch.Tensor) -> float:
+    """:func:`eps_scale` of a torch cost matrix, on its device (numpy's median convention)."""
+    flat = C.detach().flatten()
+    n = flat.numel()
+    med = flat.kthvalue((n + 1) // 2).values
+    if n % 2 == 0:
+        med = 0.5 * (med + flat.kthvalue(n // 2 + 1).values)
+    med = float(med)
+    if med > 0 and math.isfinite(med):
+        return med
+    pos = flat[flat > 0]
+    return float(pos.mean()) if pos.numel() else 1.0
+
+
 def _solve(C: np.ndarray, a: np.ndarray, b: np.ndarray, method: str, eps: float | None,
            reg_m: float, tol: float, max_iter: int, warm: tuple | None,
            scale: float | None = None) -> dict[str, Any]:
+    if isinstance(C, torch.Tensor):
+        return _solve_torch(C, a, b, method, eps, reg_m, tol, max_iter, warm, scale)
     if scale is None:
         scale = eps_scale(C)
     if method == "emd":
+        # The network simplex compares reduced costs with absolute thresholds,
+        # so costs of 1e-10 come back with a plan 10 % above the optimum. Solve
+        # C / unit, unit a power of two near max |C| (an exact division), and
+        # scale the dual potentials back.
+        cmax = float(np.abs(C).max())
+        unit = _pow2(cmax) if 0 < cmax < math.inf else 1.0
         n_emd = max(100_000, 20 * C.shape[0] * C.shape[1])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            P, log = ot.emd(a, b, np.ascontiguousarray(C), numItermax=n_emd, log=True)
+            P, log = ot.emd(a, b, np.ascontiguousarray(C / unit), numItermax=n_emd, log=True)
         converged = log.get("result_code", 1) == 1 and not log.get("warning")
         for w in caught:
             if "numItermax" in str(w.message) or "not converge" in str(w.message).lower():
                 converged = False
         return dict(plan=P, reg=None, n_iter=None, converged=converged, scale=scale,
-                    potentials=(np.asarray(log["u"], dtype=np.float64),
-                                np.asarray(log["v"], dtype=np.float64)))
+                    potentials=(np.asarray(log["u"], dtype=np.float64) * unit,
+                                np.asarray(log["v"], dtype=np.float64) * unit))
     reg = eps * scale
     rm = math.inf if method == "sinkhorn" else reg_m * scale
     pots = None if warm is None else warm[:2]
@@ -592,6 +730,29 @@ def _solve(C: np.ndarray, a: np.ndarray, b: np.ndarray, method: str, eps: float 
                          omega_init=omega0)
     return dict(plan=res.plan, reg=reg, n_iter=res.n_iter, converged=res.converged, scale=scale,
                 potentials=(res.f, res.g), omega=res.omega)
+
+
+def _solve_torch(C: torch.Tensor, a: np.ndarray, b: np.ndarray, method: str, eps: float | None,
+                 reg_m: float, tol: float, max_iter: int, warm: tuple | None,
+                 scale: float | None = None) -> dict[str, Any]:
+    """The entropic solve on ``C``'s device and dtype (:func:`sinkhorn_solve_torch`)."""
+    if method == "emd":
+        raise ValueError("the exact solver runs on the CPU (POT's network simplex); "
+                         "use backend='numpy' with method='emd'")
+    if scale is None:
+        scale = _median_torch(C)
+    reg = eps * scale
+    rm = math.inf if method == "sinkhorn" else reg_m * scale
+    pots = None if warm is None else warm[:2]
+    omega0 = warm[2] if warm is not None and len(warm) > 2 else 1.0
+    at = torch.as_tensor(a, dtype=C.dtype, device=C.device)
+    bt = torch.as_tensor(b, dtype=C.dtype, device=C.device)
+    res = sinkhorn_solve_torch(at, bt, C, reg, reg_m=rm, tol=tol, max_iter=max_iter,
+                               warm_start=pots, omega_init=omega0)
+    return dict(plan=res.plan, reg=reg, n_iter=res.n_iter, converged=res.converged, scale=scale,
+                potentials=(res.f.detach().to("cpu", torch.float64).numpy(),
+                            res.g.detach().to("cpu", torch.float64).numpy()),
+                omega=res.omega)
 
 
 def _check_options(method: str, tol: float, max_iter: int, reg_m: float) -> None:
@@ -629,9 +790,11 @@ def align(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqeuclide
     ----------
     teacher : array of shape (m, d)
     student : array of shape (k, d)
-        Neurons as rows (see :func:`otviz.neurons`); numpy or torch (detached).
-        Both must have the same number ``d`` of features, i.e. be responses to
-        the same probe inputs. The widths ``m`` and ``k`` may differ.
+        Neurons as rows (see :func:`otviz.neurons`); numpy or torch (detached),
+        of any real dtype on any device: they are copied to the CPU and
+        everything is computed in float64, with autocast off. Both must have
+        the same number ``d`` of features, i.e. be responses to the same probe
+        inputs. The widths ``m`` and ``k`` may differ.
     cost : {"sqeuclidean", "euclidean", "cosine", "correlation"}
     normalize : {None, "center", "standardize", "unit"}
         Per-neuron normalisation applied before the cost.
@@ -697,8 +860,30 @@ def _finish(C: np.ndarray, a: np.ndarray, b: np.ndarray, *, method: str, cost: s
             normalize: str | None, eps: float | None, reg_m: float, tol: float,
             max_iter: int, warm: tuple | None, scale: float | None = None,
             neurons: tuple[np.ndarray, np.ndarray] | None = None) -> Alignment:
+    return _finish_with_plan(C, a, b, method=method, cost=cost, normalize=normalize, eps=eps,
+                             reg_m=reg_m, tol=tol, max_iter=max_iter, warm=warm, scale=scale,
+                             neurons=neurons)[0]
+
+
+def _finish_with_plan(C: np.ndarray | torch.Tensor, a: np.ndarray, b: np.ndarray, *, method: str,
+                      cost: str, normalize: str | None, eps: float | None, reg_m: float,
+                      tol: float, max_iter: int, warm: tuple | None, scale: float | None = None,
+                      neurons: tuple[np.ndarray, np.ndarray] | None = None, _stack: int = 4
+                      ) -> tuple[Alignment, torch.Tensor | None]:
+    """Solve and build the :class:`Alignment`; a torch ``C`` is solved on its device, and its
+    plan is also returned there (``None`` for a numpy ``C``)."""
     sol = _solve(C, a, b, method, eps, reg_m, tol, max_iter, warm, scale)
-    P = sol["plan"]
+    P_dev = None
+    if isinstance(C, torch.Tensor):
+        P_dev = sol["plan"]
+        if not bool(torch.isfinite(P_dev).all()):
+            raise FloatingPointError(
+                f"the {method} solver produced a non-finite plan on {C.device} (eps={eps}); "
+                f"use backend='numpy' (float64 on the CPU) for this problem")
+        P = P_dev.detach().to("cpu", torch.float64).numpy()
+        C = C.detach().to("cpu", torch.float64).numpy()
+    else:
+        P = sol["plan"]
     if not np.isfinite(P).all():
         raise FloatingPointError(
             f"the {method} solver produced a non-finite plan (eps={eps}); this should not "
@@ -709,27 +894,44 @@ def _finish(C: np.ndarray, a: np.ndarray, b: np.ndarray, *, method: str, cost: s
                 f"the {method} solver did not reach tol={tol:g} in max_iter={max_iter} "
                 f"iterations (marginal error {marg:.2e})")
         warnings.warn(f"OT did not converge: {what}; increase max_iter or eps, or loosen tol",
-                      RuntimeWarning, stacklevel=3)
-    return Alignment(plan=P, cost_matrix=C, distance=float((P * C).sum()), a=a, b=b,
-                     method=method, cost=cost, normalize=normalize, eps=eps, reg=sol["reg"],
-                     cost_scale=sol["scale"], n_iter=sol["n_iter"],
-                     converged=bool(sol["converged"]), marginal_error=marg,
-                     potentials=sol["potentials"],
-                     reg_m=reg_m if method == "unbalanced" else None,
-                     omega=float(sol.get("omega", 1.0)), tol=tol, max_iter=max_iter,
-                     _neurons=neurons)
+                      RuntimeWarning, stacklevel=_stack)
+    al = Alignment(plan=P, cost_matrix=C, distance=float((P * C).sum()), a=a, b=b,
+                   method=method, cost=cost, normalize=normalize, eps=eps, reg=sol["reg"],
+                   cost_scale=sol["scale"], n_iter=sol["n_iter"],
+                   converged=bool(sol["converged"]), marginal_error=marg,
+                   potentials=sol["potentials"],
+                   reg_m=reg_m if method == "unbalanced" else None,
+                   omega=float(sol.get("omega", 1.0)), tol=tol, max_iter=max_iter,
+                   _neurons=neurons)
+    return al, P_dev
 
 
 # --------------------------------------------------------------------------
 # differentiable distance
 # --------------------------------------------------------------------------
+BackendName = Literal["auto", "numpy", "torch"]
+
+
+def _pick_backend(backend: str, method: str, device: torch.device) -> str:
+    if backend not in ("auto", "numpy", "torch"):
+        raise _choice_error("backend", backend, ["auto", "numpy", "torch"])
+    if backend == "torch" and method == "emd":
+        raise ValueError("backend='torch' has no exact solver (POT's network simplex runs on the "
+                         "CPU); use method='sinkhorn' or 'unbalanced' with backend='torch', or "
+                         "backend='auto' for method='emd'")
+    if backend == "auto":
+        return "torch" if method != "emd" and device.type != "cpu" else "numpy"
+    return backend
+
+
 def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqeuclidean",
                 normalize: NormName | None = None, method: MethodName = "emd",
                 eps: float | None = None, a: ArrayLike | None = None,
                 b: ArrayLike | None = None, reg_m: float = 1.0, tol: float = 1e-9,
                 max_iter: int = 10_000, grad: Literal["envelope", "autodiff"] = "envelope",
                 warm_start: Alignment | tuple | None = None,
-                return_alignment: bool = False) -> torch.Tensor | tuple[torch.Tensor, Alignment]:
+                return_alignment: bool = False,
+                backend: BackendName = "auto") -> torch.Tensor | tuple[torch.Tensor, Alignment]:
     r"""The OT distance between two layers as a differentiable torch scalar.
 
     .. math::
@@ -741,8 +943,9 @@ def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqe
     Parameters
     ----------
     teacher, student, cost, normalize, method, eps, a, b, reg_m, tol, max_iter, warm_start
-        As in :func:`align`. Tensors may live on any device; the cost matrix
-        and the returned scalar stay on it.
+        As in :func:`align`. Tensors may live on any device and have any
+        floating dtype; the cost matrix and the returned scalar stay on
+        their device.
     grad : {"envelope", "autodiff"}
         ``"envelope"`` (default, for training): the plan is computed on a
         detached copy of the cost and held fixed, so the gradient is
@@ -755,12 +958,35 @@ def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqe
         inputs' device (POT's log-domain Sinkhorn with the torch backend) and
         differentiated through their iterations; for ``"emd"``, whose plan is
         piecewise constant in :math:`C`, this is the same as ``"envelope"``.
+        The unrolled solver has no eps-scaling: when its value is more than
+        1e-4 (relative) away from the stabilised solver's, as happens at
+        ``eps`` of about 1e-4 and below, a ``RuntimeWarning`` says so.
     return_alignment : bool
         Also return the :class:`Alignment` (e.g. to warm-start the next call).
+    backend : {"auto", "numpy", "torch"}
+        Where the entropic methods solve. ``"numpy"``: the float64 CPU solver
+        (:func:`otviz._sinkhorn.sinkhorn_solve`); the cost matrix is copied to
+        the CPU. ``"torch"``: the same stabilised algorithm in torch on the
+        inputs' device, in float32 (float64 if both inputs are float64), with
+        a balanced ``tol`` no tighter than float32 resolves (about
+        ``2e-6 * ||a||_2``). ``"auto"`` (default): ``"torch"`` for
+        ``"sinkhorn"``/``"unbalanced"`` when the inputs are on an accelerator
+        (CUDA, ...), ``"numpy"`` otherwise. ``"emd"`` always solves on the CPU.
 
     Returns
     -------
     torch.Tensor (scalar), or (scalar, Alignment) if ``return_alignment``.
+    Its dtype is the inputs' dtype promoted to at least float32.
+
+    Notes
+    -----
+    **Precision.** Whatever the inputs' dtype (bfloat16, float16, float32,
+    float64) and whether or not autocast is on, normalisation and cost are
+    computed in :func:`compute_dtype` (float64 on the CPU, float32 at least
+    elsewhere) with autocast off, so a bfloat16 layer gives the distance of
+    its values computed in float64 (within 1e-3 relative of the float64
+    inputs' result when the rounding of the inputs themselves does not move
+    it); the gradient flows back to the inputs in their own dtype.
     """
     if grad not in ("envelope", "autodiff"):
         raise _choice_error("grad", grad, ["envelope", "autodiff"])
@@ -770,24 +996,42 @@ def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqe
     if t.device != s.device:
         raise ValueError(f"teacher is on {t.device} but student is on {s.device}; "
                          f"move both to the same device")
+    backend = _pick_backend(backend, method, t.device)
     _check_neurons(t, s)
     m, k = t.shape[0], s.shape[0]
     a_ = _check_weights(a, m, "a", normalise=method != "unbalanced")
     b_ = _check_weights(b, k, "b", normalise=method != "unbalanced")
-    C = _cost(t, s, cost, normalize)
-    C64 = C.detach().to("cpu", torch.float64).numpy()
-    warm = _warm_potentials(warm_start, m, k) if method != "emd" else None
-    al = _finish(C64, a_, b_, method=method, cost=cost, normalize=normalize, eps=eps,
-                 reg_m=reg_m, tol=tol, max_iter=max_iter, warm=warm,
-                 neurons=(t.detach(), s.detach()))
-    if grad == "envelope" or method == "emd":
-        P = torch.as_tensor(al.plan, dtype=C.dtype, device=C.device)
-        value = (P * C).sum()
-    else:
-        value = _autodiff_value(C, a_, b_, method, al.reg, reg_m * al.cost_scale, tol, max_iter)
+    out_dtype = torch.promote_types(torch.promote_types(t.dtype, s.dtype), torch.float32)
+    with _no_autocast(t.device):
+        C = _cost(t, s, cost, normalize)
+        warm = _warm_potentials(warm_start, m, k) if method != "emd" else None
+        if backend == "torch":
+            solver_dtype = torch.float64 if t.dtype == s.dtype == torch.float64 else torch.float32
+            Cs = C.detach().to(solver_dtype)
+        else:
+            Cs = C.detach().to("cpu", torch.float64).numpy()
+        al, P = _finish_with_plan(Cs, a_, b_, method=method, cost=cost, normalize=normalize,
+                                  eps=eps, reg_m=reg_m, tol=tol, max_iter=max_iter, warm=warm,
+                                  neurons=(t.detach(), s.detach()), _stack=3)
+        if grad == "envelope" or method == "emd":
+            if P is None:
+                P = torch.as_tensor(al.plan)
+            value = (P.to(device=C.device, dtype=C.dtype) * C).sum()
+        else:
+            value = _autodiff_value(C, a_, b_, method, al.reg, reg_m * al.cost_scale, tol, max_iter)
+            ref = al.distance
+            gap = abs(float(value.detach()) - ref) / max(abs(ref), 1e-300)
+            if gap > 1e-4:
+                warnings.warn(
+                    f"grad='autodiff': the unrolled log-domain Sinkhorn (no eps-scaling) did not "
+                    f"converge at eps={eps:g} in max_iter={max_iter} iterations; its value is "
+                    f"{100 * gap:.3g} % away from the stabilised solver's ({ref:.6g}). Use "
+                    f"grad='envelope' (the exact gradient of the regularised objective, with no "
+                    f"unrolling), a larger eps, or a larger max_iter", RuntimeWarning, stacklevel=2)
     if not bool(torch.isfinite(value.detach())):
         raise FloatingPointError(f"OT distance is not finite ({value.item()}); "
                                  f"try a larger eps or grad='envelope'")
+    value = value.to(out_dtype)
     return (value, al) if return_alignment else value
 
 
