@@ -280,6 +280,7 @@ def test_dead_neurons_are_dropped_and_reported(bert, batch):
     m = copy.deepcopy(bert)
     with torch.no_grad():  # two units of the last block constant, as in MiniLM's last block
         m.encoder.layer[2].output.LayerNorm.weight[[3, 7]] = 1e-33
+        m.encoder.layer[2].output.LayerNorm.bias[[3, 7]] = torch.tensor([0.5, -0.25])
     acts = capture(m, batch, ["encoder.layer.2"])
     assert dead_neurons(acts.neurons("encoder.layer.2", "mean")).tolist() == [3, 7]
     with pytest.raises(ValueError, match="drop_dead=True"):
