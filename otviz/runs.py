@@ -774,7 +774,7 @@ class RunStore:
         (an older schema), or ``"empty"`` (no tables, version 0: a new file); raises
         :class:`RunStoreError` for another application's database or a newer schema.
         """
-        own = not con.in_transaction
+        own = not con.in_transaction  # else: the caller's write transaction
         if own:
             con.execute("BEGIN")
         try:
@@ -784,9 +784,15 @@ class RunStore:
             columns = {t: {r[0] for r in con.execute("SELECT name FROM pragma_table_info(?)", (t,))}
                        for t in tables}
             journal = str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower() if own else "wal"
-        finally:
+        except BaseException:
             if own and con.in_transaction:
-                con.execute("COMMIT")
+                try:
+                    con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+        if own and con.in_transaction:
+            con.execute("COMMIT")
         if version > SCHEMA_VERSION:
             raise RunStoreError(
                 f"the run store {self._path} has schema version {version}, newer than "
