@@ -25,11 +25,54 @@ generated offline.
 
 __version__ = "0.1.0"
 
-# otviz.layers is imported before the transport functions so that nothing
-# named ``align`` can shadow the function ``otviz.align``.
-from otviz.capture import capture, hooked, layer_names, neurons  # noqa: E402
-from otviz.layers import cka, layer_distances  # noqa: E402
-from otviz.transport import Alignment, align, cost_matrix, ot_distance  # noqa: E402
+# The public functions are imported on first use (PEP 562): ``import otviz`` is
+# then instant, and torch, POT, pandas, ... load only when a function that needs
+# them is first touched (``otviz.align``, ``from otviz import capture``, ...).
+import importlib as _importlib
+import sys as _sys
+import types as _types
+
+#: public name -> the submodule that defines it
+_LAZY = {
+    "Alignment": "otviz.transport",
+    "align": "otviz.transport",
+    "cost_matrix": "otviz.transport",
+    "ot_distance": "otviz.transport",
+    "capture": "otviz.capture",
+    "hooked": "otviz.capture",
+    "layer_names": "otviz.capture",
+    "neurons": "otviz.capture",
+    "cka": "otviz.layers",
+    "layer_distances": "otviz.layers",
+}
 
 __all__ = ["Alignment", "align", "cost_matrix", "ot_distance", "capture", "hooked", "layer_names",
            "neurons", "cka", "layer_distances"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'otviz' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(_types.ModuleType):
+    """The ``otviz`` module: ``otviz.capture`` stays the function once ``otviz.capture``
+    (the submodule) is imported; the import system would otherwise bind the module
+    over the name."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if (isinstance(value, _types.ModuleType) and _LAZY.get(name) == value.__name__
+                and hasattr(value, name)):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

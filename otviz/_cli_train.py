@@ -71,33 +71,43 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def add_train(subparsers: Any) -> None:
+def add_train(subparsers: Any, *, lazy: bool = False) -> None:
+    """Register ``otviz train``. With ``lazy=True`` (and a parser that can ``defer``), its
+    options, whose defaults come from :mod:`otviz.train` (torch), are added only when the
+    command is used; ``otviz --help`` then lists it without importing torch."""
+    p = subparsers.add_parser(
+        "train", help="train a student with a transfer method, logged to the run store",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    if lazy and hasattr(p, "defer"):
+        p.defer(_fill_train)
+    else:
+        _fill_train(p)
+
+
+def _fill_train(p: argparse.ArgumentParser) -> None:
     from otviz.data import SETTINGS
     from otviz.train import RECIPE_COMMON as C
     from otviz.train import TrainConfig, recipe_table
 
     d = TrainConfig()
     R = argparse.SUPPRESS  # not given: the recipe decides
-    p = subparsers.add_parser(
-        "train", help="train a student with a transfer method, logged to the run store",
-        description=(
-            "Train a student network in one of the paper's settings with a transfer method, "
-            "logging per step the loss terms and per-layer OT distances, and per epoch the "
-            "train/test accuracy and the transport plans, to the run store. "
-            "Every option you do not give comes from the benchmark's recipe for the setting and "
-            "method (table below; benchmarks/README.md has its results), so "
-            "`otviz train --setting S --method M` reproduces the benchmark's run; an option you "
-            "give wins. The run's stored config records the values that ran. An option that "
-            "the method does not use (--lam without ot, --kd-weight/--temperature without kd, "
-            "--eps with --ot-method emd, ...) is ignored with a warning."),
-        epilog=("recipe (the defaults):\n"
+    p.description = (
+        "Train a student network in one of the paper's settings with a transfer method, "
+        "logging per step the loss terms and per-layer OT distances, and per epoch the "
+        "train/test accuracy and the transport plans, to the run store. "
+        "Every option you do not give comes from the benchmark's recipe for the setting and "
+        "method (table below; benchmarks/README.md has its results), so "
+        "`otviz train --setting S --method M` reproduces the benchmark's run; an option you "
+        "give wins. The run's stored config records the values that ran. An option that "
+        "the method does not use (--lam without ot, --kd-weight/--temperature without kd, "
+        "--eps with --ot-method emd, ...) is ignored with a warning.")
+    p.epilog = ("recipe (the defaults):\n"
                 + "\n".join("  " + line for line in recipe_table().splitlines())
                 + "\n\nexamples:\n"
                   "  otviz train --setting transfer-small --method ot        # the benchmark's recipe\n"
                   "  otviz train --setting distill --method kd+ot --epochs 3\n"
                   "  otviz train --setting transfer --method l2sp --k 5\n"
-                  "  otviz train --setting distill --method ot --pairs all --normalize none"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                  "  otviz train --setting distill --method ot --pairs all --normalize none")
 
     p.add_argument("--setting", default=d.setting, choices=list(SETTINGS),
                    help="; ".join(f"{k}: {v.description}" for k, v in SETTINGS.items())
@@ -223,18 +233,30 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def add_runs(subparsers: Any) -> None:
     p = subparsers.add_parser("runs", help="list the runs of the run store",
-                              description="List the runs of the run store, newest first, or export them.")
+                              description="List the runs of the run store, newest first, or export them. "
+                                          "Only reads: a missing store is an error (nothing is created), "
+                                          "and a store in a read-only directory is listed.")
     p.add_argument("--export", metavar="DIR", default=None,
                    help="write runs.csv and metrics.csv into DIR instead of printing")
-    p.add_argument("--limit", type=int, default=30, help="rows to print (default 30)")
+    p.add_argument("--limit", type=_positive_int, default=30, help="rows to print (default 30)")
     _add_store_option(p)
     p.set_defaults(func=_run_runs)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
 
 
 def _run_runs(args: argparse.Namespace) -> int:
     from otviz.runs import RunStore
 
-    store = RunStore(args.store)
+    store = RunStore(args.store, create=False)  # a reading command never creates a store
     if args.export:
         paths = store.export_csv(args.export)
         print("\n".join(f"wrote {p}" for p in paths.values()))

@@ -9,7 +9,11 @@ Usage::
 Each subcommand is registered by one function ``_add_<name>(subparsers)`` listed in
 :data:`SUBCOMMANDS`; it builds its own parser and sets ``func`` (called with the
 parsed arguments, returning an exit code). Heavy imports (torch, POT, ...) happen
-inside the ``func`` so that ``otviz --help`` stays instant.
+inside the ``func`` (or, for options whose defaults need them, in a deferred
+``_LazyParser`` fill) so that ``otviz --help`` and argument errors stay instant.
+
+Bad input and store errors print one line, ``otviz <command>: error: ...``, with exit
+code 2; ``OTVIZ_DEBUG=1`` shows their traceback.
 """
 
 from __future__ import annotations
@@ -648,11 +652,45 @@ def _run_dashboard(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------
 # registry and entry point
 # ----------------------------------------------------------------------------
+class _LazyParser(argparse.ArgumentParser):
+    """An argument parser whose options may be added only when it is used.
+
+    ``defer(fill)`` postpones ``fill(parser)`` (which adds the options, description
+    and epilog) until the parser parses or prints its help. ``otviz --help`` and
+    the other commands then never pay for what one command's options need (the
+    ``train`` options import torch for the recipe defaults).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fill: Callable[[argparse.ArgumentParser], None] | None = None
+
+    def defer(self, fill: Callable[[argparse.ArgumentParser], None]) -> None:
+        self._fill = fill
+
+    def _filled(self) -> None:
+        fill, self._fill = self._fill, None
+        if fill is not None:
+            fill(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._filled()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._filled()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._filled()
+        return super().format_usage()
+
+
 #: One function per subcommand: ``f(subparsers)`` adds a parser and sets ``func``.
 def _add_train_commands(subparsers: Any) -> None:
     from otviz._cli_train import add_runs, add_teachers, add_train
 
-    add_train(subparsers)
+    add_train(subparsers, lazy=getattr(subparsers, "otviz_lazy", False))
     add_runs(subparsers)
     add_teachers(subparsers)
 
@@ -660,7 +698,12 @@ def _add_train_commands(subparsers: Any) -> None:
 SUBCOMMANDS: list[Callable[[Any], None]] = [_add_align, _add_train_commands, _add_dashboard]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, lazy: bool = False) -> argparse.ArgumentParser:
+    """The ``otviz`` argument parser.
+
+    With ``lazy=True`` (what :func:`main` uses), a subcommand whose options need
+    heavy imports adds them only when that subcommand is parsed or its help shown.
+    """
     from otviz import __version__
 
     parser = argparse.ArgumentParser(
@@ -672,19 +715,43 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `otviz <command> --help` for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"otviz {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", title="commands",
+                                       parser_class=_LazyParser)
+    subparsers.otviz_lazy = lazy
     for register in SUBCOMMANDS:
         register(subparsers)
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input or an unusable store: one line, exit code 2."""
+    import sqlite3
+
+    errors: list[type[BaseException]] = [CommandError, ValueError, TypeError, OSError, sqlite3.Error]
+    runs = sys.modules.get("otviz.runs")
+    if runs is not None:  # imported by every command that opens the run store
+        errors.append(runs.RunStoreError)
+    return tuple(errors)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
+        text += f": {exc.filename}"
+    return text or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``otviz`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
     Bad options exit through argparse (``SystemExit`` with code 2 and a message that lists the
-    valid choices), as a command line should.
+    valid choices), as a command line should. Bad input and store errors (a missing, corrupt,
+    locked or read-only store, a bad file, a value the library refuses) print one line,
+    ``otviz <command>: error: ...``, and return 2; with the environment variable
+    ``OTVIZ_DEBUG=1`` they raise instead, with their traceback. Unexpected errors keep
+    their traceback (exit code 1).
     """
-    parser = build_parser()
+    parser = build_parser(lazy=True)
     args = parser.parse_args(None if argv is None else list(argv))
     func = getattr(args, "func", None)
     if func is None:
@@ -692,16 +759,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(func(args) or 0)
-    except CommandError as exc:
-        print(f"otviz {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        # The library's input validation names the problem and the fix.
-        # OTVIZ_DEBUG=1 shows the traceback instead.
-        if os.environ.get("OTVIZ_DEBUG"):
-            raise
-        print(f"otviz {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"otviz {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -710,6 +767,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()) or os.environ.get("OTVIZ_DEBUG", "") not in ("", "0"):
+            raise
+        # The library's and the store's messages name the problem and the fix.
+        print(f"otviz {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,14 +14,16 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from otviz.capture import Activations, capture
+
+if TYPE_CHECKING:  # pandas is imported where the table is built: `import otviz` stays fast
+    import pandas as pd
 
 __all__ = ["cka", "layer_distances"]
 
@@ -440,6 +442,8 @@ def layer_distances(
             warnings.warn(f"OT did not converge for {len(bad)} pair(s) ({', '.join(bad[:4])}"
                           f"{', ...' if len(bad) > 4 else ''}); their values are approximate: "
                           "raise max_iter or eps", RuntimeWarning, stacklevel=2)
+
+    import pandas as pd
 
     df = pd.DataFrame(
         values,

@@ -10,8 +10,10 @@ Where the store lives
 ---------------------
 ``RunStore()`` opens :func:`default_store_path`: the file named by the
 environment variable ``OTVIZ_STORE`` if it is set, else ``~/.otviz/runs.db``.
-Pass a path to use another file (the command line's ``--store PATH``). Missing
-parent directories are created.
+Pass a path to use another file (the command line's ``--store PATH``). A
+writer creates a missing store (and its directories); ``RunStore(path,
+create=False)``, what reading commands use, refuses a missing file instead. A
+store that cannot be written (a read-only file or directory) is still read.
 
 What it holds
 -------------
@@ -63,6 +65,7 @@ import sqlite3
 import threading
 import time
 import traceback
+import urllib.parse
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -186,6 +189,17 @@ _RUN_COLUMNS = (
     "total_steps", "epoch",
 )
 _TIME_COLUMNS = ("created_at", "started_at", "ended_at", "heartbeat_at")
+
+# The tables and columns a store of each schema version has: a file whose
+# user_version claims a version but lacks them is another application's.
+_REQUIRED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
+    1: {
+        "runs": _RUN_COLUMNS,
+        "metrics": ("run_id", "step", "epoch", "key", "value", "time"),
+        "snapshots": ("id", "run_id", "key", "epoch", "step", "shape", "dtype", "data",
+                      "meta", "time"),
+    },
+}
 
 # Orphaned connections inherited across fork(): kept referenced so the child
 # never closes SQLite handles that belong to its parent.
@@ -386,21 +400,30 @@ class RunStore:
     ----------
     path : str or os.PathLike, optional
         The database file. Defaults to :func:`default_store_path`
-        (``$OTVIZ_STORE`` or ``~/.otviz/runs.db``). Missing parent directories
-        are created; a missing file becomes an empty store.
+        (``$OTVIZ_STORE`` or ``~/.otviz/runs.db``).
     stale_after : float, default 30.0
         Seconds without a heartbeat after which a ``running`` run is reported
         as ``interrupted``.
     timeout : float, default 10.0
         Seconds to wait for a lock held by another process (SQLite's
         ``busy_timeout``) before raising :class:`RunStoreError`.
+    create : bool, default True
+        Whether a missing file becomes a new, empty store (missing parent
+        directories are created too). With ``create=False`` (what reading
+        commands use) a missing file or an empty database is an error and
+        nothing is created.
+    readonly : bool, default False
+        Open the store for reading only: nothing in the file is ever changed and
+        every write raises :class:`RunStoreError`. A store that cannot be
+        written (its file or its directory is read-only) is opened this way
+        automatically; :attr:`readonly` then says so.
 
     Raises
     ------
     RunStoreError
-        If the file is not an otviz run store (corrupt, or another
-        application's database), was written by a newer otviz, or cannot be
-        created or locked.
+        If the file is missing (with ``create=False``), is not an otviz run
+        store (corrupt, or another application's database), was written by a
+        newer otviz, or cannot be created or locked.
 
     Notes
     -----
@@ -408,10 +431,22 @@ class RunStore:
     first use, so one ``RunStore`` can be shared by the threads of a server
     and pickled to a subprocess. Every write is one transaction; reads see the
     last committed state and never wait for a writer.
+
+    Opening never changes a file before it is known to be an otviz run store
+    (or an empty database): the schema version and the tables are read first.
+    A new store's schema is created in one ``BEGIN IMMEDIATE`` transaction that
+    re-checks the file under the write lock, so any number of processes may
+    open (and create) the same new store at once.
+
+    A store whose directory is read-only is read through a read-only
+    connection; when SQLite cannot keep its write-ahead-log side files there
+    (``-wal``, ``-shm``) and the store has no pending log, it is opened as
+    immutable: the runs are read as they were when the store was opened.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
-                 stale_after: float = 30.0, timeout: float = 10.0) -> None:
+                 stale_after: float = 30.0, timeout: float = 10.0,
+                 create: bool = True, readonly: bool = False) -> None:
         if path is None:
             path = default_store_path()
         if isinstance(path, str) and (path == ":memory:" or path.startswith("file:")):
@@ -421,12 +456,19 @@ class RunStore:
             )
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        for flag, what in ((create, "create"), (readonly, "readonly")):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{what} must be True or False, got {flag!r}")
         self._path = Path(path).expanduser().absolute()
         self._stale_after = self._check_seconds(stale_after, "stale_after")
         self._timeout = self._check_seconds(timeout, "timeout")
         self._local = _Local()
+        #: "rw", "ro" or "immutable": how every connection opens the file
+        self._mode = "ro" if readonly else "rw"
+        #: why the store cannot be written (None: it can)
+        self._readonly_reason: str | None = "opened with readonly=True" if readonly else None
         try:
-            self._init_store()
+            self._init_store(create=create and not readonly)
         except BaseException:
             self.close()
             raise
@@ -451,17 +493,25 @@ class RunStore:
         """Seconds without a heartbeat after which a running run is reported interrupted."""
         return self._stale_after
 
+    @property
+    def readonly(self) -> bool:
+        """Whether this store is open for reading only (every write raises :class:`RunStoreError`)."""
+        return self._readonly_reason is not None
+
     def __repr__(self) -> str:
-        return f"RunStore({str(self._path)!r})"
+        return f"RunStore({str(self._path)!r}{', readonly=True' if self.readonly else ''})"
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self._path, "stale_after": self._stale_after,
-                "timeout": self._timeout}
+                "timeout": self._timeout, "mode": self._mode,
+                "readonly_reason": self._readonly_reason}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._path = state["path"]
         self._stale_after = state["stale_after"]
         self._timeout = state["timeout"]
+        self._mode = state.get("mode", "rw")
+        self._readonly_reason = state.get("readonly_reason")
         self._local = _Local()
 
     def __enter__(self) -> RunStore:
@@ -483,25 +533,49 @@ class RunStore:
             f"to start a fresh store, or point {ENV_VAR} / --store at another file."
         )
 
+    def _locked_error(self, exc: BaseException, waited: float) -> RunStoreError:
+        return RunStoreError(
+            f"the run store {self._path} stayed locked by another connection for "
+            f"{waited:.3g} s (timeout {self._timeout:g} s; SQLite: {exc}). Another process is "
+            "writing a long transaction or hung while holding the lock; retry, or stop that "
+            "process."
+        )
+
+    def _readonly_error(self, detail: str) -> RunStoreError:
+        return RunStoreError(
+            f"the run store {self._path} is read-only ({detail}): writing is impossible. "
+            "Reading works; to write, make the file and its directory writable, or point "
+            f"{ENV_VAR} / --store at a writable location."
+        )
+
+    @staticmethod
+    def _is_busy(exc: BaseException) -> bool:
+        msg = str(exc).lower()
+        return isinstance(exc, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
+
+    @staticmethod
+    def _is_readonly(exc: BaseException) -> bool:
+        msg = str(exc).lower()
+        return isinstance(exc, sqlite3.OperationalError) and (
+            "readonly" in msg or "read-only" in msg or "unable to open" in msg)
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
         """Translate sqlite3 errors into RunStoreError with an actionable message."""
+        start = time.monotonic()
         try:
             yield
         except sqlite3.OperationalError as exc:
             msg = str(exc)
-            if "locked" in msg or "busy" in msg:
+            if self._is_busy(exc):
+                raise self._locked_error(exc, time.monotonic() - start) from exc
+            if "readonly" in msg or "read-only" in msg:
+                raise self._readonly_error(f"SQLite: {msg}") from exc
+            if "unable to open" in msg:
                 raise RunStoreError(
-                    f"the run store {self._path} stayed locked by another connection for "
-                    f"more than {self._timeout:g} s ({msg}). Another process is writing a "
-                    "long transaction or hung while holding the lock; retry, or stop that "
-                    "process."
-                ) from exc
-            if "unable to open" in msg or "readonly" in msg or "read-only" in msg:
-                raise RunStoreError(
-                    f"cannot open the run store {self._path} for writing ({msg}); check "
-                    f"the permissions of the file and its directory, or point {ENV_VAR} / "
-                    "--store at a writable location."
+                    f"cannot open the run store {self._path} ({msg}); check that the file "
+                    f"exists and the permissions of the file and its directory, or point "
+                    f"{ENV_VAR} / --store at another location."
                 ) from exc
             if "malformed" in msg or "not a database" in msg:
                 raise self._corrupt_error(exc) from exc
@@ -511,15 +585,42 @@ class RunStore:
         except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", ...
             raise self._corrupt_error(exc) from exc
 
-    def _connect(self) -> sqlite3.Connection:
+    def _retry_busy(self, action: Any) -> Any:
+        """Call ``action()``, retrying while SQLite answers "locked"/"busy", for up to ``timeout``.
+
+        SQLite's busy handler already waits, but some lock upgrades (the switch to
+        WAL mode, a new store's first transaction) answer "busy" at once instead of
+        waiting, to avoid a deadlock; those are retried here. The error raised
+        after the timeout states how long the store really stayed locked.
+        """
+        start = time.monotonic()
+        delay = 0.001
+        while True:
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                waited = time.monotonic() - start
+                if not self._is_busy(exc):
+                    raise
+                if waited >= self._timeout:
+                    raise self._locked_error(exc, waited) from exc
+                time.sleep(min(delay, self._timeout - waited))
+                delay = min(delay * 2, 0.05)
+
+    def _uri(self, mode: str) -> str:
+        query = "mode=ro&immutable=1" if mode == "immutable" else f"mode={mode}"
+        return f"file:{urllib.parse.quote(os.fspath(self._path), safe='/')}?{query}"
+
+    def _connect(self, mode: str | None = None) -> sqlite3.Connection:
         con = sqlite3.connect(
-            self._path, timeout=self._timeout, isolation_level=None,
-            check_same_thread=True,
+            self._uri(mode or self._mode), uri=True, timeout=self._timeout,
+            isolation_level=None, check_same_thread=True,
         )
         try:
             con.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
             con.execute("PRAGMA foreign_keys = ON")
-            con.execute("PRAGMA synchronous = NORMAL")
+            if (mode or self._mode) in ("rw", "rwc"):
+                con.execute("PRAGMA synchronous = NORMAL")
         except BaseException:
             con.close()
             raise
@@ -541,12 +642,14 @@ class RunStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
+        if self._readonly_reason is not None:
+            raise self._readonly_error(self._readonly_reason)
         con = self._con()
         with self._errors():
             if con.in_transaction:  # left open by a write interrupted by a signal
                 con.execute("ROLLBACK")
             try:
-                con.execute("BEGIN IMMEDIATE")
+                self._retry_busy(lambda: con.execute("BEGIN IMMEDIATE"))
                 yield con
                 con.execute("COMMIT")
             except BaseException:
@@ -560,60 +663,187 @@ class RunStore:
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         con = self._con()
         with self._errors():
-            return con.execute(sql, tuple(params)).fetchall()
+            return self._retry_busy(lambda: con.execute(sql, tuple(params)).fetchall())
 
-    def _init_store(self) -> None:
+    # ----------------------------------------------------------------- opening
+
+    def _missing_error(self) -> RunStoreError:
+        return RunStoreError(
+            f"no run store at {self._path} (no such file); pass the path of an existing store "
+            f"with --store or {ENV_VAR}, or start a training (`otviz train --store PATH`), "
+            "which creates it"
+        )
+
+    def _init_store(self, *, create: bool) -> None:
         if self._path.is_dir():
             raise RunStoreError(
                 f"{self._path} is a directory; the run store is a file: pass a path such "
                 f"as {self._path / 'runs.db'}"
             )
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunStoreError(
-                f"cannot create the directory {self._path.parent} for the run store "
-                f"({exc}); point {ENV_VAR} / --store at a writable location."
-            ) from exc
-        con = self._con()
-        with self._errors():
-            version = con.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
+        exists = self._path.exists()
+        if not exists:
+            if not create:
+                raise self._missing_error()
+            try:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
                 raise RunStoreError(
-                    f"the run store {self._path} has schema version {version}, newer than "
-                    f"this otviz understands ({SCHEMA_VERSION}); upgrade otviz or use "
-                    "another store."
-                )
-            if version == 0:
-                self._refuse_foreign(con)  # before changing anything in the file
-            mode = con.execute("PRAGMA journal_mode").fetchone()[0]
-            if str(mode).lower() != "wal":
-                con.execute("PRAGMA journal_mode = WAL")
-            if version < SCHEMA_VERSION:
-                self._migrate()
-
-    def _refuse_foreign(self, con: sqlite3.Connection) -> None:
-        """Raise if an unversioned database already holds tables (another application's)."""
-        tables = con.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        ).fetchall()
-        if tables:
-            names = ", ".join(sorted(t[0] for t in tables))
+                    f"cannot create the directory {self._path.parent} for the run store "
+                    f"({exc}); point {ENV_VAR} / --store at a writable location."
+                ) from exc
+        with self._errors():
+            con, state = self._open_verified(create=create and not exists)
+        # A connection opened here serves the calling thread afterwards.
+        self._local.con, self._local.pid = con, os.getpid()
+        if state == "empty" and not create:
             raise RunStoreError(
-                f"{self._path} is a SQLite database but not an otviz run store (it has "
-                f"tables: {names}); pass another path to --store / {ENV_VAR}."
+                f"{self._path} is an empty SQLite database, not an otviz run store yet; pass "
+                f"the path of an existing store with --store or {ENV_VAR}"
             )
+        if state == "old" and self._readonly_reason is not None:
+            raise RunStoreError(
+                f"the run store {self._path} has an older schema and is read-only "
+                f"({self._readonly_reason}); open it once with write access to upgrade it."
+            )
+        if self._readonly_reason is None and state in ("empty", "old", "not-wal"):
+            with self._errors():
+                self._retry_busy(lambda: self._prepare(con))
 
-    def _migrate(self) -> None:
-        with self._write() as con:
+    def _open_verified(self, *, create: bool) -> tuple[sqlite3.Connection, str]:
+        """Connect and classify the file, read-only fallbacks included; nothing is written."""
+        modes = ["ro", "immutable"] if self._mode == "ro" else ["rwc" if create else "rw", "ro", "immutable"]
+        last: BaseException | None = None
+        for mode in modes:
+            if mode == "immutable" and self._has_pending_log():
+                break  # reading the file alone would miss the log's commits
+            try:
+                con = self._connect(mode)
+            except sqlite3.OperationalError as exc:
+                if not self._is_readonly(exc):
+                    raise
+                last = exc
+                continue
+            try:
+                state = self._retry_busy(lambda: self._inspect(con))
+            except sqlite3.OperationalError as exc:
+                con.close()
+                if not self._is_readonly(exc):
+                    raise
+                last = exc
+                continue
+            except BaseException:
+                con.close()
+                raise
+            self._mode = "rw" if mode == "rwc" else mode
+            if mode != "rw" and mode != "rwc" and self._readonly_reason is None:
+                self._readonly_reason = self._why_readonly(last)
+            elif mode in ("rw", "rwc") and not os.access(self._path, os.W_OK):
+                self._readonly_reason = f"the file {self._path} is not writable"
+            return con, state
+        if last is not None and self._has_pending_log():
+            raise RunStoreError(
+                f"cannot read the run store {self._path} (SQLite: {last}): its directory is "
+                f"not writable and it holds a write-ahead log ({self._path.name}-wal) that "
+                "SQLite can read only with write access to the directory; open it once where "
+                "it is writable, or copy the store and its -wal file to a writable directory."
+            ) from last
+        raise RunStoreError(
+            f"cannot open the run store {self._path} (SQLite: {last}); check the permissions "
+            f"of the file and its directory, or point {ENV_VAR} / --store at another location."
+        ) from last
+
+    def _has_pending_log(self) -> bool:
+        wal = self._path.with_name(self._path.name + "-wal")
+        try:
+            return wal.stat().st_size > 0
+        except OSError:
+            return False
+
+    def _why_readonly(self, exc: BaseException | None) -> str:
+        directory = self._path.parent
+        if not os.access(directory, os.W_OK):
+            return f"its directory {directory} is not writable"
+        if not os.access(self._path, os.W_OK):
+            return f"the file {self._path} is not writable"
+        return f"SQLite: {exc}" if exc is not None else "opened for reading only"
+
+    def _inspect(self, con: sqlite3.Connection) -> str:
+        """Classify the file, in one read transaction so that the answer is consistent.
+
+        Returns ``"ok"``, ``"not-wal"`` (a store in another journal mode), ``"old"``
+        (an older schema), or ``"empty"`` (no tables, version 0: a new file); raises
+        :class:`RunStoreError` for another application's database or a newer schema.
+        """
+        own = not con.in_transaction  # else: the caller's write transaction
+        if own:
+            con.execute("BEGIN")
+        try:
             version = con.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                self._refuse_foreign(con)  # re-checked under the write lock
-            while version < SCHEMA_VERSION:
-                for statement in _MIGRATIONS[version]:
-                    con.execute(statement)
-                version += 1
-                con.execute(f"PRAGMA user_version = {version}")
+            tables = {r[0] for r in con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+            columns = {t: {r[0] for r in con.execute("SELECT name FROM pragma_table_info(?)", (t,))}
+                       for t in tables}
+            journal = str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower() if own else "wal"
+        except BaseException:
+            if own and con.in_transaction:
+                try:
+                    con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+        if own and con.in_transaction:
+            con.execute("COMMIT")
+        if version > SCHEMA_VERSION:
+            raise RunStoreError(
+                f"the run store {self._path} has schema version {version}, newer than "
+                f"this otviz understands ({SCHEMA_VERSION}); upgrade otviz or use "
+                "another store."
+            )
+        if version == 0:
+            if tables:
+                names = ", ".join(sorted(tables))
+                raise RunStoreError(
+                    f"{self._path} is a SQLite database but not an otviz run store (it has "
+                    f"tables: {names}); pass another path to --store / {ENV_VAR}."
+                )
+            return "empty"
+        missing = [f"{t}.{c}" if t in columns else f"table {t}"
+                   for t, cols in _REQUIRED_COLUMNS[version].items()
+                   for c in (cols if t in columns else (None,))
+                   if t not in columns or c not in columns[t]]
+        if missing:
+            shown = ", ".join(sorted(set(missing))[:5])
+            raise RunStoreError(
+                f"{self._path} is a SQLite database but not an otviz run store: it claims "
+                f"schema version {version} but lacks {shown}; pass another path to --store / "
+                f"{ENV_VAR}."
+            )
+        if version < SCHEMA_VERSION:
+            return "old"
+        return "ok" if journal == "wal" else "not-wal"
+
+    def _prepare(self, con: sqlite3.Connection) -> None:
+        """Make a verified (or empty) file a current store in WAL mode; safe to run concurrently."""
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        mode = con.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            con.execute("PRAGMA journal_mode = WAL")
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            state = self._inspect(con)  # again, under the write lock: another process may have won
+            if state in ("empty", "old"):
+                version = con.execute("PRAGMA user_version").fetchone()[0]
+                while version < SCHEMA_VERSION:
+                    for statement in _MIGRATIONS[version]:
+                        con.execute(statement)
+                    version += 1
+                    con.execute(f"PRAGMA user_version = {version}")
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
 
     # ----------------------------------------------------------------- writing
 

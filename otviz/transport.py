@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence, Union
 
 import numpy as np
-import ot
+from otviz._lazy import pot as ot  # POT loads on first use (it takes seconds)
 import torch
-from scipy.optimize import linear_sum_assignment
+from otviz._lazy import linear_sum_assignment
 
 from otviz._sinkhorn import sinkhorn_solve, sinkhorn_solve_torch
 

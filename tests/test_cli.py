@@ -245,3 +245,129 @@ def test_readme_shows_the_recipe():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert recipe_table(markdown=True) in readme
     assert "otviz train --setting transfer-small --method ot" in readme
+
+
+# ----------------------------------------------------------------------------- errors: one line, exit code 2
+def _otviz(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+    from pathlib import Path
+
+    full_env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), **(env or {}))
+    full_env.pop("OTVIZ_STORE", None)
+    full_env.pop("OTVIZ_DEBUG", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "otviz", *argv], capture_output=True, text=True,
+                          env=full_env, timeout=120)
+
+
+def test_runs_on_a_missing_store_says_so_in_one_line_and_creates_nothing(tmp_path):
+    missing = tmp_path / "no" / "such" / "runs.db"
+    proc = _otviz("runs", "--store", str(missing))
+    assert proc.returncode == 2 and not proc.stdout
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"otviz runs: error: no run store at {missing}")
+    assert not (tmp_path / "no").exists()
+
+
+def test_store_errors_print_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    from otviz.runs import RunStoreError
+
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"not a database\n" * 300)
+    monkeypatch.delenv("OTVIZ_DEBUG", raising=False)
+    assert main(["runs", "--store", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("otviz runs: error: ") and str(bad) in err
+    assert "not a readable otviz run store" in err
+
+    proc = _otviz("runs", "--store", str(bad))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+    monkeypatch.setenv("OTVIZ_DEBUG", "1")
+    with pytest.raises(RunStoreError, match="not a readable otviz run store"):
+        main(["runs", "--store", str(bad)])
+    proc = _otviz("runs", "--store", str(bad), env={"OTVIZ_DEBUG": "1"})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "RunStoreError" in proc.stderr
+
+
+@pytest.mark.parametrize("error", [FileNotFoundError(2, "No such file or directory", "/x/y.pt"),
+                                   PermissionError(13, "Permission denied", "/x"),
+                                   TypeError("lam must be a number"), ValueError("bad\nvalue")])
+def test_input_errors_print_one_line(error, capsys, monkeypatch):
+    import otviz._cli_train as C
+
+    def fail(args):
+        raise error
+
+    monkeypatch.delenv("OTVIZ_DEBUG", raising=False)
+    monkeypatch.setattr(C, "_run_teachers", fail)
+    assert main(["teachers"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("otviz teachers: error: ") and err.count("\n") == 1, err
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch):
+    import otviz._cli_train as C
+
+    def fail(args):
+        raise KeyError("an internal bug")
+
+    monkeypatch.setattr(C, "_run_teachers", fail)
+    with pytest.raises(KeyError):
+        main(["teachers"])
+
+
+def test_runs_lists_an_existing_store(tmp_path, capsys):
+    from otviz.runs import RunStore
+
+    store = RunStore(tmp_path / "runs.db")
+    rid = store.create_run({"setting": "distill", "method": "kd"})
+    store.finish(rid)
+    assert main(["runs", "--store", str(tmp_path / "runs.db")]) == 0
+    out = capsys.readouterr().out
+    assert "distill" in out and "completed" in out
+
+
+# ----------------------------------------------------------------------------- import speed (not timed)
+_HEAVY = ("ot", "sklearn", "pandas", "plotly")
+
+
+def _modules_after(code: str) -> set[str]:
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    probe = code + "\nimport sys; print(' '.join(sorted(m for m in sys.modules if '.' not in m)))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return set(proc.stdout.split("\n")[-2].split())
+
+
+def test_import_otviz_imports_no_heavy_dependency():
+    loaded = _modules_after("import otviz")
+    assert not loaded & set(_HEAVY + ("torch",)), loaded & set(_HEAVY + ("torch",))
+
+
+def test_public_functions_import_without_pot_sklearn_pandas_plotly():
+    loaded = _modules_after("from otviz import align, ot_distance, capture, neurons, cka, layer_distances")
+    assert "torch" in loaded and not loaded & set(_HEAVY), loaded & set(_HEAVY)
+
+
+def test_cli_help_and_store_errors_import_neither_torch_nor_pot():
+    code = ("from otviz.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert main(['runs', '--store', '/nonexistent/otviz/runs.db']) == 2\n"
+            "try:\n    main(['align', '--eps', '-1'])\nexcept SystemExit:\n    pass\n")
+    loaded = _modules_after(code)
+    assert not loaded & {"torch", "ot", "sklearn", "pandas"}, loaded & {"torch", "ot", "sklearn", "pandas"}
+
+
+def test_lazy_public_names_stay_functions():
+    import otviz
+    import otviz.capture  # noqa: F401  (the submodule: must not shadow the function)
+    import otviz.train  # noqa: F401
+
+    assert callable(otviz.capture) and otviz.capture.__name__ == "capture"
+    assert otviz.align.__module__ == "otviz.transport" and "align" in dir(otviz)
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        otviz.nonexistent  # noqa: B018

@@ -662,3 +662,196 @@ def test_matching_runs_compares_configs_as_dicts(tmp_path):
     assert matching_runs(runs, dict(base, name="x"), ignore=()) == []
     with pytest.raises(TypeError):
         matching_runs(runs, [("setting", "x")])
+
+
+# ----------------------------------------------------------------------------
+# opening: concurrent creation, foreign files, reading without writing
+# ----------------------------------------------------------------------------
+# N processes (multiprocessing, spawn) open the same brand-new store at the same
+# moment, round after round, and each adds a run. argv: directory, processes, rounds.
+RACE = textwrap.dedent(
+    """
+    import json, multiprocessing as mp, os, sys, time
+
+    def worker(directory, rounds, barrier, queue):
+        from otviz.runs import RunStore
+        for r in range(rounds):
+            path = os.path.join(directory, f"store-{r}.db")
+            barrier.wait()
+            t0 = time.perf_counter()
+            try:
+                store = RunStore(path, timeout=20)
+                store.create_run({"round": r, "pid": os.getpid()})
+                store.close()
+                queue.put((r, None, time.perf_counter() - t0))
+            except Exception as exc:
+                queue.put((r, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0))
+
+    if __name__ == "__main__":
+        directory, n, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+        ctx = mp.get_context("spawn")
+        barrier, queue = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=worker, args=(directory, rounds, barrier, queue)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        results = [queue.get(timeout=300) for _ in range(n * rounds)]
+        for p in procs:
+            p.join()
+        print(json.dumps(results))
+    """
+)
+
+
+@pytest.mark.parametrize("processes,rounds", [(2, 12), (6, 4)])
+def test_processes_creating_one_store_at_once_all_succeed(tmp_path, processes, rounds):
+    script = tmp_path / "race.py"
+    script.write_text(RACE)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop(ENV_VAR, None)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), str(processes), str(rounds)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    failures = [(r, err) for r, err, _ in results if err]
+    assert not failures, failures
+    for r in range(rounds):  # one valid store per round, holding every process's run
+        s = RunStore(tmp_path / f"store-{r}.db", create=False)
+        assert len(s.runs()) == processes and s.integrity_check() == "ok"
+        con = raw(s)
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        con.close()
+        s.close()
+
+
+def test_locked_error_reports_the_real_wait(tmp_path):
+    path = tmp_path / "locked.db"
+    RunStore(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        s = RunStore(path, timeout=0.3)
+        t0 = time.monotonic()
+        with pytest.raises(RunStoreError) as err:
+            s.create_run({})
+        waited = time.monotonic() - t0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    m = re.search(r"stayed locked by another connection for ([\d.]+) s \(timeout 0.3 s", str(err.value))
+    assert m, str(err.value)
+    assert 0.3 <= float(m.group(1)) <= waited + 0.01
+
+
+def test_foreign_database_with_version_1_is_refused_untouched(tmp_path):
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, label TEXT)")  # a 'runs' table, not ours
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    before = other.read_bytes()
+    with pytest.raises(RunStoreError, match="not an otviz run store.*lacks") as err:
+        RunStore(other)
+    assert str(other) in str(err.value)
+    assert other.read_bytes() == before  # the journal mode (a header byte) and all else unchanged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+    con = sqlite3.connect(other)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    con.close()
+
+
+def test_create_false_never_creates_a_store(tmp_path):
+    missing = tmp_path / "no" / "such" / "runs.db"
+    with pytest.raises(RunStoreError, match="no run store at") as err:
+        RunStore(missing, create=False)
+    assert str(missing) in str(err.value)
+    assert not (tmp_path / "no").exists()
+    with pytest.raises(RunStoreError, match="no run store at"):
+        RunStore(missing, readonly=True)
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(RunStoreError, match="empty SQLite database"):
+        RunStore(empty, create=False)
+    assert empty.stat().st_size == 0
+    with pytest.raises(TypeError, match="create must be True or False"):
+        RunStore(tmp_path / "x.db", create="no")
+
+
+def test_readonly_store_reads_and_refuses_writes(tmp_path):
+    path = tmp_path / "runs.db"
+    s = RunStore(path)
+    rid = s.create_run({"setting": "a", "method": "b"})
+    s.log_metrics(rid, {"loss": 1.0}, step=0)
+    s.finish(rid)
+    s.close()
+    ro = RunStore(path, readonly=True)
+    assert ro.readonly and "readonly=True" in repr(ro)
+    assert list(ro.runs()["run_id"]) == [rid] and len(ro.metrics(rid)) == 1
+    for write in (lambda: ro.create_run({}), lambda: ro.log_metrics(rid, {"x": 1.0}, step=1),
+                  lambda: ro.delete_run(rid), lambda: ro.reap()):
+        with pytest.raises(RunStoreError, match="read-only.*writing is impossible"):
+            write()
+    assert not RunStore(path).readonly
+
+
+# Lists a store and tries to write to it, as a user without write access to its
+# directory. argv: store path.
+READ_ONLY_READER = textwrap.dedent(
+    """
+    import json, sys
+    from otviz.runs import RunStore, RunStoreError
+
+    store = RunStore(sys.argv[1])
+    out = {"readonly": store.readonly, "runs": [int(r) for r in store.runs()["run_id"]],
+           "metrics": len(store.metrics(1))}
+    try:
+        store.create_run({})
+        out["write"] = "written"
+    except RunStoreError as exc:
+        out["write"] = str(exc)
+    print(json.dumps(out))
+    """
+)
+
+
+def _as_unprivileged() -> list[str]:
+    """A command prefix under which the permission bits of files apply, even to root."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: permission bits cannot be tested")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_store_in_a_read_only_directory_is_listed(tmp_path):
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    path = directory / "runs.db"
+    s = RunStore(path)
+    rid = s.create_run({"setting": "a", "method": "b"})
+    s.log_metrics(rid, {"loss": 1.0}, step=0)
+    s.finish(rid)
+    s.close()
+    script = tmp_path / "reader.py"
+    script.write_text(READ_ONLY_READER)
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop(ENV_VAR, None)
+    directory.chmod(0o555)
+    try:
+        prefix = _as_unprivileged()
+        proc = subprocess.run([*prefix, sys.executable, str(script), str(path)],
+                              capture_output=True, text=True, env=env, timeout=120)
+        cli = subprocess.run([*prefix, sys.executable, "-m", "otviz", "runs", "--store", str(path)],
+                             capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        directory.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["readonly"] and out["runs"] == [rid] and out["metrics"] == 1
+    assert "is read-only" in out["write"] and "is not writable" in out["write"], out["write"]
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before  # nothing written
+    assert cli.returncode == 0 and "completed" in cli.stdout and not cli.stderr, cli.stderr
