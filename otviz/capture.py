@@ -182,7 +182,7 @@ def _resolve_layers(model: nn.Module, layers: Layers) -> list[str]:
     if len(layers) == 0:
         raise ValueError(
             "layers is empty. Pass at least one module name; "
-            "otviz.capture.layer_names(model) lists them."
+            "otviz.layer_names(model) lists them."
         )
     bad = [name for name in layers if not isinstance(name, str)]
     if bad:
@@ -198,7 +198,7 @@ def _resolve_layers(model: nn.Module, layers: Layers) -> list[str]:
             hint = f" Closest valid names: {close}." if close else ""
             raise ValueError(
                 f"{type(model).__name__} has no module named {name!r}.{hint} "
-                "List all capturable names with otviz.capture.layer_names(model, kind='all') "
+                "List all capturable names with otviz.layer_names(model, kind='all') "
                 "or [name for name, _ in model.named_modules()]."
             )
     return names
@@ -686,7 +686,7 @@ def capture(
                 raise ValueError(
                     f"Module(s) {missing} were not called during model's forward pass, so they "
                     "have no activation. Pick modules the forward pass uses "
-                    "(otviz.capture.layer_names(model) lists candidates)."
+                    "(otviz.layer_names(model) lists candidates)."
                 )
             for name in names:
                 act = store[name]

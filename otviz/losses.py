@@ -274,7 +274,7 @@ def _feature(ctx: StepContext, side: str, layer: str, owner: str) -> torch.Tenso
         raise ValueError(
             f"{owner} needs the {side} feature {layer!r}, but the step context holds only "
             f"{have}. Capture every module listed in loss.{side}_layers with "
-            f"otviz.capture.hooked() and put the outputs in ctx.{side}_features."
+            f"otviz.hooked() and put the outputs in ctx.{side}_features."
         )
     feat = store[layer]
     if not isinstance(feat, torch.Tensor):
@@ -1290,14 +1290,14 @@ class OTRegularizer(TransferLoss):
             if not isinstance(feats, Mapping):
                 raise TypeError(
                     f"{self.name}.between: {side}_features must be the Activations that "
-                    f"otviz.capture.hooked yields (a mapping layer -> tensor), got "
+                    f"otviz.hooked yields (a mapping layer -> tensor), got "
                     f"{type(feats).__name__}."
                 )
         ref = next((v for v in student_features.values() if isinstance(v, torch.Tensor)), None)
         if ref is None:
             raise ValueError(
                 f"{self.name}.between: student_features holds no tensor; capture "
-                f"{list(self.student_layers)} with otviz.capture.hooked(student, "
+                f"{list(self.student_layers)} with otviz.hooked(student, "
                 "reg.student_layers) during the student's forward pass."
             )
         ctx = StepContext(inputs=ref, targets=ref, student_logits=ref, teacher_logits=None,

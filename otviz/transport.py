@@ -290,7 +290,7 @@ def _check_nonzero(v: torch.Tensor, x: torch.Tensor, name: str, what: str, fix: 
         idx = bad.nonzero().flatten()[:5].tolist()
         raise ValueError(f"{name} neuron(s) {idx} have {what}, so the requested "
                          f"normalisation/cost is undefined for them; {fix} (remove them with "
-                         "otviz.capture.dead_neurons(matrix), acts.neurons(layer, drop_dead=True) "
+                         "otviz.capture's dead_neurons(matrix), acts.neurons(layer, drop_dead=True) "
                          "or layer_distances(..., drop_dead=True))")
 
 

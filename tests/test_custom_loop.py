@@ -107,7 +107,7 @@ def test_between_equals_the_step_context_call_and_trains_the_student(example, to
 
 def test_between_names_a_missing_layer_and_a_wrong_type(example, tokenizer, tiny_teacher):
     reg = OTRegularizer([("encoder.layer.0", "bert.encoder.layer.1")])
-    with pytest.raises(TypeError, match="Activations that otviz.capture.hooked yields"):
+    with pytest.raises(TypeError, match="Activations that otviz.hooked yields"):
         reg.between([torch.zeros(2, 3)], {})
     with pytest.raises(ValueError, match="student_features holds no tensor"):
         reg.between({}, {})
