@@ -601,8 +601,9 @@ def final_metrics(store: RunStore, runs):
 
     memory = _final_values()
     sig_cols = ["created_at", "status", "ended_at", "heartbeat_at", "step", "epoch"]
-    sigs = {int(r[0]): tuple(None if pd.isna(v) else str(v) for v in r[1:])
-            for r in runs[["run_id", *sig_cols]].itertuples(index=False)}
+    sig_frame = runs[["run_id", *sig_cols]].astype(object)
+    sig_frame = sig_frame.where(sig_frame.notna(), None)  # NaN != NaN would never match
+    sigs = {int(r[0]): r[1:] for r in sig_frame.itertuples(index=False, name=None)}
     with memory["lock"]:
         known = dict(memory["stores"].get(str(store.path), {}))
     todo = [rid for rid, sig in sigs.items()

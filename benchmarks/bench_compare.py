@@ -239,7 +239,8 @@ def main() -> int:
                     help="where to build the store (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="reuse --store if it exists, keep it afterwards")
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, default=None, help="also write the table to this file")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare.md",
+                    help="also write the table to this file (default benchmarks/results/compare.md)")
     args = ap.parse_args()
     if args.child is not None:  # the measuring process
         print(json.dumps(measure(args.child)))
@@ -269,8 +270,8 @@ def main() -> int:
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         text = report(res, info)
         print(text)
-        if args.out:
-            args.out.write_text(text + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
     finally:
         if not args.keep:
             tmp.cleanup()

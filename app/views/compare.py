@@ -78,16 +78,27 @@ def runs_section() -> None:
             short[int(r["run_id"])] = (f"{rc.status_text(r['status']).split()[0]} #{int(r['run_id'])} "
                                        f"{r['setting']}/{r['method']}{name}")
         opts = rc.curve_controls("cmp", x_default="epoch", smoothing=False, log=False)
-        try:
-            curves = {short[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
-        except (RunStoreError, OSError) as exc:
-            dk.show_error(exc, "Could not read the metrics")
-        else:
-            picked = view[view["run_id"].isin(chosen)]
-            configs = {int(r): json.loads(c) for r, c in zip(picked["run_id"], picked["config"])}
-            chance = {short[r]: figures.chance_level(configs.get(r)) for r in chosen}
-            dk.chart(figures.accuracy_curves(curves, title="Test accuracy", chance=chance, **opts),
-                     key="cmp_curves", legend_below=True)
+        picked = view[view["run_id"].isin(chosen)]
+        # the figure is drawn again only when its runs, their state or the options change
+        # (a filter click keeps it)
+        state = tuple(picked[["run_id", "status", "step", "heartbeat_at", "ended_at"]]
+                      .astype(str).itertuples(index=False, name=None))
+        fig_key = (str(store.path), tuple(chosen), tuple(short[r] for r in chosen), state,
+                   repr(sorted(opts.items())))
+        cached = st.session_state.get("cmp_curves_fig")
+        fig = cached[1] if cached is not None and cached[0] == fig_key else None
+        if fig is None:
+            try:
+                curves = {short[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
+            except (RunStoreError, OSError) as exc:
+                dk.show_error(exc, "Could not read the metrics")
+            else:
+                configs = {int(r): json.loads(c) for r, c in zip(picked["run_id"], picked["config"])}
+                chance = {short[r]: figures.chance_level(configs.get(r)) for r in chosen}
+                fig = figures.accuracy_curves(curves, title="Test accuracy", chance=chance, **opts)
+                st.session_state["cmp_curves_fig"] = (fig_key, fig)
+        if fig is not None:
+            dk.chart(fig, key="cmp_curves", legend_below=True)
 
     st.subheader("Export")
     ids = [int(r) for r in view["run_id"]]
