@@ -239,3 +239,27 @@ def test_launch_leaves_no_temporary_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="did not start a run"):
         launch(TrainConfig(setting="distill", method="finetune"), store_path=db)  # the child refuses
     assert not list(private.glob("otviz-run-*")), list(private.iterdir())
+
+
+def test_stop_button_of_the_train_page_spares_an_unrelated_process(store, procs, monkeypatch):
+    """The dashboard itself: a crafted running row naming a `sleep` process; its Stop button."""
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("OTVIZ_STORE", str(store.path))
+    sleeper = subprocess.Popen(["sleep", "60"])
+    procs.append(sleeper)
+    _wait_started(sleeper)
+    rid = _row_naming(store, sleeper.pid)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "otviz_app.py"),
+                           default_timeout=180)
+    at.run()  # the Train page follows the running run
+    assert not at.exception, [e.value for e in at.exception]
+    stop = [b for b in at.button if b.label == "Stop"]
+    assert stop, "a running run offers a Stop button"
+    stop[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("nothing was signalled" in t.value for t in at.toast), [t.value for t in at.toast]
+    time.sleep(0.2)
+    assert _alive(sleeper)
+    assert store.run(rid)["status"] == "running"
