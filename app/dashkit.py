@@ -547,22 +547,12 @@ def background_embedding(T: np.ndarray, S: np.ndarray, method: str = "umap") -> 
 
 
 # --------------------------------------------------------------------------- exports and results
-def export_csv_bytes(store: RunStore, run_ids: list[int] | None) -> dict[str, bytes]:
-    """``runs.csv`` and ``metrics.csv`` (:meth:`RunStore.export_csv`) as bytes.
-
-    Building them reads every metric row of the runs (tens of MB on a large store): call it
-    only when a file is asked for, as :func:`export_csv_callable` does for a download button.
-    """
-    with tempfile.TemporaryDirectory(prefix="otviz-export-") as tmp:
-        paths = store.export_csv(tmp, run_ids=run_ids)
-        return {name: Path(p).read_bytes() for name, p in paths.items()}
-
-
 def export_csv_callable(path: Path, run_ids: list[int] | None, name: str):
-    """A no-argument function building one file of :func:`export_csv_bytes` (``name`` is
-    ``"runs"`` or ``"metrics"``), for ``st.download_button(data=...)``: Streamlit calls it when
-    the button is clicked, in another thread (hence a store handle of its own), so a page
-    render never builds the export."""
+    """A no-argument function returning one file of :meth:`RunStore.export_csv` as bytes
+    (``name`` is ``"runs"`` or ``"metrics"``), for ``st.download_button(data=...)``: Streamlit
+    calls it when the button is clicked, in another thread (hence a store handle of its own),
+    so a page render never builds the export (``metrics.csv`` holds every metric row of the
+    runs: tens of MB on a large store)."""
     if name not in ("runs", "metrics"):
         raise ValueError(f"name must be 'runs' or 'metrics', got {name!r}")
     ids = None if run_ids is None else [int(r) for r in run_ids]
