@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 import json
-import socket
 import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -123,11 +122,12 @@ def _launched() -> dict[int, Any]:
 
 
 def reap_launched() -> None:
-    """Wait for finished children (no zombies), forget them."""
+    """Wait for finished children (no zombies), close their logs, forget them."""
     registry = _launched()
     for run_id, launched in list(registry.items()):
         if launched.process.poll() is not None:
             registry.pop(run_id, None)
+            launched.log.close()
 
 
 def launch_training(config: dict[str, Any]):
@@ -139,20 +139,31 @@ def launch_training(config: dict[str, Any]):
     return launched
 
 
-def stop_training(run: dict[str, Any]) -> str:
-    """Stop one run's process (SIGTERM to its pid only); returns a message for the page."""
+def stop_training(run: dict[str, Any], store: RunStore | None = None) -> str:
+    """Stop one run's training process; returns a message for the page.
+
+    A training this server launched is stopped through its process handle. Any other
+    run is stopped by :meth:`otviz.runs.RunStore.stop_run`, which signals the process
+    named in the store only once it is checked to be the ``otviz train`` process of that
+    run; otherwise nothing is signalled and the message says why (a run whose process is
+    gone is marked interrupted).
+    """
     from otviz.train import stop
 
-    launched = _launched().get(int(run["run_id"]))
-    if launched is not None:
+    run_id = int(run["run_id"])
+    launched = _launched().get(run_id)
+    if launched is not None and launched.running():
         stop(launched)
-        return f"Stop requested for run {run['run_id']} (process {launched.pid})."
-    pid, host = run.get("pid"), run.get("hostname")
-    if pid is None or (host and host != socket.gethostname()):
-        return (f"Run {run['run_id']} runs on host {host!r}, not here; stop it there "
-                f"(process {pid}).")
-    stop(int(pid))
-    return f"Stop requested for run {run['run_id']} (process {pid})."
+        return f"Stop requested for run {run_id} (process {launched.pid})."
+    store = store if store is not None else open_store(quiet=True)
+    if store is None:
+        return f"Run {run_id} was not stopped: the run store {store_path()} cannot be opened."
+    try:
+        pid = store.stop_run(run_id)
+    except (RunStoreError, OSError, ValueError) as exc:
+        text = str(exc)
+        return text[:1].upper() + text[1:]
+    return f"Stop requested for run {run_id} (process {pid})."
 
 
 # --------------------------------------------------------------------------- teachers and checkpoints
@@ -547,11 +558,75 @@ def background_embedding(T: np.ndarray, S: np.ndarray, method: str = "umap") -> 
 
 
 # --------------------------------------------------------------------------- exports and results
-def export_csv_bytes(store: RunStore, run_ids: list[int] | None) -> dict[str, bytes]:
-    """``runs.csv`` and ``metrics.csv`` (:meth:`RunStore.export_csv`) as bytes for download buttons."""
-    with tempfile.TemporaryDirectory(prefix="otviz-export-") as tmp:
-        paths = store.export_csv(tmp, run_ids=run_ids)
-        return {name: Path(p).read_bytes() for name, p in paths.items()}
+def export_csv_callable(path: Path, run_ids: list[int] | None, name: str):
+    """A no-argument function returning one file of :meth:`RunStore.export_csv` as bytes
+    (``name`` is ``"runs"`` or ``"metrics"``), for ``st.download_button(data=...)``: Streamlit
+    calls it when the button is clicked, in another thread (hence a store handle of its own),
+    so a page render never builds the export (``metrics.csv`` holds every metric row of the
+    runs: tens of MB on a large store)."""
+    if name not in ("runs", "metrics"):
+        raise ValueError(f"name must be 'runs' or 'metrics', got {name!r}")
+    ids = None if run_ids is None else [int(r) for r in run_ids]
+
+    def build() -> bytes:
+        store = RunStore(path)
+        try:
+            with tempfile.TemporaryDirectory(prefix="otviz-export-") as tmp:
+                return store.export_csv(tmp, run_ids=ids, tables=(name,))[name].read_bytes()
+        finally:
+            store.close()
+
+    return build
+
+
+#: What the Compare table shows of each run's last values (:meth:`RunStore.last_values`).
+FINAL_KEYS = ("test/accuracy", "train/accuracy", "score/*")
+
+
+@st.cache_resource(show_spinner=False)
+def _final_values() -> dict[str, Any]:
+    """Server-wide memory of :func:`final_metrics`: store path -> run id -> (signature, values)."""
+    return {"lock": threading.Lock(), "stores": {}}
+
+
+def final_metrics(store: RunStore, runs):
+    """Last test/train accuracy and OT score of every run of ``runs`` (a :meth:`RunStore.runs`
+    frame), as :meth:`RunStore.last_values` of :data:`FINAL_KEYS`.
+
+    The values of a finished run do not change, so they are remembered for the whole server,
+    keyed on the run's creation time, status, end and last step; only runs that are new,
+    running or changed are read again (one grouped query). The first render of a large
+    store reads them all once.
+    """
+    import pandas as pd
+
+    memory = _final_values()
+    sig_cols = ["created_at", "status", "ended_at", "heartbeat_at", "step", "epoch"]
+    sig_frame = runs[["run_id", *sig_cols]].astype(object)
+    sig_frame = sig_frame.where(sig_frame.notna(), None)  # NaN != NaN would never match
+    sigs = {int(r[0]): r[1:] for r in sig_frame.itertuples(index=False, name=None)}
+    with memory["lock"]:
+        known = dict(memory["stores"].get(str(store.path), {}))
+    todo = [rid for rid, sig in sigs.items()
+            if sig[1] == "running" or known.get(rid, (None,))[0] != sig]
+    if todo:
+        fresh = store.last_values(FINAL_KEYS, run_ids=None if len(todo) > len(sigs) // 2 else todo)
+        values = {int(r["run_id"]): {k: v for k, v in r.items() if k != "run_id" and v == v}
+                  for r in fresh.to_dict("records")}
+        for rid in todo:
+            known[rid] = (sigs[rid], values.get(rid, {}))
+        with memory["lock"]:
+            memory["stores"][str(store.path)] = known
+    base = ["test/accuracy", "train/accuracy"]
+    frame = pd.DataFrame.from_records([{"run_id": rid, **known[rid][1]} for rid in sigs],
+                                      columns=None)
+    if frame.empty:
+        frame = pd.DataFrame({"run_id": pd.Series([], dtype="int64")})
+    for col in base:
+        if col not in frame.columns:
+            frame[col] = float("nan")
+    scores = sorted(c for c in frame.columns if c.startswith("score/"))
+    return frame[["run_id", *base, *scores]]
 
 
 def benchmark_files() -> dict[str, dict[str, Path]]:

@@ -36,9 +36,15 @@ Liveness
 A writer refreshes its run's heartbeat on every write, and
 :meth:`RunStore.track` also runs a background thread that refreshes it every
 few seconds while long steps run. A ``running`` run whose heartbeat is older
-than ``stale_after`` seconds, or whose process is gone on this host, is
-*reported* as ``interrupted`` by :meth:`RunStore.runs` and :meth:`RunStore.run`;
+than ``stale_after`` seconds (or more than :data:`CLOCK_SKEW` seconds in the
+future), or whose process is gone on this host, is *reported* as
+``interrupted`` by :meth:`RunStore.runs` and :meth:`RunStore.run`;
 :meth:`RunStore.reap` writes that status to the database.
+
+:meth:`RunStore.stop_run` asks the process of a running run to stop. A row
+only names a process id, which may have been reused or written by hand, so
+the signal goes only to a process that is checked to be the ``otviz train``
+process of that run on this store.
 
 Examples
 --------
@@ -78,6 +84,7 @@ if TYPE_CHECKING:  # pandas is imported lazily: a training process only writes.
     import pandas as pd
 
 __all__ = [
+    "CLOCK_SKEW",
     "ENV_VAR",
     "SCHEMA_VERSION",
     "STATUSES",
@@ -96,6 +103,10 @@ ENV_VAR = "OTVIZ_STORE"
 
 #: Version of the database schema, kept in ``PRAGMA user_version``.
 SCHEMA_VERSION = 1
+
+#: Seconds a heartbeat may lie in the future (clock difference between two hosts sharing a
+#: store) and still count as a sign of life; a later one marks the run as dead.
+CLOCK_SKEW = 10.0
 
 #: The statuses a run can have.
 STATUSES = ("running", "completed", "failed", "interrupted")
@@ -383,6 +394,178 @@ def _pid_alive(pid: int | None) -> bool:
     except (OSError, IndexError):
         pass
     return True
+
+
+#: Seconds of uncertainty of a process start time read from ``/proc`` (the boot time is in
+#: whole seconds, the start in clock ticks after it).
+_START_SLACK = 2.0
+
+#: Options of the Python interpreter that take a value (``python -X importtime -m otviz``).
+_PYTHON_VALUE_OPTIONS = frozenset({"-X", "-W", "-Q", "--check-hash-based-pycs"})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Process:
+    """What this host tells about one process (``None`` where it does not let us see)."""
+
+    pid: int
+    cmdline: tuple[str, ...]
+    start: float | None  # Unix seconds
+    cwd: str | None
+    environ: dict[str, str] | None
+
+
+def _boot_time() -> float:
+    with open("/proc/stat", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    raise OSError("/proc/stat has no btime line")
+
+
+def _process(pid: int) -> _Process | None:
+    """Inspect process ``pid`` of this host; None if it does not exist or is a zombie.
+
+    Reads ``/proc`` (Linux), else uses psutil when it is installed.
+
+    Raises
+    ------
+    OSError
+        When this system offers neither.
+    """
+    base = f"/proc/{pid}"
+    if os.path.exists("/proc/self/stat"):
+        try:
+            with open(f"{base}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            with open(f"{base}/cmdline", "rb") as fh:
+                raw = fh.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        if fields[0] in (b"Z", b"X"):  # ended, not yet waited for by its parent
+            return None
+        try:  # field 22 of stat (fields[0] is field 3): start in clock ticks after boot
+            start: float | None = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            start = None
+        try:
+            cwd: str | None = os.readlink(f"{base}/cwd")
+        except OSError:
+            cwd = None
+        try:
+            with open(f"{base}/environ", "rb") as fh:
+                env_raw = fh.read()
+            environ: dict[str, str] | None = dict(
+                os.fsdecode(item).partition("=")[::2] for item in env_raw.split(b"\0") if item)
+        except OSError:
+            environ = None
+        parts = raw.split(b"\0")
+        if parts and parts[-1] == b"":
+            parts.pop()
+        cmdline = tuple(os.fsdecode(a) for a in parts)
+        return _Process(pid, cmdline, start, cwd, environ)
+    try:
+        import psutil
+    except ImportError:
+        raise OSError("this system has no /proc and psutil is not installed, so the process "
+                      "cannot be identified") from None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmdline = tuple(proc.cmdline())
+        start = float(proc.create_time())
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        return _Process(pid, (), None, None, None)
+    try:
+        cwd = proc.cwd()
+    except psutil.Error:
+        cwd = None
+    try:
+        environ = dict(proc.environ())
+    except psutil.Error:
+        environ = None
+    return _Process(pid, cmdline, start, cwd, environ)
+
+
+def _otviz_train_args(cmdline: tuple[str, ...]) -> list[str] | None:
+    """The arguments after ``train`` when ``cmdline`` runs ``otviz train``, else None.
+
+    Recognised: ``python [options] -m otviz train ...`` (what :func:`otviz.train.launch`
+    starts), ``python -m otviz.cli train ...``, and the ``otviz`` console script
+    (``otviz train ...`` or ``python /path/to/otviz train ...``).
+    """
+    argv = list(cmdline)
+    if not argv:
+        return None
+    rest: list[str] | None = None
+    if os.path.basename(argv[0]) == "otviz":
+        rest = argv[1:]
+    elif os.path.basename(argv[0]).startswith("python"):
+        i = 1
+        while i < len(argv):
+            arg = argv[i]
+            if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
+                module = argv[i + 1] if arg == "-m" and i + 1 < len(argv) else arg[2:]
+                if module in ("otviz", "otviz.cli", "otviz.__main__"):
+                    rest = argv[i + 2:] if arg == "-m" else argv[i + 1:]
+                break
+            if arg == "-c" or arg == "-" or (arg.startswith("-c") and not arg.startswith("--")):
+                break  # a program given inline or on stdin is not otviz
+            if arg in _PYTHON_VALUE_OPTIONS:
+                i += 2
+                continue
+            if arg.startswith("-"):
+                i += 1
+                continue
+            if os.path.basename(arg) == "otviz":  # the console script run by its interpreter
+                rest = argv[i + 1:]
+            break
+    if rest is None:
+        return None
+    command = next((a for a in rest if not a.startswith("-")), None)
+    if command != "train":
+        return None
+    return rest[rest.index("train") + 1:]
+
+
+def _train_store_of(proc: _Process, args: list[str]) -> str | None:
+    """The absolute store path an ``otviz train`` process writes to, or None if it cannot be told."""
+    given = None
+    for i, arg in enumerate(args):
+        if arg == "--store" and i + 1 < len(args):
+            given = args[i + 1]
+        elif arg.startswith("--store="):
+            given = arg.split("=", 1)[1]
+    env = proc.environ
+    if given is None:  # default_store_path() of that process
+        if env is None:
+            return None
+        given = env.get(ENV_VAR, "").strip() or os.path.join(env.get("HOME", "~"), ".otviz", "runs.db")
+    if given == "~" or given.startswith("~/"):
+        home = (env or {}).get("HOME")
+        if home is None:
+            return None
+        given = home + given[1:]
+    if not os.path.isabs(given):
+        if proc.cwd is None:
+            return None
+        given = os.path.join(proc.cwd, given)
+    return os.path.normpath(given)
+
+
+def _same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _short(cmdline: tuple[str, ...], limit: int = 100) -> str:
+    text = " ".join(cmdline) or "(hidden)"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 # --------------------------------------------------------------------------- the store
@@ -1080,8 +1263,9 @@ class RunStore:
         """Persist ``interrupted`` for running runs whose process is gone.
 
         A run is reaped when its heartbeat is older than ``stale_after``
-        seconds, or when it was started on this host by a process that no
-        longer exists. Its end time becomes its last heartbeat.
+        seconds or lies more than :data:`CLOCK_SKEW` seconds in the future, or
+        when it was started on this host by a process that no longer exists.
+        Its end time becomes its last heartbeat (now, for one in the future).
 
         Parameters
         ----------
@@ -1107,7 +1291,7 @@ class RunStore:
                 con.execute(
                     "UPDATE runs SET status = 'interrupted', ended_at = ?, "
                     "error = COALESCE(error, ?) WHERE id = ? AND status = 'running'",
-                    (beat if beat is not None else now, reason, run_id),
+                    (now if beat is None else min(beat, now), reason, run_id),
                 )
                 reaped.append(int(run_id))
         return reaped
@@ -1148,6 +1332,140 @@ class RunStore:
             con.execute("DELETE FROM snapshots WHERE run_id = ?", (run_id,))
             con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
+    def stop_run(self, run_id: int, *, sig: int = signal.SIGTERM) -> int:
+        """Ask the process training a running run to stop, once it is sure to be that process.
+
+        The row of a run names a process id and a host. Before sending anything, the
+        process with that id on this host is checked to be the ``otviz train`` process
+        of this run: its command line is ``otviz train`` (as started by
+        :func:`otviz.train.launch` or typed in a shell), it writes to this store (its
+        ``--store``, else its ``$OTVIZ_STORE`` or ``~/.otviz/runs.db``), it started before
+        the run was created, and no other run of the store was created by that process
+        in between (an ``otviz train`` process records one run). A process id that was
+        reused, or written into the store by hand, names another process: it is refused
+        and nothing is signalled.
+
+        A training stopped with SIGTERM records its run as ``interrupted`` before it exits
+        (:meth:`track`). On Linux the signal goes through a pidfd opened before the check,
+        so it cannot reach a process that took the id after the check.
+
+        Parameters
+        ----------
+        run_id : int
+        sig : int, default ``signal.SIGTERM``
+            The signal to send.
+
+        Returns
+        -------
+        int
+            The process id that was signalled.
+
+        Raises
+        ------
+        RunNotFoundError
+            If the run does not exist.
+        RunStoreError
+            If the run is not running, runs on another host, was recorded by this very
+            process, or its process id does not name its ``otviz train`` process (the
+            message says which check failed; nothing is signalled). When the process is
+            gone (or its id now names a process started after the run), the run is
+            marked ``interrupted`` in the store, and the message says so.
+        """
+        run_id = _check_run_id(run_id)
+        rows = self._read("SELECT status, pid, hostname, created_at, heartbeat_at FROM runs "
+                          "WHERE id = ?", (run_id,))
+        if not rows:
+            raise RunNotFoundError(f"no run with id {run_id} in {self._path}")
+        status, pid, host, created, beat = rows[0]
+        if status != "running":
+            raise RunStoreError(f"run {run_id} is not running (it is {status}); there is nothing to stop")
+        here = socket.gethostname()
+        if host != here:
+            raise RunStoreError(f"run {run_id} runs on host {host!r}, not on this one ({here!r}); "
+                                f"stop it there (process {pid})")
+        if pid is None or int(pid) <= 0:
+            raise RunStoreError(f"run {run_id} has no process id in the store; it cannot be stopped "
+                                "from here")
+        pid = int(pid)
+        if pid == os.getpid():
+            raise RunStoreError(f"run {run_id} is recorded by this process itself (pid {pid}); end "
+                                "it where it runs (leave its `track` block or call finish)")
+        pidfd = None
+        if hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal"):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                raise self._gone(run_id, pid, beat) from None
+            except OSError:  # a kernel without pidfds: signal by id below
+                pidfd = None
+        try:
+            try:
+                proc = _process(pid)
+            except OSError as exc:
+                raise RunStoreError(f"refusing to stop run {run_id}: process {pid} cannot be "
+                                    f"checked ({exc}); nothing was signalled") from None
+            if proc is None:
+                raise self._gone(run_id, pid, beat)
+            if proc.start is not None and proc.start > created + _START_SLACK:
+                raise self._gone(run_id, pid, beat, f"process {pid} now is another program, "
+                                 f"started {proc.start - created:.0f} s after the run was created "
+                                 f"({_short(proc.cmdline)})")
+            problem = self._not_its_training(run_id, pid, host, created, proc)
+            if problem is not None:
+                raise RunStoreError(f"refusing to stop run {run_id}: process {pid} {problem}; "
+                                    "nothing was signalled")
+            try:
+                if pidfd is not None:
+                    signal.pidfd_send_signal(pidfd, sig)
+                else:
+                    os.kill(pid, sig)
+            except ProcessLookupError:
+                raise self._gone(run_id, pid, beat) from None
+            except PermissionError:
+                raise RunStoreError(f"run {run_id}: not allowed to signal process {pid} (it belongs "
+                                    "to another user); stop it as that user") from None
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        return pid
+
+    def _not_its_training(self, run_id: int, pid: int, host: str, created: float,
+                          proc: _Process) -> str | None:
+        """Why ``proc`` is not the ``otviz train`` process of run ``run_id``, or None if it is."""
+        args = _otviz_train_args(proc.cmdline)
+        if args is None:
+            return f"is not an `otviz train` process (its command line: {_short(proc.cmdline)})"
+        store = _train_store_of(proc, args)
+        if store is None:
+            return ("runs `otviz train`, but the store it writes to cannot be told (its working "
+                    "directory or environment cannot be read)")
+        if not _same_file(store, self._path):
+            return f"trains into another store ({store}, not {self._path})"
+        if proc.start is None:
+            return "runs `otviz train` on this store, but its start time cannot be read"
+        others = self._read(
+            "SELECT id FROM runs WHERE pid = ? AND hostname = ? AND id != ? AND created_at >= ? "
+            "AND created_at < ? ORDER BY created_at", (pid, host, run_id, proc.start - _START_SLACK,
+                                                       created))
+        if others:
+            return (f"trains run {others[0][0]}, created before run {run_id} (an `otviz train` "
+                    "process records one run)")
+        return None
+
+    def _gone(self, run_id: int, pid: int, beat: float | None, why: str | None = None
+              ) -> RunStoreError:
+        """Mark a run whose process is gone as interrupted; the error to raise."""
+        why = why or f"process {pid} has ended"
+        now = time.time()
+        with self._write() as con:
+            con.execute(
+                "UPDATE runs SET status = 'interrupted', ended_at = ?, error = COALESCE(error, ?) "
+                "WHERE id = ? AND status = 'running'",
+                (now if beat is None else min(beat, now),
+                 f"{why} without finishing the run (found when stopping it)", run_id))
+        return RunStoreError(f"run {run_id} was not stopped: {why}, so the run is no longer "
+                             "running; it is now marked interrupted")
+
     # ----------------------------------------------------------------- liveness
 
     def _stale(self, stale_after: float | None) -> float:
@@ -1158,9 +1476,18 @@ class RunStore:
     @staticmethod
     def _dead_reason(beat: float | None, pid: int | None, host: str | None, now: float,
                      stale_after: float) -> str | None:
-        """Why a ``running`` run must be considered interrupted, or None if it is alive."""
+        """Why a ``running`` run must be considered interrupted, or None if it is alive.
+
+        A heartbeat more than :data:`CLOCK_SKEW` seconds in the future is no sign of life:
+        no writer can have written it (the clocks of two hosts sharing a store differ by
+        less), so it would otherwise keep the run ``running`` for ever.
+        """
         if host == socket.gethostname() and not _pid_alive(pid):
             return f"the process (pid {pid} on {host}) ended without finishing the run"
+        if beat is not None and beat - now > CLOCK_SKEW:
+            return (f"its last heartbeat is {beat - now:.0f} s in the future (more than the "
+                    f"{CLOCK_SKEW:g} s clock difference tolerated), so it proves nothing: the row "
+                    f"was written with a wrong clock or by hand (pid {pid} on {host})")
         if beat is None or now - beat > stale_after:
             age = "never" if beat is None else f"{now - beat:.0f} s ago"
             return (f"no heartbeat for more than {stale_after:g} s (last: {age}); the "
@@ -1241,8 +1568,8 @@ class RunStore:
             end = row["ended_at"]
         elif row["status"] == "running":
             end = now
-        else:  # reported interrupted: it stopped at its last sign of life
-            end = row["heartbeat_at"] if row["heartbeat_at"] is not None else start
+        else:  # reported interrupted: it stopped at its last sign of life (never in the future)
+            end = min(row["heartbeat_at"], now) if row["heartbeat_at"] is not None else start
         return max(0.0, end - start)
 
     def runs(self, *, stale_after: float | None = None) -> pd.DataFrame:
@@ -1282,7 +1609,7 @@ class RunStore:
             row["duration"] = self._duration(row, now)
             row["run_id"] = row.pop("id")
             records.append(row)
-            flat.append(_flatten(json.loads(row["config"]), "config."))
+            flat.append(_flat_config(row["config"]))
         df = pd.DataFrame.from_records(records, columns=columns)
         for column in _TIME_COLUMNS:
             df[column] = _utc(df[column])
@@ -1294,10 +1621,15 @@ class RunStore:
                        "error", "config"):
             df[column] = df[column].astype(object)
         if flat:
-            cfg = pd.DataFrame.from_records(flat, index=df.index)
-            cfg = cfg[sorted(cfg.columns)]
-            for column in cfg.columns:
-                cfg[column] = _uniform(cfg[column])
+            names = sorted(set().union(*flat))
+            # a column of mixed types (say 0.1 in some runs, "auto" in others) becomes text
+            mixed = [c for c in names if _mixed_types(f.get(c) for f in flat)]
+            if mixed:  # the cached dicts are shared: copy the ones that change
+                flat = [{**f, **{c: str(f[c]) for c in mixed if f.get(c) is not None
+                                 and f[c] == f[c]}} for f in flat]
+            cfg = pd.DataFrame.from_records(flat, index=df.index, columns=names)
+            for column in mixed:
+                cfg[column] = cfg[column].astype(object)
             df = pd.concat([df, cfg], axis=1)
         return df
 
@@ -1330,14 +1662,82 @@ class RunStore:
         self._require_run(run_id)
         return self._metrics_frame([run_id], keys, since_step).drop(columns="run_id")
 
+    def last_values(self, keys: str | Iterable[str], *,
+                    run_ids: Iterable[int] | None = None) -> pd.DataFrame:
+        """The last logged value of some metrics, one row per run.
+
+        The last value of metric :math:`k` in run :math:`r` is the one logged at its
+        largest step, :math:`v(r, k, \\max\\{s : (r, s, k) \\text{ logged}\\})`: the final
+        test accuracy of a finished run, the latest one of a running run. SQLite computes
+        it in one grouped query; the metric rows are not loaded, so this stays fast on a
+        store of millions of rows where ``metrics()`` per run would not.
+
+        Parameters
+        ----------
+        keys : str or iterable of str
+            Metric names. A name ending in ``*`` stands for every metric that starts with
+            what precedes it, e.g. ``"score/*"`` for the OT scores of all layer pairs.
+        run_ids : iterable of int, optional
+            Only these runs (default: every run). Unknown ids are ignored.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Column ``run_id`` (int64), then one float64 column per metric found (sorted by
+            name), NaN where a run never logged that metric. Rows sorted by ``run_id``; a
+            run that logged none of the metrics has no row.
+        """
+        import pandas as pd
+
+        key_list = [keys] if isinstance(keys, str) else list(keys)
+        if not key_list:
+            raise ValueError("keys must name at least one metric, e.g. 'test/accuracy' or 'score/*'")
+        exact, ranges = [], []
+        for key in key_list:
+            _check_key(key, "metric name")
+            if key.endswith("*"):
+                prefix = key[:-1]
+                if not prefix:
+                    raise ValueError("a metric pattern needs a prefix before '*', e.g. 'score/*'")
+                ranges.append((prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)))
+            else:
+                exact.append(key)
+        terms, params = [], []
+        if exact:
+            terms.append(f"key IN ({', '.join('?' * len(exact))})")
+            params += exact
+        for low, high in ranges:  # a prefix as a range of keys
+            terms.append("(key >= ? AND key < ?)")
+            params += [low, high]
+        where = "(" + " OR ".join(terms) + ")"
+        # SQLite returns the bare column `value` from the row holding MAX(step)
+        sql = (f"SELECT run_id, key, value, MAX(step) FROM metrics WHERE {where}{{runs}} "
+               "GROUP BY run_id, key")
+        rows: list[tuple[Any, ...]] = []
+        if run_ids is None:
+            rows = self._read(sql.format(runs=""), params)
+        else:
+            ids = sorted({_check_run_id(r) for r in run_ids})
+            for i in range(0, len(ids), 500):  # below SQLite's limit on parameters
+                chunk = ids[i:i + 500]
+                rows += self._read(sql.format(runs=f" AND run_id IN ({', '.join('?' * len(chunk))})"),
+                                   params + chunk)
+        by_run: dict[int, dict[str, float]] = {}
+        for run_id, key, value, _ in rows:
+            by_run.setdefault(int(run_id), {})[key] = float(value)
+        names = sorted({k for values in by_run.values() for k in values})
+        order = sorted(by_run)
+        columns: dict[str, Any] = {"run_id": np.asarray(order, dtype="int64")}
+        for name in names:
+            columns[name] = np.asarray([by_run[r].get(name, np.nan) for r in order], dtype="float64")
+        return pd.DataFrame(columns)
+
     def _require_run(self, run_id: int) -> None:
         if not self._read("SELECT 1 FROM runs WHERE id = ?", (run_id,)):
             raise RunNotFoundError(f"no run with id {run_id} in {self._path}")
 
-    def _metrics_frame(self, run_ids: list[int] | None, keys: str | Iterable[str] | None,
-                       since_step: int | None) -> pd.DataFrame:
-        import pandas as pd
-
+    def _metrics_query(self, run_ids: list[int] | None, keys: str | Iterable[str] | None,
+                       since_step: int | None) -> tuple[str, list[Any]]:
         where: list[str] = []
         params: list[Any] = []
         if run_ids is not None:
@@ -1355,7 +1755,12 @@ class RunStore:
         sql = "SELECT run_id, step, epoch, key, value, time FROM metrics"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        rows = self._read(sql + " ORDER BY run_id, step, key", params)
+        return sql + " ORDER BY run_id, step, key", params
+
+    @staticmethod
+    def _metrics_rows_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+        import pandas as pd
+
         df = pd.DataFrame.from_records(
             rows, columns=["run_id", "step", "epoch", "key", "value", "time"])
         df["run_id"] = df["run_id"].astype("int64")
@@ -1365,6 +1770,40 @@ class RunStore:
         df["value"] = df["value"].astype("float64")
         df["time"] = _utc(df["time"])
         return df
+
+    def _metrics_frame(self, run_ids: list[int] | None, keys: str | Iterable[str] | None,
+                       since_step: int | None) -> pd.DataFrame:
+        sql, params = self._metrics_query(run_ids, keys, since_step)
+        return self._metrics_rows_frame(self._read(sql, params))
+
+    def _write_metrics_csv(self, path: Path, run_ids: list[int] | None,
+                           chunk: int = 100_000) -> None:
+        """The metrics of ``run_ids`` as CSV, ``chunk`` rows at a time (bounded memory).
+
+        The same table as ``_metrics_frame(...).to_csv(index=False)`` (times in UTC to the
+        microsecond), written by the csv module: pandas spends most of a large export
+        formatting timestamps one by one.
+        """
+        import csv
+
+        import pandas as pd
+
+        sql, params = self._metrics_query(run_ids, None, None)
+        con = self._con()
+        with self._errors(), open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["run_id", "step", "epoch", "key", "value", "time"])
+            cursor = con.execute(sql, tuple(params))
+            while True:
+                rows = cursor.fetchmany(chunk)
+                if not rows:
+                    break
+                stamps = np.datetime_as_string(
+                    _utc(pd.Series([r[5] for r in rows])).to_numpy(dtype="datetime64[us]"), unit="us")
+                writer.writerows((r[0], r[1], r[2], r[3], r[4], f"{t[:10]} {t[11:]}+00:00")
+                                 for r, t in zip(rows, stamps))
+                if len(rows) < chunk:
+                    break
 
     def metrics_wide(self, run_id: int, keys: str | Iterable[str] | None = None, *,
                      since_step: int | None = None) -> pd.DataFrame:
@@ -1499,7 +1938,8 @@ class RunStore:
                 f"{', '.join(map(str, values))}")
 
     def export_csv(self, directory: str | os.PathLike[str],
-                   run_ids: Iterable[int] | None = None) -> dict[str, Path]:
+                   run_ids: Iterable[int] | None = None, *,
+                   tables: Iterable[str] = ("runs", "metrics")) -> dict[str, Path]:
         """Write runs and metrics as CSV files.
 
         Parameters
@@ -1509,12 +1949,19 @@ class RunStore:
             ``metrics.csv`` (long format with a ``run_id`` column).
         run_ids : iterable of int, optional
             Only these runs (default: all).
+        tables : iterable of {"runs", "metrics"}, default both
+            Which files to write. ``metrics.csv`` is written a block of rows at a
+            time, so a store of millions of rows is exported in bounded memory.
 
         Returns
         -------
         dict
-            ``{"runs": path, "metrics": path}``.
+            ``{"runs": path, "metrics": path}`` (the files written).
         """
+        wanted = [tables] if isinstance(tables, str) else list(tables)
+        unknown = [t for t in wanted if t not in ("runs", "metrics")]
+        if unknown or not wanted:
+            raise ValueError(f"tables must name 'runs' and/or 'metrics', got {wanted!r}")
         out = Path(directory).expanduser()
         if out.exists() and not out.is_dir():
             raise ValueError(f"{out} exists and is not a directory; pass a directory")
@@ -1526,10 +1973,13 @@ class RunStore:
             if missing:
                 raise RunNotFoundError(f"no runs with ids {missing} in {self._path}")
             runs = runs[runs["run_id"].isin(ids)]
-        metrics = self._metrics_frame(ids, None, None)
-        paths = {"runs": out / "runs.csv", "metrics": out / "metrics.csv"}
-        runs.to_csv(paths["runs"], index=False)
-        metrics.to_csv(paths["metrics"], index=False)
+        paths = {}
+        if "runs" in wanted:
+            paths["runs"] = out / "runs.csv"
+            runs.to_csv(paths["runs"], index=False)
+        if "metrics" in wanted:
+            paths["metrics"] = out / "metrics.csv"
+            self._write_metrics_csv(paths["metrics"], ids)
         return paths
 
     def integrity_check(self) -> str:
@@ -1636,6 +2086,28 @@ def _flatten(config: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+#: Flattened configurations by their JSON text: a run's config never changes, and the
+#: dashboard lists every run at each rerun.
+_FLAT_CONFIGS: dict[str, dict[str, Any]] = {}
+_FLAT_CONFIGS_MAX = 100_000
+
+
+def _flat_config(text: str) -> dict[str, Any]:
+    """``_flatten(json.loads(text), "config.")``, remembered (treat the result as read-only)."""
+    flat = _FLAT_CONFIGS.get(text)
+    if flat is None:
+        if len(_FLAT_CONFIGS) >= _FLAT_CONFIGS_MAX:
+            _FLAT_CONFIGS.clear()
+        flat = _FLAT_CONFIGS[text] = _flatten(json.loads(text), "config.")
+    return flat
+
+
+def _mixed_types(values: Iterable[Any]) -> bool:
+    """Whether the non-missing values are of more than one type (ints with floats are one)."""
+    kinds = {type(v) for v in values if v is not None and v == v}
+    return not (len(kinds) <= 1 or kinds <= {int, float})
 
 
 def _uniform(column: pd.Series) -> pd.Series:

@@ -34,6 +34,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -769,11 +770,15 @@ def _log_epoch(s: _Setup, rec: Any, *, epoch: int, step: int, history: list) -> 
 # --------------------------------------------------------------------------
 @dataclass
 class LaunchedRun:
-    """A training running in its own process (see :func:`launch`)."""
+    """A training running in its own process (see :func:`launch`).
+
+    ``log`` is an anonymous temporary file (no name on disk) holding the process's
+    standard output and error; :meth:`output` reads it.
+    """
 
     process: subprocess.Popen
     run_id: int
-    log_path: Path
+    log: Any = field(repr=False)
 
     @property
     def pid(self) -> int:
@@ -781,6 +786,21 @@ class LaunchedRun:
 
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def output(self, limit: int | None = None) -> str:
+        """What the process printed so far (its last ``limit`` characters, if given)."""
+        return _read_log(self.log, limit)
+
+
+def _read_log(log: Any, limit: int | None = None) -> str:
+    try:
+        log.flush()
+        with open(os.dup(log.fileno()), "rb") as fh:  # own offset: the child keeps appending
+            fh.seek(0)
+            text = fh.read().decode(errors="replace")
+    except (OSError, ValueError):  # closed
+        return ""
+    return text if limit is None else text[-limit:]
 
 
 def launch(config: TrainConfig | Mapping[str, Any], *, store_path: str | os.PathLike[str],
@@ -793,6 +813,11 @@ def launch(config: TrainConfig | Mapping[str, Any], *, store_path: str | os.Path
     store. The config is validated here first, so an invalid one raises
     ``ValueError`` at once instead of failing in the child.
 
+    Nothing is left on disk: the child's output goes to an anonymous temporary
+    file (:attr:`LaunchedRun.log`), and the ``otviz-run-*`` folder through which
+    the child tells its run id is removed as soon as the id is read (or the start
+    failed).
+
     Raises
     ------
     RuntimeError
@@ -803,25 +828,30 @@ def launch(config: TrainConfig | Mapping[str, Any], *, store_path: str | os.Path
         config = TrainConfig.from_dict(config)
     _validate_quick(config)
     config = config.resolved()  # warns here, in the caller, about options that do not apply
+    log = tempfile.TemporaryFile(prefix="otviz-train-log-")
     tmp = Path(tempfile.mkdtemp(prefix="otviz-run-"))
-    id_file = tmp / "run_id"
-    log_path = tmp / "train.log"
-    cmd = [sys.executable, "-m", "otviz", "train", "--config-json", json.dumps(config.to_dict()),
-           "--store", str(store_path), "--run-id-file", str(id_file), "--no-progress"]
-    with open(log_path, "wb") as log:
+    try:
+        id_file = tmp / "run_id"
+        cmd = [sys.executable, "-m", "otviz", "train", "--config-json", json.dumps(config.to_dict()),
+               "--store", str(store_path), "--run-id-file", str(id_file), "--no-progress"]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if id_file.exists() and id_file.read_text().strip():
-            return LaunchedRun(proc, int(id_file.read_text()), log_path)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    if proc.poll() is None:
-        proc.kill()
-    tail = log_path.read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"the training process did not start a run (exit code {proc.poll()}):\n{tail}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = id_file.read_text().strip() if id_file.exists() else ""
+            if text.isdigit():
+                return LaunchedRun(proc, int(text), log)
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        tail = _read_log(log, 2000)
+        log.close()
+        raise RuntimeError(f"the training process did not start a run (exit code {proc.poll()}):\n{tail}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _validate_quick(config: TrainConfig) -> None:
@@ -836,9 +866,21 @@ def _validate_quick(config: TrainConfig) -> None:
 
 
 def stop(run: LaunchedRun | int) -> None:
-    """Stop a launched training (SIGTERM); the run store marks the run ``interrupted``."""
-    pid = run.pid if isinstance(run, LaunchedRun) else int(run)
+    """Stop a launched training (SIGTERM); the run store marks the run ``interrupted``.
+
+    A :class:`LaunchedRun` is signalled only while its process has not been waited for
+    (its id cannot have been reused). An ``int`` is a process id, signalled as given:
+    to stop a run from its store row, use :meth:`otviz.runs.RunStore.stop_run`, which
+    checks that the process is that run's training first.
+    """
+    if isinstance(run, LaunchedRun):
+        if run.process.poll() is None:
+            try:
+                run.process.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        return
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(int(run), signal.SIGTERM)
     except ProcessLookupError:
         pass

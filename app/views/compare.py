@@ -14,23 +14,6 @@ st.title("Compare")
 st.caption("Every run of the store: filter them, overlay their test accuracy, export them as CSV.")
 
 
-def final_metrics(store, run_ids: list[int]) -> pd.DataFrame:
-    """Last test/train accuracy and OT score of every pair of each run (one query per run)."""
-    rows = []
-    for rid in run_ids:
-        m = store.metrics(rid)
-        m = m[m["epoch"].notna() & (m["key"].isin(["test/accuracy", "train/accuracy"])
-                                    | m["key"].str.startswith("score/"))]
-        last = m.groupby("key")["value"].last()
-        rows.append({"run_id": rid, **last.to_dict()})
-    base = ["run_id", "test/accuracy", "train/accuracy"]
-    frame = pd.DataFrame(rows)
-    for col in base:
-        if col not in frame.columns:
-            frame[col] = None
-    return frame[base + sorted(c for c in frame.columns if c.startswith("score/"))]
-
-
 def runs_section() -> None:
     store, runs = dk.store_runs("No runs yet: start one on the Train page (one click runs the demo).")
     if runs is None:
@@ -48,7 +31,7 @@ def runs_section() -> None:
         view = view[view["status"].isin(statuses)]
     view = view.sort_values("run_id", ascending=False)
     try:
-        finals = final_metrics(store, [int(r) for r in view["run_id"]])
+        finals = dk.final_metrics(store, runs)  # one grouped query, remembered for finished runs
     except (RunStoreError, OSError) as exc:
         dk.show_error(exc, "Could not read the runs' metrics")
         return
@@ -56,6 +39,8 @@ def runs_section() -> None:
     for key in ("test/accuracy", "train/accuracy"):
         table[key] = table[key] * 100
     score_cols = [c for c in table.columns if c.startswith("score/")]
+    table = table.drop(columns=[c for c in score_cols if table[c].isna().all()])  # pairs of other runs
+    score_cols = [c for c in score_cols if c in table.columns]
     cols = (["run_id", "name", "setting", "method", "status", "test/accuracy", "train/accuracy"]
             + score_cols + ["epoch", "config.lam", "config.epochs", "config.k", "config.seed",
                             "duration", "created_at"])
@@ -76,7 +61,9 @@ def runs_section() -> None:
     })
     st.caption(f"{len(view)} of {len(runs)} runs.")
 
-    labels = {int(r["run_id"]): dk.run_label(r) for _, r in view.iterrows()}
+    label_cols = ["run_id", "name", "setting", "method", "status", "created_at"]
+    records = view[label_cols].to_dict("records")
+    labels = {int(r["run_id"]): dk.run_label(r) for r in records}
     # keyed on the labels (they carry the status): a status change draws a fresh multiselect
     # that keeps the runs chosen so far
     kept = [r for r in st.session_state.get("cmp_chosen_ids", list(labels)[:6]) if r in labels]
@@ -85,38 +72,52 @@ def runs_section() -> None:
     st.session_state["cmp_chosen_ids"] = list(chosen)
     if chosen:
         short = {}  # legend names: mark, id, setting/method and the start of the name
-        for _, r in view[view["run_id"].isin(chosen)].iterrows():
+        for r in view.loc[view["run_id"].isin(chosen), label_cols].to_dict("records"):
             name = str(r["name"] or "")
             name = f" - {name[:24]}{'…' if len(name) > 24 else ''}" if name else ""
             short[int(r["run_id"])] = (f"{rc.status_text(r['status']).split()[0]} #{int(r['run_id'])} "
                                        f"{dk.run_kind(r)}{name}")
         opts = rc.curve_controls("cmp", x_default="epoch", smoothing=False, log=False)
-        try:
-            curves = {short[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
-        except (RunStoreError, OSError) as exc:
-            dk.show_error(exc, "Could not read the metrics")
-        else:
-            configs = {int(r): json.loads(c) for r, c in zip(view["run_id"], view["config"])}
-            chance = {short[r]: figures.chance_level(configs.get(r)) for r in chosen}
-            dk.chart(figures.accuracy_curves(curves, title="Test accuracy", chance=chance, **opts),
-                     key="cmp_curves", legend_below=True)
+        picked = view[view["run_id"].isin(chosen)]
+        # the figure is drawn again only when its runs, their state or the options change
+        # (a filter click keeps it)
+        state = tuple(picked[["run_id", "status", "step", "heartbeat_at", "ended_at"]]
+                      .astype(str).itertuples(index=False, name=None))
+        fig_key = (str(store.path), tuple(chosen), tuple(short[r] for r in chosen), state,
+                   repr(sorted(opts.items())))
+        cached = st.session_state.get("cmp_curves_fig")
+        fig = cached[1] if cached is not None and cached[0] == fig_key else None
+        if fig is None:
+            try:
+                curves = {short[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
+            except (RunStoreError, OSError) as exc:
+                dk.show_error(exc, "Could not read the metrics")
+            else:
+                configs = {int(r): json.loads(c) for r, c in zip(picked["run_id"], picked["config"])}
+                chance = {short[r]: figures.chance_level(configs.get(r)) for r in chosen}
+                fig = figures.accuracy_curves(curves, title="Test accuracy", chance=chance, **opts)
+                st.session_state["cmp_curves_fig"] = (fig_key, fig)
+        if fig is not None:
+            dk.chart(fig, key="cmp_curves", legend_below=True)
 
     st.subheader("Export")
-    try:
-        files = dk.export_csv_bytes(store, [int(r) for r in view["run_id"]])
-    except (RunStoreError, OSError, ValueError) as exc:
-        dk.show_error(exc, "Could not export the runs")
-    else:
-        buttons = st.container(horizontal=True)
-        buttons.download_button("runs.csv", files["runs"], file_name="otviz-runs.csv", mime="text/csv",
-                           icon=":material/download:", key="cmp_dl_runs",
-                           help="The runs shown in the table, with their configuration.")
-        buttons.download_button("metrics.csv", files["metrics"], file_name="otviz-metrics.csv",
-                           mime="text/csv", icon=":material/download:", key="cmp_dl_metrics",
-                           help="Every logged metric of these runs, long format.")
+    ids = [int(r) for r in view["run_id"]]
+    buttons = st.container(horizontal=True)
+    # the files are built when a button is clicked (every metric row of the runs shown: tens
+    # of MB on a large store), never at a render
+    buttons.download_button("runs.csv", dk.export_csv_callable(store.path, ids, "runs"),
+                            file_name="otviz-runs.csv", mime="text/csv",
+                            icon=":material/download:", key="cmp_dl_runs",
+                            help="The runs shown in the table, with their configuration.")
+    buttons.download_button("metrics.csv", dk.export_csv_callable(store.path, ids, "metrics"),
+                            file_name="otviz-metrics.csv", mime="text/csv",
+                            icon=":material/download:", key="cmp_dl_metrics",
+                            help="Every logged metric of the runs shown, long format "
+                                 "(one row per run, step and metric; built when clicked).")
 
     with st.expander("Delete a run"):
-        finished = [r for r in labels if view.loc[view["run_id"] == r, "status"].iloc[0] != "running"]
+        status = dict(zip(view["run_id"].astype(int), view["status"]))
+        finished = [r for r in labels if status[r] != "running"]
         if not finished:
             st.caption("Only finished runs can be deleted.")
         else:
