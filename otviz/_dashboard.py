@@ -1,7 +1,7 @@
 """Serving the dashboard: Streamlit behind a Host check, with error details off and a clean exit.
 
 ``otviz dashboard`` runs Streamlit's own server (``streamlit run app/otviz_app.py``)
-in the otviz process, with three additions:
+in the otviz process, with these additions:
 
 * **Host check** (against DNS rebinding). A web page on any site can make a
   browser send requests to ``http://evil.example:8501`` after pointing
