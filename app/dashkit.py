@@ -256,14 +256,15 @@ def load_model(ref: str, _data: bytes | None = None, max_bytes: int | None = Non
 def check_upload(data: bytes, max_bytes: int | None = None) -> dict[str, Any]:
     """Validate an uploaded checkpoint; returns its metadata or raises ValueError.
 
-    The declared architecture is sized on the meta device first: a checkpoint that would need more
-    than ``max_bytes`` (default: :func:`memory_limit`) is refused before anything is built.
+    :func:`otviz.teachers.load_checkpoint` checks everything before it reads a tensor: the sizes the
+    archive declares, the format, the task metadata, the declared architecture's size against
+    ``max_bytes`` (default: :func:`memory_limit`) and the weights' names and shapes against it (on
+    the meta device). The upload itself is capped by ``server.maxUploadSize`` (``otviz dashboard``).
     """
-    from otviz.teachers import load_checkpoint, model_from_checkpoint
+    from otviz.teachers import load_checkpoint
 
     limit = memory_limit() if max_bytes is None else max_bytes
-    ckpt = load_checkpoint(bytes(data), max_bytes=limit)   # torch.load(weights_only=True) + format checks
-    model_from_checkpoint(ckpt, max_bytes=limit)           # the weights fit the architecture
+    ckpt = load_checkpoint(bytes(data), max_bytes=limit)   # torch.load(weights_only=True) after the checks
     return {k: v for k, v in ckpt.items() if k != "state_dict"}
 
 

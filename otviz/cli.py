@@ -598,6 +598,12 @@ def _add_dashboard(subparsers: Any) -> None:
         "--store", default=None, metavar="PATH",
         help="run store (SQLite file); default $OTVIZ_STORE, else ~/.otviz/runs.db",
     )
+    p.add_argument(
+        "--allowed-host", action="append", default=[], metavar="NAME",
+        help="also answer requests addressed to NAME (a reverse proxy, a DNS name of this machine); "
+        "repeatable. Requests under any other name than the listening address (and localhost for "
+        "a loopback address) are refused, against DNS rebinding",
+    )
     p.set_defaults(func=_run_dashboard)
 
 
@@ -634,19 +640,10 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     # The server runs in this process (`streamlit run` through its own command line), so what
     # `otviz` already imported is not imported again; a thread imports the rest meanwhile.
     threading.Thread(target=_preload_dashboard, name="otviz-preload", daemon=True).start()
-    from streamlit.web import cli as streamlit_cli
+    from otviz._dashboard import serve
 
-    sys.argv = [
-        "streamlit", "run", str(entry),
-        "--server.address", args.address, "--server.port", str(args.port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "minimal",
-    ]
-    try:
-        streamlit_cli.main(prog_name="streamlit")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return 0
+    # Streamlit behind a Host check, error details off, uploads capped; exits the process.
+    serve(entry, args.address, args.port, allowed_hosts=args.allowed_host)
 
 
 # ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import io
 import os
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from ._memory import DEFAULT_MAX_BYTES, check_limit, meta_nbytes, zip_nbytes
+from ._memory import DEFAULT_MAX_BYTES, check_limit, format_bytes, meta_nbytes, module_nbytes, zip_nbytes
 from .data import TaskData, _subset
 from .models import MODELS, accuracy, build_model
 
@@ -63,6 +64,7 @@ __all__ = [
     "load_checkpoint",
     "model_from_checkpoint",
     "checkpoint_nbytes",
+    "check_task",
     "save_checkpoint",
     "teacher_task",
     "train_teacher",
@@ -289,55 +291,92 @@ def _load_error_detail(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def load_checkpoint(source: str | os.PathLike[str] | bytes | bytearray | IO[bytes], *,
-                    max_bytes: int | None = DEFAULT_MAX_BYTES) -> dict[str, Any]:
-    """Read and validate an ``otviz-teacher/1`` checkpoint.
+#: Largest structure record (``data.pkl`` and the archive's small files: everything but the
+#: tensor data) read from a checkpoint archive; an otviz checkpoint's is a few KiB.
+MAX_STRUCTURE_BYTES: int = 16 * 1024**2
 
-    Parameters
-    ----------
-    source : path-like, bytes or binary file object
-        The checkpoint file, its content (e.g. an upload), or an open file.
-    max_bytes : int or None, default 2 GiB (:data:`otviz._memory.DEFAULT_MAX_BYTES`)
-        Refuse, before reading any tensor, a file whose archive declares more
-        uncompressed bytes than this (``None``: no limit).
 
-    Returns
-    -------
-    dict
-        The checkpoint dict (see the module docstring), read with
-        ``torch.load(..., weights_only=True, map_location="cpu")``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If a path is given that does not exist.
-    ValueError
-        If the content is not a compatible checkpoint (unreadable, wrong
-        format tag, missing keys, unknown architecture).
-    otviz._memory.ModelTooLargeError
-        If the archive declares more than `max_bytes` (a subclass of ValueError).
-    """
+def _archive_structure_nbytes(source: Any) -> int | None:
+    """Declared uncompressed bytes of a torch zip archive's records other than tensor data, or None."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        label, handle = "the uploaded data", io.BytesIO(bytes(source))
+        handle: Any = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
-        p = Path(source)
-        if not p.is_file():
-            raise FileNotFoundError(f"checkpoint file not found: {p}")
-        label, handle = f"file {p}", p
-    elif hasattr(source, "read"):
-        label, handle = "the given file object", source
+        handle = Path(source)
     else:
-        raise TypeError(f"source must be a path, bytes or a binary file object, got {type(source).__name__}")
-    declared = zip_nbytes(source)
-    if declared is not None:
-        check_limit(declared, max_bytes, f"{label} (by the sizes its archive declares)")
+        handle = source
+    pos = handle.tell() if hasattr(handle, "tell") else None
     try:
-        ckpt = torch.load(handle, map_location="cpu", weights_only=True)
+        if not zipfile.is_zipfile(handle):
+            return None
+        with zipfile.ZipFile(handle) as z:
+            return int(sum(i.file_size for i in z.infolist() if "/data/" not in i.filename))
+    except (zipfile.BadZipFile, OSError):
+        return None
+    finally:
+        if pos is not None:
+            handle.seek(pos)
+
+
+def _torch_load(handle: Any, label: str, map_location: str) -> Any:
+    pos = handle.tell() if hasattr(handle, "tell") else None
+    try:
+        return torch.load(handle, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a checkpoint we can read"
         raise ValueError(
             f"{label} is not a compatible otviz teacher checkpoint: torch.load(weights_only=True) "
             f"could not read it ({_load_error_detail(exc)})"
         ) from None
+    finally:
+        if pos is not None:
+            handle.seek(pos)
+
+
+def check_task(task: Any, label: str = "the checkpoint") -> dict[str, Any]:
+    """Validate a checkpoint's ``task`` metadata; returns it as a dict (``{}`` for none).
+
+    A task names a built-in dataset (:data:`otviz.data.DATASETS`) and the classes
+    learned, relabelled ``0..len(classes)-1`` in that order: a non-empty list of
+    distinct non-negative class indices (their upper bound, the dataset's number
+    of classes, is checked by :func:`teacher_task`, which loads the dataset).
+    ``test_size`` must lie in (0, 1) and ``split_seed`` be an integer.
+
+    Raises
+    ------
+    ValueError
+        Naming the first field that is wrong and what it should hold.
+    """
+    from .data import DATASETS
+
+    if task is None:
+        return {}
+    if not isinstance(task, dict):
+        raise ValueError(f"{label}: 'task' must be a dict such as {{'dataset': 'mnist5k', 'classes': [0, 1, 2]}}, "
+                         f"got a {type(task).__name__}")
+    where = f"{label}: task"
+    if "dataset" in task and task["dataset"] not in DATASETS:
+        raise ValueError(f"{where} names dataset {task['dataset']!r}, unknown here; valid datasets: "
+                         f"{', '.join(map(repr, DATASETS))}")
+    if "classes" in task:
+        classes = task["classes"]
+        if not isinstance(classes, (list, tuple)) or not classes:
+            raise ValueError(f"{where}.classes must be a non-empty list of class indices, got {classes!r}")
+        bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, int) or c < 0]
+        if bad:
+            raise ValueError(f"{where}.classes must hold non-negative integers (class indices of the dataset), "
+                             f"got {bad[0]!r} in {list(classes)!r}")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"{where}.classes lists a class twice: {list(classes)!r}")
+    if "test_size" in task:
+        ts = task["test_size"]
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 < ts < 1:
+            raise ValueError(f"{where}.test_size must be a fraction in (0, 1), got {ts!r}")
+    if "split_seed" in task and (isinstance(task["split_seed"], bool) or not isinstance(task["split_seed"], int)):
+        raise ValueError(f"{where}.split_seed must be an integer, got {task['split_seed']!r}")
+    return task
+
+
+def _check_structure(ckpt: Any, label: str) -> None:
+    """Format tag, keys, architecture, metadata types and tensor-only state dict (no tensor data read)."""
     if not isinstance(ckpt, dict):
         raise ValueError(
             f"{label} is not an otviz teacher checkpoint: it holds a {type(ckpt).__name__}, "
@@ -354,14 +393,114 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | bytearray | IO[byte
     missing = [k for k in _REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise ValueError(f"{label} is an incomplete otviz teacher checkpoint: missing {', '.join(missing)}")
-    if ckpt["arch"] not in MODELS:
+    if not isinstance(ckpt["arch"], str) or ckpt["arch"] not in MODELS:
         raise ValueError(
             f"{label} uses architecture {ckpt['arch']!r}, unknown here; valid architectures: "
             f"{', '.join(map(repr, MODELS))}"
         )
     if not isinstance(ckpt["model_config"], dict) or not isinstance(ckpt["state_dict"], dict):
         raise ValueError(f"{label}: 'model_config' and 'state_dict' must be dicts")
+    not_tensors = [k for k, v in ckpt["state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"{label}: state_dict entry {not_tensors[0]!r} is not a tensor")
+    check_task(ckpt.get("task"), label)
+
+
+def _load_weights(model: nn.Module, ckpt: dict[str, Any]) -> None:
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(s.strip() for s in first[:3])
+        raise ValueError(
+            f"checkpoint weights do not match architecture {ckpt['arch']!r} with config "
+            f"{ckpt['model_config']!r}: {detail[:300]}"
+        ) from None
+
+
+def load_checkpoint(source: str | os.PathLike[str] | bytes | bytearray | IO[bytes], *,
+                    max_bytes: int | None = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """Read and validate an ``otviz-teacher/1`` checkpoint, checking everything before reading any tensor.
+
+    The checks run in this order, each before anything it guards is decompressed
+    or allocated:
+
+    1. the sizes the zip archive declares: all records together at most
+       `max_bytes`, the structure records (``data.pkl`` and the archive's small
+       files) at most :data:`MAX_STRUCTURE_BYTES`;
+    2. the structure, read with ``torch.load(..., map_location="meta")`` (tensor
+       records are not read): the format tag, the keys, the architecture, the
+       ``task`` metadata (:func:`check_task`), a state dict of tensors only;
+    3. the architecture's size (:func:`checkpoint_nbytes`, at most `max_bytes`)
+       and the state dict against it (same names and shapes, on the meta device);
+    4. only then the tensors are read.
+
+    Parameters
+    ----------
+    source : path-like, bytes or binary file object
+        The checkpoint file, its content (e.g. an upload), or an open file.
+    max_bytes : int or None, default 2 GiB (:data:`otviz._memory.DEFAULT_MAX_BYTES`)
+        Refuse, before reading any tensor, a checkpoint whose archive declares
+        more uncompressed bytes than this or whose architecture needs more
+        (``None``: no limit).
+
+    Returns
+    -------
+    dict
+        The checkpoint dict (see the module docstring), read with
+        ``torch.load(..., weights_only=True, map_location="cpu")``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a path is given that does not exist.
+    ValueError
+        If the content is not a compatible checkpoint (unreadable, wrong
+        format tag, missing keys, unknown architecture, bad task metadata,
+        weights that do not fit the architecture).
+    otviz._memory.ModelTooLargeError
+        If the archive or the architecture exceeds `max_bytes` (a subclass of ValueError).
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label, handle = "the uploaded data", io.BytesIO(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if not p.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {p}")
+        label, handle = f"file {p}", p
+    elif hasattr(source, "read"):
+        label, handle = "the given file object", source
+    else:
+        raise TypeError(f"source must be a path, bytes or a binary file object, got {type(source).__name__}")
+    declared = zip_nbytes(source)
+    if declared is not None:
+        check_limit(declared, max_bytes, f"{label} (by the sizes its archive declares)")
+    structure = _archive_structure_nbytes(source)
+    if structure is not None and structure > MAX_STRUCTURE_BYTES:
+        raise ValueError(
+            f"{label} declares {format_bytes(structure)} of records besides its tensors (an otviz checkpoint "
+            f"holds a few KiB there, at most {format_bytes(MAX_STRUCTURE_BYTES)} is read); nothing was "
+            "decompressed. It is not an otviz teacher checkpoint"
+        )
+    skeleton = _torch_load(handle, label, "meta")   # the pickle only: no tensor record is read
+    _check_structure(skeleton, label)
+    model = _meta_model(skeleton, max_bytes)
+    _load_weights(model, skeleton)                   # names and shapes, on the meta device
+    ckpt = _torch_load(handle, label, "cpu")
+    _check_structure(ckpt, label)                    # the same pickle, read again
     return ckpt
+
+
+def _meta_model(ckpt: dict[str, Any], max_bytes: int | None) -> nn.Module:
+    """The checkpoint's architecture on the meta device, refused above `max_bytes`."""
+    try:
+        with torch.device("meta"):
+            model = build_model(ckpt["arch"], **ckpt["model_config"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint model_config {ckpt['model_config']!r} is invalid: {exc}") from None
+    check_limit(module_nbytes(model), max_bytes,
+                f"the checkpoint's architecture {ckpt['arch']!r} with config {ckpt['model_config']!r}")
+    return model
 
 
 def checkpoint_nbytes(ckpt: dict[str, Any]) -> int:
@@ -427,15 +566,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
         model = build_model(ckpt["arch"], **ckpt["model_config"])
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint model_config {ckpt['model_config']!r} is invalid: {exc}") from None
-    try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(s.strip() for s in first[:3])
-        raise ValueError(
-            f"checkpoint weights do not match architecture {ckpt['arch']!r} with config "
-            f"{ckpt['model_config']!r}: {detail[:300]}"
-        ) from None
+    _load_weights(model, ckpt)
     return model.to(device).eval()
 
 
@@ -568,9 +699,17 @@ def teacher_task(info: dict[str, Any]) -> TaskData:
     TaskData
         Built from the same dataset, classes and split as in training.
     """
-    task = info.get("task") or {}
+    task = check_task(info.get("task") or {})
     if "dataset" not in task or "classes" not in task:
         raise ValueError("the checkpoint does not record its task (need task.dataset and task.classes)")
+    from .data import load_dataset
+
+    _, y = load_dataset(task["dataset"])
+    n_classes = int(y.max()) + 1
+    outside = [c for c in task["classes"] if c >= n_classes]
+    if outside:
+        raise ValueError(f"the checkpoint's task.classes {list(task['classes'])!r} name class {outside[0]}, but "
+                         f"dataset {task['dataset']!r} has classes 0-{n_classes - 1}")
     return _subset(
         task["dataset"],
         task["classes"],
