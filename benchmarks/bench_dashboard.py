@@ -3,7 +3,9 @@
 Not a test: it prints a table of what it measures, against the targets
 
 * start-up: from launching ``otviz dashboard`` to the Train page rendered in a
-  browser, under 5 s;
+  browser, under 5 s, beside a bare Streamlit hello-world launched the same way
+  (alternated, so both see the same load; the ratio is what to compare across
+  machines and loads);
 * live update: from a training step written to the run store to that step
   appearing on the Train page (its progress line, and its point in the loss
   chart), under 2 s.
@@ -39,9 +41,9 @@ TOTAL_STEPS = 1000
 
 LOSS_POINTS = """(n) => {
     for (const gd of document.querySelectorAll('.js-plotly-plot')) {
-        const t = gd.layout && gd.layout.title && gd.layout.title.text || '';
-        if (!t.includes('Loss terms')) continue;
+        // the loss panel: the chart with a loss/total trace (raw values beside the smoothed line)
         const i = (gd.data || []).findIndex(d => d.name === 'loss/total');
+        if (i < 0) continue;
         const full = i >= 0 && gd._fullData && gd._fullData[i];
         return ((full && full._length) || 0) >= n;
     }
@@ -111,6 +113,31 @@ def startup_sample(browser, tmp: Path, i: int) -> tuple[float, float]:
     return t_health, t_page
 
 
+HELLO = 'import streamlit as st\nst.title("hello")\nst.button("ok")\n'
+
+
+def baseline_sample(browser, tmp: Path, i: int) -> float:
+    """Seconds from launching a bare Streamlit hello-world to its page rendered: the floor on this machine now."""
+    app, port = tmp / "hello.py", free_port()
+    app.write_text(HELLO)
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
+        stdout=open(tmp / f"hello-{i}.log", "wb"), stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_health(f"http://127.0.0.1:{port}", proc)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_role("button", name="ok").wait_for(timeout=120_000)
+        return time.perf_counter() - t0
+    finally:
+        page.close()
+        stop_server(proc)
+
+
 def live_samples(browser, tmp: Path, n_steps: int) -> tuple[list[float], list[float]]:
     """Seconds from a step written to the store to its progress line and its loss point on the page."""
     from otviz.runs import RunStore
@@ -165,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(d)
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            starts = [startup_sample(browser, tmp, i) for i in range(args.startups)]
+            starts, bare = [], []
+            for i in range(args.startups):  # alternated, so both see the same load
+                bare.append(baseline_sample(browser, tmp, i))
+                starts.append(startup_sample(browser, tmp, i))
             text_lat, chart_lat = live_samples(browser, tmp, args.steps)
         finally:
             browser.close()
@@ -180,11 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         ("launch -> server answers (health check)", health, "-"),
         ("server answers -> Train page rendered (browser)", [t - h for h, t in starts], "-"),
         ("launch -> Train page rendered", page, "< 5 s"),
+        ("bare Streamlit hello-world: launch -> page rendered", bare, "-"),
         ("step written -> progress line shows it", text_lat, "< 2 s"),
         ("step written -> loss chart shows it", chart_lat, "< 2 s"),
     ):
         med, p90, mx = summary(vals).split()
         print(f"| {label} | {len(vals)} | {med} | {p90} | {mx} | {target} |")
+    print(f"\nlaunch -> Train page rendered, as a multiple of the bare hello-world (median of the "
+          f"paired ratios): {statistics.median(t / b for (_, t), b in zip(starts, bare)):.2f}x")
     print("\nstart-ups, one per line (server answers, page rendered): "
           + "; ".join(f"{h:.2f} s, {t:.2f} s" for h, t in starts))
     return 0
