@@ -334,10 +334,12 @@ def _torch_load(handle: Any, label: str, map_location: str) -> Any:
 def check_task(task: Any, label: str = "the checkpoint") -> dict[str, Any]:
     """Validate a checkpoint's ``task`` metadata; returns it as a dict (``{}`` for none).
 
-    A task names a built-in dataset (:data:`otviz.data.DATASETS`) and the classes
-    learned, relabelled ``0..len(classes)-1`` in that order: a non-empty list of
-    distinct non-negative class indices (their upper bound, the dataset's number
-    of classes, is checked by :func:`teacher_task`, which loads the dataset).
+    A task names a dataset and the classes learned, relabelled
+    ``0..len(classes)-1`` in that order: a non-empty list of distinct
+    non-negative class indices. The dataset may be one otviz does not ship (a
+    teacher trained on your own data): whether it is a built-in one
+    (:data:`otviz.data.DATASETS`) and the classes' upper bound are checked by
+    :func:`teacher_task`, when data must be built from it.
     ``test_size`` must lie in (0, 1) and ``split_seed`` be an integer.
 
     Raises
@@ -353,9 +355,9 @@ def check_task(task: Any, label: str = "the checkpoint") -> dict[str, Any]:
         raise ValueError(f"{label}: 'task' must be a dict such as {{'dataset': 'mnist5k', 'classes': [0, 1, 2]}}, "
                          f"got a {type(task).__name__}")
     where = f"{label}: task"
-    if "dataset" in task and task["dataset"] not in DATASETS:
-        raise ValueError(f"{where} names dataset {task['dataset']!r}, unknown here; valid datasets: "
-                         f"{', '.join(map(repr, DATASETS))}")
+    if "dataset" in task and not isinstance(task["dataset"], str):
+        raise ValueError(f"{where}.dataset must be a dataset name (e.g. {next(iter(DATASETS))!r}), got "
+                         f"{task['dataset']!r}")
     if "classes" in task:
         classes = task["classes"]
         if not isinstance(classes, (list, tuple)) or not classes:

@@ -390,7 +390,7 @@ def _checkpoint_with_task(tmp_path: Path, name: str, task) -> bytes:
     ({"dataset": "mnist5k", "classes": []}, "non-empty list"),
     ({"dataset": "mnist5k", "classes": [0, -1]}, "non-negative"),
     ({"dataset": "mnist5k", "classes": [0, 0]}, "twice"),
-    ({"dataset": "imagenet", "classes": [0]}, "unknown here"),
+    ({"dataset": 7, "classes": [0]}, "dataset name"),
     ({"dataset": "mnist5k", "classes": [0], "test_size": 2.0}, "fraction"),
     (["mnist5k"], "must be a dict"),
 ])
@@ -399,6 +399,14 @@ def test_bad_task_metadata_is_refused_at_load(tmp_path, task, message):
 
     with pytest.raises(ValueError, match=message):
         load_checkpoint(_checkpoint_with_task(tmp_path, "bad.pt", task))
+
+
+def test_a_task_on_your_own_dataset_loads_and_is_refused_only_for_probe_data(tmp_path):
+    from otviz.teachers import load_checkpoint, teacher_task
+
+    ckpt = load_checkpoint(_checkpoint_with_task(tmp_path, "own.pt", {"dataset": "my digits", "classes": [0, 1]}))
+    with pytest.raises(ValueError, match="unknown dataset 'my digits'"):
+        teacher_task({"task": ckpt["task"]})
 
 
 def test_bad_task_metadata_upload_is_reported_on_the_page(tmp_path, monkeypatch):
