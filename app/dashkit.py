@@ -22,7 +22,7 @@ import numpy as np
 import streamlit as st
 
 from otviz.runs import RunStore, RunStoreError, default_store_path
-from otviz.train import recipe
+from otviz._recipes import recipe
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK_RESULTS = REPO / "benchmarks" / "results"
@@ -169,8 +169,8 @@ def stop_training(run: dict[str, Any], store: RunStore | None = None) -> str:
 # --------------------------------------------------------------------------- teachers and checkpoints
 @st.cache_data(show_spinner=False)
 def teachers_frame():
-    """The shipped teachers (:func:`otviz.teachers.list_teachers`)."""
-    from otviz.teachers import list_teachers
+    """The shipped teachers (as :func:`otviz.teachers.list_teachers` lists them, read without torch)."""
+    from otviz._teacher_meta import list_teachers  # metadata only: no torch
 
     return list_teachers(as_frame=True)
 

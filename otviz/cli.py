@@ -607,21 +607,8 @@ def _add_dashboard(subparsers: Any) -> None:
     p.set_defaults(func=_run_dashboard)
 
 
-def _preload_dashboard() -> None:
-    """Import what the pages need while the server starts (the first page then renders sooner)."""
-    try:
-        import otviz.figures  # noqa: F401  (plotly, the transport solvers)
-        import otviz.train  # noqa: F401  (torch, models, data, losses)
-        from otviz.teachers import list_teachers
-
-        list_teachers()
-    except Exception:  # noqa: BLE001 - only a warm-up: the pages report real errors
-        pass
-
-
 def _run_dashboard(args: argparse.Namespace) -> int:
     import importlib.util
-    import threading
 
     entry = _dashboard_entry()
     if not entry.is_file():
@@ -637,9 +624,10 @@ def _run_dashboard(args: argparse.Namespace) -> int:
 
     print(f"otviz dashboard: http://{args.address}:{args.port}  (run store: {default_store_path()}; "
           "Ctrl-C stops)", flush=True)
-    # The server runs in this process (`streamlit run` through its own command line), so what
-    # `otviz` already imported is not imported again; a thread imports the rest meanwhile.
-    threading.Thread(target=_preload_dashboard, name="otviz-preload", daemon=True).start()
+    # The server runs in this process, started without a warm-up of the pages' imports: the
+    # first page (Train) needs no torch (its form and tables are plain data, otviz._recipes and
+    # otviz._teacher_meta), and an import thread here would hold the interpreter lock while the
+    # server starts and the page renders (measured: slower first page, benchmarks/README.md).
     from otviz._dashboard import serve
 
     # Streamlit behind a Host check, error details off, uploads capped; exits the process.

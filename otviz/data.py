@@ -38,6 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+# The named settings are plain data (otviz._recipes, importable without torch).
+from otviz._recipes import _ALL, SETTINGS, SettingSpec, describe_settings  # noqa: F401
+
 __all__ = [
     "DATASETS",
     "SETTINGS",
@@ -509,92 +512,6 @@ def task_from_arrays(
         Xtr, ytr = Xtr[sel], ytr[sel]
     n_classes = int(max(ytr.max(), yte.max())) + 1
     return TaskData(name, "custom", list(range(n_classes)), Xtr, ytr, Xte, yte, k=k)
-
-
-@dataclass(frozen=True)
-class SettingSpec:
-    """Definition of a named setting (one row of :data:`SETTINGS`).
-
-    Attributes
-    ----------
-    name : str
-        Setting name used on the command line.
-    description : str
-        One-line description.
-    source_classes : tuple of int
-        Classes of the teacher's (source) task.
-    target_classes : tuple of int
-        Original labels of the student's (target) classes; they are relabelled
-        ``0..len-1`` in this order.
-    default_k : int or None
-        Default labelled training images per target class (None: the full
-        training split).
-    student_width : float
-        Width multiplier of the student relative to the teacher (1.0 = same
-        architecture).
-    student_init : {"teacher", "scratch"}
-        ``"teacher"``: the student starts from the teacher's weights with a
-        new head (needs ``student_width == 1``); ``"scratch"``: random
-        initialisation.
-    datasets : tuple of str
-        Source datasets the setting accepts; the first is the default.
-    target_dataset : str or None
-        Dataset of the target task if it differs from the source dataset
-        (its images are resized to the source resolution).
-    """
-
-    name: str
-    description: str
-    source_classes: tuple[int, ...]
-    target_classes: tuple[int, ...]
-    default_k: int | None
-    student_width: float
-    student_init: str
-    datasets: tuple[str, ...] = ("mnist5k", "digits")
-    target_dataset: str | None = None
-
-
-_LOW = tuple(range(5))
-_HIGH = tuple(range(5, 10))
-_ALL = tuple(range(10))
-
-#: The named settings: name -> :class:`SettingSpec`.
-SETTINGS: dict[str, SettingSpec] = {
-    s.name: s
-    for s in (
-        SettingSpec(
-            "transfer",
-            "inductive transfer: teacher learned digits 0-4; a student of the same CNN starts "
-            "from its weights (new head) and learns digits 5-9 from k labels per class",
-            _LOW, _HIGH, 10, 1.0, "teacher",
-        ),
-        SettingSpec(
-            "distill",
-            "knowledge distillation: teacher learned all 10 digits; a 4x narrower CNN student "
-            "learns the same task from scratch on the full training split",
-            _ALL, _ALL, None, 0.25, "scratch",
-        ),
-        SettingSpec(
-            "transfer-small",
-            "simpler student, new task: teacher learned digits 0-4; a 4x narrower CNN student "
-            "learns digits 5-9 from scratch with k labels per class",
-            _LOW, _HIGH, 10, 0.25, "scratch",
-        ),
-        SettingSpec(
-            "transfer-digits",
-            "cross-dataset transfer: teacher learned all 10 MNIST digits; a student of the same "
-            "CNN starts from its weights (new head) and learns scikit-learn's 8x8 digits, "
-            "upsampled to 28x28, from k labels per class",
-            _ALL, _ALL, 10, 1.0, "teacher",
-            datasets=("mnist5k",), target_dataset="digits",
-        ),
-    )
-}
-
-
-def describe_settings() -> str:
-    """The settings with their one-line descriptions, one per line."""
-    return "\n".join(f"{name}: {spec.description}" for name, spec in SETTINGS.items())
 
 
 def _check_setting(setting: Any) -> SettingSpec:

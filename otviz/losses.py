@@ -86,6 +86,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from otviz import transport as _transport
+from otviz._recipes import METHODS, parse_method
 from otviz.capture import Activations, neurons
 
 __all__ = [
@@ -108,8 +109,8 @@ __all__ = [
     "probe_channels",
 ]
 
-#: Names accepted by :func:`build_loss` (alone, or joined with ``"+"``).
-METHODS: tuple[str, ...] = ("scratch", "finetune", "l2sp", "kd", "fitnets", "at", "ot")
+# METHODS, the names accepted by build_loss (alone, or joined with "+"), and parse_method are
+# plain data in otviz._recipes (importable without torch).
 _NO_TERM = ("scratch", "finetune")
 
 LayerPair = tuple[str, str]
@@ -1453,40 +1454,6 @@ class CombinedLoss(TransferLoss):
 
     def extra_repr(self) -> str:
         return f"names={self.names}"
-
-
-def parse_method(method: str) -> tuple[str, ...]:
-    """Split a method string such as ``"kd+ot"`` into validated names.
-
-    Raises
-    ------
-    ValueError
-        An unknown name (the message lists the valid ones), a repeated name,
-        or ``"scratch"`` together with ``"finetune"``.
-    """
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a string such as 'kd+ot', got {type(method).__name__}.")
-    parts = tuple(p.strip().lower() for p in method.split("+"))
-    if not method.strip() or any(not p for p in parts):
-        raise ValueError(
-            f"Cannot read method={method!r}. Pass one of {list(METHODS)}, or several joined "
-            "with '+', e.g. 'kd+ot'."
-        )
-    unknown = [p for p in parts if p not in METHODS]
-    if unknown:
-        raise ValueError(
-            f"Unknown method {unknown[0]!r} in {method!r}. Valid methods: {list(METHODS)}; "
-            "combine them with '+', e.g. 'kd+ot'."
-        )
-    dup = sorted({p for p in parts if parts.count(p) > 1})
-    if dup:
-        raise ValueError(f"method={method!r} names {dup} more than once; list each method once.")
-    if "scratch" in parts and "finetune" in parts:
-        raise ValueError(
-            "method combines 'scratch' and 'finetune', which are contradictory initialisations; "
-            "keep one."
-        )
-    return parts
 
 
 def probe_channels(model: nn.Module, layers: Iterable[str], inputs: torch.Tensor) -> dict[str, int]:

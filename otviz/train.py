@@ -49,6 +49,19 @@ import numpy as np
 import torch
 from torch import nn
 
+# The settings, recipes and layer pairs are plain data (otviz._recipes, importable without torch);
+# they are documented and imported from here.
+from otviz._recipes import (  # noqa: F401
+    BENCHMARKED_SETTINGS,
+    RECIPE_COMMON,
+    RECIPES,
+    TERM_OPTIONS,
+    _TERM_NAMES,
+    default_pairs,
+    recipe,
+    recipe_table,
+)
+
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "OptionWarning", "LaunchedRun", "train", "launch",
            "stop", "default_pairs", "recipe", "recipe_table", "RECIPES", "RECIPE_COMMON", "FROM_RECIPE"]
 
@@ -91,137 +104,6 @@ class _FromRecipe:
 
 #: Marks a :class:`TrainConfig` field left to the recipe of its setting and method.
 FROM_RECIPE: Any = _FromRecipe()
-
-#: The budget and the OT weight per setting: what ``benchmarks/bench_transfer.py`` runs
-#: (results in ``benchmarks/README.md`` and ``benchmarks/results/``). ``steps_per_epoch``
-#: None is one pass over the training set. ``transfer-digits`` is not benchmarked: it
-#: takes ``transfer``'s recipe (same student, initialised from the teacher, 10 labels
-#: per class).
-RECIPES: dict[str, dict[str, Any]] = {
-    "transfer": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-3, lam=0.1),
-    "distill": dict(epochs=5, steps_per_epoch=None, batch_size=64, lr=1e-2, lam=1.0),
-    "transfer-small": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-2, lam=1.0),
-    "transfer-digits": dict(epochs=8, steps_per_epoch=15, batch_size=64, lr=1e-3, lam=0.1),
-}
-
-#: Settings whose recipe the benchmark measured (the others borrow one).
-BENCHMARKED_SETTINGS: tuple[str, ...] = ("transfer", "distill", "transfer-small")
-
-#: Options shared by every setting's recipe, chosen by the tuning recorded in
-#: ``benchmarks/README.md``: the OT term (and the logged OT distance) on the last
-#: alignable layer (``"last"``; ``features.conv3`` for the CNN), neurons standardised
-#: (cost 2(1 - correlation) per response), exact OT; Adam with cosine decay; the
-#: baselines' usual weights, except attention transfer's (100 instead of 1000, far
-#: better on these small maps).
-RECIPE_COMMON: dict[str, Any] = dict(
-    schedule="cosine", weight_decay=0.0,
-    pairs="last", cost="sqeuclidean", normalize="standardize", ot_method="emd", spatial="flatten",
-    feature_scale="mean",
-    kd_weight=1.0, temperature=4.0, l2sp_weight=0.01, fitnets_weight=1.0, at_weight=100.0,
-)
-
-#: Options that weight one term of the objective: name -> the method that has that term.
-TERM_OPTIONS: dict[str, str] = dict(lam="ot", kd_weight="kd", temperature="kd", l2sp_weight="l2sp",
-                                    fitnets_weight="fitnets", at_weight="at")
-
-_TERM_NAMES = {"ot": "OT", "kd": "KD", "l2sp": "L2-SP", "fitnets": "FitNets", "at": "attention-transfer"}
-
-
-def recipe(setting: str, method: str = "ot", *, arch: str = "cnn") -> dict[str, Any]:
-    r"""The benchmark's options for a setting and method: the defaults of every training.
-
-    ``otviz train --setting S --method M``, ``TrainConfig(setting=S, method=M)``,
-    the dashboard's Train form and ``benchmarks/bench_transfer.py`` all start
-    from this dict; any option given explicitly replaces its entry.
-
-    It is :data:`RECIPES` ``[setting]`` (budget, learning rate and the OT
-    weight :math:`\lambda`) merged with :data:`RECIPE_COMMON`, with
-    ``pairs="last"`` resolved to the architecture's last alignable layer. The
-    weight of a term the method does not have (``lam`` without ``ot``,
-    ``kd_weight`` and ``temperature`` without ``kd``, ...; see
-    :data:`TERM_OPTIONS`) is None: it does not apply. The OT options (``pairs``,
-    ``cost``, ``normalize``, ``ot_method``, ``spatial``) apply to every method:
-    without an OT term they define the OT distance that is logged, not trained on.
-
-    Parameters
-    ----------
-    setting : str
-        A key of :data:`otviz.data.SETTINGS`.
-    method : str
-        A method such as ``"ot"``, ``"scratch"`` or ``"kd+ot"``.
-    arch : {"cnn", "mlp"}
-        Model family (fixes the layer pairs). The benchmark measured the CNN.
-
-    Returns
-    -------
-    dict
-        Field name -> value for the :class:`TrainConfig` fields that default
-        to the recipe.
-
-    Raises
-    ------
-    ValueError
-        An unknown setting or method (the message lists the valid ones).
-
-    Examples
-    --------
-    >>> r = recipe("transfer-small", "ot")
-    >>> r["lr"], r["lam"], r["epochs"], r["steps_per_epoch"], r["pairs"]
-    (0.01, 1.0, 8, 15, ['features.conv3'])
-    >>> recipe("distill", "kd")["lam"] is None
-    True
-    """
-    from otviz.data import SETTINGS
-    from otviz.losses import parse_method
-
-    if not isinstance(setting, str) or setting not in SETTINGS:
-        raise ValueError(f"unknown setting {setting!r}; valid settings: {list(SETTINGS)}")
-    terms = parse_method(method)
-    out = dict(RECIPE_COMMON, **RECIPES[setting])
-    if out["pairs"] == "last":
-        out["pairs"] = default_pairs(arch)[-1:]
-    for name, term in TERM_OPTIONS.items():
-        if term not in terms:
-            out[name] = None
-    return out
-
-
-def recipe_table(markdown: bool = False) -> str:
-    r"""The recipe of every setting as a small table (``otviz train --help``, the README).
-
-    One row per setting (budget, batch size, learning rate, :math:`\lambda`)
-    and one line for the options every setting shares; generated from
-    :data:`RECIPES` and :data:`RECIPE_COMMON`, so it cannot drift from them.
-    """
-    from otviz.data import SETTINGS
-
-    rows = []
-    for name in SETTINGS:
-        r = RECIPES[name]
-        steps = "one pass" if r["steps_per_epoch"] is None else f"{r['steps_per_epoch']} steps"
-        note = "" if name in BENCHMARKED_SETTINGS else "not benchmarked (transfer's recipe)"
-        rows.append((name, f"{r['epochs']} x {steps}", str(r["batch_size"]), f"{r['lr']:g}",
-                     f"{r['lam']:g}", note))
-    head = ("setting", "epochs x steps", "batch", "lr", "lam (ot)", "")
-    c = RECIPE_COMMON
-    common = (f"pairs = the last alignable layer (features.conv3 for the CNN), normalize {c['normalize']}, "
-              f"cost {c['cost']}, ot-method {c['ot_method']}, spatial {c['spatial']}, "
-              f"schedule {c['schedule']} (Adam); kd-weight {c['kd_weight']:g} and temperature "
-              f"{c['temperature']:g} (kd), l2sp-weight {c['l2sp_weight']:g}, fitnets-weight "
-              f"{c['fitnets_weight']:g}, at-weight {c['at_weight']:g}")
-    if markdown:
-        lines = ["| " + " | ".join(head[:-1]) + " | note |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(f"`{r[0]}`" if i == 0 else r[i] for i in range(len(r))) + " |"
-                  for r in rows]
-        return "\n".join(lines) + "\n\nEvery setting: " + common + "."
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*head).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
-    import textwrap
-
-    return "\n".join(lines) + "\n" + textwrap.fill("every setting: " + common, width=len(lines[0]) + 20,
-                                                   break_on_hyphens=False)
-
 
 @dataclass
 class TrainConfig:
@@ -432,13 +314,6 @@ class TrainResult:
 # --------------------------------------------------------------------------
 # set-up
 # --------------------------------------------------------------------------
-def default_pairs(arch: str) -> list[str]:
-    """Default layer pairs of an architecture: all its alignable layers, same name on both sides."""
-    from otviz.models import build_model
-
-    return list(build_model(arch).alignable_layers)
-
-
 def _parse_pairs(pairs: Sequence[str]) -> list[tuple[str, str]]:
     out = []
     for p in pairs:

@@ -4,10 +4,8 @@ import streamlit as st
 
 import dashkit as dk
 import runcharts as rc
-from otviz import figures
-from otviz.data import SETTINGS
+from otviz._recipes import SETTINGS, default_pairs, recipe  # plain data: the form needs no torch
 from otviz.runs import RunNotFoundError, RunStoreError
-from otviz.train import default_pairs, recipe
 
 st.title("Train")
 st.caption("Launch a transfer training and follow it live. Each training runs in its own process and "
@@ -297,6 +295,8 @@ st.session_state["live_mode"] = (run_id, live)
 
 def plan_panel(plan, cost, run: dict, epoch: int, run_id: int, score: float | None = None) -> None:
     """The latest plan; with its cost matrix, the cost beside it and how much cheaper its matches are."""
+    from otviz import figures
+
     title = f"Latest transport plan (epoch {epoch})"
     if cost is None:
         dk.chart(figures.plan_heatmap(plan, title=title), key=f"plan_{run_id}")
