@@ -87,3 +87,13 @@ def test_teacher_listing_matches_the_checkpoints(tmp_path):
     assert [r["name"] for r in teachers.list_teachers(tmp_path)] == ["cnn-digits"]
     assert not (tmp_path / "pwned").exists()
     assert list_teachers(tmp_path / "missing") == []
+
+
+def test_the_figures_import_no_torch_until_an_alignment_reaches_them():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, otviz.figures as f; f.plan_heatmap(np.full((3, 2), 1 / 6)); "
+            "print(sorted(m for m in ('torch', 'ot') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import numbers
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import plotly.graph_objects as go
 
-from otviz.transport import Alignment
 
 TEMPLATE = "plotly_white"
 """Plotly template used by every figure (override with ``fig.update_layout(template=...)``)."""
@@ -23,7 +24,17 @@ _LINK_TOL = 1e-3        # relative strength under which two anchor neurons are n
 _SPECTRAL_MAX = 4096    # largest connected group ordered spectrally
 _LOG_DECADES = 6        # log colour shows this many decades below the largest mass
 
-PlanLike = Union[np.ndarray, Alignment, Any]
+if TYPE_CHECKING:  # the figures import no torch until an Alignment reaches them
+    from otviz.transport import Alignment
+
+
+def _is_alignment(obj: Any) -> bool:
+    """Whether ``obj`` is an :class:`otviz.transport.Alignment` (without importing torch for a plain array)."""
+    transport = sys.modules.get("otviz.transport")
+    return transport is not None and isinstance(obj, transport.Alignment)
+
+
+PlanLike = Union[np.ndarray, "Alignment", Any]
 Top = Union[float, int]
 
 
@@ -47,7 +58,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
 
 def _check_plan(plan: Any, name: str = "plan") -> np.ndarray:
     """Validate a transport plan: 2-D, non-empty, finite, non-negative, some mass."""
-    if isinstance(plan, Alignment):
+    if _is_alignment(plan):
         plan = plan.plan
     P = _to_numpy(plan, name)
     if P.ndim != 2:
@@ -67,7 +78,7 @@ def _check_plan(plan: Any, name: str = "plan") -> np.ndarray:
 
 def _plan_and_weights(plan_or_alignment: Any) -> tuple[np.ndarray, np.ndarray | None,
                                                         np.ndarray | None, Alignment | None]:
-    if isinstance(plan_or_alignment, Alignment):
+    if _is_alignment(plan_or_alignment):
         al = plan_or_alignment
         return _check_plan(al.plan), np.asarray(al.a, float), np.asarray(al.b, float), al
     return _check_plan(plan_or_alignment), None, None, None

@@ -9,8 +9,8 @@ from typing import Any, Literal
 import numpy as np
 import plotly.graph_objects as go
 
-from otviz.transport import Alignment
 from otviz.figures._common import (
+    _is_alignment,
     LINE_COLOR,
     PlanLike,
     STUDENT_COLOR,
@@ -404,7 +404,7 @@ def point_cloud_transport(
     if title is None:
         title = "Optimal transport between two point clouds"
     sub = None
-    if isinstance(plan, Alignment):
+    if _is_alignment(plan):
         sub = f"{plan.method}{f', eps={plan.eps:g}' if plan.eps is not None else ''}: " \
               f"cost {plan.distance:.4g}"
     return _finish(fig, title, sub, height=height,

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from otviz.transport import Alignment
 from otviz.figures._common import (
+    _is_alignment,
     SIMILARITY_COLORSCALE,
     TEACHER_COLOR,
     _alignment_status,
     _category_axis,
     _finish,
 )
+
+if TYPE_CHECKING:
+    from otviz.transport import Alignment
 
 __all__ = ['distance_matrix', 'distance_matrices', 'distance_bars']
 
@@ -202,7 +205,7 @@ def distance_bars(alignments: Mapping[str, Alignment], *, title: str | None = No
     if not alignments:
         raise ValueError("alignments is empty; pass at least one labelled Alignment")
     for lab, al in alignments.items():
-        if not isinstance(al, Alignment):
+        if not _is_alignment(al):
             raise TypeError(f"alignments[{lab!r}] is a {type(al).__name__}, not an Alignment "
                             f"(use otviz.align(...))")
     if value not in ("score", "distance"):
