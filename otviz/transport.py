@@ -483,8 +483,10 @@ def _normalize_np(t: np.ndarray, how: str | None, name: str) -> np.ndarray:
     return t / nrm
 
 
-def _sqdist_np(x: np.ndarray, y: np.ndarray, f2: float = 1.0) -> tuple[np.ndarray, float]:
-    r"""``f2`` times :func:`_sqdist` in numpy, ``f2`` a power of two (so the product is exact).
+def _sqdist_np(x: np.ndarray, y: np.ndarray, f2: float = 1.0,
+               lam: float = 1.0) -> tuple[np.ndarray, float]:
+    r"""``f2`` times :func:`_sqdist` of ``x / lam`` and ``y / lam`` in numpy, ``f2`` and
+    ``lam`` powers of two (so the scalings are exact).
 
     Returns ``(C, ub)`` with ``ub`` an upper bound of :math:`\|x_i - y_j\|^2`
     (unscaled). Passes over the m x k matrix: the matrix product, two
@@ -495,8 +497,11 @@ def _sqdist_np(x: np.ndarray, y: np.ndarray, f2: float = 1.0) -> tuple[np.ndarra
     m, d = x.shape
     k = y.shape[0]
     shift = (x.sum(axis=0) + y.sum(axis=0)) / (m + k)
-    x = x - shift
+    x = x - shift  # (x - shift) / lam = x / lam - shift / lam exactly: lam is a power of two
     y = y - shift
+    if lam != 1.0:
+        x /= lam
+        y /= lam
     nx = np.einsum("ij,ij->i", x, x)
     ny = np.einsum("ij,ij->i", y, y)
     ub = (math.sqrt(float(nx.max())) + math.sqrt(float(ny.max()))) ** 2
@@ -550,7 +555,7 @@ def _cost_np(t: np.ndarray, s: np.ndarray, cost: str, normalize: str | None) -> 
         power = 2.0 if cost == "sqeuclidean" else 1.0
         # fold lam^2 into the product when no scaled entry can overflow or lose bits
         fold = 2.0 ** -200 <= lam <= 2.0 ** 200
-        C, ub = _sqdist_np(t / lam, s / lam, lam * lam if fold else 1.0)
+        C, ub = _sqdist_np(t, s, lam * lam if fold else 1.0, lam)
         if ub > 0 and 0.5 * power * math.log2(ub) + power * math.log2(lam) >= 1022.0:
             # the bound says it might overflow: the exact test of _cost
             cmax = float(C.max()) / (lam * lam if fold else 1.0)
