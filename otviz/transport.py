@@ -111,7 +111,34 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     return t
 
 
-def _check_neurons(teacher: torch.Tensor, student: torch.Tensor) -> None:
+def _nonfinite_error(name: str, x: ArrayLike) -> ValueError:
+    if isinstance(x, torch.Tensor):
+        bad = (~torch.isfinite(x.detach())).any(dim=1).nonzero().flatten()[:5].tolist()
+    else:
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))[:5].tolist()
+    return ValueError(
+        f"{name} activations contain NaN or infinite values (neurons {bad}...); "
+        f"check the model and inputs for overflow before aligning")
+
+
+def _all_finite(x: ArrayLike) -> bool:
+    """Whether every entry of ``x`` is finite; on the CPU through numpy (one pass, one thread:
+    torch's parallel ``isfinite().all()`` can take 30x longer on a busy machine)."""
+    if isinstance(x, np.ndarray):
+        return bool(np.isfinite(x).all())
+    x = x.detach()
+    if x.device.type == "cpu" and x.dtype in (torch.float64, torch.float32, torch.float16):
+        try:
+            v = x.numpy()
+        except (RuntimeError, TypeError):
+            pass
+        else:
+            return bool(np.isfinite(v).all())
+    return bool(torch.isfinite(x).all())
+
+
+def _check_neurons(teacher: ArrayLike, student: ArrayLike, *, finite: bool = True) -> None:
+    """Shapes (and, unless ``finite=False``, finiteness: the caller then checks it)."""
     for name, x in (("teacher", teacher), ("student", student)):
         if x.ndim != 2:
             raise ValueError(
@@ -122,12 +149,8 @@ def _check_neurons(teacher: torch.Tensor, student: torch.Tensor) -> None:
             raise ValueError(f"{name} layer is empty (0 neurons); pass a layer with at least one neuron")
         if x.shape[1] == 0:
             raise ValueError(f"{name} neurons have 0 features; feed at least one probe input")
-        finite = torch.isfinite(x.detach())
-        if not bool(finite.all()):
-            bad = (~finite).any(dim=1).nonzero().flatten()[:5].tolist()
-            raise ValueError(
-                f"{name} activations contain NaN or infinite values (neurons {bad}...); "
-                f"check the model and inputs for overflow before aligning")
+        if finite and not _all_finite(x):
+            raise _nonfinite_error(name, x)
     if teacher.shape[1] != student.shape[1]:
         raise ValueError(
             f"teacher neurons have {teacher.shape[1]} features but student neurons have "
@@ -283,16 +306,24 @@ def _normalize(t: torch.Tensor, how: str | None, name: str) -> torch.Tensor:
     return t / nrm
 
 
-def _check_nonzero(v: torch.Tensor, x: torch.Tensor, name: str, what: str, fix: str) -> None:
-    scale = x.detach().abs().amax(dim=1, keepdim=True).clamp_min(1.0)
-    bad = (v.detach() <= _ZERO_TOL * scale).flatten()
-    if bool(bad.any()):
-        idx = bad.nonzero().flatten()[:5].tolist()
+def _check_nonzero(v: ArrayLike, x: ArrayLike, name: str, what: str, fix: str) -> None:
+    if isinstance(x, np.ndarray):
+        scale = np.maximum(np.abs(x).max(axis=1, keepdims=True), 1.0)
+        bad = (v <= _ZERO_TOL * scale).ravel()
+        idx = np.flatnonzero(bad)[:5].tolist() if bad.any() else []
+    else:
+        scale = x.detach().abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+        bad = (v.detach() <= _ZERO_TOL * scale).flatten()
+        idx = bad.nonzero().flatten()[:5].tolist() if bool(bad.any()) else []
+    if idx:
         raise ValueError(f"{name} neuron(s) {idx} have {what}, so the requested "
                          f"normalisation/cost is undefined for them; {fix} (remove them with "
                          "otviz.capture's dead_neurons(matrix), acts.neurons(layer, drop_dead=True) "
                          "or layer_distances(..., drop_dead=True))")
 
+
+#: Entries per block of the blocked passes over an m x k matrix (512 KiB of float64).
+_BLOCK = 1 << 16
 
 #: Largest number of (neuron, neuron, feature) products one refinement chunk holds.
 _REFINE_CHUNK = 1 << 22
@@ -378,6 +409,183 @@ def _cost(t: torch.Tensor, s: torch.Tensor, cost: str, normalize: str | None) ->
         return (0.5 * _sqdist(t / nt, s / ns)).clamp(0.0, 2.0)
 
 
+# --------------------------------------------------------------------------
+# the same cost in numpy: the float64 CPU path of align and cost_matrix
+# --------------------------------------------------------------------------
+# align solves in float64 on the CPU and needs no gradient, so it computes the
+# cost with numpy, single-threaded for elementwise work, in as few passes over
+# the m x k matrix as the guarantees of _cost allow (same normalisations, same
+# shift, same power-of-two scalings, same exact recomputation of the entries
+# the Gram formula cannot resolve, same errors).
+def _as_array(x: Any, name: str) -> np.ndarray:
+    """``x`` as a float64 numpy array (no copy when it already is one); the checks of
+    :func:`_as_tensor`."""
+    t = _as_tensor(x, name)
+    if isinstance(x, np.ndarray) and x.dtype == np.float64:
+        return x
+    t = t.detach()
+    if t.device.type == "cpu" and t.dtype in (torch.float64, torch.float32, torch.float16):
+        try:
+            return t.numpy().astype(np.float64, copy=False)
+        except (RuntimeError, TypeError):  # e.g. a tensor with a pending negation bit
+            pass
+    return t.to("cpu", torch.float64).numpy()
+
+
+def _range_np(x: np.ndarray, name: str) -> float:
+    """max |x|, and the finiteness check of ``x`` in the same two reductions (NaN propagates)."""
+    hi, lo = float(x.max()), float(x.min())
+    if not (math.isfinite(hi) and math.isfinite(lo)):
+        raise _nonfinite_error(name, x)
+    return max(hi, -lo)
+
+
+def _row_prescale_np(t: np.ndarray) -> np.ndarray:
+    """:func:`_row_prescale` in numpy."""
+    amax = np.abs(t).max(axis=1, keepdims=True)
+    e = np.frexp(np.maximum(amax, np.finfo(np.float64).tiny))[1]
+    return t * np.ldexp(1.0, -e)
+
+
+def _normalize_np(t: np.ndarray, how: str | None, name: str) -> np.ndarray:
+    """:func:`_normalize` in numpy (float64)."""
+    if how is None:
+        return t
+    if how == "center":
+        return t - t.mean(axis=1, keepdims=True)
+    if how == "standardize":
+        t = _row_prescale_np(t)
+        c = t - t.mean(axis=1, keepdims=True)
+        sd = np.sqrt(np.einsum("ij,ij->i", c, c) / c.shape[1])[:, None]
+        _check_nonzero(sd, t, name, "a constant response (zero variance)",
+                       "drop dead neurons or use normalize='center' or None")
+        c /= sd
+        return c
+    if how == "layer":
+        amax = float(np.abs(t).max())
+        if amax > 0:
+            t = t / _pow2(amax)
+        c = t - t.mean(axis=1, keepdims=True)
+        sd = math.sqrt(float(np.einsum("ij,ij->", c, c)) / c.size)
+        if not (amax > 0 and sd > _ZERO_TOL):
+            raise ValueError(f"all {t.shape[0]} {name} neurons have a constant response (zero "
+                             f"variance), so normalize='layer' (the geometry of the OT score) is "
+                             f"undefined; feed more varied probe inputs or pick a layer whose "
+                             f"neurons vary; the raw cost (normalize=None, measure='ot-raw') is "
+                             f"still defined")
+        c /= sd
+        return c
+    # unit
+    t = _row_prescale_np(t)
+    nrm = np.sqrt(np.einsum("ij,ij->i", t, t))[:, None]
+    _check_nonzero(nrm, t, name, "an all-zero response (zero norm)",
+                   "drop dead neurons or use normalize=None")
+    return t / nrm
+
+
+def _sqdist_np(x: np.ndarray, y: np.ndarray, f2: float = 1.0,
+               lam: float = 1.0) -> tuple[np.ndarray, float]:
+    r"""``f2`` times :func:`_sqdist` of ``x / lam`` and ``y / lam`` in numpy, ``f2`` and
+    ``lam`` powers of two (so the scalings are exact).
+
+    Returns ``(C, ub)`` with ``ub`` an upper bound of :math:`\|x_i - y_j\|^2`
+    (unscaled). Passes over the m x k matrix: the matrix product, two
+    in-place additions and one row-wise minimum, which finds the rows that
+    may hold an entry below the resolution threshold; only those rows are
+    compared entry by entry, and only those entries recomputed.
+    """
+    m, d = x.shape
+    k = y.shape[0]
+    shift = (x.sum(axis=0) + y.sum(axis=0)) / (m + k)
+    x = x - shift  # (x - shift) / lam = x / lam - shift / lam exactly: lam is a power of two
+    y = y - shift
+    if lam != 1.0:
+        x /= lam
+        y /= lam
+    nx = np.einsum("ij,ij->i", x, x)
+    ny = np.einsum("ij,ij->i", y, y)
+    ub = (math.sqrt(float(nx.max())) + math.sqrt(float(ny.max()))) ** 2
+    # -2 f2 <x, y> (the factor, a power of two, goes on the smaller matrix: exact)
+    C = (x * (-2.0 * f2)) @ y.T if m <= k else x @ (y * (-2.0 * f2)).T
+    if f2 != 1.0:
+        nx *= f2
+        ny *= f2
+    rmin = np.empty(m)
+    step_b = max(1, _BLOCK // max(k, 1))
+    for i in range(0, m, step_b):  # cache-sized blocks of rows: one pass over memory
+        o = C[i:i + step_b]
+        o += nx[i:i + step_b, None]
+        o += ny[None, :]
+        o.min(axis=1, out=rmin[i:i + step_b])
+    feps = float(np.finfo(np.float64).eps)
+    rho = max(1e-6, 1e3 * feps)
+    thr = min(0.25, 2.0 * feps * math.sqrt(d) / rho)
+    # an entry is recomputed when C_ij <= thr (nx_i + ny_j) (this also catches every
+    # negative entry, so no clamping pass is needed); a row can hold one only if its
+    # minimum is <= thr (nx_i + max ny)
+    rows = np.flatnonzero(rmin <= thr * (nx + ny.max()))
+    if rows.size:
+        step_r = max(1, _REFINE_CHUNK // max(k, 1))
+        step = max(1, _REFINE_CHUNK // max(d, 1))
+        for r0 in range(0, rows.size, step_r):
+            rr = rows[r0:r0 + step_r]
+            ii, jj = np.nonzero(C[rr] <= thr * (nx[rr, None] + ny[None, :]))
+            ii = rr[ii]
+            for c in range(0, ii.size, step):
+                i, j = ii[c:c + step], jj[c:c + step]
+                diff = x[i] - y[j]
+                C[i, j] = np.einsum("ij,ij->i", diff, diff) * f2
+    return C, ub
+
+
+def _cost_np(t: np.ndarray, s: np.ndarray, cost: str, normalize: str | None) -> np.ndarray:
+    """:func:`_cost` in numpy for float64 CPU inputs (checks their finiteness too)."""
+    if cost not in COSTS:
+        raise _choice_error("cost", cost, list(COSTS))
+    if normalize not in NORMALIZATIONS:
+        raise _choice_error("normalize", normalize, list(NORMALIZATIONS))
+    amax_t, amax_s = _range_np(t, "teacher"), _range_np(s, "student")
+    t = _normalize_np(t, normalize, "teacher")
+    s = _normalize_np(s, normalize, "student")
+    if cost in ("sqeuclidean", "euclidean"):
+        if normalize is not None:
+            amax_t, amax_s = float(np.abs(t).max()), float(np.abs(s).max())
+        amax = max(amax_t, amax_s)
+        lam = _pow2(amax) if amax > 0 else 1.0
+        power = 2.0 if cost == "sqeuclidean" else 1.0
+        # fold lam^2 into the product when no scaled entry can overflow or lose bits
+        fold = 2.0 ** -200 <= lam <= 2.0 ** 200
+        C, ub = _sqdist_np(t, s, lam * lam if fold else 1.0, lam)
+        if ub > 0 and 0.5 * power * math.log2(ub) + power * math.log2(lam) >= 1022.0:
+            # the bound says it might overflow: the exact test of _cost
+            cmax = float(C.max()) / (lam * lam if fold else 1.0)
+            if cmax > 0 and 0.5 * power * math.log2(cmax) + power * math.log2(lam) >= 1023.0:
+                raise _overflow_error(cost, amax)
+        if cost == "euclidean":
+            np.sqrt(C, out=C)  # sqrt(lam^2 c) = lam sqrt(c) exactly
+            if not fold and lam != 1.0:
+                C *= lam
+        elif not fold and lam != 1.0:
+            C *= lam
+            C *= lam
+        return C
+    if cost == "correlation":
+        t = t - t.mean(axis=1, keepdims=True)
+        s = s - s.mean(axis=1, keepdims=True)
+        what, fix = "a constant response (zero variance)", "drop dead neurons or use cost='cosine'"
+    else:
+        what, fix = "an all-zero response (zero norm)", "drop dead neurons or use cost='sqeuclidean'"
+    t, s = _row_prescale_np(t), _row_prescale_np(s)
+    nt = np.sqrt(np.einsum("ij,ij->i", t, t))[:, None]
+    ns = np.sqrt(np.einsum("ij,ij->i", s, s))[:, None]
+    _check_nonzero(nt, t, "teacher", what, fix)
+    _check_nonzero(ns, s, "student", what, fix)
+    # 1 - cos = ||t/|t| - s/|s| ||^2 / 2 (the 1/2 is folded into the product: exact)
+    C = _sqdist_np(t / nt, s / ns, 0.5)[0]
+    np.minimum(C, 2.0, out=C)
+    return C
+
+
 def cost_matrix(teacher: ArrayLike, student: ArrayLike, cost: CostName = "sqeuclidean",
                 normalize: NormName | None = None) -> ArrayLike:
     r"""Cost between every teacher neuron and every student neuron.
@@ -409,13 +617,16 @@ def cost_matrix(teacher: ArrayLike, student: ArrayLike, cost: CostName = "sqeucl
         differences), and a cost too large for float64 raises ``ValueError``.
     """
     both_np = isinstance(teacher, np.ndarray) and isinstance(student, np.ndarray)
+    if both_np:
+        t, s = _as_array(teacher, "teacher"), _as_array(student, "student")
+        _check_neurons(t, s, finite=False)
+        return _cost_np(t, s, cost, normalize)
     t, s = _as_tensor(teacher, "teacher"), _as_tensor(student, "student")
     if t.device != s.device:
         raise ValueError(f"teacher is on {t.device} but student is on {s.device}; "
                          f"move both to the same device")
     _check_neurons(t, s)
-    C = _cost(t, s, cost, normalize)
-    return C.numpy() if both_np else C
+    return _cost(t, s, cost, normalize)
 
 
 # --------------------------------------------------------------------------
@@ -676,11 +887,48 @@ def eps_scale(C: np.ndarray) -> float:
     the same blur in every layer. If more than half the entries are 0, the mean
     of the positive entries is used; 1.0 if ``C`` is all zeros.
     """
-    med = float(np.median(C))
+    C = np.asarray(C)
+    med = _median(C)
     if med > 0 and math.isfinite(med):
         return med
     pos = C[C > 0]
     return float(pos.mean()) if pos.size else 1.0
+
+
+def _median(C: np.ndarray) -> float:
+    """``np.median(C)``, exactly, in fewer passes over a large ``C`` (Floyd-Rivest selection).
+
+    The two middle order statistics are bracketed by order statistics of a
+    random sample of 16,384 entries (about 4 standard deviations of the
+    sample rank on each side); one pass counts the entries below the
+    bracket, another gathers the few inside it, and only those are
+    partitioned. If the bracket misses (probability ~1e-4), the full
+    ``np.median`` is used. (``C`` holds no NaN: align checks its inputs.)
+    """
+    flat = C.ravel()
+    n = flat.size
+    if n < 1 << 16:
+        return float(np.median(flat))
+    k1, k2 = (n - 1) // 2, n // 2
+    s = 1 << 14
+    sample = np.sort(flat[np.random.default_rng(n).integers(0, n, s)])
+    q, half = k1 / n * s, 4.0 * math.sqrt(s)
+    lo, hi = sample[max(int(q - half), 0)], sample[min(int(q + half) + 1, s - 1)]
+    # one pass over memory: blocks that stay in cache are counted, then gathered
+    below, parts = 0, []
+    blk = 1 << 16
+    for i in range(0, n, blk):
+        x = flat[i:i + blk]
+        mask = x >= lo
+        below += x.size - int(np.count_nonzero(mask))
+        mask &= x <= hi
+        parts.append(x[mask])
+    inside = np.concatenate(parts)
+    if not (below <= k1 and below + inside.size > k2):
+        return float(np.median(flat))
+    j1, j2 = k1 - below, k2 - below
+    part = np.partition(inside, [j1, j2] if j2 != j1 else j1)
+    return float(0.5 * (part[j1] + part[j2])) if j2 != j1 else float(part[j1])
 
 
 def _median_torch(C: torch.Tensor) -> float:
@@ -843,17 +1091,31 @@ def align(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqeuclide
     """
     _check_options(method, tol, max_iter, reg_m)
     eps = _check_eps(eps, method)
-    t, s = _as_tensor(teacher, "teacher"), _as_tensor(student, "student")
-    t = t.detach().to("cpu", torch.float64)
-    s = s.detach().to("cpu", torch.float64)
-    _check_neurons(t, s)
+    t, s = _as_array(teacher, "teacher"), _as_array(student, "student")
+    _check_neurons(t, s, finite=False)  # _cost_np checks finiteness in its first pass
     m, k = t.shape[0], s.shape[0]
     a_ = _check_weights(a, m, "a", normalise=method != "unbalanced")
     b_ = _check_weights(b, k, "b", normalise=method != "unbalanced")
-    C = _cost(t, s, cost, normalize).numpy()
+    C = _cost_np(t, s, cost, normalize)
     warm = _warm_potentials(warm_start, m, k) if method != "emd" else None
     return _finish(C, a_, b_, method=method, cost=cost, normalize=normalize, eps=eps,
                    reg_m=reg_m, tol=tol, max_iter=max_iter, warm=warm, neurons=(t, s))
+
+
+def _plan_sums(P: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Row sums and column sums of ``P`` and :math:`\\sum_{ij} P_{ij} C_{ij}`, in one pass
+    over memory (cache-sized blocks of rows)."""
+    m, k = P.shape
+    rows = np.empty(m)
+    cols = np.zeros(k)
+    dist = 0.0
+    step = max(1, _BLOCK // max(k, 1))
+    for i in range(0, m, step):
+        p = P[i:i + step]
+        p.sum(axis=1, out=rows[i:i + step])
+        cols += p.sum(axis=0)
+        dist += float(np.einsum("ij,ij->", p, C[i:i + step]))
+    return rows, cols, dist
 
 
 def _finish(C: np.ndarray, a: np.ndarray, b: np.ndarray, *, method: str, cost: str,
@@ -884,18 +1146,21 @@ def _finish_with_plan(C: np.ndarray | torch.Tensor, a: np.ndarray, b: np.ndarray
         C = C.detach().to("cpu", torch.float64).numpy()
     else:
         P = sol["plan"]
-    if not np.isfinite(P).all():
+    # P >= 0, so its row sums are finite exactly when all its entries are; row sums,
+    # column sums and <P, C> in one blocked pass
+    rows, cols, distance = _plan_sums(P, C)
+    if not np.isfinite(rows).all():
         raise FloatingPointError(
             f"the {method} solver produced a non-finite plan (eps={eps}); this should not "
             f"happen, please report it with the cost matrix")
-    marg = float(np.abs(P.sum(1) - a).sum() + np.abs(P.sum(0) - b).sum())
+    marg = float(np.abs(rows - a).sum() + np.abs(cols - b).sum())
     if not sol["converged"]:
         what = ("the exact solver hit its iteration cap" if method == "emd" else
                 f"the {method} solver did not reach tol={tol:g} in max_iter={max_iter} "
                 f"iterations (marginal error {marg:.2e})")
         warnings.warn(f"OT did not converge: {what}; increase max_iter or eps, or loosen tol",
                       RuntimeWarning, stacklevel=_stack)
-    al = Alignment(plan=P, cost_matrix=C, distance=float((P * C).sum()), a=a, b=b,
+    al = Alignment(plan=P, cost_matrix=C, distance=distance, a=a, b=b,
                    method=method, cost=cost, normalize=normalize, eps=eps, reg=sol["reg"],
                    cost_scale=sol["scale"], n_iter=sol["n_iter"],
                    converged=bool(sol["converged"]), marginal_error=marg,
