@@ -113,7 +113,7 @@ def check_limit(nbytes: int, max_bytes: int | None, what: str, *, fix: str = "")
         )
 
 
-def zip_nbytes(source: str | os.PathLike[str] | bytes | IO[bytes]) -> int | None:
+def zip_nbytes(source: str | os.PathLike[str] | bytes | IO[bytes], *, exclude: str | None = None) -> int | None:
     """Sum of the declared uncompressed sizes of a zip archive's members (torch.save, .pt2), or None.
 
     Reads only the archive's central directory; returns ``None`` for data
@@ -123,6 +123,9 @@ def zip_nbytes(source: str | os.PathLike[str] | bytes | IO[bytes]) -> int | None
     ----------
     source : path-like, bytes or seekable binary file object
         The archive.
+    exclude : str, optional
+        Leave out the entries whose name contains this (``"/data/"``: a torch
+        archive's tensor data, to size the rest).
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         handle: Any = io.BytesIO(bytes(source))
@@ -135,7 +138,7 @@ def zip_nbytes(source: str | os.PathLike[str] | bytes | IO[bytes]) -> int | None
         if not zipfile.is_zipfile(handle):
             return None
         with zipfile.ZipFile(handle) as z:
-            return int(sum(i.file_size for i in z.infolist()))
+            return int(sum(i.file_size for i in z.infolist() if exclude is None or exclude not in i.filename))
     except (zipfile.BadZipFile, OSError):
         return None
     finally:

@@ -105,7 +105,8 @@ def checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return ckpt
 
 
-def list_teachers(directory: str | os.PathLike[str] | None = None, *, as_frame: bool = False) -> Any:
+def list_teachers(directory: str | os.PathLike[str] | None = None, *, as_frame: bool = False,
+                  read: Any = None) -> Any:
     """Describe the teacher checkpoints of a folder, like :func:`otviz.teachers.list_teachers`, without torch.
 
     Parameters
@@ -114,6 +115,10 @@ def list_teachers(directory: str | os.PathLike[str] | None = None, *, as_frame: 
         Where to look; default: the shipped teachers (:data:`TEACHER_DIR`).
     as_frame : bool, default False
         Return a pandas DataFrame (columns :data:`COLUMNS`) instead of a list of dicts.
+    read : callable, optional
+        How a file is read (default :func:`checkpoint_metadata`, the metadata
+        record only; :func:`otviz.teachers.list_teachers` passes its full,
+        checked loader).
 
     Returns
     -------
@@ -125,7 +130,7 @@ def list_teachers(directory: str | os.PathLike[str] | None = None, *, as_frame: 
     rows = []
     for p in sorted(d.glob("*.pt"), key=lambda q: q.stem) if d.is_dir() else []:
         try:
-            ckpt = checkpoint_metadata(p)
+            ckpt = (read or checkpoint_metadata)(p)
         except (ValueError, OSError):
             continue
         cfg, task = ckpt["model_config"], ckpt.get("task") or {}

@@ -38,7 +38,6 @@ import io
 import os
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
@@ -298,23 +297,9 @@ MAX_STRUCTURE_BYTES: int = 16 * 1024**2
 
 def _archive_structure_nbytes(source: Any) -> int | None:
     """Declared uncompressed bytes of a torch zip archive's records other than tensor data, or None."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        handle: Any = io.BytesIO(bytes(source))
-    elif isinstance(source, (str, os.PathLike)):
-        handle = Path(source)
-    else:
-        handle = source
-    pos = handle.tell() if hasattr(handle, "tell") else None
-    try:
-        if not zipfile.is_zipfile(handle):
-            return None
-        with zipfile.ZipFile(handle) as z:
-            return int(sum(i.file_size for i in z.infolist() if "/data/" not in i.filename))
-    except (zipfile.BadZipFile, OSError):
-        return None
-    finally:
-        if pos is not None:
-            handle.seek(pos)
+    from otviz._memory import zip_nbytes
+
+    return zip_nbytes(source, exclude="/data/")
 
 
 def _torch_load(handle: Any, label: str, map_location: str) -> Any:
@@ -659,32 +644,9 @@ def list_teachers(directory: str | os.PathLike[str] | None = None, *, as_frame: 
         ``role`` and ``path``. Files that are not compatible checkpoints
         are skipped.
     """
-    d = TEACHER_DIR if directory is None else Path(directory)
-    rows = []
-    for p in sorted(d.glob("*.pt"), key=lambda q: q.stem) if d.is_dir() else []:
-        try:
-            ckpt = load_checkpoint(p)
-        except ValueError:
-            continue
-        cfg, task = ckpt["model_config"], ckpt.get("task") or {}
-        rows.append(
-            {
-                "name": ckpt.get("name", p.stem),
-                "arch": ckpt["arch"],
-                "width": cfg.get("width"),
-                "num_classes": cfg.get("num_classes"),
-                "dataset": task.get("dataset"),
-                "classes": task.get("classes"),
-                "test_accuracy": (ckpt.get("metrics") or {}).get("test_accuracy"),
-                "role": ckpt.get("role", ""),
-                "path": str(p),
-            }
-        )
-    if as_frame:
-        import pandas as pd
+    from otviz._teacher_meta import list_teachers as _list
 
-        return pd.DataFrame(rows, columns=["name", "arch", "width", "num_classes", "dataset", "classes", "test_accuracy", "role", "path"])
-    return rows
+    return _list(directory, as_frame=as_frame, read=load_checkpoint)
 
 
 def teacher_task(info: dict[str, Any]) -> TaskData:
