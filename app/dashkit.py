@@ -441,14 +441,6 @@ def table_layers(model, inputs=None) -> list[str]:
     return [names[i] for i in idx]
 
 
-def _batch(inputs: Any) -> int:
-    if hasattr(inputs, "shape"):
-        return int(inputs.shape[0])
-    if isinstance(inputs, tuple):
-        return int(inputs[0].shape[0])
-    return int(next(iter(inputs.values())).shape[0])
-
-
 def ot_options(cost: str, normalize: str | None, method: str, eps: float | None) -> dict[str, Any]:
     opts: dict[str, Any] = {"cost": cost, "normalize": normalize, "method": method}
     if method != "emd":
@@ -485,7 +477,7 @@ def alignment_data(t_ref: str, s_ref: str, t_layer: str, s_layer: str, cost: str
     alignment = align(T, S, **ot_options(cost, normalize, method, eps))
     return {"T": T.detach().cpu().numpy().astype(np.float32),
             "S": S.detach().cpu().numpy().astype(np.float32),
-            "alignment": alignment, "n_probe": _batch(inputs), "task": task_name,
+            "alignment": alignment, "n_probe": int(t_acts[t_layer].shape[0]), "task": task_name,
             "t_shape": tuple(t_acts[t_layer].shape), "s_shape": tuple(s_acts[s_layer].shape)}
 
 

@@ -341,38 +341,41 @@ class Activations(dict):
         return pd.DataFrame(rows).set_index("layer")
 
 
-def _axis_option(channel_axis: Any, names: Sequence[str], what: str = "channel_axis") -> dict[str, int]:
-    """``{layer: axis}`` from an int (every layer) or a mapping (the layers it names)."""
-    if channel_axis is None:
+def _per_layer(option: Any, names: Sequence[str], what: str, check) -> dict[str, Any]:
+    """``{layer: value}`` from one value for every layer or a mapping naming some; ``check(layer, value)``."""
+    if option is None:
         return {}
-    if isinstance(channel_axis, Mapping):
-        unknown = sorted(set(channel_axis) - set(names))
+    if isinstance(option, Mapping):
+        unknown = sorted(set(option) - set(names))
         if unknown:
             raise ValueError(f"{what} names layer(s) {unknown} that are not captured; captured: "
                              f"{list(names)}.")
-        items = dict(channel_axis)
+        items = dict(option)
     else:
-        items = {name: channel_axis for name in names}
-    for name, axis in items.items():
+        items = {name: option for name in names}
+    for name, value in items.items():
+        check(name, value)
+    return items
+
+
+def _axis_option(channel_axis: Any, names: Sequence[str]) -> dict[str, int]:
+    """``{layer: axis}`` from an int (every layer) or a mapping (the layers it names)."""
+    def check(name: str, axis: Any) -> None:
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"{what} for {name!r} must be an int (1 for channel-first, -1 for "
+            raise TypeError(f"channel_axis for {name!r} must be an int (1 for channel-first, -1 for "
                             f"channel-last), got {axis!r}.")
-    return {k: int(v) for k, v in items.items()}
+
+    return {k: int(v) for k, v in _per_layer(channel_axis, names, "channel_axis", check).items()}
 
 
 def _field_option(output_field: Any, names: Sequence[str]) -> dict[str, str | int]:
-    if output_field is None:
-        return {}
-    if isinstance(output_field, Mapping):
-        unknown = sorted(set(output_field) - set(names))
-        if unknown:
-            raise ValueError(f"output_field names layer(s) {unknown} that are not captured; "
-                             f"captured: {list(names)}.")
-        return dict(output_field)
-    if not isinstance(output_field, (str, int)) or isinstance(output_field, bool):
-        raise TypeError(f"output_field must be a field name (e.g. 'last_hidden_state'), an index, or "
-                        f"a dict {{layer: field}}, got {output_field!r}.")
-    return {name: output_field for name in names}
+    """``{layer: field}`` from a field name or index (every layer) or a mapping (the layers it names)."""
+    def check(name: str, field: Any) -> None:
+        if not isinstance(field, (str, int)) or isinstance(field, bool):
+            raise TypeError(f"output_field must be a field name (e.g. 'last_hidden_state'), an index, "
+                            f"or a dict {{layer: field}}, got {field!r}.")
+
+    return _per_layer(output_field, names, "output_field", check)
 
 
 # ----------------------------------------------------------------------------

@@ -393,12 +393,12 @@ def layer_distances(
             dropped = {"teacher": {k: v for k, v in t_acts.dropped.items() if v},
                        "student": {k: v for k, v in s_acts.dropped.items() if v}}
         # check every pair before solving anything
+        t_space = {k: _space(t_acts, k, spatial, size) for k in t_names}
+        s_space = {k: _space(s_acts, k, spatial, size) for k in s_names}
         for tn in t_names:
             for sn in s_names:
-                same = _space(t_acts, tn, spatial, size) == _space(s_acts, sn, spatial, size)
-                if not same or t_neur[tn].shape[1] != s_neur[sn].shape[1]:
-                    t_pos = _space(t_acts, tn, spatial, size)
-                    s_pos = _space(s_acts, sn, spatial, size)
+                t_pos, s_pos = t_space[tn], s_space[sn]
+                if t_pos != s_pos or t_neur[tn].shape[1] != s_neur[sn].shape[1]:
                     if t_pos[0] == s_pos[0] == "map" and len(t_pos) == len(s_pos):
                         common = tuple(min(a, b) for a, b in zip(t_pos[1:], s_pos[1:]))
                         fix = f"pass size= (e.g. size={common}) to resize both maps, or spatial='mean'"
