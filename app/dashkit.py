@@ -175,6 +175,28 @@ def teachers_frame():
     return list_teachers(as_frame=True)
 
 
+def _classes_text(classes) -> str:
+    classes = [int(c) for c in classes or []]
+    if classes and classes == list(range(classes[0], classes[-1] + 1)) and len(classes) > 2:
+        return f"{classes[0]}-{classes[-1]}"
+    return ", ".join(map(str, classes))
+
+
+def teachers_markdown() -> str:
+    """The shipped teachers as a small Markdown table (no pandas, no data grid: the first page draws it)."""
+    from otviz._teacher_meta import list_teachers  # metadata only: no torch
+
+    lines = ["| teacher | family | dataset | digits | test accuracy | used as |", "|---|---|---|---|---|---|"]
+    for t in list_teachers():
+        acc = t.get("test_accuracy")
+        acc_text = "-" if acc is None else f"{100 * float(acc):.1f} %"
+        width = float(t.get("width") or 1.0)
+        family = t.get("arch", "?") + ("" if width == 1.0 else f" x{width:g}")
+        lines.append(f"| `{t['name']}` | {family} | {t.get('dataset', '?')} | "
+                     f"{_classes_text(t.get('classes'))} | {acc_text} | {t.get('role', '')} |")
+    return "\n".join(lines)
+
+
 def upload_ref(data: bytes) -> str:
     return "upload:" + hashlib.sha256(data).hexdigest()[:16]
 
@@ -632,6 +654,17 @@ def benchmark_files() -> dict[str, dict[str, Path]]:
         if found:
             out[base] = found
     return out
+
+
+#: Tables of the paired benchmark (``benchmarks/bench_paired.py``): name -> file.
+PAIRED_FILES = {"final": "transfer_paired.csv", "axes": "transfer_axes.csv", "report": "transfer_paired.md",
+                "tuning": "tuning.csv"}
+
+
+def paired_files() -> dict[str, Path]:
+    """The paired benchmark's result files that exist (``final``, ``axes``, ``report``, ``tuning``)."""
+    found = {k: BENCHMARK_RESULTS / name for k, name in PAIRED_FILES.items()}
+    return {k: p for k, p in found.items() if p.is_file()}
 
 
 def shown_path(path: Path) -> str:

@@ -24,6 +24,13 @@ in the otviz process, with these additions:
   cause in their own words. ``OTVIZ_DEBUG=1`` shows the details in the browser.
 * **Upload cap**: ``server.maxUploadSize`` = :data:`MAX_UPLOAD_MB` (Streamlit
   refuses larger uploads with HTTP 413 while they stream in).
+* **Warm start**: while Streamlit boots and the browser loads its scripts, a
+  background thread imports the libraries the first page needs
+  (:data:`WARM_MODULES`: pandas, plotly, Streamlit's chart and table elements),
+  so the page's first run does not pay for them; the import lock makes the page
+  wait for a module still being imported rather than import it twice
+  (``OTVIZ_WARM_IMPORTS=0`` turns it off; ``benchmarks/bench_dashboard.py``
+  measures both).
 * **Clean exit**: on SIGTERM or Ctrl-C Streamlit stops its server, then the
   process exits with status 0 without running native libraries' static
   destructors (see :func:`_exit_after_server`).
@@ -49,6 +56,11 @@ MAX_UPLOAD_MB = 512
 
 #: Seconds the exit waits for page scripts to stop after the server has stopped.
 PAGE_STOP_GRACE_S = 3.0
+
+#: Modules the first page run imports, imported in the background while the server starts.
+WARM_MODULES = ("numpy", "pandas", "pyarrow", "plotly.graph_objects", "plotly.io",
+                "streamlit.elements.plotly_chart", "streamlit.elements.arrow",
+                "streamlit.dataframe_util", "otviz.runs", "otviz._recipes", "otviz._teacher_meta")
 
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _WILDCARDS = ("", "0.0.0.0", "::")
@@ -250,6 +262,9 @@ def serve(entry: str | os.PathLike[str], address: str, port: int, *,
     """
     names, any_ip = served_names(address, allowed_hosts)
     _install_host_check(names, any_ip)
+    if os.environ.get("OTVIZ_WARM_IMPORTS", "1").strip() != "0":
+        threading.Thread(target=_warm_imports, args=(address, port), name="otviz-warm-imports",
+                         daemon=True).start()
     from streamlit.web import cli as streamlit_cli
 
     sys.argv = ["streamlit", "run", os.fspath(entry), *streamlit_flags(address, port)]
@@ -259,6 +274,32 @@ def serve(entry: str | os.PathLike[str], address: str, port: int, *,
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     _exit_after_server(code)
+
+
+def _warm_imports(address: str, port: int, modules: Iterable[str] = WARM_MODULES,
+                  timeout: float = 60.0) -> None:
+    """Once the server listens, import `modules` so the first page run finds them loaded.
+
+    It waits for the port to accept connections so as not to slow the server's own
+    start; the imports then run while the browser loads Streamlit's scripts. A
+    module that fails to import is skipped: the page that needs it reports the
+    error itself, in its own words.
+    """
+    import importlib
+
+    host = "127.0.0.1" if address in _WILDCARDS else address
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.05)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the page importing it shows the error
+            continue
 
 
 def _exit_after_server(code: int) -> NoReturn:

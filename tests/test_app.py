@@ -125,8 +125,11 @@ def test_train_page_on_an_empty_store_offers_the_demo_and_the_teachers(store_pat
     assert [t.value for t in at.title] == ["Train"]
     assert any("run store is empty" in i.value for i in at.info)
     assert any(b.label == "Run the demo transfer" for b in at.button)
-    teachers = at.dataframe[0].value
-    assert "cnn-mnist5k" in set(teachers["name"])
+    table = next(m.value for m in at.markdown if m.value.startswith("| teacher |"))
+    rows = [line for line in table.splitlines()[2:]]
+    assert any(r.startswith("| `cnn-mnist5k` | cnn | mnist5k | 0-9 | ") for r in rows), rows
+    assert any("`cnn-mnist5k-0to4`" in r and "| 0-4 |" in r and "source of transfer" in r for r in rows)
+    assert all(r.count(" %") >= 1 for r in rows)  # every teacher's test accuracy, in percent
 
 
 def test_train_form_launches_a_run_that_writes_to_the_store(store_path):

@@ -205,7 +205,7 @@ def test_train_live_then_alignments_in_chromium(dashboard, page):
     pg.get_by_role("heading", name="Train").wait_for()
     pg.get_by_text("The run store is empty").wait_for()
     pg.get_by_label("Epochs").wait_for(state="visible")
-    pg.locator("[data-testid='stDataFrame'] canvas").first.wait_for(state="attached")  # teachers
+    pg.get_by_role("cell", name="cnn-mnist5k-0to4", exact=True).wait_for()  # the shipped teachers' table
     shot(pg, "1-train-empty-store")
 
     # A run long enough to be watched (60 epochs of 2 steps, on one layer pair); the test

@@ -431,3 +431,36 @@ def test_bad_task_metadata_upload_is_reported_on_the_page(tmp_path, monkeypatch)
     assert not at.exception, [e.value for e in at.exception]
     errors = [e.value for e in at.error]
     assert any("class 99" in e and "0-9" in e for e in errors), errors
+
+
+def test_warm_imports_wait_for_the_server_then_import_and_skip_failures(monkeypatch):
+    """The warm-up imports start once the port listens, import what the first page needs, and a
+    module that cannot be imported does not stop the others."""
+    import socket
+    import sys
+    import threading
+
+    from otviz import _dashboard
+
+    for name in ("colorsys", "otviz._recipes"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = threading.Event()
+
+    def warm():
+        _dashboard._warm_imports("127.0.0.1", port, ("no_such_module_xyz", "colorsys", "otviz._recipes"),
+                                 timeout=30)
+        done.set()
+
+    t = threading.Thread(target=warm, daemon=True)
+    t.start()
+    assert not done.wait(0.3), "the warm-up must wait for the server to listen"
+    assert "colorsys" not in sys.modules
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        assert done.wait(20)
+    assert "colorsys" in sys.modules and "otviz._recipes" in sys.modules
+    assert set(_dashboard.WARM_MODULES) >= {"pandas", "otviz.runs"}

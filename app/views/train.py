@@ -91,10 +91,7 @@ if runs.empty:
 with st.expander("Shipped teachers", expanded=runs.empty):
     st.caption("Small teachers trained from fixed seeds, shipped with otviz (`otviz teachers`). "
                "Each setting picks its teacher; the Alignments page compares any two of them.")
-    st.dataframe(dk.teachers_frame().drop(columns=["path"]), hide_index=True,
-                 column_config={"test_accuracy": st.column_config.NumberColumn("test accuracy",
-                                                                               format="percent"),
-                                "num_classes": "classes (n)"})
+    st.markdown(dk.teachers_markdown())
 
 #: Form inputs whose initial value comes from the recipe: widget key -> TrainConfig field.
 RECIPE_INPUTS = {"lam": "lam", "pairs": "pairs", "cost": "cost", "normalize": "normalize",
