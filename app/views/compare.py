@@ -166,5 +166,48 @@ def benchmark_section() -> None:
             benchmark_table(files, key)
 
 
+def paired_section() -> None:
+    """The paired benchmark: per setting, each method's interval, OT's paired gains, the axes."""
+    files = dk.paired_files()
+    st.subheader("Benchmark: paired seeds, validation-only tuning")
+    if "final" not in files:
+        st.info("No paired benchmark results yet. `python benchmarks/bench_paired.py` writes "
+                "`benchmarks/results/transfer_paired.csv` (one row per final run) and "
+                "`transfer_axes.csv`; this section draws them.")
+        return
+    try:
+        final = pd.read_csv(files["final"])
+        axes = pd.read_csv(files["axes"]) if "axes" in files else None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        dk.show_error(exc, "Could not read the benchmark's tables")
+        return
+    needed = {"setting", "method", "seed", "test_accuracy"}
+    if not needed <= set(final.columns):
+        st.error(f"`{dk.shown_path(files['final'])}` lacks the columns {sorted(needed - set(final.columns))}.")
+        return
+    seeds = final.groupby(["setting", "method"])["seed"].nunique()
+    st.caption(f"Every method tuned on validation accuracy with the same number of trials, then "
+               f"{seeds.min()}-{seeds.max()} paired seeds per method (a seed gives every method the "
+               f"same split, labelled images, initialisation and batch order). Intervals are 95 % "
+               f"confidence intervals over seeds; differences are paired by seed.")
+    settings = list(dict.fromkeys(final["setting"]))
+    for tab, setting in zip(st.tabs(settings), settings):
+        with tab:
+            left, right = st.columns(2)
+            with left:
+                dk.chart(figures.method_intervals(final, setting), key=f"cmp_pi_{setting}")
+            with right:
+                ours = [m for m in ("ot", "kd+ot") if m in set(final.loc[final.setting == setting, "method"])]
+                for m in ours:
+                    dk.chart(figures.paired_gains(final, setting, ours=m), key=f"cmp_pg_{setting}_{m}")
+            if axes is not None and setting in set(axes["setting"]):
+                dk.chart(figures.axis_curves(axes, setting), key=f"cmp_ax_{setting}")
+    if "report" in files:
+        with st.expander("The benchmark's report (tables, p-values, chosen options)"):
+            st.markdown(files["report"].read_text(encoding="utf-8", errors="replace"))
+    st.caption("From " + ", ".join(f"`{dk.shown_path(p)}`" for p in files.values()))
+
+
 runs_section()
+paired_section()
 benchmark_section()

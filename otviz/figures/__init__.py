@@ -24,6 +24,12 @@ Tables and curves
     (:func:`chance_level`); :func:`distance_bars`
     compares a few alignments.
 
+Benchmarks
+    :func:`method_intervals`, :func:`paired_gains` and :func:`axis_curves`
+    draw the tables of ``benchmarks/bench_paired.py``: each method's test
+    accuracy with its 95 % interval over seeds, the paired difference of OT to
+    each baseline, and accuracy against labels per class or student width.
+
 Conventions: one template (:data:`TEMPLATE`), teacher in blue and student in
 orange (:data:`TEACHER_COLOR`, :data:`STUDENT_COLOR`), plans on a perceptually
 uniform light-to-dark scale (:data:`PLAN_COLORSCALE`) with an optional log
@@ -38,6 +44,7 @@ from otviz.figures._common import (
     TEACHER_COLOR,
     TEMPLATE,
 )
+from otviz.figures.benchmark import axis_curves, method_intervals, paired_gains
 from otviz.figures.curves import (
     accuracy_curves,
     chance_level,
@@ -58,6 +65,7 @@ __all__ = [
     "TEMPLATE",
     "accuracy_curves",
     "alignment_panel",
+    "axis_curves",
     "chance_level",
     "compare_runs",
     "distance_bars",
@@ -67,8 +75,10 @@ __all__ = [
     "match_quality",
     "matched_cost_distribution",
     "metric_family",
+    "method_intervals",
     "metric_panels",
     "neuron_map",
+    "paired_gains",
     "plan_heatmap",
     "plan_order",
     "plan_snapshots",

@@ -1,0 +1,200 @@
+r"""Figures of a paired benchmark: which method wins, by how much, and where.
+
+They read the long tables that ``benchmarks/bench_paired.py`` writes (one row
+per final run): ``setting, method, seed, test_accuracy`` (accuracies as
+fractions) and, for the axes, ``axis, value``. Intervals are 95 % Student-t
+confidence intervals over seeds (:func:`otviz.stats.mean_ci`); differences are
+paired by seed (:func:`otviz.stats.paired_difference`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from otviz.figures._common import STUDENT_COLOR, TEACHER_COLOR, TEMPLATE
+
+__all__ = ["method_intervals", "paired_gains", "axis_curves"]
+
+#: Colours of the methods that recur across the benchmark's figures.
+METHOD_COLORS = {"ot": STUDENT_COLOR, "kd+ot": "#9c3d8f", "scratch": "#7f7f7f"}
+_OTHER_COLORS = ("#2f6db5", "#3a9a5b", "#c9a227", "#5bb5c9", "#8c564b", "#17becf", "#bcbd22")
+AXIS_TITLES = {"k": "labelled images per class (k, log scale)", "width": "student width (x the teacher's)"}
+
+
+def _need(df: Any, columns: Sequence[str], what: str) -> None:
+    if not hasattr(df, "columns"):
+        raise TypeError(f"{what} needs a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: the table lacks the column(s) {missing}; it has {list(df.columns)} "
+                         f"(pass benchmarks/results/transfer_paired.csv or transfer_axes.csv)")
+    if len(df) == 0:
+        raise ValueError(f"{what}: the table is empty")
+
+
+def _color(method: str, order: Sequence[str]) -> str:
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    others = [m for m in order if m not in METHOD_COLORS]
+    return _OTHER_COLORS[others.index(method) % len(_OTHER_COLORS)] if method in others else TEACHER_COLOR
+
+
+def _interval(values: np.ndarray) -> tuple[float, float, float]:
+    from otviz.stats import mean_ci
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        v = float(values.mean())
+        return v, v, v
+    return mean_ci(values)
+
+
+def method_intervals(df: Any, setting: str, *, title: str | None = None) -> go.Figure:
+    """Test accuracy of every method of ``setting``: mean and 95 % CI over seeds, best on top.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        One row per final run with ``setting, method, seed, test_accuracy``.
+    setting : str
+        The setting to draw.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        A dot per method at its mean test accuracy (in %), with its interval as
+        a horizontal bar; methods sorted by mean.
+    """
+    _need(df, ["setting", "method", "seed", "test_accuracy"], "method_intervals")
+    sub = df[df["setting"] == setting]
+    if sub.empty:
+        raise ValueError(f"no runs of setting {setting!r}; the table has {sorted(set(df['setting']))}")
+    order = list(dict.fromkeys(sub["method"]))
+    stats = []
+    for m in order:
+        mean, lo, hi = _interval(sub.loc[sub["method"] == m, "test_accuracy"].to_numpy())
+        stats.append((m, 100 * mean, 100 * lo, 100 * hi, int((sub["method"] == m).sum())))
+    stats.sort(key=lambda r: r[1])
+    fig = go.Figure()
+    for m, mean, lo, hi, n in stats:
+        fig.add_trace(go.Scatter(
+            x=[mean], y=[m], mode="markers", marker=dict(size=11, color=_color(m, order)),
+            error_x=dict(type="data", symmetric=False, array=[hi - mean], arrayminus=[mean - lo],
+                         thickness=2, width=6, color=_color(m, order)),
+            name=m, showlegend=False,
+            hovertemplate=f"<b>{m}</b><br>test accuracy {mean:.1f} % [95 % CI {lo:.1f}, {hi:.1f}]"
+                          f"<br>{n} seeds<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, height=90 + 34 * len(stats),
+                      title=title or f"{setting}: test accuracy, mean and 95 % CI over seeds",
+                      xaxis_title="test accuracy (%)", margin=dict(l=10, r=20, t=50, b=45))
+    return fig
+
+
+def paired_gains(df: Any, setting: str, *, ours: str = "ot", title: str | None = None) -> go.Figure:
+    """Paired difference ``ours - baseline`` in test accuracy for every baseline of ``setting``.
+
+    For each baseline :math:`b` and each seed :math:`s` seen by both methods,
+    :math:`d_s = \\mathrm{acc}_{ours}(s) - \\mathrm{acc}_b(s)`; the figure shows the
+    mean of :math:`d` with its 95 % CI (Student t over the differences), a
+    vertical line at 0: an interval entirely right of it is a gain the seeds
+    support, one across it is not.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        One row per final run with ``setting, method, seed, test_accuracy``.
+    setting : str
+    ours : str, default "ot"
+        The method compared with every other one (except ``"ot"`` and ``"kd+ot"``).
+    """
+    from otviz.stats import paired_difference
+
+    _need(df, ["setting", "method", "seed", "test_accuracy"], "paired_gains")
+    sub = df[df["setting"] == setting]
+    if ours not in set(sub["method"]):
+        raise ValueError(f"method {ours!r} has no runs in setting {setting!r}; it has "
+                         f"{sorted(set(sub['method']))}")
+    mine = dict(zip(sub.loc[sub["method"] == ours, "seed"], sub.loc[sub["method"] == ours, "test_accuracy"]))
+    rows = []
+    for b in dict.fromkeys(sub["method"]):
+        if b in ("ot", "kd+ot", ours):
+            continue
+        theirs = dict(zip(sub.loc[sub["method"] == b, "seed"], sub.loc[sub["method"] == b, "test_accuracy"]))
+        d = paired_difference(mine, theirs)
+        rows.append((b, 100 * d.mean, 100 * d.low, 100 * d.high, d.p_ttest, d.n))
+    if not rows:
+        raise ValueError(f"setting {setting!r} has no baseline to compare {ours!r} with")
+    rows.sort(key=lambda r: r[1])
+    fig = go.Figure()
+    fig.add_vline(x=0, line=dict(color="#444", width=1, dash="dot"))
+    for b, mean, lo, hi, p, n in rows:
+        color = "#3a9a5b" if lo > 0 else ("#c0392b" if hi < 0 else "#7f7f7f")
+        fig.add_trace(go.Scatter(
+            x=[mean], y=[f"{ours} - {b}"], mode="markers", marker=dict(size=11, color=color),
+            error_x=dict(type="data", symmetric=False, array=[hi - mean], arrayminus=[mean - lo],
+                         thickness=2, width=6, color=color), showlegend=False,
+            hovertemplate=f"<b>{ours} - {b}</b><br>{mean:+.1f} points [95 % CI {lo:+.1f}, {hi:+.1f}]"
+                          f"<br>paired t-test p = {p:.3g}, {n} paired seeds<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, height=90 + 34 * len(rows),
+                      title=title or f"{setting}: {ours} minus each baseline, paired by seed "
+                                     f"(green: CI above 0, red: below, grey: includes 0)",
+                      xaxis_title="difference in test accuracy (percentage points)",
+                      margin=dict(l=10, r=20, t=50, b=45))
+    return fig
+
+
+def axis_curves(df: Any, setting: str, *, title: str | None = None) -> go.Figure:
+    """Test accuracy against the setting's axis (labels per class or student width), per method.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        One row per run with ``setting, axis, value, method, seed, test_accuracy``
+        (``benchmarks/results/transfer_axes.csv``).
+    setting : str
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        A line per method through the mean test accuracy (%) at each point, its
+        95 % CI as a band; the x axis is logarithmic (k and width are both
+        spaced by factors).
+    """
+    _need(df, ["setting", "axis", "value", "method", "seed", "test_accuracy"], "axis_curves")
+    sub = df[df["setting"] == setting]
+    if sub.empty:
+        raise ValueError(f"no axis runs of setting {setting!r}; the table has {sorted(set(df['setting']))}")
+    axis = str(sub["axis"].iloc[0])
+    order = list(dict.fromkeys(sub["method"]))
+    fig = go.Figure()
+    for m in order:
+        g = sub[sub["method"] == m]
+        xs, means, los, his = [], [], [], []
+        for v, gv in sorted(g.groupby("value"), key=lambda t: t[0]):
+            mean, lo, hi = _interval(gv["test_accuracy"].to_numpy())
+            xs.append(float(v))
+            means.append(100 * mean)
+            los.append(100 * lo)
+            his.append(100 * hi)
+        c = _color(m, order)
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=his + los[::-1], fill="toself", fillcolor=c,
+                                 opacity=0.15, line=dict(width=0), hoverinfo="skip", showlegend=False,
+                                 legendgroup=m))
+        fig.add_trace(go.Scatter(
+            x=xs, y=means, mode="lines+markers", name=m, line=dict(color=c, width=2), legendgroup=m,
+            customdata=np.stack([los, his], axis=1),
+            hovertemplate=f"<b>{m}</b><br>{axis} = %{{x:g}}<br>test accuracy %{{y:.1f}} % "
+                          f"[95 % CI %{{customdata[0]:.1f}}, %{{customdata[1]:.1f}}]<extra></extra>"))
+    values = sorted(set(float(v) for v in sub["value"]))
+    fig.update_xaxes(type="log", tickvals=values, ticktext=[f"{v:g}" for v in values])
+    fig.update_layout(template=TEMPLATE, height=380,
+                      title=title or f"{setting}: test accuracy against "
+                                     f"{'labels per class' if axis == 'k' else 'student width'} "
+                                     f"(mean and 95 % CI over seeds)",
+                      xaxis_title=AXIS_TITLES.get(axis, axis), yaxis_title="test accuracy (%)",
+                      legend=dict(orientation="h", y=-0.22), margin=dict(l=10, r=20, t=50, b=80))
+    return fig

@@ -1,0 +1,82 @@
+"""The paired benchmark's figures: intervals, paired gains and the axes read the CSV tables right."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from otviz import figures
+
+
+def _final(seed_effect=True):
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(10):
+        base = 0.8 + (0.05 * rng.standard_normal() if seed_effect else 0.0)  # shared by all methods
+        for method, gain in (("scratch", -0.05), ("fitnets", 0.0), ("ot", 0.02), ("kd+ot", 0.01)):
+            rows.append(dict(setting="distill", method=method, seed=seed,
+                             val_accuracy=base + gain, test_accuracy=base + gain + 0.002 * rng.standard_normal(),
+                             seconds=1.0))
+    return pd.DataFrame(rows)
+
+
+def _interval_of(fig, name):
+    for tr in fig.data:
+        if list(tr.y) == [name]:
+            x = tr.x[0]
+            return x, x - tr.error_x.arrayminus[0], x + tr.error_x.array[0]
+    raise AssertionError(f"no trace {name}")
+
+
+def test_method_intervals_are_student_t_over_seeds():
+    df = _final()
+    fig = figures.method_intervals(df, "distill")
+    acc = 100 * df[df.method == "ot"].test_accuracy.to_numpy()
+    half = sps.t.ppf(0.975, len(acc) - 1) * acc.std(ddof=1) / np.sqrt(len(acc))
+    mean, lo, hi = _interval_of(fig, "ot")
+    assert mean == pytest.approx(acc.mean()) and lo == pytest.approx(acc.mean() - half)
+    assert hi == pytest.approx(acc.mean() + half)
+    assert [tr.y[0] for tr in fig.data][-1] == "ot"  # sorted by mean: the best on top
+
+
+def test_paired_gains_pair_by_seed_and_colour_by_the_interval():
+    df = _final()
+    fig = figures.paired_gains(df, "distill", ours="ot")
+    names = [tr.y[0] for tr in fig.data]
+    assert set(names) == {"ot - scratch", "ot - fitnets"}  # kd+ot is not a baseline
+    mean, lo, hi = _interval_of(fig, "ot - fitnets")
+    # the seed effect is shared: paired, the difference is tight around +2 points
+    assert mean == pytest.approx(2.0, abs=0.3) and lo > 0
+    ot = df[df.method == "ot"].set_index("seed").test_accuracy
+    fn = df[df.method == "fitnets"].set_index("seed").test_accuracy
+    d = 100 * (ot - fn).to_numpy()
+    half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    assert (lo, hi) == pytest.approx((d.mean() - half, d.mean() + half))
+    colour = next(tr.marker.color for tr in fig.data if tr.y[0] == "ot - fitnets")
+    assert colour == "#3a9a5b"  # green: the interval is above 0
+
+
+def test_paired_gains_refuse_a_method_without_runs():
+    with pytest.raises(ValueError, match="has no runs"):
+        figures.paired_gains(_final(), "distill", ours="sp")
+
+
+def test_axis_curves_draw_mean_and_band_per_method_on_a_log_axis():
+    rows = [dict(setting="transfer", axis="k", value=k, method=m, seed=s,
+                 test_accuracy=0.5 + 0.1 * np.log10(k) + (0.05 if m == "ot" else 0.0) + 0.01 * s,
+                 val_accuracy=0.5, seconds=1.0)
+            for k in (5, 10, 25, 100) for m in ("scratch", "ot") for s in range(3)]
+    fig = figures.axis_curves(pd.DataFrame(rows), "transfer")
+    lines = [tr for tr in fig.data if tr.mode == "lines+markers"]
+    assert [tr.name for tr in lines] == ["scratch", "ot"]
+    ot = lines[1]
+    assert list(ot.x) == [5, 10, 25, 100]
+    assert ot.y[0] == pytest.approx(100 * (0.5 + 0.1 * np.log10(5) + 0.05 + 0.01))
+    assert fig.layout.xaxis.type == "log"
+
+
+def test_figures_name_missing_columns():
+    with pytest.raises(ValueError, match="lacks the column"):
+        figures.method_intervals(pd.DataFrame({"setting": ["x"]}), "x")
+    with pytest.raises(ValueError, match="no runs of setting"):
+        figures.method_intervals(_final(), "transfer")
