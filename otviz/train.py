@@ -409,12 +409,13 @@ class _Setup:
 
 
 #: The random streams of a run, each seeded from the run's seed by :func:`_stream_seed`.
-_STREAMS = {"init": 1, "order": 2}
+_STREAMS = {"init": 1, "order": 2, "steps": 3}
 
 
 def _stream_seed(seed: int, stream: str) -> int:
     """Seed of one random stream of a run (``"init"``: the student's weights, ``"order"``:
-    the minibatch order), derived from the run's seed with :class:`numpy.random.SeedSequence`,
+    the minibatch order, ``"steps"``: the global RNG from the first step on, for dropout
+    and the like), derived from the run's seed with :class:`numpy.random.SeedSequence`,
     so that the streams are independent of each other and of the global RNG."""
     state = np.random.SeedSequence([int(seed), _STREAMS[stream]]).generate_state(1, np.uint64)[0]
     return int(state) & ((1 << 63) - 1)
@@ -665,6 +666,9 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
         try:
             # epoch 0: the starting point
             _log_epoch(s, rec, epoch=0, step=0, history=history, final=False)
+            # what the steps draw from the global RNG (dropout...) starts from the same state
+            # for every method, whatever the set-up drew (FitNets' regressors...)
+            torch.manual_seed(_stream_seed(config.seed, "steps"))
             s.student.train()
             for epoch in range(1, config.epochs + 1):
                 for _ in range(steps_per_epoch):

@@ -439,9 +439,13 @@ def test_same_seed_gives_every_method_the_same_minibatches(store, monkeypatch):
     real = tr._minibatch_indices
     seen: dict[str, list[list[int]]] = {}
 
+    rng_at_first_step: dict[str, torch.Tensor] = {}
+
     def recording(n, batch_size, seed):
         out = seen.setdefault(current, [])
         for idx in real(n, batch_size, seed):
+            if not out:  # the global RNG as the first step starts (dropout would draw from it)
+                rng_at_first_step[current] = torch.random.get_rng_state()
             out.append(idx.tolist())
             yield idx
 
@@ -453,6 +457,7 @@ def test_same_seed_gives_every_method_the_same_minibatches(store, monkeypatch):
     assert len(ref) == 5 and [len(b) for b in ref] == [16, 16, 16, 2, 16]  # passes over 50 images
     assert sorted(sum(ref[:4], [])) == list(range(50))
     assert all(seen[m] == ref for m in PAIRED_METHODS)
+    assert all(torch.equal(rng_at_first_step[m], rng_at_first_step["scratch"]) for m in PAIRED_METHODS)
     # another seed, another order
     current = "seed 2"
     train(TrainConfig(setting="transfer-small", method="scratch", val_size=50, seed=2, epochs=1,
