@@ -595,7 +595,7 @@ def export_csv_callable(path: Path, run_ids: list[int] | None, name: str):
 
 
 #: What the Compare table shows of each run's last values (:meth:`RunStore.last_values`).
-FINAL_KEYS = ("test/accuracy", "train/accuracy", "score/*")
+FINAL_KEYS = ("test/accuracy", "val/accuracy", "train/accuracy", "score/*")
 
 
 @st.cache_resource(show_spinner=False)
@@ -605,8 +605,10 @@ def _final_values() -> dict[str, Any]:
 
 
 def final_metrics(store: RunStore, runs):
-    """Last test/train accuracy and OT score of every run of ``runs`` (a :meth:`RunStore.runs`
-    frame), as :meth:`RunStore.last_values` of :data:`FINAL_KEYS`.
+    """Last test/validation/train accuracy and OT score of every run of ``runs`` (a
+    :meth:`RunStore.runs` frame), as :meth:`RunStore.last_values` of :data:`FINAL_KEYS`.
+    A run with a validation part logs its test accuracy once, at its last step; the
+    validation accuracy is NaN for runs without one.
 
     The values of a finished run do not change, so they are remembered for the whole server,
     keyed on the run's creation time, status, end and last step; only runs that are new,
@@ -632,7 +634,7 @@ def final_metrics(store: RunStore, runs):
             known[rid] = (sigs[rid], values.get(rid, {}))
         with memory["lock"]:
             memory["stores"][str(store.path)] = known
-    base = ["test/accuracy", "train/accuracy"]
+    base = ["test/accuracy", "val/accuracy", "train/accuracy"]
     frame = pd.DataFrame.from_records([{"run_id": rid, **known[rid][1]} for rid in sigs],
                                       columns=None)
     if frame.empty:

@@ -19,8 +19,9 @@ Trainings, the run store, datasets, models and figures live in the submodules
 ``otviz.teachers``, ``otviz.losses`` and ``otviz.figures``; models from outside
 otviz (Hugging Face directories, torch.export programs, state dicts) and probe
 inputs for them in ``otviz.external``; ``otviz.loop`` logs a training loop of
-your own like a built-in one, and ``otviz.sentences`` is a small text task
-generated offline.
+your own like a built-in one, ``otviz.sentences`` is a small text task
+generated offline, and ``otviz.stats`` gives confidence intervals and paired
+comparisons of runs over seeds.
 """
 
 __version__ = "0.1.0"

@@ -33,6 +33,23 @@ def _steps(text: str) -> int | None:
     return n or None
 
 
+def _val_size(text: str) -> float | int | None:
+    """``--val-size``: a fraction in (0, 1), a whole number of images, or 'none'."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if 0.0 < value < 1.0:
+        return value
+    if value >= 1 and value == int(value) and "." not in text:
+        return int(value)
+    raise argparse.ArgumentTypeError(
+        f"expected a fraction strictly between 0 and 1 (e.g. 0.2) or a whole number of images "
+        f"(e.g. 400), got {text!r}")
+
+
 def _pairs(text: str) -> list[str] | None:
     if text.strip().lower() == "all":
         return None
@@ -46,7 +63,8 @@ def _pairs(text: str) -> list[str] | None:
 #: or that are checked for whether they apply.
 _FIELDS = ("lam", "pairs", "cost", "normalize", "ot_method", "eps", "spatial", "epochs",
            "steps_per_epoch", "batch_size", "lr", "schedule", "weight_decay", "kd_weight",
-           "temperature", "l2sp_weight", "fitnets_weight", "at_weight", "k", "student_width")
+           "temperature", "l2sp_weight", "fitnets_weight", "at_weight", "k", "val_size",
+           "student_width")
 
 
 def _by_setting(field: str) -> str:
@@ -159,8 +177,16 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
     t.add_argument("--k", type=int, default=R,
                    help="labelled images per class (default: the setting's, 10 in the transfer settings; "
                         "distill uses the full training split, and --k there departs from the setting)")
+    t.add_argument("--val-size", type=_val_size, default=R, metavar="FRACTION|N",
+                   help="hold out a stratified validation part of the training split, drawn with the "
+                        "seed: a fraction in (0, 1) or a number of images; the epochs then log the "
+                        "validation accuracy and the test set is evaluated once, at the end. In the "
+                        "few-label settings the k labels per class are drawn from the rest "
+                        "(default: none, the test accuracy is logged every epoch)")
     t.add_argument("--student-width", type=float, default=R, help="override the student's width multiplier")
-    t.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation, batches and label draw")
+    t.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the validation part, label draw, initialisation and batch order "
+                        "(the same seed gives every method the same ones)")
     t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N (default cpu)")
     t.add_argument("--threads", type=int, default=None, help="torch threads for this run")
     t.add_argument("--name", default=None, help="a name for the run")
@@ -207,6 +233,8 @@ def _describe(cfg: Any, given: set[str]) -> str:
     parts += [fmt("pairs"), fmt("normalize"), fmt("cost"), fmt("ot_method")]
     if cfg.eps is not None:
         parts.append(fmt("eps"))
+    if cfg.val_size is not None:
+        parts.append(fmt("val_size"))
     return ", ".join(parts)
 
 
@@ -226,8 +254,9 @@ def _run_train(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptionWarning)  # printed above
         res = train(resolved, store=args.store, progress=not args.no_progress, run_id_file=args.run_id_file)
+    val = "" if res.val_accuracy is None else f", validation {res.val_accuracy:.4f}"
     print(f"run {res.run_id}: {cfg.setting}/{cfg.method} test accuracy {res.test_accuracy:.4f} "
-          f"(train {res.train_accuracy:.4f}) in {res.seconds:.1f} s")
+          f"(train {res.train_accuracy:.4f}{val}) in {res.seconds:.1f} s")
     return 0
 
 

@@ -16,7 +16,10 @@ Datasets
 
 Every dataset is split once into a training and a test part with a fixed,
 seeded, stratified split (test fraction 0.2, seed 0 by default), so every
-teacher, student and benchmark sees the same test images.
+teacher, student and benchmark sees the same test images. A task can further
+hold out a stratified validation part of its training split
+(:func:`validation_indices`, ``make_task(..., val_size=...)``), drawn with the
+task's seed, for choosing hyper-parameters without reading the test set.
 
 Settings
 --------
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +55,7 @@ __all__ = [
     "split_indices",
     "load_split",
     "few_shot_indices",
+    "validation_indices",
     "resize_images",
     "as_tensor_dataset",
     "task_from_arrays",
@@ -254,6 +259,96 @@ def few_shot_indices(y: np.ndarray | Sequence[int], k: int, *, seed: int = 0) ->
     return out
 
 
+def _check_val_size(val_size: Any, n: int, n_classes: int) -> int:
+    """The number of validation images ``val_size`` asks of a pool of ``n`` images."""
+    hint = ("pass None (no validation part), a fraction strictly between 0 and 1 (e.g. 0.2), "
+            f"or a whole number of images between {n_classes} and {n - n_classes} "
+            f"(at least one per class, on both sides)")
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float, np.integer, np.floating)):
+        raise ValueError(f"val_size must be a fraction or a number of images, got {val_size!r}; {hint}")
+    if isinstance(val_size, (int, np.integer)):
+        count = int(val_size)
+        if not n_classes <= count <= n - n_classes:
+            raise ValueError(f"val_size={count} images cannot be carved stratified from {n} training "
+                             f"images of {n_classes} classes; {hint}")
+        return count
+    frac = float(val_size)
+    if not (math.isfinite(frac) and 0.0 < frac < 1.0):
+        raise ValueError(f"val_size={val_size!r} is neither a fraction in (0, 1) nor a whole number "
+                         f"of images; {hint}")
+    count = math.ceil(frac * n)
+    if not n_classes <= count <= n - n_classes:
+        raise ValueError(f"val_size={frac:g} of {n} training images is {count} images, too few or too "
+                         f"many for a stratified split over {n_classes} classes; {hint}")
+    return count
+
+
+def validation_indices(
+    y: np.ndarray | Sequence[int],
+    val_size: float | int,
+    *,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Carve a stratified validation part out of a training pool.
+
+    The pool's indices are split in two disjoint parts, the validation part
+    holding :math:`n_\text{val}` images, with every class :math:`c`
+    represented in proportion to its share of the pool,
+    :math:`n_{\text{val}, c} \approx n_\text{val}\, n_c / n` (scikit-learn's
+    stratified shuffle split, each class rounded so the sizes add up).
+
+    Parameters
+    ----------
+    y : array-like of int, shape (N,)
+        Labels of the pool (e.g. a task's training split).
+    val_size : float or int
+        A fraction in (0, 1) of the pool (:math:`n_\text{val} = \lceil
+        \text{val\_size} \cdot N \rceil`), or a number of images. Either way
+        both parts must hold at least one image per class.
+    seed : int, default 0
+        Seed of the draw: the same ``(y, val_size, seed)`` always gives the
+        same parts, another seed another draw.
+
+    Returns
+    -------
+    rest_idx, val_idx : numpy.ndarray of int64
+        Disjoint indices into `y` covering ``range(N)``, each in shuffled
+        order (a prefix of the validation part mixes the classes).
+
+    Raises
+    ------
+    ValueError
+        For a `val_size` that is not a fraction in (0, 1) or a whole number
+        of images, or that leaves a part without one image of every class
+        (the message gives the valid range).
+
+    Examples
+    --------
+    >>> y = np.repeat(np.arange(5), 40)
+    >>> rest, val = validation_indices(y, 0.2, seed=0)
+    >>> len(rest), len(val), np.bincount(y[val]).tolist()
+    (160, 40, [8, 8, 8, 8, 8])
+    """
+    from sklearn.model_selection import train_test_split
+
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {y.shape}")
+    classes, counts = np.unique(y, return_counts=True)
+    count = _check_val_size(val_size, len(y), len(classes))
+    if counts.min() < 2:
+        raise ValueError(f"class {int(classes[counts.argmin()])} has a single image in the pool: a "
+                         f"stratified validation part needs at least two per class")
+    idx = np.arange(len(y), dtype=np.int64)
+    rest, val = train_test_split(idx, test_size=count, random_state=int(seed), stratify=y)
+    for part, name in ((val, "validation"), (rest, "remaining training")):
+        missing = sorted(set(classes.tolist()) - set(y[part].tolist()))
+        if missing:
+            raise ValueError(f"val_size={val_size!r} leaves the {name} part without an image of "
+                             f"class(es) {missing}; pass a val_size that keeps every class on both sides")
+    return np.asarray(rest, dtype=np.int64), np.asarray(val, dtype=np.int64)
+
+
 def resize_images(X: np.ndarray | torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Resize a batch of images with bilinear interpolation.
 
@@ -383,6 +478,10 @@ class TaskData:
     k : int or None
         Labelled training images per class, or None if the full training
         split is used.
+    X_val, y_val : torch.Tensor or None
+        The validation part carved from the training split (see
+        :func:`validation_indices`), disjoint from the training and test
+        parts; None when the task has none.
     """
 
     name: str
@@ -393,6 +492,13 @@ class TaskData:
     X_test: torch.Tensor
     y_test: torch.Tensor
     k: int | None = None
+    X_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the task holds a validation part."""
+        return self.X_val is not None
 
     @property
     def num_classes(self) -> int:
@@ -417,12 +523,26 @@ class TaskData:
         """The test part as a TensorDataset."""
         return TensorDataset(self.X_test, self.y_test)
 
+    def val_dataset(self) -> TensorDataset:
+        """The validation part as a TensorDataset.
+
+        Raises
+        ------
+        ValueError
+            If the task has no validation part (build it with ``val_size``).
+        """
+        if self.X_val is None or self.y_val is None:
+            raise ValueError(f"task {self.name!r} has no validation part; build it with val_size "
+                             f"(e.g. make_task(..., val_size=0.2))")
+        return TensorDataset(self.X_val, self.y_val)
+
     def summary(self) -> str:
         """One-line description: classes, sizes and input shape."""
         kk = "full split" if self.k is None else f"{self.k} per class"
+        val = "" if self.y_val is None else f"{len(self.y_val)} validation / "
         return (
             f"{self.name}: {self.num_classes} classes {self.classes}, "
-            f"{len(self.y_train)} train ({kk}) / {len(self.y_test)} test, "
+            f"{len(self.y_train)} train ({kk}) / {val}{len(self.y_test)} test, "
             f"inputs {self.input_shape}"
         )
 
@@ -436,6 +556,7 @@ def _subset(
     size: int | None = None,
     test_size: float = DEFAULT_TEST_SIZE,
     split_seed: int = DEFAULT_SPLIT_SEED,
+    val_size: float | int | None = None,
 ) -> TaskData:
     X_tr, y_tr, X_te, y_te = load_split(dataset, test_size=test_size, seed=split_seed)
     classes = [int(c) for c in classes]
@@ -443,11 +564,18 @@ def _subset(
     lut[classes] = np.arange(len(classes))
     tr = np.flatnonzero(np.isin(y_tr, classes))
     te = np.flatnonzero(np.isin(y_te, classes))
+    va = None
+    if val_size is not None:  # first the validation part, then the labelled examples from the rest
+        rest, val = validation_indices(y_tr[tr], val_size, seed=seed)
+        tr, va = tr[rest], tr[val]
     if k is not None:
+        _check_k_after_validation(y_tr[tr], k, val_size)
         tr = tr[few_shot_indices(y_tr[tr], k, seed=seed)]
     Xtr, Xte = torch.from_numpy(X_tr[tr]), torch.from_numpy(X_te[te])
+    Xva = None if va is None else torch.from_numpy(X_tr[va])
     if size is not None:
         Xtr, Xte = resize_images(Xtr, size), resize_images(Xte, size)
+        Xva = None if Xva is None else resize_images(Xva, size)
     span = f"{classes[0]}-{classes[-1]}" if classes == list(range(classes[0], classes[-1] + 1)) else ",".join(map(str, classes))
     name = f"{dataset}[{span}]" + ("" if k is None else f" k={k}") + ("" if size is None else f" @{size}x{size}")
     return TaskData(
@@ -459,7 +587,22 @@ def _subset(
         X_test=Xte,
         y_test=torch.from_numpy(lut[y_te[te]]),
         k=k,
+        X_val=Xva,
+        y_val=None if va is None else torch.from_numpy(lut[y_tr[va]]),
     )
+
+
+def _check_k_after_validation(y: np.ndarray, k: Any, val_size: Any) -> None:
+    """A clear error when the validation part leaves fewer than ``k`` images of a class."""
+    if val_size is None or isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        return  # few_shot_indices reports a bad k itself
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < k:
+        c = int(classes[counts.argmin()])
+        raise ValueError(f"k={k} labelled images per class requested, but after carving the "
+                         f"validation part (val_size={val_size!r}) class {c} has only "
+                         f"{int(counts.min())} training images left; use k <= {int(counts.min())} "
+                         f"or a smaller val_size")
 
 
 def task_from_arrays(
@@ -472,6 +615,7 @@ def task_from_arrays(
     seed: int = DEFAULT_SPLIT_SEED,
     k: int | None = None,
     name: str = "custom",
+    val_size: float | int | None = None,
 ) -> TaskData:
     """Build a :class:`TaskData` from user arrays or a torch Dataset.
 
@@ -488,9 +632,14 @@ def task_from_arrays(
     seed : int, default 0
         Seed of the split and of the few-shot draw.
     k : int, optional
-        If given, keep only `k` labelled training samples per class.
+        If given, keep only `k` labelled training samples per class (drawn
+        after the validation part, from what remains).
     name : str, default "custom"
         Name of the task.
+    val_size : float or int, optional
+        Carve a stratified validation part of this size (a fraction in
+        (0, 1) or a number of images) out of the training part, with `seed`
+        (:func:`validation_indices`).
 
     Returns
     -------
@@ -507,11 +656,18 @@ def task_from_arrays(
             raise ValueError(
                 f"train and test inputs differ in shape: {tuple(Xtr.shape[1:])} vs {tuple(Xte.shape[1:])}"
             )
+    Xva = yva = None
+    if val_size is not None:
+        rest, val = validation_indices(ytr.numpy(), val_size, seed=seed)
+        Xva, yva = Xtr[torch.from_numpy(val)], ytr[torch.from_numpy(val)]
+        Xtr, ytr = Xtr[torch.from_numpy(rest)], ytr[torch.from_numpy(rest)]
     if k is not None:
+        _check_k_after_validation(ytr.numpy(), k, val_size)
         sel = torch.from_numpy(few_shot_indices(ytr.numpy(), k, seed=seed))
         Xtr, ytr = Xtr[sel], ytr[sel]
     n_classes = int(max(ytr.max(), yte.max())) + 1
-    return TaskData(name, "custom", list(range(n_classes)), Xtr, ytr, Xte, yte, k=k)
+    return TaskData(name, "custom", list(range(n_classes)), Xtr, ytr, Xte, yte, k=k,
+                    X_val=Xva, y_val=yva)
 
 
 def _check_setting(setting: Any) -> SettingSpec:
@@ -555,7 +711,10 @@ class Task:
     k : int or None
         Labelled training images per target class (None: full split).
     seed : int
-        Seed of the few-shot draw.
+        Seed of the validation carving and of the few-shot draw.
+    val_size : float, int or None
+        Size of the target's validation part (``target.X_val``), as asked of
+        :func:`make_task`; None: no validation part.
     """
 
     setting: str
@@ -569,6 +728,7 @@ class Task:
     student_init: str
     k: int | None
     seed: int
+    val_size: float | int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -593,6 +753,7 @@ def make_task(
     dataset: str | None = None,
     arch: str = "cnn",
     student_width: float | None = None,
+    val_size: float | int | None = None,
 ) -> Task:
     """Build the teacher's and the student's tasks of a named setting.
 
@@ -625,8 +786,9 @@ def make_task(
         training split. Defaults to the setting's default (10 for the
         transfer settings, None for ``distill``).
     seed : int, default 0
-        Seed of the few-shot draw. The train/test split itself is fixed
-        (seed 0), so the teachers never saw a test image.
+        Seed of the validation carving and of the few-shot draw. The
+        train/test split itself is fixed (seed 0), so the teachers never saw
+        a test image.
     dataset : {"mnist5k", "digits"}, optional
         Source dataset; default ``"mnist5k"``. ``transfer-digits`` accepts
         only ``"mnist5k"``.
@@ -637,6 +799,17 @@ def make_task(
         Override the setting's student width multiplier. A student narrower
         or wider than the teacher cannot start from the teacher's weights,
         so any width other than 1 makes ``student_init`` ``"scratch"``.
+    val_size : float or int, optional
+        Hold out a validation part of the target's training split: a
+        fraction in (0, 1) of it, or a number of images. It is stratified,
+        drawn with `seed` (:func:`validation_indices`), disjoint from the
+        test part and from the labelled examples: in the few-label settings
+        the `k` labelled images per class are drawn from what remains, so
+        the validation part is then larger than the labelled set (e.g. about
+        400 validation images for 50 labels in ``transfer`` with 0.2). That
+        is deliberate: 10 held-out images would rank hyper-parameters in
+        steps of 10 points of accuracy. The validation part does not depend
+        on `k`. Default None: no validation part (``target.X_val`` is None).
 
     Returns
     -------
@@ -646,7 +819,7 @@ def make_task(
     ------
     ValueError
         For an unknown setting (listing the settings with descriptions), a
-        dataset the setting does not accept, or an invalid `k`.
+        dataset the setting does not accept, an invalid `k` or `val_size`.
 
     Examples
     --------
@@ -674,10 +847,11 @@ def make_task(
 
     source = _subset(dataset, spec.source_classes, k=None, seed=seed)
     if spec.target_dataset is None:
-        target = _subset(dataset, spec.target_classes, k=k, seed=seed)
+        target = _subset(dataset, spec.target_classes, k=k, seed=seed, val_size=val_size)
     else:
         size = int(source.X_train.shape[-1])
-        target = _subset(spec.target_dataset, spec.target_classes, k=k, seed=seed, size=size)
+        target = _subset(spec.target_dataset, spec.target_classes, k=k, seed=seed, size=size,
+                         val_size=val_size)
     init = spec.student_init if width == 1.0 else "scratch"
     return Task(
         setting=setting,
@@ -691,4 +865,5 @@ def make_task(
         student_init=init,
         k=k,
         seed=int(seed),
+        val_size=val_size,
     )

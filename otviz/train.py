@@ -19,6 +19,18 @@ of every pair (``score/<pair>``, :attr:`otviz.Alignment.score`: 0 = the
 teacher's layer up to permutation and scale, about 1 = unrelated) and a
 snapshot of its transport plan.
 
+With a validation part (``val_size``), the epochs log the validation accuracy
+and cross-entropy (``val/accuracy``, ``val/loss``) instead of the test
+accuracy, the probe batch comes from the validation part, and the test set is
+evaluated once, on the final model (``test/accuracy`` at the last step): the
+protocol for choosing options without reading the test set.
+
+Runs are paired by their seed: the seed fixes the validation part, the
+labelled subset, the student's initialisation and the minibatch order, each
+drawn from a random stream of its own, so every method trained with one seed
+sees the same data in the same order from the same starting weights, whatever
+random numbers its own terms draw.
+
 Every option not given comes from the benchmark's recipe for the setting and
 method (:func:`recipe`, :data:`RECIPES`), the options ``benchmarks/bench_transfer.py``
 measured: ``TrainConfig(setting="transfer-small", method="ot")`` reproduces that
@@ -149,12 +161,25 @@ class TrainConfig:
         responses), ``emd``, ``flatten``, ``mean``.
     epochs, batch_size, lr, weight_decay, seed
         Optimisation: Adam on the student's parameters (and FitNets'
-        regressors), minibatches drawn with the seed. Recipe: see
-        :data:`RECIPES` (the learning rate differs per setting).
+        regressors). Recipe: see :data:`RECIPES` (the learning rate differs
+        per setting). The seed (a non-negative integer) fixes the validation
+        part, the labelled subset, the student's initialisation and the
+        minibatch order, each from its own random stream, so that runs of
+        different methods with one seed are paired.
     schedule : {"cosine", "constant"}
         Learning-rate schedule over all steps: cosine decay to zero (the
         recipe; the final accuracy then does not depend on where the last
         step happened to land) or a constant rate.
+    val_size : float, int or None
+        Hold out a stratified validation part of the setting's training
+        split: a fraction in (0, 1) of it or a number of images, drawn with
+        the seed, disjoint from the labelled examples and the test set (in
+        the few-label settings the ``k`` labelled images per class are drawn
+        from what remains, so the validation part is larger than the
+        labelled set; see :func:`otviz.data.make_task`). Each epoch then
+        logs ``val/accuracy`` and ``val/loss`` instead of the test accuracy,
+        and the test set is evaluated once, at the end. Default None: no
+        validation part, the test accuracy is logged every epoch.
     steps_per_epoch : int or None
         Optimisation steps between two evaluations; None: one pass over the
         training set (the ``distill`` recipe). The few-label settings have
@@ -201,6 +226,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     k: int | None = None
+    val_size: float | int | None = None
     dataset: str | None = None
     arch: str = "cnn"
     student_width: float | None = None
@@ -302,13 +328,33 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """Outcome of :func:`train`."""
+    """Outcome of :func:`train`.
+
+    Attributes
+    ----------
+    run_id : int or None
+        The run in the store.
+    test_accuracy : float
+        Accuracy of the final model on the test set (a fraction).
+    train_accuracy : float
+        Accuracy of the final model on its (labelled) training set.
+    history : list of dict
+        One row per epoch (0 = the starting point): the metrics logged at its
+        end, with ``epoch`` and ``step``. With a validation part the rows hold
+        ``val/accuracy`` and ``val/loss``, and only the last one
+        ``test/accuracy``.
+    seconds : float
+        Wall time of the training, evaluations included.
+    val_accuracy : float or None
+        Accuracy of the final model on the validation part; None without one.
+    """
 
     run_id: int | None
     test_accuracy: float
     train_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     seconds: float = 0.0
+    val_accuracy: float | None = None
 
 
 # --------------------------------------------------------------------------
@@ -359,6 +405,31 @@ class _Setup:
     device: torch.device
     probe: torch.Tensor
     from_teacher: bool  # the student starts from the teacher's weights
+    order_seed: int = 0  # seed of the minibatch order (_minibatch_indices)
+
+
+#: The random streams of a run, each seeded from the run's seed by :func:`_stream_seed`.
+_STREAMS = {"init": 1, "order": 2, "steps": 3}
+
+
+def _stream_seed(seed: int, stream: str) -> int:
+    """Seed of one random stream of a run (``"init"``: the student's weights, ``"order"``:
+    the minibatch order, ``"steps"``: the global RNG from the first step on, for dropout
+    and the like), derived from the run's seed with :class:`numpy.random.SeedSequence`,
+    so that the streams are independent of each other and of the global RNG."""
+    state = np.random.SeedSequence([int(seed), _STREAMS[stream]]).generate_state(1, np.uint64)[0]
+    return int(state) & ((1 << 63) - 1)
+
+
+def _minibatch_indices(n: int, batch_size: int, seed: int):
+    """Endless minibatch indices into ``range(n)``: passes over the training set, each in a
+    fresh random order from a generator of their own (the last batch of a pass may be
+    shorter), so that nothing else a method draws can shift them."""
+    gen = torch.Generator().manual_seed(int(seed))
+    while True:
+        order = torch.randperm(n, generator=gen)
+        for pos in range(0, n, batch_size):
+            yield order[pos:pos + batch_size]
 
 
 def _prepare(config: TrainConfig) -> _Setup:
@@ -377,6 +448,8 @@ def _prepare(config: TrainConfig) -> _Setup:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, (int, np.integer)) or config.seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {config.seed!r}")
     terms = parse_method(config.method)
     for name in ("lr", "weight_decay", *TERM_OPTIONS):
         v = getattr(config, name)
@@ -390,7 +463,8 @@ def _prepare(config: TrainConfig) -> _Setup:
         raise ValueError(f"unknown schedule {config.schedule!r}; valid choices are 'cosine', 'constant'")
     device = _resolve_device(config.device)
     task = make_task(config.setting, k="default" if config.k is None else config.k, seed=config.seed,
-                     dataset=config.dataset, arch=config.arch, student_width=config.student_width)
+                     dataset=config.dataset, arch=config.arch, student_width=config.student_width,
+                     val_size=config.val_size)
     if "kd" in terms and list(task.source.classes) != list(task.target.classes):
         raise ValueError(f"method 'kd' needs teacher and student to share the task (the same classes), "
                          f"but in setting {config.setting!r} the teacher learned classes "
@@ -403,24 +477,31 @@ def _prepare(config: TrainConfig) -> _Setup:
                          f"the student is {task.student_width:g}x as wide; use 'scratch', 'kd', "
                          f"'fitnets', 'at' or 'ot'")
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # what else draws from the global RNGs (FitNets' regressors...)
     np.random.seed(config.seed)
     teacher, _info = load_teacher(task.teacher, device=device)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student = build_model(task.student_arch, width=task.student_width,
-                          num_classes=task.source.num_classes if from_teacher else task.num_classes)
-    if from_teacher:
-        student.load_state_dict(teacher.state_dict())
-        if task.num_classes != task.source.num_classes or not same_task_classes(task):
-            replace_head(student, task.num_classes)
+    # the student's weights from a stream of their own, built on the CPU: the same seed gives
+    # every method the same starting point, whatever was drawn before
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_stream_seed(config.seed, "init"))
+        student = build_model(task.student_arch, width=task.student_width,
+                              num_classes=task.source.num_classes if from_teacher else task.num_classes)
+        if from_teacher:
+            student.load_state_dict(teacher.state_dict())
+            if task.num_classes != task.source.num_classes or not same_task_classes(task):
+                replace_head(student, task.num_classes)
     student.to(device)
 
     pairs = _parse_pairs(config.pairs if config.pairs else default_pairs(config.arch))
     _check_layers(teacher, [t for t, _ in pairs], "teacher")
     _check_layers(student, [s for _, s in pairs], "student")
-    probe = task.target.X_test[:PROBE_SIZE].to(device)
+    # the fixed probe batch of the plan snapshots and scores: validation images when there are
+    # some (options chosen on validation never see a test image), else test images
+    probe_pool = task.target.X_val if task.target.has_validation else task.target.X_test
+    probe = probe_pool[:PROBE_SIZE].to(device)
     kwargs: dict[str, Any] = dict(
         pairs=pairs, cost=config.cost, normalize=config.normalize,
         ot_method=config.ot_method, eps=config.eps, spatial=config.spatial,
@@ -436,7 +517,8 @@ def _prepare(config: TrainConfig) -> _Setup:
     if "ot" not in terms:
         kwargs["monitor_pairs"] = pairs
     loss = build_loss(config.method, **kwargs).to(device)
-    return _Setup(config, task, teacher, student, loss, pairs, device, probe, from_teacher)
+    return _Setup(config, task, teacher, student, loss, pairs, device, probe, from_teacher,
+                  order_seed=_stream_seed(config.seed, "order"))
 
 
 def same_task_classes(task: Any) -> bool:
@@ -459,14 +541,23 @@ def _forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]):
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+def _evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy (nats) of ``model`` on ``(X, y)``, in eval mode."""
     was = model.training
     model.eval()
-    correct = 0
+    correct, total_ce = 0, 0.0
     for i in range(0, len(X), 512):
-        correct += int((model(X[i:i + 512].to(device)).argmax(1).cpu() == y[i:i + 512]).sum())
+        logits = model(X[i:i + 512].to(device))
+        yb = y[i:i + 512].to(logits.device)
+        correct += int((logits.argmax(1) == yb).sum())
+        total_ce += float(torch.nn.functional.cross_entropy(logits.float(), yb, reduction="sum"))
     model.train(was)
-    return correct / max(len(X), 1)
+    n = max(len(X), 1)
+    return correct / n, total_ce / n
+
+
+def _accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    return _evaluate(model, X, y, device)[0]
 
 
 COST_SNAPSHOT_PREFIX = "cost/"
@@ -556,13 +647,14 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
              if config.schedule == "cosine" else None)
-    gen = torch.Generator().manual_seed(config.seed)
+    batches = _minibatch_indices(n, bs, s.order_seed)
     needs_teacher = s.loss.needs_teacher
     t_layers = list(s.loss.teacher_layers)
     s_layers = list(s.loss.student_layers)
     run_config = dict(config.to_dict(), teacher=task.teacher, student_width=task.student_width,
                       student_init="teacher" if s.from_teacher else "scratch",
-                      k=task.k, n_train=n, n_test=len(task.target.X_test))
+                      k=task.k, n_train=n, n_test=len(task.target.X_test),
+                      n_val=len(task.target.X_val) if task.target.has_validation else None)
     history: list[dict[str, float]] = []
     t_start = time.perf_counter()
     with store.track(run_config, name=config.name, total_steps=total) as rec:
@@ -573,17 +665,14 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
                    unit="step", leave=False)
         try:
             # epoch 0: the starting point
-            _log_epoch(s, rec, epoch=0, step=0, history=history)
+            _log_epoch(s, rec, epoch=0, step=0, history=history, final=False)
+            # what the steps draw from the global RNG (dropout...) starts from the same state
+            # for every method, whatever the set-up drew (FitNets' regressors...)
+            torch.manual_seed(_stream_seed(config.seed, "steps"))
             s.student.train()
-            order = torch.randperm(n, generator=gen)
-            pos = 0
             for epoch in range(1, config.epochs + 1):
                 for _ in range(steps_per_epoch):
-                    if pos >= n:
-                        order = torch.randperm(n, generator=gen)
-                        pos = 0
-                    idx = order[pos:pos + bs]
-                    pos += bs
+                    idx = next(batches)
                     xb, yb = X[idx].to(device), y[idx].to(device)
                     if needs_teacher:
                         with torch.no_grad():
@@ -612,25 +701,33 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
                     rec.log(metrics, step=step, epoch=epoch)
                     bar.update(1)
                     bar.set_postfix(loss=f"{metrics['loss/total']:.3f}")
-                row = _log_epoch(s, rec, epoch=epoch, step=step, history=history)
+                row = _log_epoch(s, rec, epoch=epoch, step=step, history=history,
+                                 final=epoch == config.epochs)
+                split = "val" if task.target.has_validation else "test"
                 rec.progress(step=step, total_steps=total, epoch=epoch,
-                             message=f"epoch {epoch}/{config.epochs}: test accuracy {row['test/accuracy']:.3f}")
-                bar.set_postfix(test_acc=f"{row['test/accuracy']:.3f}")
+                             message=f"epoch {epoch}/{config.epochs}: {split} accuracy "
+                                     f"{row[f'{split}/accuracy']:.3f}")
+                bar.set_postfix({f"{split}_acc": f"{row[f'{split}/accuracy']:.3f}"})
         finally:
             bar.close()
         run_id = rec.run_id
     last = history[-1]
     return TrainResult(run_id=run_id, test_accuracy=last["test/accuracy"],
                        train_accuracy=last["train/accuracy"], history=history,
-                       seconds=time.perf_counter() - t_start)
+                       seconds=time.perf_counter() - t_start, val_accuracy=last.get("val/accuracy"))
 
 
-def _log_epoch(s: _Setup, rec: Any, *, epoch: int, step: int, history: list) -> dict[str, float]:
-    task = s.task
-    row = {
-        "train/accuracy": _accuracy(s.student, task.target.X_train, task.target.y_train, s.device),
-        "test/accuracy": _accuracy(s.student, task.target.X_test, task.target.y_test, s.device),
-    }
+def _log_epoch(s: _Setup, rec: Any, *, epoch: int, step: int, history: list,
+               final: bool) -> dict[str, float]:
+    """Evaluate and log the end of an epoch: train accuracy, then the validation accuracy and
+    loss when the task has a validation part (the test accuracy only at the ``final`` one),
+    else the test accuracy; OT scores and plans on the probe batch."""
+    target = s.task.target
+    row = {"train/accuracy": _accuracy(s.student, target.X_train, target.y_train, s.device)}
+    if target.has_validation:
+        row["val/accuracy"], row["val/loss"] = _evaluate(s.student, target.X_val, target.y_val, s.device)
+    if final or not target.has_validation:
+        row["test/accuracy"] = _accuracy(s.student, target.X_test, target.y_test, s.device)
     plans, scores = _snapshot_plans(s)
     for key, plan in plans.items():
         rec.snapshot(key, plan, epoch=epoch, step=step)
@@ -738,6 +835,12 @@ def _validate_quick(config: TrainConfig) -> None:
         raise ValueError(f"unknown setting {config.setting!r}; valid settings: {list(SETTINGS)}")
     parse_method(config.method)
     _resolve_device(config.device)
+    v = config.val_size
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                          or (isinstance(v, int) and v < 1)
+                          or (isinstance(v, float) and not 0.0 < v < 1.0)):
+        raise ValueError(f"val_size must be None, a fraction strictly between 0 and 1 (e.g. 0.2) or a "
+                         f"positive number of images, got {v!r}")
 
 
 def stop(run: LaunchedRun | int) -> None:

@@ -309,6 +309,18 @@ def test_train_page_shows_status_colours_and_reads_at_a_glance(store_path):
     assert _figure(at, "accuracy (%)")["layout"]["yaxis"]["range"] == [0, 100]
 
 
+def test_train_page_draws_the_validation_curve_and_the_final_test_accuracy(store_path):
+    fake_val_run(RunStore(store_path))
+    at = open_page("train")
+    acc = _figure(at, "accuracy (%)")
+    names = {t["name"]: t for t in acc["data"]}
+    assert {"val", "train", "test"} <= set(names)
+    assert _values(names["val"]["y"]) == pytest.approx([30.0, 60.0, 80.0])
+    assert _values(names["test"]["y"]) == pytest.approx([75.0])  # once, at the end
+    assert not any("no data yet" in n for n in names)
+    assert "loss per split" in _figure(at, "loss per split")["layout"]["title"]["text"]
+
+
 def test_train_page_picker_follows_a_status_change(store_path):
     store = RunStore(store_path)
     older = fake_run(store)
@@ -501,6 +513,57 @@ def test_compare_page_filters_overlays_and_exports(store_path):
     assert table["test/accuracy"].iloc[0] == pytest.approx(40.0)
     # the last epoch's OT score of each pair, beside the accuracies
     assert table["score/a->b"].iloc[0] == pytest.approx(0.7)
+
+
+def fake_val_run(store: RunStore, *, val=(0.3, 0.6, 0.8), test=0.75):
+    """A finished run with a validation part: validation accuracy per epoch, the test
+    accuracy once, at the last step (as :func:`otviz.train.train` logs them)."""
+    rid = store.create_run({"setting": "distill", "method": "scratch", "epochs": len(val) - 1,
+                            "val_size": 0.2, "teacher": "cnn-mnist5k"})
+    for e, v in enumerate(val):
+        store.log_metrics(rid, {"val/accuracy": v, "val/loss": 1.0 - v, "train/accuracy": v + 0.05},
+                          step=e * 5, epoch=e)
+    store.log_metrics(rid, {"test/accuracy": test}, step=(len(val) - 1) * 5, epoch=len(val) - 1)
+    store.finish(rid, "completed")
+    return rid
+
+
+def _values(array) -> list[float]:
+    """A trace's values, also when plotly sends them as a typed array (dtype and base64 data)."""
+    if isinstance(array, dict):
+        import base64
+
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"])).tolist()
+    return list(array)
+
+
+def test_compare_page_shows_validation_accuracy_and_the_final_test_accuracy(store_path):
+    store = RunStore(store_path)
+    plain = fake_run(store, setting="transfer", method="ot")
+    held = fake_val_run(store)
+    at = open_page("compare")
+    table = at.dataframe[0].value.set_index("run_id")
+    assert table.loc[held, "val/accuracy"] == pytest.approx(80.0)
+    assert table.loc[held, "test/accuracy"] == pytest.approx(75.0)
+    assert np.isnan(table.loc[plain, "val/accuracy"]) and table.loc[plain, "test/accuracy"] == pytest.approx(70.0)
+    # the curves of the validation accuracy by default, the test accuracy on demand
+    choice = by_label(at.button_group, "Accuracy")
+    assert choice.value == "val/accuracy"
+    curves = figures_of(at)[0]
+    by_name = {t["name"]: t for t in curves["data"]}
+    held_trace = next(t for n, t in by_name.items() if f"#{held}" in n)
+    assert _values(held_trace["y"]) == pytest.approx([30.0, 60.0, 80.0])
+    assert "Validation accuracy" in curves["layout"]["title"]["text"]
+    choice.set_value("test/accuracy").run()
+    assert_ok(at)
+    curves = figures_of(at)[0]
+    held_trace = next(t for t in curves["data"] if f"#{held}" in t["name"])
+    assert _values(held_trace["y"]) == pytest.approx([75.0]) and held_trace["mode"] == "lines+markers"
+    # without a run holding out a validation part, neither the column nor the choice appears
+    store.delete_run(held)
+    at = open_page("compare")
+    assert "val/accuracy" not in at.dataframe[0].value.columns
+    assert not [w for w in at.button_group if w.label == "Accuracy"]
 
 
 def test_compare_page_shows_the_benchmark_tables(store_path, tmp_path, monkeypatch):

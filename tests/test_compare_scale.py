@@ -134,7 +134,7 @@ def test_final_metrics_are_remembered_for_finished_runs_only(dashkit, store):
     assert first.loc[live, "test/accuracy"] == 0.25
     for rid in ids:
         assert first.loc[rid, "test/accuracy"] == _reference_last(store, rid, ["test/accuracy"])["test/accuracy"]
-    assert list(first.columns[:2]) == ["test/accuracy", "train/accuracy"]  # always there, NaN here
+    assert list(first.columns[:3]) == ["test/accuracy", "val/accuracy", "train/accuracy"]  # always there
 
     calls = []
     real = store.last_values

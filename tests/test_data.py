@@ -19,6 +19,7 @@ from otviz.data import (
     resize_images,
     split_indices,
     task_from_arrays,
+    validation_indices,
 )
 
 
@@ -253,3 +254,127 @@ def test_task_from_arrays_split_and_k():
     assert len(t2.y_train) == 80 and len(t2.y_test) == 20
     with pytest.raises(ValueError, match="differ in shape"):
         task_from_arrays(X, y, X_test=np.zeros((4, 3)), y_test=[0, 1, 2, 3])
+
+
+# --------------------------------------------------------------------------- validation part
+def _rows(X: torch.Tensor) -> set[bytes]:
+    """The images as byte strings, to compare sets of images across tensors."""
+    return {x.numpy().tobytes() for x in X}
+
+
+def test_validation_indices_stratified_disjoint_and_seeded():
+    y = np.repeat(np.arange(5), [40, 40, 60, 60, 100])
+    rest, val = validation_indices(y, 0.25, seed=3)
+    assert len(val) == 75 and len(rest) == 225
+    assert not set(rest) & set(val) and set(rest) | set(val) == set(range(300))
+    assert np.bincount(y[val]).tolist() == [10, 10, 15, 15, 25]  # each class in proportion
+    again = validation_indices(y, 0.25, seed=3)
+    np.testing.assert_array_equal(val, again[1])
+    np.testing.assert_array_equal(rest, again[0])
+    other = validation_indices(y, 0.25, seed=4)[1]
+    assert set(val) != set(other)
+    # a number of images; a prefix of the validation part mixes the classes
+    rest, val = validation_indices(y, 30, seed=0)
+    assert len(val) == 30 and np.bincount(y[val]).tolist() == [4, 4, 6, 6, 10]
+    assert len(np.unique(y[val[:10]])) >= 3
+    # a fraction is rounded up: ceil(0.1 * 300) = 30
+    assert len(validation_indices(y, 0.1, seed=0)[1]) == 30
+
+
+@pytest.mark.parametrize("val_size,match", [
+    (0, "val_size=0 images cannot be carved"),
+    (0.0, "neither a fraction in \\(0, 1\\) nor a whole number"),
+    (1.0, "neither a fraction"),
+    (1.5, "neither a fraction"),
+    (-0.2, "neither a fraction"),
+    (float("nan"), "neither a fraction"),
+    (True, "must be a fraction or a number of images"),
+    ("0.2", "must be a fraction or a number of images"),
+    (3, "cannot be carved stratified"),  # fewer images than classes
+    (48, "cannot be carved stratified"),  # leaves fewer than one image per class
+    (0.01, "too few or too many"),
+])
+def test_validation_indices_reject_bad_sizes_naming_the_valid_ones(val_size, match):
+    y = np.repeat(np.arange(5), 10)
+    with pytest.raises(ValueError, match=match) as err:
+        validation_indices(y, val_size)
+    assert "a fraction strictly between 0 and 1" in str(err.value) and "between 5 and 45" in str(err.value)
+
+
+def test_validation_indices_need_two_images_per_class():
+    with pytest.raises(ValueError, match="class 2 has a single image"):
+        validation_indices([0, 0, 1, 1, 2, 0, 1], 3)
+
+
+@pytest.mark.parametrize("setting,n_val,n_train,per_class", [
+    ("transfer", 400, 50, 80),  # 20 % of the 2,000 training images of the digits 5-9
+    ("transfer-small", 400, 50, 80),
+    ("distill", 800, 3200, 80),
+])
+def test_make_task_validation_part_is_stratified_and_disjoint(setting, n_val, n_train, per_class):
+    task = make_task(setting, val_size=0.2, seed=2)
+    tgt = task.target
+    assert task.val_size == 0.2 and tgt.has_validation
+    assert len(tgt.y_val) == n_val and len(tgt.y_train) == n_train and len(tgt.y_test) == len(make_task(setting).target.y_test)
+    assert (torch.bincount(tgt.y_val, minlength=tgt.num_classes) == per_class).all()
+    val, train, test = _rows(tgt.X_val), _rows(tgt.X_train), _rows(tgt.X_test)
+    assert len(val) == n_val and not val & train and not val & test
+    # the validation images are training images of the setting, with their (relabelled) labels
+    X_tr, y_tr, _, _ = load_split("mnist5k")
+    where = {x.tobytes(): lab for x, lab in zip(X_tr, y_tr)}
+    assert all(where[x.numpy().tobytes()] == tgt.classes[int(lab)] for x, lab in zip(tgt.X_val[:50], tgt.y_val[:50]))
+    assert len(tgt.val_dataset()) == n_val and "validation" in tgt.summary()
+
+
+def test_make_task_validation_part_depends_on_the_seed_only():
+    a = make_task("transfer", val_size=0.2, seed=5)
+    b = make_task("transfer", val_size=0.2, seed=5)
+    c = make_task("transfer", val_size=0.2, seed=6)
+    assert torch.equal(a.target.X_val, b.target.X_val) and torch.equal(a.target.X_train, b.target.X_train)
+    assert _rows(a.target.X_val) != _rows(c.target.X_val)
+    # the same validation part for every k: the labels are drawn from what remains
+    k5 = make_task("transfer", k=5, val_size=0.2, seed=5)
+    full = make_task("transfer", k=None, val_size=0.2, seed=5)
+    assert torch.equal(k5.target.X_val, a.target.X_val) and torch.equal(full.target.X_val, a.target.X_val)
+    assert _rows(k5.target.X_train) <= _rows(full.target.X_train)
+    assert len(full.target.y_train) == 1600 and not _rows(full.target.X_train) & _rows(a.target.X_val)
+    # a number of images; the test part never changes
+    n = make_task("transfer", val_size=100, seed=5)
+    assert len(n.target.y_val) == 100 and torch.equal(n.target.X_test, a.target.X_test)
+
+
+def test_make_task_without_validation_is_unchanged():
+    a, b = make_task("transfer", seed=1), make_task("transfer", seed=1, val_size=None)
+    assert a.target.X_val is None and a.target.y_val is None and not a.target.has_validation
+    assert torch.equal(a.target.X_train, b.target.X_train)
+    # the labelled draw is the same as before validation parts existed
+    X_tr, y_tr, _, _ = load_split("mnist5k")
+    pool = np.flatnonzero(y_tr >= 5)
+    expected = X_tr[pool[few_shot_indices(y_tr[pool], 10, seed=1)]]
+    np.testing.assert_array_equal(a.target.X_train.numpy(), expected)
+    with pytest.raises(ValueError, match="has no validation part; build it with val_size"):
+        a.target.val_dataset()
+
+
+def test_make_task_validation_part_of_transfer_digits_is_resized():
+    t = make_task("transfer-digits", val_size=0.2, seed=0)
+    assert t.target.X_val.shape[1:] == (1, 28, 28) and len(t.target.y_val) == 288
+    assert (torch.bincount(t.target.y_val, minlength=10) >= 28).all()
+
+
+def test_make_task_rejects_val_size_leaving_too_few_labels():
+    with pytest.raises(ValueError, match="after carving the validation part \\(val_size=0.5\\)") as err:
+        make_task("transfer", k=300, val_size=0.5)
+    assert "smaller val_size" in str(err.value)
+    with pytest.raises(ValueError, match="val_size"):
+        make_task("distill", val_size=1.2)
+
+
+def test_task_from_arrays_validation_part():
+    rng = np.random.default_rng(0)
+    X = rng.random((100, 16)).astype(np.float32)
+    y = np.repeat(np.arange(4), 25)
+    t = task_from_arrays(X, y, k=5, seed=0, val_size=0.25)
+    assert len(t.y_test) == 20 and len(t.y_val) == 20 and (torch.bincount(t.y_train) == 5).all()
+    assert (torch.bincount(t.y_val) == 5).all()
+    assert not _rows(t.X_val) & _rows(t.X_train) and not _rows(t.X_val) & _rows(t.X_test)

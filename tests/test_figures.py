@@ -472,7 +472,7 @@ def test_training_curves_one_panel_per_family():
     # train/loss and test/... group by what follows the split; train/ot is its own family
     assert [t.name for t in fig.data] == ["test", "train", "train"]
     titles = [a.text for a in fig.layout.annotations[:3]]
-    assert titles == ["accuracy (%)", "raw OT term per layer pair, as optimised (before λ)", "loss"]
+    assert titles == ["accuracy (%)", "raw OT term per layer pair, as optimised (before λ)", "loss per split (mean per image)"]
     loss = next(t for t in fig.data if t.hovertemplate.startswith("train/loss"))
     np.testing.assert_allclose(np.asarray(loss.x, float), np.arange(1, 21))
     np.testing.assert_allclose(np.asarray(loss.y, float), 1.0 / np.arange(1, 21))
@@ -542,6 +542,26 @@ def test_training_curves_accuracy_in_percent_with_chance_level():
     assert F.chance_level(None) is None and F.chance_level({"setting": "mine"}) is None
     with pytest.raises(ValueError, match="chance"):
         F.training_curves(df, ["test/accuracy"], chance=20)
+
+
+def test_training_curves_of_a_run_with_a_validation_part():
+    # val/accuracy every epoch, test/accuracy once at the last step (otviz.train with val_size)
+    rows = [(5 * e, e, "val/accuracy", v) for e, v in enumerate((0.3, 0.6, 0.8))]
+    rows += [(5 * e, e, "train/accuracy", v + 0.05) for e, v in enumerate((0.3, 0.6, 0.8))]
+    rows += [(5 * e, e, "val/loss", 1.5 - e / 2) for e in range(3)] + [(10, 2, "test/accuracy", 0.75)]
+    df = pd.DataFrame(rows, columns=["step", "epoch", "key", "value"])
+    assert F.metric_panels(df.key.unique()) == [["val/accuracy", "train/accuracy", "test/accuracy"],
+                                                ["val/loss"]]
+    fig = F.training_curves(df, ["val/accuracy", "train/accuracy", "test/accuracy"], x="epoch",
+                            config={"setting": "distill"})
+    by_name = {t.name: t for t in fig.data}
+    np.testing.assert_allclose(np.asarray(by_name["val"].y, float), [30, 60, 80])
+    np.testing.assert_allclose(np.asarray(by_name["test"].y, float), [75])
+    assert by_name["test"].mode == "lines+markers" and list(by_name["test"].x) == [2]
+    assert by_name["val"].line.color != by_name["test"].line.color
+    assert tuple(fig.layout.yaxis.range) == (0, 100) and "chance 10 %" in fig.layout.title.text
+    fig = F.training_curves(df, ["val/loss"], x="epoch")
+    assert fig.layout.title.text == "loss per split (mean per image)" and fig.data[0].name == "val/loss"
 
 
 def test_metric_family():

@@ -315,3 +315,156 @@ def test_stored_config_records_the_resolved_recipe(store):
     assert cfg["normalize"] == "standardize" and cfg["fitnets_weight"] == 1.0
     assert cfg["lam"] is None and cfg["kd_weight"] is None  # not used by this method
     assert (cfg["epochs"], cfg["steps_per_epoch"], cfg["batch_size"]) == (1, 1, 16)  # given
+
+
+# --------------------------------------------------------------------------- validation protocol
+def test_validation_split_logs_val_per_epoch_and_test_once(store):
+    cfg = TrainConfig(setting="transfer-small", method="ot", val_size=60, **TINY)
+    res = train(cfg, store=store, progress=False)
+    m = store.metrics_wide(res.run_id)
+    val = m.dropna(subset=["val/accuracy"])
+    assert val.epoch.tolist() == [0, 1, 2] and val["val/loss"].notna().all() and (val["val/loss"] > 0).all()
+    test = m.dropna(subset=["test/accuracy"])
+    assert test.epoch.tolist() == [2] and test.step.tolist() == [4]  # once, on the final model
+    assert res.test_accuracy == pytest.approx(float(test["test/accuracy"].iloc[0]))
+    assert res.val_accuracy == pytest.approx(float(val["val/accuracy"].iloc[-1]))
+    # accuracies on 60 validation images are multiples of 1/60
+    assert (val["val/accuracy"] * 60).round(6).mod(1).eq(0).all()
+    assert [("test/accuracy" in row) for row in res.history] == [False, False, True]
+    run = store.run(res.run_id)
+    assert run["config"]["val_size"] == 60 and run["config"]["n_val"] == 60 and run["config"]["n_train"] == 50
+    assert "val accuracy" in run["message"]
+
+
+def test_without_validation_the_test_set_is_evaluated_every_epoch(store):
+    res = train(TrainConfig(setting="transfer-small", method="scratch", **TINY), store=store, progress=False)
+    m = store.metrics_wide(res.run_id)
+    assert m.dropna(subset=["test/accuracy"]).epoch.tolist() == [0, 1, 2]
+    assert "val/accuracy" not in m.columns and res.val_accuracy is None
+    assert store.run(res.run_id)["config"]["val_size"] is None
+
+
+def test_probe_batch_comes_from_the_validation_part():
+    from otviz.train import PROBE_SIZE, _prepare
+
+    s = _prepare(TrainConfig(setting="transfer-small", method="ot", val_size=0.2, **TINY))
+    assert torch.equal(s.probe, s.task.target.X_val[:PROBE_SIZE])
+    test = {x.numpy().tobytes() for x in s.task.target.X_test}
+    assert not any(x.numpy().tobytes() in test for x in s.probe)
+    s = _prepare(TrainConfig(setting="transfer-small", method="ot", **TINY))
+    assert torch.equal(s.probe, s.task.target.X_test[:PROBE_SIZE])
+
+
+@pytest.mark.parametrize("val_size,match", [(1.5, "val_size"), (0, "val_size"), (True, "val_size")])
+def test_bad_val_size_fails_before_training(store, val_size, match):
+    with pytest.raises(ValueError, match=match):
+        train(TrainConfig(setting="distill", method="scratch", val_size=val_size, **TINY), store=store,
+              progress=False)
+    assert store.runs().empty
+    with pytest.raises(ValueError, match="val_size must be None, a fraction"):
+        launch(TrainConfig(setting="distill", method="scratch", val_size=2.5), store_path=store.path)
+
+
+def test_cli_val_size_option(tmp_path, capsys):
+    from otviz._cli_train import config_from_args
+    from otviz.cli import build_parser, main
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["train", "--val-size", "0.2"])).val_size == 0.2
+    assert config_from_args(parser.parse_args(["train", "--val-size", "400"])).val_size == 400
+    assert config_from_args(parser.parse_args(["train", "--val-size", "none"])).val_size is None
+    assert config_from_args(parser.parse_args(["train"])).val_size is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--val-size", "1.5"])
+    assert "whole number of images" in capsys.readouterr().err
+    db = str(tmp_path / "cli.db")
+    assert main(["train", "--setting", "transfer-small", "--method", "scratch", "--epochs", "1",
+                 "--steps-per-epoch", "1", "--val-size", "50", "--store", db, "--no-progress",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "val-size 50*" in out and "validation" in out and "test accuracy" in out
+
+
+# --------------------------------------------------------------------------- paired seeds
+PAIRED_METHODS = ("scratch", "fitnets", "ot", "at")
+
+
+def test_same_seed_gives_every_method_the_same_split_and_student(monkeypatch):
+    import otviz.teachers
+    from otviz.train import _prepare
+
+    real_load = otviz.teachers.load_teacher
+    draws = {"n": 0}
+
+    def load_and_draw(*args, **kwargs):  # something drawing a method-dependent amount of random numbers
+        out = real_load(*args, **kwargs)
+        torch.rand(draws["n"])
+        return out
+
+    monkeypatch.setattr(otviz.teachers, "load_teacher", load_and_draw)
+    setups = {}
+    for i, method in enumerate(PAIRED_METHODS):
+        draws["n"] = 100 * (i + 1)  # whatever was drawn before must not matter
+        setups[method] = _prepare(TrainConfig(setting="transfer-small", method=method, val_size=0.2, seed=4,
+                                              **TINY))
+    ref = setups["scratch"]
+    ref_sd = ref.student.state_dict()
+    for method, s in setups.items():
+        assert torch.equal(s.task.target.X_train, ref.task.target.X_train), method
+        assert torch.equal(s.task.target.X_val, ref.task.target.X_val), method
+        sd = s.student.state_dict()
+        assert sd.keys() == ref_sd.keys()
+        assert all(torch.equal(sd[k], ref_sd[k]) for k in sd), method
+        assert s.order_seed == ref.order_seed
+    other = _prepare(TrainConfig(setting="transfer-small", method="ot", val_size=0.2, seed=5, **TINY))
+    assert not torch.equal(other.student.state_dict()["head.weight"], ref_sd["head.weight"])
+    assert not torch.equal(other.task.target.X_val, ref.task.target.X_val)
+    assert other.order_seed != ref.order_seed
+
+
+def test_same_seed_gives_the_same_new_head_to_every_method_that_starts_from_the_teacher():
+    from otviz.train import _prepare
+
+    heads = []
+    for method in ("finetune", "l2sp", "fitnets", "at", "ot"):
+        torch.rand(7)
+        s = _prepare(TrainConfig(setting="transfer", method=method, seed=2, **TINY))
+        heads.append(s.student.head.weight.detach().clone())
+    assert all(torch.equal(h, heads[0]) for h in heads)
+
+
+def test_same_seed_gives_every_method_the_same_minibatches(store, monkeypatch):
+    import otviz.train as tr
+
+    real = tr._minibatch_indices
+    seen: dict[str, list[list[int]]] = {}
+
+    rng_at_first_step: dict[str, torch.Tensor] = {}
+
+    def recording(n, batch_size, seed):
+        out = seen.setdefault(current, [])
+        for idx in real(n, batch_size, seed):
+            if not out:  # the global RNG as the first step starts (dropout would draw from it)
+                rng_at_first_step[current] = torch.random.get_rng_state()
+            out.append(idx.tolist())
+            yield idx
+
+    monkeypatch.setattr(tr, "_minibatch_indices", recording)
+    for current in PAIRED_METHODS:
+        train(TrainConfig(setting="transfer-small", method=current, val_size=50, seed=1, epochs=1,
+                          steps_per_epoch=5, batch_size=16, num_threads=1), store=store, progress=False)
+    ref = seen["scratch"]
+    assert len(ref) == 5 and [len(b) for b in ref] == [16, 16, 16, 2, 16]  # passes over 50 images
+    assert sorted(sum(ref[:4], [])) == list(range(50))
+    assert all(seen[m] == ref for m in PAIRED_METHODS)
+    assert all(torch.equal(rng_at_first_step[m], rng_at_first_step["scratch"]) for m in PAIRED_METHODS)
+    # another seed, another order
+    current = "seed 2"
+    train(TrainConfig(setting="transfer-small", method="scratch", val_size=50, seed=2, epochs=1,
+                      steps_per_epoch=1, batch_size=16, num_threads=1), store=store, progress=False)
+    assert seen["seed 2"][0] != ref[0]
+
+
+def test_seed_must_be_a_non_negative_integer(store):
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        train(TrainConfig(setting="distill", method="scratch", seed=-1, **TINY), store=store, progress=False)

@@ -11,7 +11,8 @@ from otviz import figures
 from otviz.runs import RunStoreError
 
 st.title("Compare")
-st.caption("Every run of the store: filter them, overlay their test accuracy, export them as CSV.")
+st.caption("Every run of the store: filter them, overlay their test (or validation) accuracy, export "
+           "them as CSV.")
 
 
 def runs_section() -> None:
@@ -36,12 +37,15 @@ def runs_section() -> None:
         dk.show_error(exc, "Could not read the runs' metrics")
         return
     table = view.merge(finals, on="run_id", how="left")
-    for key in ("test/accuracy", "train/accuracy"):
+    for key in ("test/accuracy", "val/accuracy", "train/accuracy"):
         table[key] = table[key] * 100
     score_cols = [c for c in table.columns if c.startswith("score/")]
     table = table.drop(columns=[c for c in score_cols if table[c].isna().all()])  # pairs of other runs
     score_cols = [c for c in score_cols if c in table.columns]
-    cols = (["run_id", "name", "setting", "method", "status", "test/accuracy", "train/accuracy"]
+    if table["val/accuracy"].isna().all():  # no run holds out a validation part
+        table = table.drop(columns=["val/accuracy"])
+    cols = (["run_id", "name", "setting", "method", "status", "test/accuracy", "val/accuracy",
+             "train/accuracy"]
             + score_cols + ["epoch", "config.lam", "config.epochs", "config.k", "config.seed",
                             "duration", "created_at"])
     table = table[[c for c in cols if c in table.columns]]
@@ -53,7 +57,14 @@ def runs_section() -> None:
         **{c: st.column_config.NumberColumn(
             "OT score " + c[len("score/"):].replace("features.", ""), format="%.3f",
             help=score_help) for c in score_cols},
-        "test/accuracy": st.column_config.NumberColumn("test acc", format="%.1f %%"),
+        "test/accuracy": st.column_config.NumberColumn(
+            "test acc", format="%.1f %%",
+            help="Accuracy of the run's last model on the test set (a run with a validation "
+                 "part evaluates it once, at its end)."),
+        "val/accuracy": st.column_config.NumberColumn(
+            "val acc", format="%.1f %%",
+            help="Accuracy of the run's last model on its validation part, carved from the "
+                 "training split (config val_size); empty without one."),
         "train/accuracy": st.column_config.NumberColumn("train acc", format="%.1f %%"),
         "duration": st.column_config.NumberColumn("seconds", format="%.0f"),
         "config.lam": st.column_config.NumberColumn("λ"),
@@ -79,23 +90,34 @@ def runs_section() -> None:
                                        f"{dk.run_kind(r)}{name}")
         opts = rc.curve_controls("cmp", x_default="epoch", smoothing=False, log=False)
         picked = view[view["run_id"].isin(chosen)]
+        configs = {int(r): json.loads(c) for r, c in zip(picked["run_id"], picked["config"])}
+        # runs with a validation part evaluate the test set once, at the end: their curve is
+        # the validation accuracy
+        acc_key = "test/accuracy"
+        if any((configs.get(r) or {}).get("val_size") is not None for r in chosen):
+            acc_key = st.segmented_control(
+                "Accuracy", ["test/accuracy", "val/accuracy"], default="val/accuracy", required=True,
+                format_func={"test/accuracy": "test", "val/accuracy": "validation"}.get,
+                key="cmp_acc_key",
+                help="Runs with a validation part log its accuracy every epoch and the test "
+                     "accuracy once, at their last step.") or "val/accuracy"
         # the figure is drawn again only when its runs, their state or the options change
         # (a filter click keeps it)
         state = tuple(picked[["run_id", "status", "step", "heartbeat_at", "ended_at"]]
                       .astype(str).itertuples(index=False, name=None))
         fig_key = (str(store.path), tuple(chosen), tuple(short[r] for r in chosen), state,
-                   repr(sorted(opts.items())))
+                   repr(sorted(opts.items())), acc_key)
         cached = st.session_state.get("cmp_curves_fig")
         fig = cached[1] if cached is not None and cached[0] == fig_key else None
         if fig is None:
             try:
-                curves = {short[r]: store.metrics(r, ["test/accuracy"]) for r in chosen}
+                curves = {short[r]: store.metrics(r, [acc_key]) for r in chosen}
             except (RunStoreError, OSError) as exc:
                 dk.show_error(exc, "Could not read the metrics")
             else:
-                configs = {int(r): json.loads(c) for r, c in zip(picked["run_id"], picked["config"])}
                 chance = {short[r]: figures.chance_level(configs.get(r)) for r in chosen}
-                fig = figures.accuracy_curves(curves, title="Test accuracy", chance=chance, **opts)
+                title = "Validation accuracy" if acc_key == "val/accuracy" else "Test accuracy"
+                fig = figures.accuracy_curves(curves, key=acc_key, title=title, chance=chance, **opts)
                 st.session_state["cmp_curves_fig"] = (fig_key, fig)
         if fig is not None:
             dk.chart(fig, key="cmp_curves", legend_below=True)

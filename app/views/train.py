@@ -359,7 +359,9 @@ def live_view(run_id: int) -> None:
 
     opts = rc.curve_controls("tr")
     keys = sorted(metrics["key"].unique().tolist()) if not metrics.empty else []
-    wanted = ["train/accuracy", "test/accuracy", "loss/total"]  # drawn (empty) before any data
+    # drawn (empty) before any data; a run with a validation part logs its test accuracy once, at the end
+    held_out = "val/accuracy" if run["config"].get("val_size") is not None else "test/accuracy"
+    wanted = ["train/accuracy", held_out, "loss/total"]
     rc.curve_cards(metrics, sorted(set(keys) | set(wanted)), config=run["config"], options=opts,
                    key=f"curves_{run_id}")
     with st.container():

@@ -14,7 +14,8 @@ each with its own y axis, so that a term near 0 is never flattened beside a term
   epoch on a fixed probe batch.
 - ``train/<metric>``, ``test/<metric>`` (and ``val/``): one panel per metric with a line per
   split; accuracies are drawn in percent on a fixed 0-100 axis with the chance level
-  :math:`100 / n_\text{classes}` marked.
+  :math:`100 / n_\text{classes}` marked. A run with a validation part logs ``val/accuracy``
+  and ``val/loss`` every epoch and ``test/accuracy`` once, at its last step (one marker).
 
 The horizontal axis is the optimisation step, the epoch (per-step values averaged over the
 epoch) or the wall time elapsed since the run's first logged metric. Smoothing is
@@ -145,6 +146,8 @@ def _family_title(family: str, config: Mapping[str, Any], chance: float | None) 
     if _is_score(family):
         return ("OT score per layer pair (0 = same layer, ~1 = unrelated)" if family == "score"
                 else family)
+    if family == "loss":  # "val/loss" (the trainer's mean cross-entropy), "train/loss"...
+        return "loss per split (mean per image)"
     return family
 
 
