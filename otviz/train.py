@@ -147,6 +147,12 @@ class TrainConfig:
     lam : float
         Weight :math:`\lambda` of the OT regulariser (recipe: 0.1 in
         ``transfer``, 1 in ``distill`` and ``transfer-small``).
+    lam_schedule : {"constant", "linear"}
+        How :math:`\lambda` evolves over the training's :math:`T` steps:
+        ``"constant"`` (default), or ``"linear"``: :math:`\lambda_t = \lambda\,
+        (1 - t / T)`, a full pull toward the teacher at the start that fades to
+        nothing, leaving the last steps to the student's own task. Used only
+        by methods with an OT term.
     pairs : list of str or None
         Layer pairs, each ``"teacher_layer:student_layer"`` or one name used on
         both sides; None: every alignable layer of the architecture. Recipe:
@@ -210,6 +216,7 @@ class TrainConfig:
     setting: str = "distill"
     method: str = "ot"
     lam: float | None = FROM_RECIPE
+    lam_schedule: str = "constant"
     pairs: list[str] | None = FROM_RECIPE
     cost: str = FROM_RECIPE
     normalize: str | None = FROM_RECIPE
@@ -394,6 +401,82 @@ def _resolve_device(device: str) -> torch.device:
     return dev
 
 
+#: Schedules of the OT weight (``TrainConfig.lam_schedule``).
+LAM_SCHEDULES = ("constant", "linear")
+
+
+def lam_factor(schedule: str, step: int, total: int) -> float:
+    r"""Multiplier of :math:`\lambda` at step ``step`` (0-based) of ``total``: 1, or :math:`1 - t/T`."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return max(0.0, 1.0 - step / max(total, 1))
+    raise ValueError(f"unknown lam_schedule {schedule!r}; valid choices are "
+                     f"{', '.join(map(repr, LAM_SCHEDULES))}")
+
+
+def _ot_terms(loss: Any) -> list[Any]:
+    """The OT terms of a loss that are trained on (not the monitor that only logs the distance)."""
+    terms = list(getattr(loss, "terms", [loss]))
+    return [t for t in terms if getattr(t, "name", None) == "ot" and not getattr(t, "monitor", False)]
+
+
+#: Largest teacher output kept for the whole training set, in bytes (:class:`_TeacherCache`).
+TEACHER_CACHE_BYTES = 512 * 2**20
+
+
+class _TeacherCache:
+    """The frozen teacher's logits and paired-layer activations on every training image, computed once.
+
+    The teacher is in eval mode with no gradient and the training images are a
+    fixed tensor (no augmentation), so its output on an image is the same at
+    every step: computing it once for the whole training split and indexing it
+    per minibatch gives the per-step forward's values (to float rounding: the
+    convolutions see other batch sizes) and removes the teacher's forward from
+    every step, which for a 4x narrower student is most of a step's time
+    (``benchmarks/bench_step.py``). Used when the whole output fits in
+    :data:`TEACHER_CACHE_BYTES`; otherwise the teacher runs at every step.
+    """
+
+    def __init__(self, logits: torch.Tensor | None, feats: dict[str, torch.Tensor], template: Any) -> None:
+        self.logits = logits
+        self.feats = feats
+        self.template = template  # the Activations of a first forward: each layer's neuron axis
+
+    @classmethod
+    def build(cls, teacher: nn.Module, X: torch.Tensor, layers: Sequence[str], device: torch.device,
+              *, limit: int | None = None, chunk: int = 256) -> "_TeacherCache | None":
+        """The cache, or None when it would exceed ``limit`` bytes (default
+        :data:`TEACHER_CACHE_BYTES`) or the activations carry a mask."""
+        limit = TEACHER_CACHE_BYTES if limit is None else limit
+        with torch.no_grad():
+            logits, feats = _forward(teacher, X[:1].to(device), layers)
+        if getattr(feats, "mask", None) is not None:
+            return None
+        per_image = logits.numel() * logits.element_size() + sum(
+            v.numel() * v.element_size() for v in feats.values())
+        if per_image * len(X) > limit:
+            return None
+        all_logits, all_feats = [], {name: [] for name in layers}
+        with torch.no_grad():
+            for i in range(0, len(X), chunk):
+                lg, ft = _forward(teacher, X[i:i + chunk].to(device), layers)
+                all_logits.append(lg)
+                for name in layers:
+                    all_feats[name].append(ft[name])
+        return cls(torch.cat(all_logits), {k: torch.cat(v) for k, v in all_feats.items()}, feats)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Logits and activations (an :class:`otviz.capture.Activations`) of the images ``idx``."""
+        import copy
+
+        idx = idx.to(self.logits.device)
+        acts = copy.copy(self.template)  # same class and per-layer info, new tensors
+        for name, value in self.feats.items():
+            dict.__setitem__(acts, name, value[idx])
+        return self.logits[idx], acts
+
+
 @dataclass
 class _Setup:
     config: TrainConfig
@@ -459,6 +542,9 @@ def _prepare(config: TrainConfig) -> _Setup:
         if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
                 or (positive and v == 0)):
             raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} number, got {v!r}")
+    if config.lam_schedule not in LAM_SCHEDULES:
+        raise ValueError(f"unknown lam_schedule {config.lam_schedule!r}; valid choices are "
+                         f"{', '.join(map(repr, LAM_SCHEDULES))}")
     if config.schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {config.schedule!r}; valid choices are 'cosine', 'constant'")
     device = _resolve_device(config.device)
@@ -651,6 +737,9 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
     needs_teacher = s.loss.needs_teacher
     t_layers = list(s.loss.teacher_layers)
     s_layers = list(s.loss.student_layers)
+    ot_terms = _ot_terms(s.loss)
+    base_lam = [t.weight for t in ot_terms]
+    cache = _TeacherCache.build(s.teacher, X, t_layers, device) if needs_teacher else None
     run_config = dict(config.to_dict(), teacher=task.teacher, student_width=task.student_width,
                       student_init="teacher" if s.from_teacher else "scratch",
                       k=task.k, n_train=n, n_test=len(task.target.X_test),
@@ -674,12 +763,17 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
                 for _ in range(steps_per_epoch):
                     idx = next(batches)
                     xb, yb = X[idx].to(device), y[idx].to(device)
-                    if needs_teacher:
+                    if cache is not None:
+                        t_logits, t_feats = cache.batch(idx)
+                    elif needs_teacher:
                         with torch.no_grad():
                             t_logits, t_feats = _forward(s.teacher, xb, t_layers)
                     else:
                         t_logits, t_feats = None, {}
                     s_logits, s_feats = _forward(s.student, xb, s_layers)
+                    factor = lam_factor(config.lam_schedule, step, total)
+                    for term, lam in zip(ot_terms, base_lam):
+                        term.weight = lam * factor
                     ctx = StepContext(inputs=xb, targets=yb, student_logits=s_logits,
                                       teacher_logits=t_logits, student_features=s_feats,
                                       teacher_features=t_feats, student=s.student, step=step)
