@@ -26,6 +26,14 @@ where the regularisers :math:`\mathcal{R}_m` are
 - ``at`` (:class:`AttentionTransfer`; Zagoruyko & Komodakis 2017):
   :math:`\frac{\beta}{2}\sum_\ell \mathrm{mean}(q_S^\ell - q_T^\ell)^2` on
   normalised spatial attention maps.
+- ``nst`` (:class:`NST`; Huang & Wang 2017):
+  :math:`w \sum_\ell \mathrm{mean}_k\, \mathrm{MMD}^2(\{f^i_{T_\ell}\}, \{f^j_{S_\ell}\})`,
+  the squared MMD between the teacher's and the student's sets of
+  l2-normalised channel maps, input by input.
+- ``sp`` (:class:`SimilarityPreserving`; Tung & Mori 2019):
+  :math:`w \sum_\ell \|G_{T_\ell} - G_{S_\ell}\|_F^2 / b^2` with
+  :math:`G` the row-normalised ``b x b`` similarity of the minibatch's
+  features.
 - ``ot`` (:class:`OTRegularizer`; Li, Grandvalet, Flamary, Courty, Dou 2020):
   :math:`\lambda \sum_\ell \mathrm{OT}(\mu_{T_\ell}, \mu_{S_\ell})`, the OT
   distance between the teacher's and the student's layers seen as sets of
@@ -77,8 +85,8 @@ The package is laid out by level, as the losses act:
   layer pairs and the checks every loss shares;
 - :mod:`otviz.losses.logits` -- :class:`CrossEntropy` and :class:`KD`;
 - :mod:`otviz.losses.weights` -- :class:`L2SP`;
-- :mod:`otviz.losses.features` -- :class:`FitNets` and
-  :class:`AttentionTransfer`;
+- :mod:`otviz.losses.features` -- :class:`FitNets`,
+  :class:`AttentionTransfer`, :class:`NST` and :class:`SimilarityPreserving`;
 - :mod:`otviz.losses.ot` -- :class:`OTRegularizer` and
   :func:`ot_layer_distance`;
 - :mod:`otviz.losses.combined` -- :class:`CombinedLoss`, :func:`build_loss`
@@ -107,7 +115,18 @@ from otviz.losses._base import (
     pair_key,
 )
 from otviz.losses.combined import _NO_TERM, CombinedLoss, build_loss, probe_channels
-from otviz.losses.features import AttentionTransfer, FitNets, _as_maps, _per_pair, attention_map
+from otviz.losses.features import (
+    NST,
+    AttentionTransfer,
+    FitNets,
+    SimilarityPreserving,
+    _as_maps,
+    _per_pair,
+    attention_map,
+    nst_kernel,
+    nst_mmd2,
+    sp_similarity,
+)
 from otviz.losses.logits import KD, CrossEntropy
 from otviz.losses.ot import (
     OTRegularizer,
@@ -129,16 +148,21 @@ __all__ = [
     "KD",
     "L2SP",
     "METHODS",
+    "NST",
     "OTRegularizer",
+    "SimilarityPreserving",
     "StepContext",
     "TransferLoss",
     "attention_map",
     "build_loss",
     "layer_pairs",
+    "nst_kernel",
+    "nst_mmd2",
     "ot_layer_distance",
     "pair_key",
     "parse_method",
     "probe_channels",
+    "sp_similarity",
 ]
 
 # private helpers that otviz.loop and older code import from here

@@ -10,7 +10,7 @@ from torch import nn
 
 from otviz._recipes import parse_method
 from otviz.losses._base import PairsLike, StepContext, TransferLoss, _unique, _zero, layer_pairs
-from otviz.losses.features import AttentionTransfer, FitNets
+from otviz.losses.features import NST, AttentionTransfer, FitNets, SimilarityPreserving
 from otviz.losses.logits import KD, CrossEntropy
 from otviz.losses.ot import OTRegularizer
 from otviz.losses.weights import L2SP
@@ -139,6 +139,11 @@ def build_loss(
     # at
     at_weight: float = 1000.0,
     at_p: float = 2.0,
+    # nst
+    nst_weight: float = 50.0,
+    nst_kernel: str = "polynomial",
+    # sp
+    sp_weight: float = 3000.0,
     # ot
     lam: float = 0.1,
     cost: str = "sqeuclidean",
@@ -157,14 +162,14 @@ def build_loss(
     ----------
     method : str
         One of ``"scratch"``, ``"finetune"``, ``"l2sp"``, ``"kd"``,
-        ``"fitnets"``, ``"at"``, ``"ot"``, or several joined with ``"+"``
+        ``"fitnets"``, ``"at"``, ``"nst"``, ``"sp"``, ``"ot"``, or several joined with ``"+"``
         (``"kd+ot"``). ``"scratch"`` and ``"finetune"`` add no term: the
         objective is the task loss alone; they differ in how the student is
         initialised (randomly, or from the teacher's weights), which is the
         trainer's job. Any other name adds its term to the task loss.
     pairs : layer pairs, optional
-        ``(teacher_layer, student_layer)`` pairs for ``fitnets``, ``at`` and
-        ``ot`` (see :func:`layer_pairs`); required by them.
+        ``(teacher_layer, student_layer)`` pairs for ``fitnets``, ``at``,
+        ``nst``, ``sp`` and ``ot`` (see :func:`layer_pairs`); required by them.
     task_loss : bool, default True
         Include :class:`CrossEntropy` (named ``"ce"``) as the first term.
     ce_weight : float, default 1.0
@@ -178,6 +183,10 @@ def build_loss(
         :class:`FitNets` options; the channel counts are required by ``fitnets``.
     at_weight, at_p
         :class:`AttentionTransfer` options.
+    nst_weight, nst_kernel
+        :class:`NST` options (its weight and kernel).
+    sp_weight
+        :class:`SimilarityPreserving` weight.
     lam, cost, normalize, ot_method, eps, spatial, size, feature_scale, **solver_options
         :class:`OTRegularizer` options (``lam`` is its weight, ``ot_method``
         its ``method``).
@@ -240,6 +249,10 @@ def build_loss(
                                  student_channels, weight=fitnets_weight))
         elif part == "at":
             terms.append(AttentionTransfer(layer_pairs(pairs, "at"), weight=at_weight, p=at_p))
+        elif part == "nst":
+            terms.append(NST(layer_pairs(pairs, "nst"), weight=nst_weight, kernel=nst_kernel))
+        elif part == "sp":
+            terms.append(SimilarityPreserving(layer_pairs(pairs, "sp"), weight=sp_weight))
         elif part == "ot":
             terms.append(OTRegularizer(layer_pairs(pairs, "ot"), weight=lam, **ot_opts))
     if monitor_pairs is not None and "ot" not in parts:
