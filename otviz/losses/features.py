@@ -397,8 +397,8 @@ class NST(TransferLoss):
     of one input (not its responses over a batch), and the sets are compared
     by MMD, input by input. It is invariant to the order of the channels and
     to a positive rescaling of each channel's map. If the maps have different
-    sizes, the larger is average-pooled to the smaller (as in the authors'
-    and later implementations). The teacher's maps are constants. Features
+    sizes, the larger is average-pooled to the smaller (as the common
+    PyTorch implementations do). The teacher's maps are constants. Features
     captured by :func:`otviz.capture.hooked` are first put channels first on
     the axis it recorded (padding tokens are not masked out).
 
@@ -410,7 +410,8 @@ class NST(TransferLoss):
     weight : float, default 50.0
         :math:`w`. The paper writes the term :math:`\frac{\lambda}{2}
         \mathrm{MMD}^2`; 50 is the weight of the common CIFAR benchmark
-        implementations of this form.
+        implementations of this form. The recipe of ``otviz train`` uses 15
+        on its small CNNs (see :data:`otviz.train.RECIPE_COMMON`).
     kernel : {"polynomial", "linear", "gaussian"}, default "polynomial"
     degree : int, default 2
         :math:`d` of the polynomial kernel.
