@@ -39,7 +39,7 @@ DEMO_CONFIG: dict[str, Any] = dict(
 )
 
 #: Methods offered by the Train form (combinations with "+" are valid too).
-METHOD_CHOICES = ("ot", "kd+ot", "scratch", "finetune", "l2sp", "kd", "fitnets", "at")
+METHOD_CHOICES = ("ot", "kd+ot", "scratch", "finetune", "l2sp", "kd", "fitnets", "at", "nst", "sp")
 
 
 # --------------------------------------------------------------------------- errors

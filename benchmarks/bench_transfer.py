@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 METHODS = {
-    "transfer": ["scratch", "finetune", "l2sp", "fitnets", "at", "ot"],
-    "distill": ["scratch", "kd", "fitnets", "at", "ot", "kd+ot"],
-    "transfer-small": ["scratch", "fitnets", "at", "ot"],
+    "transfer": ["scratch", "finetune", "l2sp", "fitnets", "at", "nst", "sp", "ot"],
+    "distill": ["scratch", "kd", "fitnets", "at", "nst", "sp", "ot", "kd+ot"],
+    "transfer-small": ["scratch", "fitnets", "at", "nst", "sp", "ot"],
 }
 # The options of every (setting, method) are otviz.train.recipe(setting, method): the
 # budget and lambda per setting (otviz.train.RECIPES) and the OT and baseline options

@@ -11,7 +11,8 @@ _METHOD_HELP = (
     "transfer method: scratch (CE only, random init), finetune (CE only, from the teacher's "
     "weights), l2sp (penalty toward the starting weights), kd (Hinton distillation of the "
     "teacher's logits), fitnets (hint loss through learned 1x1 regressors), at (attention "
-    "transfer), ot (the OT regulariser: lam * sum over layer pairs of the OT distance between "
+    "transfer), nst (neuron selectivity transfer: MMD between the channel maps), sp "
+    "(similarity-preserving: the batch's similarity matrix), ot (the OT regulariser: lam * sum over layer pairs of the OT distance between "
     "the teacher's and the student's neurons); combine with '+', e.g. kd+ot"
 )
 
@@ -63,7 +64,8 @@ def _pairs(text: str) -> list[str] | None:
 #: or that are checked for whether they apply.
 _FIELDS = ("lam", "pairs", "cost", "normalize", "ot_method", "eps", "spatial", "epochs",
            "steps_per_epoch", "batch_size", "lr", "schedule", "weight_decay", "kd_weight",
-           "temperature", "l2sp_weight", "fitnets_weight", "at_weight", "k", "val_size",
+           "temperature", "l2sp_weight", "fitnets_weight", "at_weight", "nst_weight", "sp_weight", "k",
+           "val_size", "lam_schedule",
            "student_width")
 
 
@@ -148,6 +150,9 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eps", type=float, default=R,
                    help="entropic regularisation relative to the cost scale; sinkhorn and unbalanced "
                         "only (ignored with emd)")
+    g.add_argument("--lam-schedule", default=R, choices=["constant", "linear"],
+                   help="lambda over the steps: constant, or linear decay from lambda to 0 "
+                        "(default constant)")
     g.add_argument("--spatial", default=R, choices=["flatten", "mean"],
                    help=f"conv neurons: one feature per input and position (flatten) or per input "
                         f"(mean) (recipe: {C['spatial']})")
@@ -173,6 +178,10 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                    help=f"weight of the FitNets hint loss, fitnets only (recipe: {C['fitnets_weight']:g})")
     b.add_argument("--at-weight", type=float, default=R,
                    help=f"weight of attention transfer, at only (recipe: {C['at_weight']:g})")
+    b.add_argument("--nst-weight", type=float, default=R,
+                   help=f"weight of the NST squared MMD, nst only (recipe: {C['nst_weight']:g})")
+    b.add_argument("--sp-weight", type=float, default=R,
+                   help=f"weight of the similarity-preserving term, sp only (recipe: {C['sp_weight']:g})")
     t = p.add_argument_group("task and run")
     t.add_argument("--k", type=int, default=R,
                    help="labelled images per class (default: the setting's, 10 in the transfer settings; "
@@ -229,7 +238,7 @@ def _describe(cfg: Any, given: set[str]) -> str:
              f"{'*' if 'steps_per_epoch' in given else ''}", fmt("batch_size"), fmt("lr"),
              fmt("schedule")]
     parts += [fmt(n) for n in ("lam", "kd_weight", "temperature", "l2sp_weight", "fitnets_weight",
-                               "at_weight") if getattr(cfg, n) is not None]
+                               "at_weight", "nst_weight", "sp_weight") if getattr(cfg, n) is not None]
     parts += [fmt("pairs"), fmt("normalize"), fmt("cost"), fmt("ot_method")]
     if cfg.eps is not None:
         parts.append(fmt("eps"))

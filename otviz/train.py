@@ -7,7 +7,8 @@ The student minimises
 
 on each minibatch, where the terms come from the chosen method
 (:func:`otviz.losses.build_loss`): nothing for ``scratch`` and ``finetune``,
-L2-SP, KD, FitNets, attention transfer, or the OT regulariser
+L2-SP, KD, FitNets, attention transfer, neuron selectivity transfer (NST),
+similarity-preserving distillation (SP), or the OT regulariser
 :math:`\lambda \sum_{(l, l')} \mathrm{OT}(\mu_T^{l}, \mu_S^{l'})` over the chosen
 (teacher layer, student layer) pairs; ``"kd+ot"`` sums two terms.
 
@@ -132,7 +133,8 @@ class TrainConfig:
     Options that do not apply are ignored with an :class:`OptionWarning` and
     stored as None: the weight of a term the method lacks (``lam`` without
     ``ot``, ``kd_weight``/``temperature`` without ``kd``, ``l2sp_weight``,
-    ``fitnets_weight``, ``at_weight``; see :data:`TERM_OPTIONS`) and ``eps``
+    ``fitnets_weight``, ``at_weight``, ``nst_weight``, ``sp_weight``; see
+    :data:`TERM_OPTIONS`) and ``eps``
     with the exact solver (``ot_method="emd"``). ``k`` in ``distill`` (a
     full-data setting) is applied, with a warning that the run then departs
     from the setting.
@@ -142,8 +144,8 @@ class TrainConfig:
     setting : {"transfer", "distill", "transfer-small", "transfer-digits"}
         The task and the student (see :data:`otviz.data.SETTINGS`).
     method : str
-        ``scratch``, ``finetune``, ``l2sp``, ``kd``, ``fitnets``, ``at``, ``ot``
-        or a combination with ``+`` such as ``kd+ot``.
+        ``scratch``, ``finetune``, ``l2sp``, ``kd``, ``fitnets``, ``at``, ``nst``,
+        ``sp``, ``ot`` or a combination with ``+`` such as ``kd+ot``.
     lam : float
         Weight :math:`\lambda` of the OT regulariser (recipe: 0.1 in
         ``transfer``, 1 in ``distill`` and ``transfer-small``).
@@ -157,7 +159,8 @@ class TrainConfig:
         Layer pairs, each ``"teacher_layer:student_layer"`` or one name used on
         both sides; None: every alignable layer of the architecture. Recipe:
         the last alignable layer (``features.conv3`` for the CNN). Used by
-        ``ot``, ``fitnets``, ``at`` and for the logged OT distances.
+        ``ot``, ``fitnets``, ``at``, ``nst``, ``sp`` and for the logged OT
+        distances.
     cost, normalize, ot_method, eps, spatial, feature_scale
         Options of the OT regulariser, and of the logged OT distance for
         methods without an OT term (see :func:`otviz.ot_distance` and
@@ -200,8 +203,10 @@ class TrainConfig:
     dataset, arch, student_width
         Source dataset, model family and student width (defaults: the
         setting's).
-    kd_weight, temperature, l2sp_weight, fitnets_weight, at_weight
-        Weights of the baseline terms; recipe: 1, 4, 0.01, 1 and 100.
+    kd_weight, temperature, l2sp_weight, fitnets_weight, at_weight, nst_weight, sp_weight
+        Weights of the baseline terms; recipe: 1, 4, 0.01, 1, 100, 15 and
+        3000 (see :class:`otviz.losses.NST` and
+        :class:`otviz.losses.SimilarityPreserving`).
     num_threads : int, optional
         ``torch.set_num_threads`` for this run (small models on few cores are
         often faster with 1).
@@ -242,6 +247,8 @@ class TrainConfig:
     l2sp_weight: float | None = FROM_RECIPE
     fitnets_weight: float | None = FROM_RECIPE
     at_weight: float | None = FROM_RECIPE
+    nst_weight: float | None = FROM_RECIPE
+    sp_weight: float | None = FROM_RECIPE
     num_threads: int | None = None
     name: str | None = None
 
@@ -555,13 +562,13 @@ def _prepare(config: TrainConfig) -> _Setup:
         raise ValueError(f"method 'kd' needs teacher and student to share the task (the same classes), "
                          f"but in setting {config.setting!r} the teacher learned classes "
                          f"{list(task.source.classes)} and the student learns {list(task.target.classes)}; "
-                         f"use 'ot', 'fitnets' or 'at', which transfer through the features")
+                         f"use 'ot', 'fitnets', 'at', 'nst' or 'sp', which transfer through the features")
     from_teacher = task.student_init == "teacher" and "scratch" not in terms
     if any(t in terms for t in ("finetune", "l2sp")) and task.student_init != "teacher":
         raise ValueError(f"method {config.method!r} starts the student from the teacher's weights, "
                          f"which needs the teacher's architecture, but in setting {config.setting!r} "
                          f"the student is {task.student_width:g}x as wide; use 'scratch', 'kd', "
-                         f"'fitnets', 'at' or 'ot'")
+                         f"'fitnets', 'at', 'nst', 'sp' or 'ot'")
 
     torch.manual_seed(config.seed)  # what else draws from the global RNGs (FitNets' regressors...)
     np.random.seed(config.seed)
@@ -600,11 +607,28 @@ def _prepare(config: TrainConfig) -> _Setup:
     if "fitnets" in terms:
         kwargs["teacher_channels"] = probe_channels(teacher, [t for t, _ in pairs], probe[:2])
         kwargs["student_channels"] = probe_channels(student, [s for _, s in pairs], probe[:2])
+    if "nst" in terms:
+        _check_maps(teacher, student, pairs, probe[:2])
     if "ot" not in terms:
         kwargs["monitor_pairs"] = pairs
     loss = build_loss(config.method, **kwargs).to(device)
     return _Setup(config, task, teacher, student, loss, pairs, device, probe, from_teacher,
                   order_seed=_stream_seed(config.seed, "order"))
+
+
+def _check_maps(teacher: nn.Module, student: nn.Module, pairs: Sequence[tuple[str, str]],
+                x: torch.Tensor) -> None:
+    """NST compares channel maps: every paired layer must output (n, c, h, w) or (n, c, length)."""
+    from otviz.capture import capture
+
+    for model, side, layers in ((teacher, "teacher", [t for t, _ in pairs]),
+                                (student, "student", [s for _, s in pairs])):
+        acts = capture(model, x, layers)
+        flat = [f"{name} {tuple(acts[name].shape)}" for name in layers if acts[name].ndim < 3]
+        if flat:
+            raise ValueError(f"method 'nst' compares each channel's map over positions, but the {side}'s "
+                             f"paired layer(s) {flat} have none (dense outputs); pair convolutional "
+                             f"layers, or use 'sp', 'ot' or 'fitnets'")
 
 
 def same_task_classes(task: Any) -> bool:

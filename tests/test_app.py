@@ -164,7 +164,8 @@ def test_train_form_launches_a_run_that_writes_to_the_store(store_path):
 def _form_values(at: AppTest) -> dict:
     """The Train form's inputs by widget key (hidden inputs are absent)."""
     keys = ("lam", "pairs", "cost", "normalize", "ot_method", "spatial", "epochs", "steps", "batch_size",
-            "lr", "kd_weight", "temperature", "l2sp_weight", "fitnets_weight", "at_weight", "eps", "k")
+            "lr", "kd_weight", "temperature", "l2sp_weight", "fitnets_weight", "at_weight", "nst_weight",
+            "sp_weight", "eps", "k")
     out = {}
     for kind in (at.number_input, at.selectbox, at.multiselect):
         for w in kind:
@@ -217,6 +218,13 @@ def test_train_form_starts_from_the_recipe_and_hides_what_does_not_apply(store_p
     assert _form_values(at)["eps"] > 0
     by_label(at.button, "Reset the form to the recipe").click().run()
     assert _form_values(at) == _as_form(recipe("distill", "kd"))
+
+    # the relational baselines show their own weight, from the recipe
+    by_label(at.selectbox, "Method").set_value("sp").run()
+    assert_ok(at)
+    values = _form_values(at)
+    assert values == _as_form(recipe("distill", "sp")) and values["sp_weight"] == 3000.0
+    assert "kd_weight" not in values and "nst_weight" not in values
     assert RunStore(store_path).runs().empty
 
 

@@ -179,7 +179,8 @@ def captured_train(monkeypatch):
 
 
 @pytest.mark.parametrize("setting,method", [("transfer-small", "ot"), ("distill", "kd"), ("transfer", "ot"),
-                                            ("distill", "kd+ot"), ("transfer", "l2sp")])
+                                            ("distill", "kd+ot"), ("transfer", "l2sp"),
+                                            ("transfer-small", "nst"), ("distill", "sp")])
 def test_train_without_options_runs_the_recipe(setting, method, captured_train, capsys, tmp_path):
     from otviz.train import TrainConfig, recipe
 
@@ -209,6 +210,8 @@ def test_train_options_given_win_over_the_recipe(captured_train, capsys, tmp_pat
     (["--setting", "distill", "--method", "ot", "--kd-weight", "2"], "no KD term", "kd_weight"),
     (["--setting", "distill", "--method", "ot", "--temperature", "2"], "no KD term", "temperature"),
     (["--setting", "transfer", "--method", "finetune", "--at-weight", "5"], "no attention-transfer term", "at_weight"),
+    (["--setting", "transfer", "--method", "sp", "--nst-weight", "5"], "no NST term", "nst_weight"),
+    (["--setting", "distill", "--method", "nst", "--sp-weight", "5"], "no SP term", "sp_weight"),
 ])
 def test_train_options_that_do_not_apply_are_ignored_with_a_warning(argv, warning, field, captured_train,
                                                                      capsys, tmp_path):

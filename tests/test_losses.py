@@ -431,7 +431,8 @@ def test_build_loss_known_methods_and_terms():
     common = dict(pairs=["features.0"], reference=net, teacher_channels=4, student_channels=4)
     expected = {
         "scratch": ["ce"], "finetune": ["ce"], "l2sp": ["ce", "l2sp"], "kd": ["ce", "kd"],
-        "fitnets": ["ce", "fitnets"], "at": ["ce", "at"], "ot": ["ce", "ot"],
+        "fitnets": ["ce", "fitnets"], "at": ["ce", "at"], "nst": ["ce", "nst"], "sp": ["ce", "sp"],
+        "ot": ["ce", "ot"],
     }
     assert set(expected) == set(METHODS)
     for method, names in expected.items():

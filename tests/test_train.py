@@ -26,7 +26,8 @@ def store(tmp_path):
 
 @pytest.mark.parametrize("setting,method", [("transfer", "ot"), ("transfer", "l2sp"),
                                             ("distill", "kd+ot"), ("transfer-small", "fitnets"),
-                                            ("distill", "at"), ("transfer-digits", "finetune")])
+                                            ("distill", "at"), ("transfer-digits", "finetune"),
+                                            ("transfer-small", "nst"), ("distill", "kd+sp")])
 def test_every_setting_trains_and_logs(store, setting, method):
     # pairs=None: every alignable layer (the recipe takes only the last one)
     res = train(TrainConfig(setting=setting, method=method, pairs=None, **TINY), store=store, progress=False)

@@ -98,7 +98,8 @@ RECIPE_INPUTS = {"lam": "lam", "pairs": "pairs", "cost": "cost", "normalize": "n
                  "ot_method": "ot_method", "spatial": "spatial", "epochs": "epochs",
                  "steps": "steps_per_epoch", "batch_size": "batch_size", "lr": "lr",
                  "kd_weight": "kd_weight", "temperature": "temperature", "l2sp_weight": "l2sp_weight",
-                 "fitnets_weight": "fitnets_weight", "at_weight": "at_weight"}
+                 "fitnets_weight": "fitnets_weight", "at_weight": "at_weight", "nst_weight": "nst_weight",
+                 "sp_weight": "sp_weight"}
 
 
 #: Every input of the form (kept across page switches).
@@ -156,7 +157,10 @@ with st.expander("Start a training", expanded=runs.empty or "pending_launch" in 
     method = top[2].selectbox("Method", dk.METHOD_CHOICES, key="method",
                               help="ot: the OT regulariser; kd+ot adds Hinton's distillation; the "
                                    "others are the usual baselines (scratch, finetune, L2-SP, KD, "
-                                   "FitNets, attention transfer).")
+                                   "FitNets, attention transfer) and the two that, like OT, "
+                                   "compare sets of units or relations: nst (neuron selectivity "
+                                   "transfer, MMD between channel maps) and sp (similarity-preserving, "
+                                   "the batch's similarity matrix).")
     rec = recipe(setting, method, arch=arch)
     if st.session_state.get("recipe_for") != (arch, setting, method):
         load_recipe(rec)
@@ -184,9 +188,9 @@ with st.expander("Start a training", expanded=runs.empty or "pending_launch" in 
                               f"trained on")
         pairs = c1.multiselect("Layer pairs (teacher layer = student layer)", layers, key="pairs",
                                format_func=lambda n: n.removeprefix("features."),
-                               help="Layers whose neurons are compared by OT (the OT term, FitNets "
-                                    "and attention transfer use them; every method logs their OT "
-                                    "distance).")
+                               help="Layers whose neurons are compared by OT (the OT term, FitNets, "
+                                    "attention transfer, NST and SP use them; every method logs "
+                                    "their OT distance).")
         if "kd" in terms:
             kd_weight = c1.number_input("KD weight", min_value=0.0, step=0.1, key="kd_weight")
             temperature = c1.number_input("KD temperature", min_value=0.1, step=0.5, key="temperature")
@@ -199,6 +203,12 @@ with st.expander("Start a training", expanded=runs.empty or "pending_launch" in 
         if "at" in terms:
             at_weight = c1.number_input("Attention-transfer weight", min_value=0.0, step=10.0,
                                         key="at_weight")
+        if "nst" in terms:
+            nst_weight = c1.number_input("NST weight (× squared MMD)", min_value=0.0, step=5.0,
+                                         key="nst_weight")
+        if "sp" in terms:
+            sp_weight = c1.number_input("SP weight (× similarity loss)", min_value=0.0, step=100.0,
+                                        key="sp_weight")
         if not has_ot:
             c2.caption("OT options below: of the OT distance logged for comparison.")
         cost = c2.selectbox("Cost between neurons", ["sqeuclidean", "euclidean", "cosine",
@@ -258,6 +268,10 @@ with st.expander("Start a training", expanded=runs.empty or "pending_launch" in 
                 config["fitnets_weight"] = float(fitnets_weight)
             if "at" in terms:
                 config["at_weight"] = float(at_weight)
+            if "nst" in terms:
+                config["nst_weight"] = float(nst_weight)
+            if "sp" in terms:
+                config["sp_weight"] = float(sp_weight)
             request_start(config)
 
 # ----------------------------------------------------------------------------- follow a run

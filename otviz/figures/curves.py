@@ -132,6 +132,10 @@ def _loss_title(key: str, config: Mapping[str, Any]) -> str:
         return f"{_num(config, 'fitnets_weight') or 'β'} × FitNets hint loss"
     if term == "at":
         return f"{_num(config, 'at_weight') or 'β'} × attention transfer"
+    if term == "nst":
+        return f"{_num(config, 'nst_weight') or 'w'} × NST (squared MMD of channel maps)"
+    if term == "sp":
+        return f"{_num(config, 'sp_weight') or 'γ'} × similarity-preserving loss"
     return f"{key} (weighted, as added to the total)"
 
 
