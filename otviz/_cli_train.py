@@ -244,6 +244,8 @@ def _describe(cfg: Any, given: set[str]) -> str:
         parts.append(fmt("eps"))
     if cfg.val_size is not None:
         parts.append(fmt("val_size"))
+    if cfg.lam is not None and cfg.lam_schedule != "constant":
+        parts.append(fmt("lam_schedule"))
     return ", ".join(parts)
 
 
