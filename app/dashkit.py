@@ -660,11 +660,12 @@ def benchmark_files() -> dict[str, dict[str, Path]]:
 
 #: Tables of the paired benchmark (``benchmarks/bench_paired.py``): name -> file.
 PAIRED_FILES = {"final": "transfer_paired.csv", "axes": "transfer_axes.csv", "report": "transfer_paired.md",
-                "tuning": "tuning.csv"}
+                "tuning": "tuning.csv", "budget": "transfer_scratch_curves.csv"}
 
 
 def paired_files() -> dict[str, Path]:
-    """The paired benchmark's result files that exist (``final``, ``axes``, ``report``, ``tuning``)."""
+    """The paired benchmark's result files that exist (``final``, ``axes``, ``report``, ``tuning``,
+    ``budget``)."""
     found = {k: BENCHMARK_RESULTS / name for k, name in PAIRED_FILES.items()}
     return {k: p for k, p in found.items() if p.is_file()}
 

@@ -470,30 +470,40 @@ def report(final_df, axes_df, chosen, args, db, minutes: float) -> str:
 
 
 def flattening(db: Path, args) -> list[str]:
-    """Scratch's mean validation accuracy per epoch over the final seeds: does the budget let it flatten?"""
+    """Scratch's validation accuracy per epoch over the final seeds: does the budget let it flatten?
+
+    Writes the per-seed curves to ``results/transfer_scratch_curves.csv`` (``setting, epoch,
+    seed, val_accuracy``) and returns the report's lines (the mean per epoch).
+    """
+    import numpy as np
+    import pandas as pd
+
     from otviz.runs import RunStore
 
     store = RunStore(db, readonly=True)
     runs = store.runs()
     lines = ["", "## Is the budget long enough? Scratch's validation accuracy per epoch", "",
-             "Mean over the final seeds, in %. The last column is the gain over the last third of "
-             "the epochs.", ""]
+             "Mean over the final seeds, in %, from epoch 0 (the initialisation) to the last; then "
+             "the gain over the last third of the epochs.", ""]
+    rows = []
     for s in METHODS:
-        names = {f"paired/final/{s}/scratch/s{seed}" for seed in args.seeds}
-        ids = runs[runs["name"].isin(names) & (runs["status"] == "completed")]["run_id"].tolist()
-        if not ids:
-            continue
+        names = {f"paired/final/{s}/scratch/s{seed}": seed for seed in args.seeds}
+        done = runs[runs["name"].isin(list(names)) & (runs["status"] == "completed")]
         curves = []
-        for rid in ids:
-            m = store.metrics(int(rid), "val/accuracy")
-            curves.append(m.sort_values("step")["value"].to_numpy())
+        for rid, name in zip(done["run_id"], done["name"]):
+            m = store.metrics(int(rid), "val/accuracy").sort_values("step")
+            curves.append(m["value"].to_numpy())
+            rows += [dict(setting=s, epoch=int(e), seed=names[name], val_accuracy=float(v))
+                     for e, v in zip(m["epoch"], m["value"])]
+        if not curves:
+            continue
         n = min(len(c) for c in curves)
-        import numpy as np
-
         mean = np.mean([c[:n] for c in curves], axis=0)
-        third = max(1, n // 3)
+        third = max(1, (n - 1) // 3)
         lines.append(f"- {s}: " + ", ".join(_pct(v) for v in mean)
                      + f" (last third: {100 * (mean[-1] - mean[-1 - third]):+.1f} pp)")
+    if rows:
+        pd.DataFrame(rows).to_csv(RESULTS / f"transfer_scratch_curves{args.suffix}.csv", index=False)
     return lines
 
 

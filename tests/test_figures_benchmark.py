@@ -80,3 +80,13 @@ def test_figures_name_missing_columns():
         figures.method_intervals(pd.DataFrame({"setting": ["x"]}), "x")
     with pytest.raises(ValueError, match="no runs of setting"):
         figures.method_intervals(_final(), "transfer")
+
+
+def test_budget_curves_one_line_per_setting_with_mean_per_epoch():
+    rows = [dict(setting=s, epoch=e, seed=seed, val_accuracy=min(0.9, 0.2 + 0.2 * e) + 0.01 * seed)
+            for s in ("distill", "transfer") for e in range(6) for seed in range(3)]
+    fig = figures.budget_curves(pd.DataFrame(rows))
+    lines = [tr for tr in fig.data if tr.mode == "lines+markers"]
+    assert [tr.name for tr in lines] == ["distill", "transfer"]
+    assert list(lines[0].x) == list(range(6))
+    assert lines[0].y[-1] == pytest.approx(91.0) and lines[0].y[0] == pytest.approx(21.0)

@@ -224,6 +224,12 @@ def paired_section() -> None:
                     dk.chart(figures.paired_gains(final, setting, ours=m), key=f"cmp_pg_{setting}_{m}")
             if axes is not None and setting in set(axes["setting"]):
                 dk.chart(figures.axis_curves(axes, setting), key=f"cmp_ax_{setting}")
+    if "budget" in files:
+        try:
+            budget = pd.read_csv(files["budget"])
+            dk.chart(figures.budget_curves(budget), key="cmp_budget")
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            dk.show_error(exc, "Could not read the scratch curves")
     if "report" in files:
         with st.expander("The benchmark's report (tables, p-values, chosen options)"):
             st.markdown(files["report"].read_text(encoding="utf-8", errors="replace"))

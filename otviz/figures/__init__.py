@@ -28,7 +28,8 @@ Benchmarks
     :func:`method_intervals`, :func:`paired_gains` and :func:`axis_curves`
     draw the tables of ``benchmarks/bench_paired.py``: each method's test
     accuracy with its 95 % interval over seeds, the paired difference of OT to
-    each baseline, and accuracy against labels per class or student width.
+    each baseline, accuracy against labels per class or student width, and
+    :func:`budget_curves`, the scratch baseline's validation curve per setting.
 
 Conventions: one template (:data:`TEMPLATE`), teacher in blue and student in
 orange (:data:`TEACHER_COLOR`, :data:`STUDENT_COLOR`), plans on a perceptually
@@ -44,7 +45,7 @@ from otviz.figures._common import (
     TEACHER_COLOR,
     TEMPLATE,
 )
-from otviz.figures.benchmark import axis_curves, method_intervals, paired_gains
+from otviz.figures.benchmark import axis_curves, budget_curves, method_intervals, paired_gains
 from otviz.figures.curves import (
     accuracy_curves,
     chance_level,
@@ -66,6 +67,7 @@ __all__ = [
     "accuracy_curves",
     "alignment_panel",
     "axis_curves",
+    "budget_curves",
     "chance_level",
     "compare_runs",
     "distance_bars",

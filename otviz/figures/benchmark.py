@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 
 from otviz.figures._common import STUDENT_COLOR, TEACHER_COLOR, TEMPLATE
 
-__all__ = ["method_intervals", "paired_gains", "axis_curves"]
+__all__ = ["method_intervals", "paired_gains", "axis_curves", "budget_curves"]
 
 #: Colours of the methods that recur across the benchmark's figures.
 METHOD_COLORS = {"ot": STUDENT_COLOR, "kd+ot": "#9c3d8f", "scratch": "#7f7f7f"}
@@ -197,4 +197,47 @@ def axis_curves(df: Any, setting: str, *, title: str | None = None) -> go.Figure
                                      f"(mean and 95 % CI over seeds)",
                       xaxis_title=AXIS_TITLES.get(axis, axis), yaxis_title="test accuracy (%)",
                       legend=dict(orientation="h", y=-0.22), margin=dict(l=10, r=20, t=50, b=80))
+    return fig
+
+
+def budget_curves(df: Any, *, title: str | None = None) -> go.Figure:
+    """Validation accuracy per epoch of the scratch baseline, per setting: has it flattened?
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        ``setting, epoch, seed, val_accuracy`` (``benchmarks/results/transfer_scratch_curves.csv``).
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        A line per setting through the mean validation accuracy (%) at each
+        epoch, its 95 % CI over seeds as a band. A budget is long enough when
+        the line is flat over its last epochs.
+    """
+    _need(df, ["setting", "epoch", "seed", "val_accuracy"], "budget_curves")
+    fig = go.Figure()
+    order = list(dict.fromkeys(df["setting"]))
+    for i, setting in enumerate(order):
+        g = df[df["setting"] == setting]
+        xs, means, los, his = [], [], [], []
+        for e, ge in sorted(g.groupby("epoch"), key=lambda t: t[0]):
+            mean, lo, hi = _interval(ge["val_accuracy"].to_numpy())
+            xs.append(int(e))
+            means.append(100 * mean)
+            los.append(100 * lo)
+            his.append(100 * hi)
+        c = _OTHER_COLORS[i % len(_OTHER_COLORS)]
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=his + los[::-1], fill="toself", fillcolor=c,
+                                 opacity=0.15, line=dict(width=0), hoverinfo="skip", showlegend=False,
+                                 legendgroup=setting))
+        fig.add_trace(go.Scatter(x=xs, y=means, mode="lines+markers", name=setting, legendgroup=setting,
+                                 line=dict(color=c, width=2),
+                                 hovertemplate=f"<b>{setting}</b>, scratch<br>epoch %{{x}}<br>validation "
+                                               f"accuracy %{{y:.1f}} %<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, height=340,
+                      title=title or "Scratch's validation accuracy per epoch (mean and 95 % CI over "
+                                     "seeds): flat at the end = the budget is long enough",
+                      xaxis_title="epoch (0 = initialisation)", yaxis_title="validation accuracy (%)",
+                      legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=20, t=50, b=80))
     return fig
