@@ -81,7 +81,8 @@ when ``loss.needs_teacher`` is false.)
 
 The package is laid out by level, as the losses act:
 
-- :mod:`otviz.losses._base` -- :class:`StepContext`, :class:`TransferLoss`,
+- :mod:`otviz.losses._base` -- :class:`StepContext`, :class:`TransferLoss`
+  (and ``_PairLoss``, the base of the losses summed over layer pairs),
   layer pairs and the checks every loss shares;
 - :mod:`otviz.losses.logits` -- :class:`CrossEntropy` and :class:`KD`;
 - :mod:`otviz.losses.weights` -- :class:`L2SP`;

@@ -1,15 +1,16 @@
-r"""The common ground of every loss: the step context, the base class, layer pairs and checks.
+r"""The common ground of every loss: the step context, the base classes, layer pairs and checks.
 
 Every loss of :mod:`otviz.losses` is a :class:`TransferLoss` called with a
-:class:`StepContext`; the helpers here read the captured features, check
-their batches and bring two maps to one spatial size.
+:class:`StepContext`; those summed over (teacher layer, student layer) pairs
+derive from :class:`_PairLoss`. The helpers here read the captured features,
+check their batches and bring two maps to one spatial size.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -282,3 +283,50 @@ class TransferLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}"
+
+
+class _PairLoss(TransferLoss):
+    r"""Base class of a loss summed over (teacher layer, student layer) pairs.
+
+    .. math::
+        \mathcal{R} = w \sum_{(T_\ell, S_\ell)} r(T_\ell, S_\ell)
+
+    Sets up what such a loss shares: ``pairs`` (normalised by
+    :func:`layer_pairs`, whose errors name the loss by its ``name``),
+    ``teacher_layers`` and ``student_layers`` (the paired layers, each once,
+    in order of first appearance) and ``_last``, the per-pair floats of the
+    last call that :meth:`diagnostics` returns (a subclass fills it in
+    :meth:`forward`). :meth:`_paired_features` walks the pairs with this
+    step's features.
+    """
+
+    def __init__(self, pairs: PairsLike, weight: float = 1.0) -> None:
+        super().__init__(weight)
+        self.pairs = layer_pairs(pairs, self.name)
+        self.teacher_layers = _unique(p[0] for p in self.pairs)
+        self.student_layers = _unique(p[1] for p in self.pairs)
+        self._last: dict[str, float] = {}
+
+    def _paired_features(
+        self, ctx: StepContext
+    ) -> Iterator[tuple[str, str, str, torch.Tensor, torch.Tensor]]:
+        """Yield ``(key, teacher_layer, student_layer, t, s)`` for every pair, in order.
+
+        ``key`` is :func:`pair_key` of the pair, ``t`` the teacher's feature
+        detached (a constant) and ``s`` the student's, with its graph. Raises
+        ``ValueError`` (prefixed with ``name``) when a feature was not
+        captured or the two do not hold the same batch.
+        """
+        for tl, sl in self.pairs:
+            key = pair_key(tl, sl)
+            t = _feature(ctx, "teacher", tl, self.name).detach()
+            s = _feature(ctx, "student", sl, self.name)
+            _check_batches(t, s, key, self.name)
+            yield key, tl, sl, t, s
+
+    def diagnostics(self) -> dict[str, float]:
+        """Per-pair floats of the last call, keyed ``"<name>/<teacher>-><student>"``."""
+        return dict(self._last)
+
+    def extra_repr(self) -> str:
+        return f"pairs={[pair_key(*p) for p in self.pairs]}, weight={self.weight:g}"

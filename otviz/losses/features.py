@@ -15,16 +15,11 @@ from otviz.losses._base import (
     LayerPair,
     PairsLike,
     StepContext,
-    TransferLoss,
-    _check_batches,
     _check_weight,
-    _feature,
     _layout,
+    _PairLoss,
     _resize,
-    _unique,
     _zero,
-    layer_pairs,
-    pair_key,
 )
 
 
@@ -71,7 +66,7 @@ def _as_maps(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class FitNets(TransferLoss):
+class FitNets(_PairLoss):
     r"""FitNets hint loss through learned regressors (Romero et al. 2015).
 
     .. math::
@@ -96,7 +91,8 @@ class FitNets(TransferLoss):
 
     The regressors are submodules (moved by ``loss.to(device)``) and are
     returned by :meth:`extra_parameters`, to be added to the optimiser. They
-    are discarded after training.
+    are discarded after training. :meth:`diagnostics` gives the unweighted
+    hint loss per pair, ``"fitnets/<teacher>-><student>"``.
 
     Parameters
     ----------
@@ -131,16 +127,12 @@ class FitNets(TransferLoss):
         student_channels: int | Sequence[int] | Mapping[str, int],
         weight: float = 1.0,
     ) -> None:
-        super().__init__(weight)
-        self.pairs = layer_pairs(pairs, "fitnets")
+        super().__init__(pairs, weight)
         t_ch = _per_pair(teacher_channels, self.pairs, 0, "fitnets")
         s_ch = _per_pair(student_channels, self.pairs, 1, "fitnets")
-        self.teacher_layers = _unique(p[0] for p in self.pairs)
-        self.student_layers = _unique(p[1] for p in self.pairs)
         self.regressors = nn.ModuleList(
             nn.Conv2d(cs, ct, kernel_size=1) for ct, cs in zip(t_ch, s_ch)
         )
-        self._last: dict[str, float] = {}
 
     def extra_parameters(self) -> list[nn.Parameter]:
         """The regressors' weights and biases."""
@@ -149,11 +141,7 @@ class FitNets(TransferLoss):
     def forward(self, ctx: StepContext) -> torch.Tensor:
         total = _zero(ctx)
         last: dict[str, float] = {}
-        for (tl, sl), reg in zip(self.pairs, self.regressors):
-            key = pair_key(tl, sl)
-            t = _feature(ctx, "teacher", tl, "fitnets").detach()
-            s = _feature(ctx, "student", sl, "fitnets")
-            _check_batches(t, s, key, "fitnets")
+        for (key, tl, sl, t, s), reg in zip(self._paired_features(ctx), self.regressors):
             # channels first, as capture recorded them: a transformer's (n, tokens, d) -> (n, d, tokens)
             t_axis = _layout(ctx.teacher_features, tl, "teacher", None)[0]
             s_axis = _layout(ctx.student_features, sl, "student", None)[0]
@@ -184,13 +172,6 @@ class FitNets(TransferLoss):
         self._last = last
         return self.weight * total
 
-    def diagnostics(self) -> dict[str, float]:
-        """Unweighted hint loss per pair, ``"fitnets/<teacher>-><student>"``."""
-        return dict(self._last)
-
-    def extra_repr(self) -> str:
-        return f"pairs={[pair_key(*p) for p in self.pairs]}, weight={self.weight:g}"
-
 
 # ----------------------------------------------------------------------------
 # attention transfer
@@ -208,7 +189,7 @@ def attention_map(feature: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return feature.abs().pow(p).mean(dim=1)
 
 
-class AttentionTransfer(TransferLoss):
+class AttentionTransfer(_PairLoss):
     r"""Activation-based attention transfer (Zagoruyko & Komodakis 2017).
 
     For a feature map :math:`A \in \mathbb{R}^{c \times h \times w}` of one
@@ -228,6 +209,8 @@ class AttentionTransfer(TransferLoss):
     number of channels (no adapter is needed between widths). If the maps
     have different sizes, the larger attention map is average-pooled to the
     smaller size before normalisation. The teacher's maps are constants.
+    :meth:`diagnostics` gives the unweighted mean squared attention distance
+    per pair, ``"at/<teacher>-><student>"``.
 
     Parameters
     ----------
@@ -248,21 +231,13 @@ class AttentionTransfer(TransferLoss):
     name = "at"
 
     def __init__(self, pairs: PairsLike, weight: float = 1000.0, p: float = 2.0) -> None:
-        super().__init__(weight)
-        self.pairs = layer_pairs(pairs, "at")
+        super().__init__(pairs, weight)
         self.p = _check_weight(p, "at p", allow_zero=False)
-        self.teacher_layers = _unique(q[0] for q in self.pairs)
-        self.student_layers = _unique(q[1] for q in self.pairs)
-        self._last: dict[str, float] = {}
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
         total = _zero(ctx)
         last: dict[str, float] = {}
-        for tl, sl in self.pairs:
-            key = pair_key(tl, sl)
-            t = _feature(ctx, "teacher", tl, "at").detach()
-            s = _feature(ctx, "student", sl, "at")
-            _check_batches(t, s, key, "at")
+        for key, _, _, t, s in self._paired_features(ctx):
             qt = attention_map(t, self.p)[:, None]
             qs = attention_map(s, self.p)[:, None]
             common = tuple(min(a, b) for a, b in zip(qt.shape[2:], qs.shape[2:]))
@@ -275,12 +250,8 @@ class AttentionTransfer(TransferLoss):
         self._last = last
         return 0.5 * self.weight * total
 
-    def diagnostics(self) -> dict[str, float]:
-        """Unweighted mean squared attention distance per pair, ``"at/<teacher>-><student>"``."""
-        return dict(self._last)
-
     def extra_repr(self) -> str:
-        return f"pairs={[pair_key(*q) for q in self.pairs]}, weight={self.weight:g}, p={self.p:g}"
+        return f"{super().extra_repr()}, p={self.p:g}"
 
 
 # ----------------------------------------------------------------------------
@@ -369,7 +340,7 @@ def nst_mmd2(teacher_maps: torch.Tensor, student_maps: torch.Tensor, kernel: str
             - 2 * nst_kernel(ft, fs, kernel, **opts).mean(dim=(1, 2)))
 
 
-class NST(TransferLoss):
+class NST(_PairLoss):
     r"""Neuron selectivity transfer (Huang & Wang 2017).
 
     A layer's channel :math:`i` responds to one input with a map over the
@@ -401,6 +372,8 @@ class NST(TransferLoss):
     PyTorch implementations do). The teacher's maps are constants. Features
     captured by :func:`otviz.capture.hooked` are first put channels first on
     the axis it recorded (padding tokens are not masked out).
+    :meth:`diagnostics` gives the unweighted squared MMD per pair (mean over
+    the batch), ``"nst/<teacher>-><student>"``.
 
     Parameters
     ----------
@@ -431,8 +404,7 @@ class NST(TransferLoss):
 
     def __init__(self, pairs: PairsLike, weight: float = 50.0, kernel: str = "polynomial", *,
                  degree: int = 2, coef: float = 0.0, sigma: float | None = None) -> None:
-        super().__init__(weight)
-        self.pairs = layer_pairs(pairs, "nst")
+        super().__init__(pairs, weight)
         if kernel not in _NST_KERNELS:
             raise ValueError(f"nst: unknown kernel={kernel!r}. Pass one of {list(_NST_KERNELS)}.")
         if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or degree < 1:
@@ -441,18 +413,11 @@ class NST(TransferLoss):
         self.degree = int(degree)
         self.coef = _check_weight(coef, "nst coef")
         self.sigma = None if sigma is None else _check_weight(sigma, "nst sigma", allow_zero=False)
-        self.teacher_layers = _unique(q[0] for q in self.pairs)
-        self.student_layers = _unique(q[1] for q in self.pairs)
-        self._last: dict[str, float] = {}
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
         total = _zero(ctx)
         last: dict[str, float] = {}
-        for tl, sl in self.pairs:
-            key = pair_key(tl, sl)
-            t = _feature(ctx, "teacher", tl, "nst").detach()
-            s = _feature(ctx, "student", sl, "nst")
-            _check_batches(t, s, key, "nst")
+        for key, tl, sl, t, s in self._paired_features(ctx):
             t = _channel_maps(t, _layout(ctx.teacher_features, tl, "teacher", None)[0], key, "teacher")
             s = _channel_maps(s, _layout(ctx.student_features, sl, "student", None)[0], key, "student")
             if t.ndim != s.ndim:
@@ -469,17 +434,13 @@ class NST(TransferLoss):
         self._last = last
         return self.weight * total
 
-    def diagnostics(self) -> dict[str, float]:
-        """Unweighted squared MMD per pair (mean over the batch), ``"nst/<teacher>-><student>"``."""
-        return dict(self._last)
-
     def extra_repr(self) -> str:
         opts = f"kernel={self.kernel!r}"
         if self.kernel == "polynomial":
             opts += f", degree={self.degree}, coef={self.coef:g}"
         elif self.kernel == "gaussian":
             opts += f", sigma={self.sigma!r}"
-        return f"pairs={[pair_key(*q) for q in self.pairs]}, weight={self.weight:g}, {opts}"
+        return f"{super().extra_repr()}, {opts}"
 
 
 # ----------------------------------------------------------------------------
@@ -500,7 +461,7 @@ def sp_similarity(feature: torch.Tensor) -> torch.Tensor:
     return F.normalize(a @ a.t(), dim=1)
 
 
-class SimilarityPreserving(TransferLoss):
+class SimilarityPreserving(_PairLoss):
     r"""Similarity-preserving knowledge distillation (Tung & Mori 2019).
 
     Each layer is summarised by how it relates the :math:`b` inputs of the
@@ -518,7 +479,9 @@ class SimilarityPreserving(TransferLoss):
     inputs, in OT between neurons) rather than unit by unit; it is invariant
     to the order of the channels (any orthogonal map of the flattened
     features) and to a common rescaling of a layer's features. The
-    teacher's similarities are constants.
+    teacher's similarities are constants. :meth:`diagnostics` gives the
+    unweighted :math:`\|G_T - G_S\|_F^2 / b^2` per pair,
+    ``"sp/<teacher>-><student>"``.
 
     Parameters
     ----------
@@ -537,20 +500,12 @@ class SimilarityPreserving(TransferLoss):
     name = "sp"
 
     def __init__(self, pairs: PairsLike, weight: float = 3000.0) -> None:
-        super().__init__(weight)
-        self.pairs = layer_pairs(pairs, "sp")
-        self.teacher_layers = _unique(q[0] for q in self.pairs)
-        self.student_layers = _unique(q[1] for q in self.pairs)
-        self._last: dict[str, float] = {}
+        super().__init__(pairs, weight)
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
         total = _zero(ctx)
         last: dict[str, float] = {}
-        for tl, sl in self.pairs:
-            key = pair_key(tl, sl)
-            t = _feature(ctx, "teacher", tl, "sp").detach()
-            s = _feature(ctx, "student", sl, "sp")
-            _check_batches(t, s, key, "sp")
+        for key, _, _, t, s in self._paired_features(ctx):
             gs = sp_similarity(s)
             gt = sp_similarity(t.to(gs.dtype))
             b = gs.shape[0]
@@ -559,10 +514,3 @@ class SimilarityPreserving(TransferLoss):
             total = total + term
         self._last = last
         return self.weight * total
-
-    def diagnostics(self) -> dict[str, float]:
-        """Unweighted :math:`\\|G_T - G_S\\|_F^2 / b^2` per pair, ``"sp/<teacher>-><student>"``."""
-        return dict(self._last)
-
-    def extra_repr(self) -> str:
-        return f"pairs={[pair_key(*q) for q in self.pairs]}, weight={self.weight:g}"

@@ -15,14 +15,12 @@ from otviz.losses._base import (
     Layout,
     PairsLike,
     StepContext,
-    TransferLoss,
     _check_batches,
     _check_weight,
     _feature,
     _layout,
-    _unique,
+    _PairLoss,
     _zero,
-    layer_pairs,
     pair_key,
 )
 
@@ -136,7 +134,7 @@ def _power_of_two_scaled(x: torch.Tensor) -> torch.Tensor:
     return x / _transport._pow2(amax) if 0.0 < amax < math.inf else x
 
 
-class OTRegularizer(TransferLoss):
+class OTRegularizer(_PairLoss):
     r"""The OT regulariser of representation transfer by optimal transport.
 
     For each chosen (teacher layer, student layer) pair, the minibatch of
@@ -232,7 +230,8 @@ class OTRegularizer(TransferLoss):
     -----
     After each call, :attr:`last_alignments` holds each pair's
     :class:`otviz.transport.Alignment` (plan, cost matrix, convergence) and
-    :meth:`diagnostics` the scaled distances ``"ot/<teacher>-><student>"``.
+    :meth:`diagnostics` each pair's distance, already divided by its feature
+    scale and before ``weight``, keyed ``"ot/<teacher>-><student>"``.
 
     References
     ----------
@@ -258,7 +257,7 @@ class OTRegularizer(TransferLoss):
         channel_axis: Any = None,
         **solver_options: Any,
     ) -> None:
-        super().__init__(weight)
+        super().__init__(pairs, weight)
         _check_ot_options(cost, normalize, method, eps, spatial, feature_scale)
         if size is not None and spatial != "flatten":
             raise ValueError(
@@ -277,20 +276,16 @@ class OTRegularizer(TransferLoss):
                 "method='sinkhorn' for entropic OT.", UserWarning, stacklevel=2,
             )
             eps = None
-        self.pairs = layer_pairs(pairs, "ot")
         self.cost, self.normalize, self.method, self.eps = cost, normalize, method, eps
         self.spatial, self.size, self.feature_scale = spatial, size, feature_scale
         self.monitor = bool(monitor)
         self.use_warm_start = bool(warm_start)
         self.channel_axis = channel_axis
         self.solver_options = dict(solver_options)
-        self.teacher_layers = _unique(p[0] for p in self.pairs)
-        self.student_layers = _unique(p[1] for p in self.pairs)
         if self.monitor:
             self.name = "ot_monitor"
         self._potentials: dict[str, Any] = {}
         self._alignments: dict[str, Any] = {}
-        self._last: dict[str, float] = {}
 
     # -- state --------------------------------------------------------------
     def reset(self) -> None:
@@ -307,13 +302,6 @@ class OTRegularizer(TransferLoss):
         information of the last call, e.g. for plan snapshots.
         """
         return dict(self._alignments)
-
-    def diagnostics(self) -> dict[str, float]:
-        """Last distance of each pair (already divided by its feature scale, before ``weight``).
-
-        Keys ``"ot/<teacher>-><student>"``.
-        """
-        return dict(self._last)
 
     # -- computation --------------------------------------------------------
     def _solve(self, key: str, tn: torch.Tensor, sn: torch.Tensor) -> torch.Tensor:
@@ -351,6 +339,8 @@ class OTRegularizer(TransferLoss):
         """Scaled OT distance of every pair on this step's features (unweighted)."""
         out: dict[str, torch.Tensor] = {}
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            # not _paired_features: the batches are checked by _pair_neurons (shared with
+            # otviz.loop), after the layouts are read, under the name "ot" in monitor mode too
             for tl, sl in self.pairs:
                 key = pair_key(tl, sl)
                 t = _feature(ctx, "teacher", tl, self.name).detach()
@@ -442,8 +432,8 @@ class OTRegularizer(TransferLoss):
         return self.weight * total
 
     def extra_repr(self) -> str:
-        opts = [f"pairs={[pair_key(*p) for p in self.pairs]}", f"weight={self.weight:g}",
-                f"cost={self.cost!r}", f"normalize={self.normalize!r}", f"method={self.method!r}"]
+        opts = [super().extra_repr(), f"cost={self.cost!r}", f"normalize={self.normalize!r}",
+                f"method={self.method!r}"]
         if self.eps is not None:
             opts.append(f"eps={self.eps:g}")
         opts += [f"spatial={self.spatial!r}", f"feature_scale={self.feature_scale!r}"]
