@@ -89,7 +89,7 @@ def method_intervals(df: Any, setting: str, *, title: str | None = None) -> go.F
             hovertemplate=f"<b>{m}</b><br>test accuracy {mean:.1f} % [95 % CI {lo:.1f}, {hi:.1f}]"
                           f"<br>{n} seeds<extra></extra>"))
     fig.update_layout(template=TEMPLATE, height=90 + 34 * len(stats),
-                      title=title or f"{setting}: test accuracy, mean and 95 % CI over seeds",
+                      title=title or f"{setting}: test accuracy (mean, 95 % CI over seeds)",
                       xaxis_title="test accuracy (%)", margin=dict(l=10, r=20, t=50, b=45))
     return fig
 
@@ -140,9 +140,9 @@ def paired_gains(df: Any, setting: str, *, ours: str = "ot", title: str | None =
             hovertemplate=f"<b>{ours} - {b}</b><br>{mean:+.1f} points [95 % CI {lo:+.1f}, {hi:+.1f}]"
                           f"<br>paired t-test p = {p:.3g}, {n} paired seeds<extra></extra>"))
     fig.update_layout(template=TEMPLATE, height=90 + 34 * len(rows),
-                      title=title or f"{setting}: {ours} minus each baseline, paired by seed "
-                                     f"(green: CI above 0, red: below, grey: includes 0)",
-                      xaxis_title="difference in test accuracy (percentage points)",
+                      title=title or f"{setting}: {ours} minus each baseline, paired by seed",
+                      xaxis_title="difference in test accuracy, points (green: CI above 0, red: below, "
+                                  "grey: contains 0)",
                       margin=dict(l=10, r=20, t=50, b=45))
     return fig
 
@@ -182,7 +182,8 @@ def axis_curves(df: Any, setting: str, *, title: str | None = None) -> go.Figure
             his.append(100 * hi)
         c = _color(m, order)
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=his + los[::-1], fill="toself", fillcolor=c,
-                                 opacity=0.15, line=dict(width=0), hoverinfo="skip", showlegend=False,
+                                 mode="lines", opacity=0.15, line=dict(width=0), hoverinfo="skip",
+                                 showlegend=False,
                                  legendgroup=m))
         fig.add_trace(go.Scatter(
             x=xs, y=means, mode="lines+markers", name=m, line=dict(color=c, width=2), legendgroup=m,
@@ -193,9 +194,9 @@ def axis_curves(df: Any, setting: str, *, title: str | None = None) -> go.Figure
     fig.update_xaxes(type="log", tickvals=values, ticktext=[f"{v:g}" for v in values])
     fig.update_layout(template=TEMPLATE, height=380,
                       title=title or f"{setting}: test accuracy against "
-                                     f"{'labels per class' if axis == 'k' else 'student width'} "
-                                     f"(mean and 95 % CI over seeds)",
-                      xaxis_title=AXIS_TITLES.get(axis, axis), yaxis_title="test accuracy (%)",
+                                     f"{'labels per class' if axis == 'k' else 'student width'}",
+                      xaxis_title=AXIS_TITLES.get(axis, axis) + "; mean and 95 % CI over seeds",
+                      yaxis_title="test accuracy (%)",
                       legend=dict(orientation="h", y=-0.22), margin=dict(l=10, r=20, t=50, b=80))
     return fig
 
@@ -229,15 +230,16 @@ def budget_curves(df: Any, *, title: str | None = None) -> go.Figure:
             his.append(100 * hi)
         c = _OTHER_COLORS[i % len(_OTHER_COLORS)]
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=his + los[::-1], fill="toself", fillcolor=c,
-                                 opacity=0.15, line=dict(width=0), hoverinfo="skip", showlegend=False,
+                                 mode="lines", opacity=0.15, line=dict(width=0), hoverinfo="skip",
+                                 showlegend=False,
                                  legendgroup=setting))
         fig.add_trace(go.Scatter(x=xs, y=means, mode="lines+markers", name=setting, legendgroup=setting,
                                  line=dict(color=c, width=2),
                                  hovertemplate=f"<b>{setting}</b>, scratch<br>epoch %{{x}}<br>validation "
                                                f"accuracy %{{y:.1f}} %<extra></extra>"))
     fig.update_layout(template=TEMPLATE, height=340,
-                      title=title or "Scratch's validation accuracy per epoch (mean and 95 % CI over "
-                                     "seeds): flat at the end = the budget is long enough",
-                      xaxis_title="epoch (0 = initialisation)", yaxis_title="validation accuracy (%)",
+                      title=title or "Is the budget long enough? Scratch's validation accuracy",
+                      xaxis_title="epoch (0 = initialisation); mean and 95 % CI over seeds",
+                      yaxis_title="validation accuracy (%)",
                       legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=20, t=50, b=80))
     return fig
