@@ -199,16 +199,6 @@ class Job:
         return cfg
 
 
-def _resolved(cfg: dict[str, Any]) -> dict[str, Any]:
-    import warnings
-
-    from otviz.train import TrainConfig
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return TrainConfig(**cfg).to_dict()
-
-
 def _work(args) -> dict[str, Any]:
     """Train one job in a worker process; its results as a row."""
     import warnings
@@ -257,8 +247,10 @@ def stored_results(db: Path, jobs: list[Job], quick: bool) -> dict[str, dict[str
         same = by_name.get(job.name)
         if same is None:
             continue
-        # options left to the trainer (None: k, student width, dataset) are stored resolved
-        wanted = {k: v for k, v in _resolved(job.config(quick)).items() if v is not None}
+        # the options the job gives (recipe, budget, trial); options left to the trainer (None:
+        # k, student width, dataset) are stored resolved, and fields a newer trainer adds with
+        # their defaults are not compared
+        wanted = {k: v for k, v in job.config(quick).items() if v is not None}
         ids = matching_runs(same, wanted)
         if ids:
             found[job.name] = ids[0]
