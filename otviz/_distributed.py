@@ -9,10 +9,9 @@ GPU per process); with ``WORLD_SIZE`` unset or 1 nothing here does anything.
 The pieces, each PyTorch's own:
 
 * **data**: every rank draws the same seeded global minibatch
-  (``otviz.train._minibatch_indices``) and keeps its share, split as
-  :class:`torch.utils.data.DistributedSampler` splits an epoch (padded by
-  repeating its first indices to a multiple of the world size, then every
-  ``world_size``-th index from ``rank``). ``batch_size`` is the *global*
+  (``otviz.train._minibatch_indices``) and keeps its contiguous share, padded
+  as :class:`torch.utils.data.DistributedSampler` pads an epoch (repeating
+  the first indices up to a multiple of the world size). ``batch_size`` is the *global*
   batch: 1 process x batch :math:`B` and :math:`W` processes x :math:`B/W`
   see the same images at every step;
 * **gradients**: the student (and trainable parameters of the loss, such as
@@ -129,14 +128,16 @@ class DistContext:
 
     # ------------------------------------------------------------------ data
     def shard(self, idx: torch.Tensor) -> torch.Tensor:
-        """This rank's share of a global minibatch ``idx``, split as DistributedSampler splits.
+        """This rank's share of a global minibatch ``idx``: its ``rank``-th contiguous part.
 
-        The batch is padded to a multiple of ``world_size`` by repeating its
-        first indices (only a short last batch of a pass needs it; a batch
-        smaller than the world size is repeated as often as needed), then
-        rank :math:`r` keeps positions :math:`r, r + W, r + 2W, \\dots`. Every
-        rank gets ``ceil(len(idx) / world_size)`` indices, so the per-rank
-        means that DDP averages weigh every image of a divisible batch alike.
+        As :class:`torch.utils.data.DistributedSampler` does, the batch is
+        first padded to a multiple of ``world_size`` by repeating its first
+        indices (only a short last batch of a pass needs it; a batch smaller
+        than the world size is repeated as often as needed), so every rank gets
+        ``ceil(len(idx) / world_size)`` indices and the per-rank means that DDP
+        averages weigh every image of a divisible batch alike. The parts are
+        contiguous (DistributedSampler strides) so that the parts gathered in
+        rank order (``ot_gather``) are the global batch in its own order.
         """
         if not self.active:
             return idx
@@ -147,7 +148,8 @@ class DistContext:
         if total > n:
             reps = math.ceil(total / n)
             idx = idx.repeat(reps)[:total]
-        return idx[self.rank:total:self.world_size]
+        per = total // self.world_size
+        return idx[self.rank * per:(self.rank + 1) * per]
 
     # ------------------------------------------------------------------ model
     def wrap(self, student: nn.Module, extra: Sequence[nn.Parameter] = ()) -> nn.Module:
@@ -236,6 +238,26 @@ def _autograd(collective: Callable, tensor: torch.Tensor) -> Any:
         return collective(tensor)
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous.
+
+    The gradient of the gathered features reaching
+    :func:`torch.distributed.nn.functional.all_gather`'s backward can be a
+    strided view (the OT term reads the neurons through a transpose); with
+    gloo that backward writes the received parts through ``empty_like`` of
+    those gradients, and a non-contiguous buffer there scrambles them (seen
+    with PyTorch 2.13). A contiguous gradient avoids it.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 def _gather_activations(acts: Any, *, grad: bool) -> Any:
     import torch.distributed as dist
     import torch.distributed.nn.functional as dnn
@@ -243,7 +265,7 @@ def _gather_activations(acts: Any, *, grad: bool) -> Any:
     out = copy.copy(acts)  # same class and per-layer info (neuron axes), new tensors
     for name, value in acts.items():
         if grad and value.requires_grad:
-            parts = _autograd(dnn.all_gather, value)
+            parts = [_ContiguousGrad.apply(p) for p in _autograd(dnn.all_gather, value)]
         else:
             parts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
             dist.all_gather(parts, value.contiguous())
