@@ -288,13 +288,15 @@ def _gather_hook(module: nn.Module, args: tuple) -> tuple:
 # --------------------------------------------------------------------------
 # set-up
 # --------------------------------------------------------------------------
-def init(device: str = "cpu", *, timeout_s: float = 600.0) -> DistContext:
+def init(device: str = "cpu", *, timeout_s: float | None = None) -> DistContext:
     """Join the process group torchrun describes in the environment (nothing with one process).
 
     The backend is NCCL for a CUDA device (this process then uses GPU
     ``LOCAL_RANK``) and gloo otherwise. The process group is initialised here
     only when ``WORLD_SIZE > 1`` and none exists yet; :meth:`DistContext.close`
-    destroys it.
+    destroys it. ``timeout_s``: how long a collective waits for the other
+    processes (default PyTorch's, 30 min for gloo; the other ranks wait in one
+    while rank 0 evaluates).
 
     Raises
     ------
@@ -324,7 +326,8 @@ def init(device: str = "cpu", *, timeout_s: float = 600.0) -> DistContext:
     if not dist.is_initialized():
         from datetime import timedelta
 
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        kwargs = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+        dist.init_process_group(backend=backend, **kwargs)
         owns = True
     else:
         backend = str(dist.get_backend())
