@@ -31,12 +31,6 @@ TINY = dict(setting="transfer-digits", method="ot", k=2, batch_size=20, epochs=1
             num_threads=1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
@@ -85,24 +79,29 @@ def _first_step_grads(dctx: _distributed.DistContext, ot_gather: bool) -> dict[s
     return out
 
 
-def _grad_worker(rank: int, world: int, port: int, path: str, ot_gather: bool) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+def _grad_worker(rank: int, world: int, rendezvous: str, path: str, ot_gather: bool) -> None:
+    from datetime import timedelta
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dctx = _distributed.init("cpu", timeout_s=120)
+    # a file rendezvous (no port to race for); init() then joins this group
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
     try:
+        dctx = _distributed.init("cpu")
+        assert dctx.active and dctx.backend == "gloo" and not dctx.owns_group
         grads = _first_step_grads(dctx, ot_gather)
         if rank == 0:
             torch.save(grads, path)
     finally:
-        dctx.close()
+        dist.destroy_process_group()
 
 
 def _two_processes(tmp_path: Path, ot_gather: bool) -> dict:
     import torch.multiprocessing as mp
 
     path = str(tmp_path / f"grads-{ot_gather}.pt")
-    mp.spawn(_grad_worker, args=(2, _free_port(), path, ot_gather), nprocs=2, join=True)
+    mp.spawn(_grad_worker, args=(2, str(tmp_path / "rendezvous"), path, ot_gather), nprocs=2, join=True)
     return torch.load(path)
 
 
