@@ -303,3 +303,13 @@ def test_torchrun_command_and_option_checks(tmp_path):
         train(dict(TINY, ot_gather="yes"), store=tmp_path / "runs.db", progress=False)
     with pytest.warns(UserWarning, match="ot_gather=True is ignored"):
         TrainConfig(setting="transfer-digits", method="kd", ot_gather=True).resolved()
+
+
+def test_ranks_that_fail_at_start_end_the_training_with_the_reason(tmp_path):
+    # a config that every rank refuses while setting up (kd needs the teacher's classes)
+    db = tmp_path / "runs.db"
+    res = _otviz_train("--nproc", "2", "--setting", "transfer", "--method", "kd", "--k", "2",
+                       "--store", str(db), "--no-progress")
+    assert res.returncode != 0
+    assert "method 'kd' needs teacher and student to share the task" in res.stderr
+    assert not db.exists() or RunStore(db).runs().empty  # nothing recorded
