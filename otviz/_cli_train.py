@@ -66,7 +66,7 @@ _FIELDS = ("lam", "pairs", "cost", "normalize", "ot_method", "eps", "spatial", "
            "steps_per_epoch", "batch_size", "lr", "schedule", "weight_decay", "kd_weight",
            "temperature", "l2sp_weight", "fitnets_weight", "at_weight", "nst_weight", "sp_weight", "k",
            "val_size", "lam_schedule",
-           "student_width")
+           "student_width", "ot_gather")
 
 
 def _by_setting(field: str) -> str:
@@ -153,6 +153,11 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lam-schedule", default=R, choices=["constant", "linear"],
                    help="lambda over the steps: constant, or linear decay from lambda to 0 "
                         "(default constant)")
+    g.add_argument("--ot-gather", action="store_true", default=R,
+                   help="with several processes (--nproc, torchrun): gather the paired layers' "
+                        "activations of every process so the OT plan sees the global batch (an "
+                        "all-gather per layer and step; every process solves the same plan); by "
+                        "default each process aligns its own share of the batch")
     g.add_argument("--spatial", default=R, choices=["flatten", "mean"],
                    help=f"conv neurons: one feature per input and position (flatten) or per input "
                         f"(mean) (recipe: {C['spatial']})")
@@ -197,7 +202,16 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                    help="seed of the validation part, label draw, initialisation and batch order "
                         "(the same seed gives every method the same ones)")
     t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N (default cpu)")
-    t.add_argument("--threads", type=int, default=None, help="torch threads for this run")
+    t.add_argument("--threads", type=int, default=None, help="torch threads for this run (per process)")
+    t.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
+                   help="train in N processes with DistributedDataParallel: starts `torchrun "
+                        "--standalone --nproc_per_node=N -m otviz train ...` with the other options "
+                        "(gloo on the CPU, one GPU per process with --device cuda); --batch-size is "
+                        "the global batch, split among the processes; rank 0 records the run and "
+                        "evaluates. At most the CPU cores (or GPUs) of this machine")
+    t.add_argument("--master-port", type=int, default=None, metavar="PORT",
+                   help="with --nproc: the port the processes meet on (127.0.0.1); default a free "
+                        "port picked by torchrun --standalone")
     t.add_argument("--name", default=None, help="a name for the run")
     t.add_argument("--config-json", default=None,
                    help="the whole config as JSON (overrides the options; missing keys: the recipe)")
@@ -246,29 +260,131 @@ def _describe(cfg: Any, given: set[str]) -> str:
         parts.append(fmt("val_size"))
     if cfg.lam is not None and cfg.lam_schedule != "constant":
         parts.append(fmt("lam_schedule"))
+    if cfg.ot_gather:
+        parts.append(fmt("ot_gather"))
     return ", ".join(parts)
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import os
     import warnings
 
     from otviz.train import OptionWarning, train
 
     cfg = config_from_args(args)
+    if getattr(args, "nproc", None) is not None:
+        return _start_torchrun(args, cfg)
+    if getattr(args, "master_port", None) is not None:
+        raise ValueError("--master-port goes with --nproc N (the processes meet on it); without "
+                         "--nproc the training runs in this one process")
+    main = os.environ.get("RANK", "0").strip() in ("", "0")  # under torchrun only rank 0 prints
     given = (set(json.loads(args.config_json)) if args.config_json
              else {name for name in _FIELDS if hasattr(args, name)})
-    for note in cfg.option_notes():
-        print(f"otviz train: warning: {note}", file=sys.stderr)
     resolved = cfg.resolved(warn=False)
-    print(f"{resolved.setting}/{resolved.method}: {_describe(resolved, given)} "
-          f"(recipe of the setting and method; * = given)", flush=True)
+    if main:
+        for note in cfg.option_notes():
+            print(f"otviz train: warning: {note}", file=sys.stderr)
+        world = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+        procs = f", {world} processes" if world != "1" else ""
+        print(f"{resolved.setting}/{resolved.method}: {_describe(resolved, given)}{procs} "
+              f"(recipe of the setting and method; * = given)", flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptionWarning)  # printed above
         res = train(resolved, store=args.store, progress=not args.no_progress, run_id_file=args.run_id_file)
-    val = "" if res.val_accuracy is None else f", validation {res.val_accuracy:.4f}"
-    print(f"run {res.run_id}: {cfg.setting}/{cfg.method} test accuracy {res.test_accuracy:.4f} "
-          f"(train {res.train_accuracy:.4f}{val}) in {res.seconds:.1f} s")
+    if main:
+        val = "" if res.val_accuracy is None else f", validation {res.val_accuracy:.4f}"
+        print(f"run {res.run_id}: {cfg.setting}/{cfg.method} test accuracy {res.test_accuracy:.4f} "
+              f"(train {res.train_accuracy:.4f}{val}) in {res.seconds:.1f} s")
     return 0
+
+
+def _cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_port(port: int) -> None:
+    """Raise ValueError unless ``port`` can be listened on here."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--master-port must be between 1 and 65535, got {port}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError as exc:
+            raise ValueError(f"--master-port {port} cannot be used ({exc.strerror or exc}): another "
+                             f"program listens on it; pass another --master-port, or leave it out and "
+                             f"torchrun picks a free port") from None
+
+
+def torchrun_command(args: argparse.Namespace, cfg: Any) -> list[str]:
+    """The ``torchrun`` command line that ``otviz train --nproc N`` runs (checked first).
+
+    Raises
+    ------
+    ValueError
+        More processes than CPU cores (or GPUs with a CUDA device), an
+        unusable port, an invalid config, or ``--nproc`` inside a training
+        already started by torchrun.
+    """
+    import os
+
+    from otviz.train import _validate_quick
+
+    n = int(args.nproc)
+    if (os.environ.get("WORLD_SIZE", "").strip() or "1") != "1":
+        raise ValueError("--nproc starts torchrun, but this process already is one of "
+                         f"{os.environ['WORLD_SIZE']} started by torchrun; drop --nproc")
+    _validate_quick(cfg)  # names and device: an error here, before any process starts
+    if str(cfg.device).startswith("cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if n > gpus:
+            raise ValueError(f"--nproc {n} with --device {cfg.device} needs {n} GPUs (one per "
+                             f"process), but this machine has {gpus}; pass --nproc {max(gpus, 1)} "
+                             f"or fewer")
+    else:
+        cores = _cores()
+        if n > cores:
+            raise ValueError(f"--nproc {n} is more than the {cores} CPU core(s) this process may use; "
+                             f"pass --nproc {cores} or fewer (each process trains on a core of its "
+                             f"own), or train on GPUs with --device cuda")
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if args.master_port is not None:
+        import uuid
+
+        _check_port(int(args.master_port))
+        cmd += ["--nnodes=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{int(args.master_port)}",
+                f"--rdzv-id=otviz-{uuid.uuid4().hex[:12]}"]
+    else:
+        cmd += ["--standalone"]
+    cmd += [f"--nproc-per-node={n}", "-m", "otviz", "train",
+            "--config-json", json.dumps(cfg.given())]
+    if args.store is not None:
+        cmd += ["--store", os.path.abspath(os.path.expanduser(args.store))]
+    if args.run_id_file is not None:
+        cmd += ["--run-id-file", os.path.abspath(args.run_id_file)]
+    if args.no_progress:
+        cmd += ["--no-progress"]
+    return cmd
+
+
+def _start_torchrun(args: argparse.Namespace, cfg: Any) -> int:
+    """Replace this process by torchrun (so a signal to it reaches the training's processes)."""
+    import os
+
+    cmd = torchrun_command(args, cfg)
+    print(f"otviz train: starting {args.nproc} processes: torchrun {' '.join(cmd[3:8])} ...",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)
+    return 1  # pragma: no cover - execv does not return
 
 
 def add_runs(subparsers: Any) -> None:

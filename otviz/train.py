@@ -210,6 +210,14 @@ class TrainConfig:
     num_threads : int, optional
         ``torch.set_num_threads`` for this run (small models on few cores are
         often faster with 1).
+    ot_gather : bool
+        In a training over several processes (``torchrun``, ``otviz train
+        --nproc``; see :mod:`otviz._distributed`): gather the paired layers'
+        activations of every process before the OT term, so that its plan
+        sees the global batch as in one process (an all-gather per layer and
+        step, and every process solves the same plan), instead of each
+        process aligning its own share of the batch (the default, no extra
+        communication). No effect in one process.
 
     Examples
     --------
@@ -250,6 +258,7 @@ class TrainConfig:
     nst_weight: float | None = FROM_RECIPE
     sp_weight: float | None = FROM_RECIPE
     num_threads: int | None = None
+    ot_gather: bool = False
     name: str | None = None
 
     @classmethod
@@ -285,6 +294,9 @@ class TrainConfig:
         if self.eps is not None and ot_method == "emd":
             notes.append(f"eps={self.eps!r} is ignored: ot_method 'emd' is exact OT, without entropic "
                          f"regularisation; pass ot_method 'sinkhorn' or 'unbalanced' to use eps")
+        if self.ot_gather and "ot" not in terms:
+            notes.append(f"ot_gather={self.ot_gather!r} is ignored: method {self.method!r} has no "
+                         f"OT regulariser term (add 'ot' to the method to use it)")
         spec = SETTINGS.get(self.setting)
         if spec is not None and spec.default_k is None and self.k is not None:
             notes.append(f"k={self.k!r}: setting {self.setting!r} trains on the full training split; "
@@ -640,13 +652,16 @@ def same_task_classes(task: Any) -> bool:
 # --------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------
-def _forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str]):
+def _forward(model: nn.Module, x: torch.Tensor, layers: Sequence[str], call: nn.Module | None = None):
+    """``model``'s output and the activations of its ``layers``; ``call`` (a DDP wrapper of
+    ``model``) runs the forward when given."""
     from otviz.capture import hooked
 
+    run = model if call is None else call
     if not layers:
-        return model(x), {}
+        return run(x), {}
     with hooked(model, list(layers)) as feats:
-        out = model(x)
+        out = run(x)
     return out, feats  # the Activations themselves: they know each layer's neuron axis
 
 
@@ -731,22 +746,53 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
         When the loss becomes NaN or infinite; the run is marked ``failed``
         with the step where it happened, and every metric logged before
         stays in the store.
-    """
-    from tqdm.auto import tqdm
 
-    from otviz.losses import StepContext
-    from otviz.runs import RunStore
+    Notes
+    -----
+    Started by ``torchrun`` (``WORLD_SIZE > 1`` in the environment; ``otviz
+    train --nproc N`` starts it), every process runs this function and they
+    train one student with DistributedDataParallel: ``batch_size`` is the
+    global batch, split among the processes; only rank 0 opens the store,
+    records the run (with ``world_size`` and ``backend`` in its config) and
+    evaluates; every process returns the same result. See
+    :mod:`otviz._distributed`.
+    """
+    from otviz import _distributed
 
     if isinstance(config, Mapping):
         config = TrainConfig.from_dict(config)
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
     config = config.resolved()  # the recipe fills what is not given; warns about options that do not apply
+    if not isinstance(config.ot_gather, bool):
+        raise ValueError(f"ot_gather must be True or False, got {config.ot_gather!r}")
+    _resolve_device(config.device)
+    dctx = _distributed.init(config.device)  # joins torchrun's process group; nothing in one process
+    try:
+        return _train(config, dctx, store=store, progress=progress, run_id_file=run_id_file)
+    finally:
+        dctx.close()
+
+
+def _train(config: TrainConfig, dctx: Any, *, store: Any, progress: bool,
+           run_id_file: str | os.PathLike[str] | None) -> TrainResult:
+    """:func:`train` in this process, one of ``dctx.world_size`` (a :class:`otviz._distributed.DistContext`)."""
+    from tqdm.auto import tqdm
+
+    from otviz import _distributed
+    from otviz.losses import StepContext
+    from otviz.runs import RunStore
+
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
-    s = _prepare(config)
+    s = _prepare(dataclasses.replace(config, device=dctx.device) if dctx.active else config)
+    if dctx.active:  # batch statistics over the global batch, as in one process
+        s.student = _distributed.convert_sync_batchnorm(s.student, dctx.device)
     if store is None or isinstance(store, (str, os.PathLike)):
-        store = RunStore(store)
+        path = store
+        open_store = lambda: RunStore(path)  # noqa: E731 - on rank 0 only
+    else:
+        open_store = lambda: store  # noqa: E731
     task, device = s.task, s.device
     X, y = task.target.X_train, task.target.y_train
     n = len(X)
@@ -757,35 +803,49 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
              if config.schedule == "cosine" else None)
-    batches = _minibatch_indices(n, bs, s.order_seed)
+    batches = _minibatch_indices(n, bs, s.order_seed)  # the global batches; each rank keeps its share
+    model = dctx.wrap(s.student, s.loss.extra_parameters())  # DDP over the ranks, or the student
     needs_teacher = s.loss.needs_teacher
     t_layers = list(s.loss.teacher_layers)
     s_layers = list(s.loss.student_layers)
     ot_terms = _ot_terms(s.loss)
     base_lam = [t.weight for t in ot_terms]
+    if config.ot_gather:
+        dctx.gather_features(ot_terms)  # the OT plans see the global batch
     cache = _TeacherCache.build(s.teacher, X, t_layers, device) if needs_teacher else None
     run_config = dict(config.to_dict(), teacher=task.teacher, student_width=task.student_width,
                       student_init="teacher" if s.from_teacher else "scratch",
                       k=task.k, n_train=n, n_test=len(task.target.X_test),
-                      n_val=len(task.target.X_val) if task.target.has_validation else None)
+                      n_val=len(task.target.X_val) if task.target.has_validation else None,
+                      world_size=dctx.world_size, backend=dctx.backend)
     history: list[dict[str, float]] = []
+
+    def log_epoch(epoch: int, step: int, final: bool) -> dict[str, float]:
+        # rank 0 evaluates and logs; the other ranks receive its row
+        row = dctx.from_main(lambda: _log_epoch(s, rec, epoch=epoch, step=step, history=history,
+                                                final=final))
+        if not dctx.is_main:
+            history.append(dict(row, epoch=epoch, step=step))
+        return row
+
     t_start = time.perf_counter()
-    with store.track(run_config, name=config.name, total_steps=total) as rec:
-        if run_id_file is not None:
+    with _distributed.track(dctx, open_store, run_config, name=config.name, total_steps=total) as rec:
+        if run_id_file is not None and dctx.is_main:
             Path(run_id_file).write_text(str(rec.run_id))
         step = 0
-        bar = tqdm(total=total, disable=not progress, desc=f"{config.setting}/{config.method}",
-                   unit="step", leave=False)
+        bar = tqdm(total=total, disable=not progress or not dctx.is_main,
+                   desc=f"{config.setting}/{config.method}", unit="step", leave=False)
         try:
             # epoch 0: the starting point
-            _log_epoch(s, rec, epoch=0, step=0, history=history, final=False)
+            log_epoch(0, 0, False)
             # what the steps draw from the global RNG (dropout...) starts from the same state
-            # for every method, whatever the set-up drew (FitNets' regressors...)
-            torch.manual_seed(_stream_seed(config.seed, "steps"))
+            # for every method, whatever the set-up drew (FitNets' regressors...); rank r > 0 of
+            # a training over several processes from its own state
+            torch.manual_seed(_stream_seed(config.seed, "steps") + dctx.rank)
             s.student.train()
             for epoch in range(1, config.epochs + 1):
                 for _ in range(steps_per_epoch):
-                    idx = next(batches)
+                    idx = dctx.shard(next(batches))
                     xb, yb = X[idx].to(device), y[idx].to(device)
                     if cache is not None:
                         t_logits, t_feats = cache.batch(idx)
@@ -794,7 +854,7 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
                             t_logits, t_feats = _forward(s.teacher, xb, t_layers)
                     else:
                         t_logits, t_feats = None, {}
-                    s_logits, s_feats = _forward(s.student, xb, s_layers)
+                    s_logits, s_feats = _forward(s.student, xb, s_layers, call=model)
                     factor = lam_factor(config.lam_schedule, step, total)
                     for term, lam in zip(ot_terms, base_lam):
                         term.weight = lam * factor
@@ -803,8 +863,12 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
                                       teacher_features=t_feats, student=s.student, step=step)
                     loss = s.loss(ctx)
                     step += 1
-                    if not bool(torch.isfinite(loss.detach())):
-                        msg = (f"loss became {loss.item()} at step {step} (epoch {epoch}); "
+                    values = {k: float(v) for k, v in s.loss.diagnostics().items()
+                              if isinstance(v, (int, float))}
+                    values["loss/total"] = float(loss.detach())
+                    values = dctx.mean(values)  # over the ranks: each logged value is the global batch's
+                    if not math.isfinite(values["loss/total"]):  # seen by every rank at the same step
+                        msg = (f"loss became {values['loss/total']} at step {step} (epoch {epoch}); "
                                f"lower lr or lam, or check the inputs")
                         rec.finish("failed", msg)
                         raise TrainingError(msg)
@@ -813,14 +877,11 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
                     opt.step()
                     if sched is not None:
                         sched.step()
-                    metrics = {k: float(v) for k, v in s.loss.diagnostics().items()
-                               if isinstance(v, (int, float)) and math.isfinite(float(v))}
-                    metrics["loss/total"] = float(loss.detach())
+                    metrics = {k: v for k, v in values.items() if math.isfinite(v)}
                     rec.log(metrics, step=step, epoch=epoch)
                     bar.update(1)
                     bar.set_postfix(loss=f"{metrics['loss/total']:.3f}")
-                row = _log_epoch(s, rec, epoch=epoch, step=step, history=history,
-                                 final=epoch == config.epochs)
+                row = log_epoch(epoch, step, epoch == config.epochs)
                 split = "val" if task.target.has_validation else "test"
                 rec.progress(step=step, total_steps=total, epoch=epoch,
                              message=f"epoch {epoch}/{config.epochs}: {split} accuracy "
