@@ -20,7 +20,9 @@ from otviz.figures._common import STUDENT_COLOR, TEACHER_COLOR, TEMPLATE
 __all__ = ["method_intervals", "paired_gains", "axis_curves", "budget_curves"]
 
 #: Colours of the methods that recur across the benchmark's figures.
-METHOD_COLORS = {"ot": STUDENT_COLOR, "kd+ot": "#9c3d8f", "scratch": "#7f7f7f"}
+METHOD_COLORS = {"ot": STUDENT_COLOR, "kd+ot": "#9c3d8f", "scratch": "#7f7f7f", "finetune": TEACHER_COLOR,
+                 "l2sp": "#5bb5c9", "kd": "#3a9a5b", "fitnets": "#c9a227", "at": "#8c564b",
+                 "nst": "#17a2b8", "sp": "#b5b83a"}
 _OTHER_COLORS = ("#2f6db5", "#3a9a5b", "#c9a227", "#5bb5c9", "#8c564b", "#17becf", "#bcbd22")
 AXIS_TITLES = {"k": "labelled images per class (k, log scale)", "width": "student width (x the teacher's)"}
 
