@@ -173,15 +173,17 @@ def benchmark_table(files: dict, key: str) -> None:
 
 
 def benchmark_section() -> None:
-    st.subheader("Benchmark: transfer results")
+    st.subheader("Earlier benchmark: the recipes on 3 seeds")
     results = dk.benchmark_files()
     if not results:
         st.info("No benchmark results yet. They appear here once the transfer benchmark "
                 "(`benchmarks/bench_transfer.py`) has written `benchmarks/results/transfer.md` "
                 "and `transfer.csv`.")
         return
-    st.caption("Final test accuracy (%) of every method under one small budget per setting; the "
-               "discussion is in `benchmarks/README.md`.")
+    st.caption("Final test accuracy (%) of every method with its recipe under one small budget per "
+               "setting, options chosen on the test accuracy of seeds 0-2 and measured before seeds "
+               "were paired: superseded by the paired benchmark above, kept as the record of how the "
+               "recipes were chosen (`benchmarks/README.md`).")
     tabs = st.tabs([BENCHMARK_TABS.get(k, k) for k in results])
     for tab, (key, files) in zip(tabs, results.items()):
         with tab:
