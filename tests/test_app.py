@@ -599,3 +599,37 @@ def test_learn_page_compares_emd_and_sinkhorn(store_path):
     used = [m.value for m in at.metric if m.label == "Plan entries in use"]
     exact, entropic = (int(v.split("/")[0]) for v in used)
     assert exact < entropic  # the entropic plan is spread over more entries
+
+
+def test_compare_page_draws_the_paired_benchmark(store_path, tmp_path, monkeypatch):
+    """The paired benchmark's tables (a diverged run included) become intervals, paired gains,
+    the axes and scratch's curves, per setting."""
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = ["setting,method,seed,val_accuracy,test_accuracy,seconds"]
+    for seed in range(4):
+        for method, acc in (("scratch", 0.70), ("nst", 0.74), ("ot", 0.78), ("kd+ot", None)):
+            value = "" if acc is None else f"{acc + 0.01 * seed:.3f}"
+            rows.append(f"transfer-small,{method},{seed},0.7,{value},1.0")
+    (results / "transfer_paired.csv").write_text("\n".join(rows) + "\n")
+    axes = ["setting,axis,value,method,seed,val_accuracy,test_accuracy,seconds"]
+    axes += [f"transfer-small,k,{k},{m},{s},0.5,{0.6 + 0.01 * k + (0.02 if m == 'ot' else 0) + 0.001 * s},1"
+             for k in (5, 10) for m in ("scratch", "ot") for s in range(3)]
+    (results / "transfer_axes.csv").write_text("\n".join(axes) + "\n")
+    (results / "transfer_scratch_curves.csv").write_text(
+        "setting,epoch,seed,val_accuracy\n" + "".join(f"transfer-small,{e},{s},{0.2 + 0.1 * e}\n"
+                                                      for e in range(4) for s in range(2)))
+    at = open_page("compare")
+    import dashkit
+
+    monkeypatch.setattr(dashkit, "BENCHMARK_RESULTS", results)
+    at.run()
+    assert_ok(at)
+    titles = [f["layout"]["title"]["text"] for f in figures_of(at)]
+    assert "transfer-small: test accuracy (mean, 95 % CI over seeds)" in titles
+    assert "transfer-small: ot minus each baseline, paired by seed" in titles
+    assert "transfer-small: test accuracy against labels per class" in titles
+    assert any(t.startswith("Is the budget long enough?") for t in titles)
+    gains = next(f for f in figures_of(at) if f["layout"]["title"]["text"].endswith("paired by seed"))
+    assert sorted(t["y"][0] for t in gains["data"] if t.get("y")) == ["ot - nst", "ot - scratch"]
+    assert any("4 paired seeds per method" in c.value for c in at.caption)

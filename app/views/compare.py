@@ -202,6 +202,10 @@ def paired_section() -> None:
     try:
         final = pd.read_csv(files["final"])
         axes = pd.read_csv(files["axes"]) if "axes" in files else None
+        if {"test_accuracy"} <= set(final.columns):  # a diverged run has no accuracy
+            final = final.dropna(subset=["test_accuracy"])
+        if axes is not None and "test_accuracy" in axes.columns:
+            axes = axes.dropna(subset=["test_accuracy"])
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         dk.show_error(exc, "Could not read the benchmark's tables")
         return
@@ -210,20 +214,17 @@ def paired_section() -> None:
         st.error(f"`{dk.shown_path(files['final'])}` lacks the columns {sorted(needed - set(final.columns))}.")
         return
     seeds = final.groupby(["setting", "method"])["seed"].nunique()
+    n_seeds = str(seeds.min()) if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
     st.caption(f"Every method tuned on validation accuracy with the same number of trials, then "
-               f"{seeds.min()}-{seeds.max()} paired seeds per method (a seed gives every method the "
+               f"{n_seeds} paired seeds per method (a seed gives every method the "
                f"same split, labelled images, initialisation and batch order). Intervals are 95 % "
                f"confidence intervals over seeds; differences are paired by seed.")
     settings = list(dict.fromkeys(final["setting"]))
     for tab, setting in zip(st.tabs(settings), settings):
         with tab:
-            left, right = st.columns(2)
-            with left:
-                dk.chart(figures.method_intervals(final, setting), key=f"cmp_pi_{setting}")
-            with right:
-                ours = [m for m in ("ot", "kd+ot") if m in set(final.loc[final.setting == setting, "method"])]
-                for m in ours:
-                    dk.chart(figures.paired_gains(final, setting, ours=m), key=f"cmp_pg_{setting}_{m}")
+            dk.chart(figures.method_intervals(final, setting), key=f"cmp_pi_{setting}")
+            for m in [m for m in ("ot", "kd+ot") if m in set(final.loc[final.setting == setting, "method"])]:
+                dk.chart(figures.paired_gains(final, setting, ours=m), key=f"cmp_pg_{setting}_{m}")
             if axes is not None and setting in set(axes["setting"]):
                 dk.chart(figures.axis_curves(axes, setting), key=f"cmp_ax_{setting}")
     if "budget" in files:

@@ -143,8 +143,7 @@ def paired_gains(df: Any, setting: str, *, ours: str = "ot", title: str | None =
                           f"<br>paired t-test p = {p:.3g}, {n} paired seeds<extra></extra>"))
     fig.update_layout(template=TEMPLATE, height=90 + 34 * len(rows),
                       title=title or f"{setting}: {ours} minus each baseline, paired by seed",
-                      xaxis_title="difference in test accuracy, points (green: CI above 0, red: below, "
-                                  "grey: contains 0)",
+                      xaxis_title="difference in test accuracy (points); green: CI above 0, red: below",
                       margin=dict(l=10, r=20, t=50, b=45))
     return fig
 
