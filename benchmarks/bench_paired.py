@@ -85,7 +85,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
 TUNE_SEEDS: dict[str, list[int]] = {"transfer": [100, 101], "transfer-small": [100, 101], "distill": [100]}
 #: Seeds of the axes' points other than the setting's own (k = 10, width 1/4), whose runs
 #: are the final runs (all the final seeds).
-AXIS_SEEDS = list(range(6))
+AXIS_SEEDS = list(range(5))
 QUICK_BUDGETS: dict[str, dict[str, Any]] = {
     "transfer": dict(epochs=6, steps_per_epoch=10, batch_size=64),
     "transfer-small": dict(epochs=6, steps_per_epoch=10, batch_size=64),
@@ -513,7 +513,7 @@ def main(argv=None) -> int:
     p.add_argument("--tune-seeds", type=int, nargs="+", default=None,
                    help="tuning seeds of every setting (default 100 101, and 100 in distill)")
     p.add_argument("--axis-seeds", type=int, nargs="+", default=None,
-                   help="seeds of the axes' other points (default 0..5)")
+                   help="seeds of the axes' other points (default 0..4)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--store", type=Path, default=None, help=f"run store (default {DEFAULT_STORE})")
     args = p.parse_args(argv)
