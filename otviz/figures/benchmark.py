@@ -55,6 +55,24 @@ def _interval(values: np.ndarray) -> tuple[float, float, float]:
     return mean_ci(values)
 
 
+def _curve_with_band(fig: go.Figure, df: Any, x: str, y: str, *, name: str, color: str,
+                     hovertemplate: str) -> None:
+    """A line through the mean of ``y`` (in %) at each value of ``x``, its 95 % CI over seeds as a band."""
+    xs, means, los, his = [], [], [], []
+    for v, g in sorted(df.groupby(x), key=lambda t: t[0]):
+        mean, lo, hi = _interval(g[y].to_numpy())
+        xs.append(float(v))
+        means.append(100 * mean)
+        los.append(100 * lo)
+        his.append(100 * hi)
+    fig.add_trace(go.Scatter(x=xs + xs[::-1], y=his + los[::-1], fill="toself", fillcolor=color,
+                             mode="lines", opacity=0.15, line=dict(width=0), hoverinfo="skip",
+                             showlegend=False, legendgroup=name))
+    fig.add_trace(go.Scatter(x=xs, y=means, mode="lines+markers", name=name, legendgroup=name,
+                             line=dict(color=color, width=2), customdata=np.stack([los, his], axis=1),
+                             hovertemplate=hovertemplate))
+
+
 def method_intervals(df: Any, setting: str, *, title: str | None = None) -> go.Figure:
     """Test accuracy of every method of ``setting``: mean and 95 % CI over seeds, best on top.
 
@@ -173,24 +191,10 @@ def axis_curves(df: Any, setting: str, *, title: str | None = None) -> go.Figure
     order = list(dict.fromkeys(sub["method"]))
     fig = go.Figure()
     for m in order:
-        g = sub[sub["method"] == m]
-        xs, means, los, his = [], [], [], []
-        for v, gv in sorted(g.groupby("value"), key=lambda t: t[0]):
-            mean, lo, hi = _interval(gv["test_accuracy"].to_numpy())
-            xs.append(float(v))
-            means.append(100 * mean)
-            los.append(100 * lo)
-            his.append(100 * hi)
-        c = _color(m, order)
-        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=his + los[::-1], fill="toself", fillcolor=c,
-                                 mode="lines", opacity=0.15, line=dict(width=0), hoverinfo="skip",
-                                 showlegend=False,
-                                 legendgroup=m))
-        fig.add_trace(go.Scatter(
-            x=xs, y=means, mode="lines+markers", name=m, line=dict(color=c, width=2), legendgroup=m,
-            customdata=np.stack([los, his], axis=1),
-            hovertemplate=f"<b>{m}</b><br>{axis} = %{{x:g}}<br>test accuracy %{{y:.1f}} % "
-                          f"[95 % CI %{{customdata[0]:.1f}}, %{{customdata[1]:.1f}}]<extra></extra>"))
+        _curve_with_band(fig, sub[sub["method"] == m], "value", "test_accuracy", name=m,
+                         color=_color(m, order),
+                         hovertemplate=f"<b>{m}</b><br>{axis} = %{{x:g}}<br>test accuracy %{{y:.1f}} % "
+                                       f"[95 % CI %{{customdata[0]:.1f}}, %{{customdata[1]:.1f}}]<extra></extra>")
     values = sorted(set(float(v) for v in sub["value"]))
     fig.update_xaxes(type="log", tickvals=values, ticktext=[f"{v:g}" for v in values])
     fig.update_layout(template=TEMPLATE, height=380,
@@ -221,23 +225,11 @@ def budget_curves(df: Any, *, title: str | None = None) -> go.Figure:
     fig = go.Figure()
     order = list(dict.fromkeys(df["setting"]))
     for i, setting in enumerate(order):
-        g = df[df["setting"] == setting]
-        xs, means, los, his = [], [], [], []
-        for e, ge in sorted(g.groupby("epoch"), key=lambda t: t[0]):
-            mean, lo, hi = _interval(ge["val_accuracy"].to_numpy())
-            xs.append(int(e))
-            means.append(100 * mean)
-            los.append(100 * lo)
-            his.append(100 * hi)
-        c = _OTHER_COLORS[i % len(_OTHER_COLORS)]
-        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=his + los[::-1], fill="toself", fillcolor=c,
-                                 mode="lines", opacity=0.15, line=dict(width=0), hoverinfo="skip",
-                                 showlegend=False,
-                                 legendgroup=setting))
-        fig.add_trace(go.Scatter(x=xs, y=means, mode="lines+markers", name=setting, legendgroup=setting,
-                                 line=dict(color=c, width=2),
-                                 hovertemplate=f"<b>{setting}</b>, scratch<br>epoch %{{x}}<br>validation "
-                                               f"accuracy %{{y:.1f}} %<extra></extra>"))
+        _curve_with_band(fig, df[df["setting"] == setting], "epoch", "val_accuracy", name=setting,
+                         color=_OTHER_COLORS[i % len(_OTHER_COLORS)],
+                         hovertemplate=f"<b>{setting}</b>, scratch<br>epoch %{{x}}<br>validation accuracy "
+                                       f"%{{y:.1f}} % [95 % CI %{{customdata[0]:.1f}}, "
+                                       f"%{{customdata[1]:.1f}}]<extra></extra>")
     fig.update_layout(template=TEMPLATE, height=340,
                       title=title or "Is the budget long enough? Scratch's validation accuracy",
                       xaxis_title="epoch (0 = initialisation); mean and 95 % CI over seeds",
