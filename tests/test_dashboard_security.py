@@ -433,7 +433,7 @@ def test_bad_task_metadata_upload_is_reported_on_the_page(tmp_path, monkeypatch)
     assert any("class 99" in e and "0-9" in e for e in errors), errors
 
 
-def test_warm_imports_wait_for_the_server_then_import_and_skip_failures(monkeypatch):
+def test_warm_imports_wait_for_the_server_then_import_and_skip_failures(monkeypatch, tmp_path):
     """The warm-up imports start once the port listens, import what the first page needs, and a
     module that cannot be imported does not stop the others."""
     import socket
@@ -442,25 +442,30 @@ def test_warm_imports_wait_for_the_server_then_import_and_skip_failures(monkeypa
 
     from otviz import _dashboard
 
-    for name in ("colorsys", "otviz._recipes"):
+    for name in ("otviz_warm_probe_a", "otviz_warm_probe_b"):  # modules of this test only
+        (tmp_path / f"{name}.py").write_text("VALUE = 1\n")
         monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     done = threading.Event()
 
     def warm():
-        _dashboard._warm_imports("127.0.0.1", port, ("no_such_module_xyz", "colorsys", "otviz._recipes"),
+        _dashboard._warm_imports("127.0.0.1", port,
+                                 ("no_such_module_xyz", "otviz_warm_probe_a", "otviz_warm_probe_b"),
                                  timeout=30)
         done.set()
 
     t = threading.Thread(target=warm, daemon=True)
     t.start()
     assert not done.wait(0.3), "the warm-up must wait for the server to listen"
-    assert "colorsys" not in sys.modules
+    assert "otviz_warm_probe_a" not in sys.modules
     with socket.socket() as server:
         server.bind(("127.0.0.1", port))
         server.listen()
         assert done.wait(20)
-    assert "colorsys" in sys.modules and "otviz._recipes" in sys.modules
+    assert "otviz_warm_probe_a" in sys.modules and "otviz_warm_probe_b" in sys.modules
     assert set(_dashboard.WARM_MODULES) >= {"pandas", "otviz.runs"}
+    for name in ("otviz_warm_probe_a", "otviz_warm_probe_b"):
+        sys.modules.pop(name, None)
