@@ -66,8 +66,8 @@ def main() -> int:
 
     from otviz import figures
 
-    final = pd.read_csv(RESULTS / "transfer_paired.csv").dropna(subset=["test_accuracy"])
-    settings = list(dict.fromkeys(final["setting"]))
+    final = pd.read_csv(RESULTS / "transfer_paired.csv")
+    settings = list(dict.fromkeys(final.dropna(subset=["test_accuracy"])["setting"]))
     gains = []
     for s in settings:
         gains.append(figures.method_intervals(final, s))
@@ -79,7 +79,7 @@ def main() -> int:
     axes_figs = []
     axes_path = RESULTS / "transfer_axes.csv"
     if axes_path.is_file():
-        axes = pd.read_csv(axes_path).dropna(subset=["test_accuracy"])
+        axes = pd.read_csv(axes_path)
         axes_figs += [figures.axis_curves(axes, s) for s in settings if s in set(axes["setting"])]
     curves = RESULTS / "transfer_scratch_curves.csv"
     if curves.is_file():

@@ -90,3 +90,15 @@ def test_budget_curves_one_line_per_setting_with_mean_per_epoch():
     assert [tr.name for tr in lines] == ["distill", "transfer"]
     assert list(lines[0].x) == list(range(6))
     assert lines[0].y[-1] == pytest.approx(91.0) and lines[0].y[0] == pytest.approx(21.0)
+
+
+def test_a_diverged_run_is_left_out_and_the_pairs_use_the_seeds_both_finished():
+    df = _final()
+    df.loc[(df.method == "ot") & (df.seed == 3), "test_accuracy"] = np.nan
+    fig = figures.paired_gains(df, "distill", ours="ot")
+    mean, lo, hi = _interval_of(fig, "ot - fitnets")
+    ot = df[(df.method == "ot") & (df.seed != 3)].set_index("seed").test_accuracy
+    fn = df[(df.method == "fitnets") & (df.seed != 3)].set_index("seed").test_accuracy
+    assert mean == pytest.approx(100 * (ot - fn).mean())
+    mean_ot, _, _ = _interval_of(figures.method_intervals(df, "distill"), "ot")
+    assert mean_ot == pytest.approx(100 * ot.mean())

@@ -202,10 +202,6 @@ def paired_section() -> None:
     try:
         final = pd.read_csv(files["final"])
         axes = pd.read_csv(files["axes"]) if "axes" in files else None
-        if {"test_accuracy"} <= set(final.columns):  # a diverged run has no accuracy
-            final = final.dropna(subset=["test_accuracy"])
-        if axes is not None and "test_accuracy" in axes.columns:
-            axes = axes.dropna(subset=["test_accuracy"])
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         dk.show_error(exc, "Could not read the benchmark's tables")
         return
@@ -213,6 +209,7 @@ def paired_section() -> None:
     if not needed <= set(final.columns):
         st.error(f"`{dk.shown_path(files['final'])}` lacks the columns {sorted(needed - set(final.columns))}.")
         return
+    final = final.dropna(subset=["test_accuracy"])  # a diverged run has no accuracy (the figures skip it too)
     seeds = final.groupby(["setting", "method"])["seed"].nunique()
     n_seeds = str(seeds.min()) if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
     st.caption(f"Every method tuned on validation accuracy with the same number of trials, then "

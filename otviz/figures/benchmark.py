@@ -2,7 +2,8 @@ r"""Figures of a paired benchmark: which method wins, by how much, and where.
 
 They read the long tables that ``benchmarks/bench_paired.py`` writes (one row
 per final run): ``setting, method, seed, test_accuracy`` (accuracies as
-fractions) and, for the axes, ``axis, value``. Intervals are 95 % Student-t
+fractions) and, for the axes, ``axis, value``. Rows without an accuracy (a run
+that diverged) are left out; differences pair the seeds both methods finished. Intervals are 95 % Student-t
 confidence intervals over seeds (:func:`otviz.stats.mean_ci`); differences are
 paired by seed (:func:`otviz.stats.paired_difference`).
 """
@@ -27,7 +28,8 @@ _OTHER_COLORS = ("#2f6db5", "#3a9a5b", "#c9a227", "#5bb5c9", "#8c564b", "#17becf
 AXIS_TITLES = {"k": "labelled images per class (k, log scale)", "width": "student width (x the teacher's)"}
 
 
-def _need(df: Any, columns: Sequence[str], what: str) -> None:
+def _need(df: Any, columns: Sequence[str], what: str) -> Any:
+    """``df`` without the rows whose last column (the accuracy) is missing: a diverged run."""
     if not hasattr(df, "columns"):
         raise TypeError(f"{what} needs a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in columns if c not in df.columns]
@@ -36,6 +38,7 @@ def _need(df: Any, columns: Sequence[str], what: str) -> None:
                          f"(pass benchmarks/results/transfer_paired.csv or transfer_axes.csv)")
     if len(df) == 0:
         raise ValueError(f"{what}: the table is empty")
+    return df.dropna(subset=[columns[-1]])
 
 
 def _color(method: str, order: Sequence[str]) -> str:
@@ -89,7 +92,7 @@ def method_intervals(df: Any, setting: str, *, title: str | None = None) -> go.F
         A dot per method at its mean test accuracy (in %), with its interval as
         a horizontal bar; methods sorted by mean.
     """
-    _need(df, ["setting", "method", "seed", "test_accuracy"], "method_intervals")
+    df = _need(df, ["setting", "method", "seed", "test_accuracy"], "method_intervals")
     sub = df[df["setting"] == setting]
     if sub.empty:
         raise ValueError(f"no runs of setting {setting!r}; the table has {sorted(set(df['setting']))}")
@@ -133,7 +136,7 @@ def paired_gains(df: Any, setting: str, *, ours: str = "ot", title: str | None =
     """
     from otviz.stats import paired_difference
 
-    _need(df, ["setting", "method", "seed", "test_accuracy"], "paired_gains")
+    df = _need(df, ["setting", "method", "seed", "test_accuracy"], "paired_gains")
     sub = df[df["setting"] == setting]
     if ours not in set(sub["method"]):
         raise ValueError(f"method {ours!r} has no runs in setting {setting!r}; it has "
@@ -144,7 +147,8 @@ def paired_gains(df: Any, setting: str, *, ours: str = "ot", title: str | None =
         if b in ("ot", "kd+ot", ours):
             continue
         theirs = dict(zip(sub.loc[sub["method"] == b, "seed"], sub.loc[sub["method"] == b, "test_accuracy"]))
-        d = paired_difference(mine, theirs)
+        common = sorted(set(mine) & set(theirs))  # seeds both runs finished (a diverged run has none)
+        d = paired_difference({k: mine[k] for k in common}, {k: theirs[k] for k in common})
         rows.append((b, 100 * d.mean, 100 * d.low, 100 * d.high, d.p_ttest, d.n))
     if not rows:
         raise ValueError(f"setting {setting!r} has no baseline to compare {ours!r} with")
@@ -183,7 +187,7 @@ def axis_curves(df: Any, setting: str, *, title: str | None = None) -> go.Figure
         95 % CI as a band; the x axis is logarithmic (k and width are both
         spaced by factors).
     """
-    _need(df, ["setting", "axis", "value", "method", "seed", "test_accuracy"], "axis_curves")
+    df = _need(df, ["setting", "axis", "value", "method", "seed", "test_accuracy"], "axis_curves")
     sub = df[df["setting"] == setting]
     if sub.empty:
         raise ValueError(f"no axis runs of setting {setting!r}; the table has {sorted(set(df['setting']))}")
@@ -221,7 +225,7 @@ def budget_curves(df: Any, *, title: str | None = None) -> go.Figure:
         epoch, its 95 % CI over seeds as a band. A budget is long enough when
         the line is flat over its last epochs.
     """
-    _need(df, ["setting", "epoch", "seed", "val_accuracy"], "budget_curves")
+    df = _need(df, ["setting", "epoch", "seed", "val_accuracy"], "budget_curves")
     fig = go.Figure()
     order = list(dict.fromkeys(df["setting"]))
     for i, setting in enumerate(order):
