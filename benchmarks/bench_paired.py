@@ -42,6 +42,7 @@ each) share the machine's two cores.
     python benchmarks/bench_paired.py             # the README's numbers (about 90 min on 2 cores)
     python benchmarks/bench_paired.py --quick     # a smaller protocol (fewer trials, seeds, points)
     python benchmarks/bench_paired.py --stages tune final --settings transfer-small
+    python benchmarks/bench_paired.py --stages axes  # the axes from the recorded choices and final runs
 """
 
 from __future__ import annotations
@@ -338,6 +339,27 @@ def final(settings, chosen, args, db):
     return df.dropna(subset=["test_accuracy"]).reset_index(drop=True)
 
 
+def recorded_final(args):
+    """The final runs of an earlier final stage, read from ``transfer_paired.csv``.
+
+    Lets ``--stages axes`` run on a machine whose run store does not hold the final runs
+    (a fresh clone): the axes need the final runs only for the best baseline, the better
+    of OT / kd+ot and each setting's own point.
+    """
+    import pandas as pd
+
+    path = RESULTS / f"transfer_paired{args.suffix}.csv"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: run the final stage first (--stages final axes)")
+    df = pd.read_csv(path)
+    df = df[df.setting.isin(args.settings) & df.seed.isin(args.seeds)]
+    missing = [(s, m) for s in args.settings for m in METHODS[s]
+               if df[(df.setting == s) & (df.method == m)].empty]
+    if missing:
+        raise SystemExit(f"{path} has no final runs of {missing}: run the final stage for them")
+    return df.dropna(subset=["test_accuracy"]).reset_index(drop=True)
+
+
 def best_baseline(df, setting: str) -> str:
     """The baseline with the highest mean validation accuracy in the final runs of ``setting``."""
     base = df[(df.setting == setting) & ~df.method.isin(OURS)]
@@ -494,8 +516,17 @@ def flattening(db: Path, args) -> list[str]:
         third = max(1, (n - 1) // 3)
         lines.append(f"- {s}: " + ", ".join(_pct(v) for v in mean)
                      + f" (last third: {100 * (mean[-1] - mean[-1 - third]):+.1f} pp)")
+    curves_csv = RESULTS / f"transfer_scratch_curves{args.suffix}.csv"
     if rows:
-        pd.DataFrame(rows).to_csv(RESULTS / f"transfer_scratch_curves{args.suffix}.csv", index=False)
+        pd.DataFrame(rows).to_csv(curves_csv, index=False)
+    elif curves_csv.exists():  # a store without the final runs: the curves recorded with them
+        rec = pd.read_csv(curves_csv)
+        for s, g in rec.groupby("setting", sort=False):
+            mean = g.groupby("epoch")["val_accuracy"].mean().to_numpy()
+            third = max(1, (len(mean) - 1) // 3)
+            lines.append(f"- {s}: " + ", ".join(_pct(v) for v in mean)
+                         + f" (last third: {100 * (mean[-1] - mean[-1 - third]):+.1f} pp; "
+                         f"from {curves_csv.name})")
     return lines
 
 
@@ -544,8 +575,10 @@ def main(argv=None) -> int:
         for _, r in rec[rec.chosen].iterrows():
             chosen[(r.setting, r.method)] = json.loads(r.options)
     final_df = axes_df = None
-    if "final" in args.stages or "axes" in args.stages:
+    if "final" in args.stages:
         final_df = final(args.settings, chosen, args, db)
+    elif "axes" in args.stages:  # the final runs recorded by an earlier run of the final stage
+        final_df = recorded_final(args)
     if "axes" in args.stages:
         axes_df = axes(args.settings, chosen, final_df, args, db)
     if final_df is not None:
