@@ -14,6 +14,7 @@ PAGES = [
     st.Page("views/alignments.py", title="Alignments", icon=":material/grid_on:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
+    st.Page("views/lab.py", title="OT lab", icon=":material/science:"),
 ]
 page = st.navigation(PAGES, position="top")
 

@@ -20,22 +20,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from pathlib import Path
 
 import nbformat
 
 HERE = Path(__file__).resolve().parent
 
-KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-
-
-def md(text: str) -> tuple[str, str]:
-    return ("markdown", textwrap.dedent(text).strip("\n"))
-
-
-def code(text: str) -> tuple[str, str]:
-    return ("code", textwrap.dedent(text).strip("\n"))
+sys.path.insert(0, str(HERE))
+from cells import KERNELSPEC, code, md  # noqa: E402  (shared with the lab's notebooks)
 
 
 # ============================================================================
@@ -1655,6 +1647,23 @@ NOTEBOOKS = {
     "03_paper_settings.ipynb": ("settings", NB03),
     "04_your_own_loop.ipynb": ("loop", NB04),
 }
+
+
+def lab_notebooks() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """The OT lab's notebooks (05 and up): one module a notebook under ``notebooks/lab/``, each
+    with ``NAME`` (the file name), ``PREFIX`` (the cell ids' prefix) and ``CELLS``."""
+    import importlib.util
+
+    out = {}
+    for path in sorted((HERE / "lab").glob("nb*.py")):
+        spec = importlib.util.spec_from_file_location(f"_lab_{path.stem}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        out[mod.NAME] = (mod.PREFIX, mod.CELLS)
+    return dict(sorted(out.items()))
+
+
+NOTEBOOKS.update(lab_notebooks())
 
 
 def build(cells: list[tuple[str, str]], prefix: str) -> nbformat.NotebookNode:

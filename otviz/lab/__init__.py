@@ -1,0 +1,44 @@
+"""OT lab: five more uses of optimal transport, small enough to run on a laptop's CPU.
+
+Beside representation transfer, optimal transport answers other questions a
+student of the field meets. Each piece here is a small, tested implementation of
+one published method, built on the same solvers as :func:`otviz.align`
+(:mod:`otviz.lab._ot`), with a section on the dashboard's *OT lab* page and a
+notebook (``notebooks/05_...`` to ``09_...``):
+
+- :mod:`otviz.lab.documents`: document distances, Word Mover's Distance
+  (Kusner et al. 2015) and hierarchical OT over topics (HOTT, Yurochkin et al. 2019);
+- :mod:`otviz.lab.maps`: an OT map learned adversarially, a generator against a
+  critic (Leygonie et al. 2019), against the exact plan and the Gaussian closed form;
+- :mod:`otviz.lab.inverse`: learning the cost from observed matchings (inverse OT,
+  Ma et al. 2020);
+- :mod:`otviz.lab.topk`: a differentiable top-k by entropic OT (Xie et al. 2020);
+- :mod:`otviz.lab.latent`: OT in the latent space of a small VAE (Liu et al. 2018).
+
+Names are imported on first use, so ``import otviz.lab`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib as _importlib
+
+#: public name -> the submodule that defines it
+_LAZY: dict[str, str] = {
+    "solve": "otviz.lab._ot",
+    "entropic_plan": "otviz.lab._ot",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'otviz.lab' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

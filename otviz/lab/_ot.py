@@ -1,0 +1,197 @@
+r"""The OT core of the lab: the library's solvers on a cost matrix given by the caller.
+
+:func:`otviz.align` builds its cost from two sets of neurons. The lab's methods
+bring their own costs (distances between word embeddings, between topics, between
+scores and two anchors, a Mahalanobis cost being learned), so they solve
+
+.. math::
+    \min_{P \in U(a, b)} \langle P, C \rangle \;[+\ \varepsilon\, \mathrm{KL}(P \,|\, a b^\top)],
+    \qquad U(a, b) = \{P \ge 0 : P\mathbf{1} = a,\ P^\top\mathbf{1} = b\},
+
+with the same solvers as :func:`otviz.align` (POT's network simplex for exact OT, the
+stabilised Sinkhorn of :mod:`otviz._sinkhorn` for entropic OT): no second copy of
+Sinkhorn lives here. Unlike :func:`otviz.align`, ``eps`` is **absolute** (in the
+units of ``C``): the lab's costs have a scale of their own that the methods fix
+(scores rescaled to [0, 1], a cost being learned), and a relative ``eps`` would move
+with the cost.
+
+:func:`entropic_plan` is the entropic plan as a differentiable function of ``C``
+(implicit differentiation of the optimality conditions, not backpropagation
+through the iterations).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["check_eps", "entropic_plan", "solve", "weights"]
+
+
+def check_eps(eps: Any, *, name: str = "eps", allow_none: bool = False) -> float | None:
+    """``eps`` as a positive finite float (or ``None`` when allowed), else a clear error."""
+    if eps is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name} must be a positive number, got None")
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number, got {type(eps).__name__}") from None
+    if not (value > 0.0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number, got {eps!r}; "
+                         f"it is the entropic regularisation (larger = smoother plan)")
+    return value
+
+
+def weights(w: Any, n: int, name: str) -> np.ndarray:
+    """Non-negative weights of ``n`` points summing to 1 (uniform when ``w`` is None)."""
+    if n <= 0:
+        raise ValueError(f"{name}: no points to weigh (0 points); pass at least one")
+    if w is None:
+        return np.full(n, 1.0 / n)
+    arr = np.asarray(w.detach().cpu() if isinstance(w, torch.Tensor) else w, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one weight per point), got {arr.shape}")
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise ValueError(f"{name} must be finite and non-negative")
+    total = arr.sum()
+    if total <= 0:
+        raise ValueError(f"{name} sums to 0: give at least one point a positive weight")
+    return arr / total
+
+
+def _cost(C: Any) -> np.ndarray:
+    arr = np.asarray(C.detach().cpu() if isinstance(C, torch.Tensor) else C, dtype=np.float64)
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise ValueError(f"the cost matrix must be 2-D and non-empty, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("the cost matrix contains NaN or infinite values")
+    return arr
+
+
+def solve(C: Any, a: Any = None, b: Any = None, *, eps: float | None = None, tol: float = 1e-9,
+          max_iter: int = 10_000):
+    r"""Exact (``eps=None``) or entropic OT for a given cost matrix.
+
+    .. math::
+        \min_{P \in U(a, b)} \langle P, C \rangle \;[+\ \varepsilon\,\mathrm{KL}(P \,|\, a b^\top)]
+
+    Parameters
+    ----------
+    C : array of shape (m, k)
+        The cost, finite.
+    a, b : arrays of shape (m,) and (k,), optional
+        Weights of the rows and columns, uniform by default; renormalised to sum to 1.
+    eps : float, optional
+        Absolute entropic regularisation (units of ``C``); ``None`` solves exact OT
+        (POT's network simplex).
+    tol, max_iter : stopping rule of the entropic solver.
+
+    Returns
+    -------
+    otviz.Alignment
+        ``plan``, ``distance`` (:math:`\langle P, C\rangle`, without the entropy term),
+        ``potentials``, ``converged``, ``marginal_error``. Its ``score`` is not
+        defined (there are no neurons behind ``C``).
+    """
+    from otviz.transport import _finish_with_plan
+
+    C_ = _cost(C)
+    m, k = C_.shape
+    a_, b_ = weights(a, m, "a"), weights(b, k, "b")
+    eps = check_eps(eps, allow_none=True)
+    method = "emd" if eps is None else "sinkhorn"
+    # scale=1: otviz.align's eps is relative to a cost scale; here it is absolute
+    return _finish_with_plan(C_, a_, b_, method=method, cost="given", normalize=None, eps=eps,
+                             reg_m=1.0, tol=tol, max_iter=max_iter, warm=None, scale=1.0,
+                             _stack=3)[0]
+
+
+class _EntropicPlan(torch.autograd.Function):
+    """P(C) of balanced entropic OT; backward by implicit differentiation."""
+
+    @staticmethod
+    def forward(ctx, C, a, b, eps, tol, max_iter):
+        from otviz._sinkhorn import sinkhorn_solve_torch
+
+        C64 = C.detach().to(torch.float64)
+        res = sinkhorn_solve_torch(a, b, C64, eps, tol=tol, max_iter=max_iter)
+        if not res.converged:
+            raise RuntimeError(
+                f"entropic OT did not converge in {max_iter} iterations (error {res.error:.2e} > "
+                f"tol {tol:g}); increase eps or max_iter")
+        P = res.plan
+        ctx.eps = eps
+        ctx.save_for_backward(P)
+        return P.to(C.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_P):
+        (P,) = ctx.saved_tensors
+        eps = ctx.eps
+        G = grad_P.to(P.dtype)
+        Q = G * P
+        q1, q2 = Q.sum(1), Q.sum(0)
+        # H [x; y] = [q1; q2] with H = [[diag(P1), P], [P^T, diag(P^T 1)]]; H is singular
+        # along (1, -1) (the potentials' gauge) and [q1; q2] is orthogonal to it. Eliminate
+        # the larger block (diagonal) and solve the Schur complement plus 11^T (which fixes
+        # the gauge without changing the solution's x_i + y_j).
+        transpose = P.shape[1] > P.shape[0]
+        if transpose:
+            P, q1, q2 = P.T, q2, q1
+        r, c = P.sum(1), P.sum(0)
+        k = P.shape[1]
+        S = torch.diag(c) - P.T @ (P / r[:, None]) + torch.ones(k, k, dtype=P.dtype, device=P.device) / k
+        y = torch.linalg.solve(S, q2 - P.T @ (q1 / r))
+        x = (q1 - P @ y) / r
+        if transpose:
+            P, x, y = P.T, y, x
+        grad_C = P * (x[:, None] + y[None, :] - G) / eps
+        return grad_C.to(grad_P.dtype), None, None, None, None, None
+
+
+def entropic_plan(C: torch.Tensor, a: Any = None, b: Any = None, *, eps: float, tol: float = 1e-10,
+                  max_iter: int = 10_000) -> torch.Tensor:
+    r"""The entropic OT plan as a differentiable function of the cost.
+
+    .. math::
+        P(C) = \operatorname*{argmin}_{P \in U(a, b)} \langle P, C \rangle
+              + \varepsilon\,\mathrm{KL}(P \,|\, a b^\top),
+        \qquad P_{ij} = a_i b_j\, e^{(f_i + g_j - C_{ij})/\varepsilon}.
+
+    The forward pass is the library's stabilised Sinkhorn (in float64, on ``C``'s
+    device). The backward pass differentiates the optimality conditions
+    :math:`P\mathbf{1} = a,\ P^\top\mathbf{1} = b` (implicit function theorem): with
+    :math:`G = \partial L/\partial P` and :math:`Q = G \odot P`,
+
+    .. math::
+        \frac{\partial L}{\partial C_{ij}} = \frac{P_{ij}}{\varepsilon}\,(x_i + y_j - G_{ij}),
+        \qquad \begin{pmatrix} \mathrm{diag}(a) & P \\ P^\top & \mathrm{diag}(b) \end{pmatrix}
+        \begin{pmatrix} x \\ y \end{pmatrix} = \begin{pmatrix} Q\mathbf{1} \\ Q^\top\mathbf{1} \end{pmatrix},
+
+    one linear solve of size :math:`\min(m, k)`, whatever the number of iterations.
+    ``a`` and ``b`` are constants (no gradient).
+
+    Parameters
+    ----------
+    C : tensor of shape (m, k)
+    a, b : weights (uniform by default), renormalised to sum to 1.
+    eps : absolute entropic regularisation (> 0).
+    tol, max_iter : the solver's stopping rule; a solve that does not converge raises
+        (its gradient would be wrong).
+    """
+    if not isinstance(C, torch.Tensor):
+        raise TypeError(f"C must be a torch tensor (the plan is differentiated with respect to it), "
+                        f"got {type(C).__name__}")
+    _cost(C)
+    if not C.dtype.is_floating_point:
+        raise TypeError(f"C must be a floating-point tensor, got {C.dtype}")
+    eps = check_eps(eps)
+    m, k = C.shape
+    at = torch.as_tensor(weights(a, m, "a"), dtype=torch.float64, device=C.device)
+    bt = torch.as_tensor(weights(b, k, "b"), dtype=torch.float64, device=C.device)
+    return _EntropicPlan.apply(C, at, bt, eps, tol, max_iter)
