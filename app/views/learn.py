@@ -125,7 +125,16 @@ st.markdown(
 st.page_link("views/train.py", label="Try it: train with and without the OT term on the Train page",
              icon=":material/model_training:")
 
-st.header("4. Notebooks")
+st.header("4. Beyond layers: the OT lab")
+st.markdown(
+    "The same solvers answer other questions: how far apart two documents are (Word Mover's Distance, "
+    "hierarchical OT over topics), which map moves one distribution onto another (learned against a "
+    "critic), which cost explains an observed matching (inverse OT), how to pick the top $k$ items "
+    "differentiably (soft top-k), and how to travel through a generative model's latent space. Each "
+    "runs in seconds on the OT lab page, and each says how it connects to matching neurons.")
+st.page_link("views/lab.py", label="Open the OT lab", icon=":material/science:")
+
+st.header("5. Notebooks")
 books = dk.notebooks()
 if books:
     st.markdown("Walkthroughs that use the same functions and figures as this dashboard:\n\n" + "\n".join(
