@@ -323,15 +323,32 @@ def test_app_section_renders_and_reacts():
     assert not at.exception, [e.value for e in at.exception]
     assert any("Inverse OT" in h.value for h in at.header)
     labels = [m.label for m in at.metric]
-    assert "Relative error of M" in labels and "Best single cost" in labels
+    assert "Relative error of M" in labels
+    assert "Best single cost: pixels: correlation" in labels  # features.conv1, readout coupling
     err = next(m for m in at.metric if m.label == "Relative error of M")
     assert float(err.value) < 1e-5
     at.select_slider(key="lab_inverse_obs").set_value("1000 pairs").run()
     assert not at.exception, [e.value for e in at.exception]
     err = next(m for m in at.metric if m.label == "Relative error of M")
     assert 1e-4 < float(err.value) < 0.2
-    at.selectbox(key="lab_inverse_observed").set_value(
-        "planted: entropic OT under one candidate (a check)").run()
+    at.selectbox(key="lab_inverse_observed").set_value("planted (a check)").run()
     assert not at.exception, [e.value for e in at.exception]
-    best = next(m for m in at.metric if m.label == "Best single cost")
-    assert best.value == "classes: correlation"
+    best = next(m for m in at.metric if m.label.startswith("Best single cost"))
+    assert best.label == "Best single cost: classes: correlation"
+    assert best.value == "100.0%"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_cuda_matches_cpu():
+    xs, ys, plans = inv.generate_plans(M_TRUE, n_plans=2, n_points=20, eps=0.5, n_samples=1000, seed=0)
+    cpu = inv.fit_cost(xs, ys, plans, eps=0.5)
+    gpu = inv.fit_cost(xs, ys, plans, eps=0.5, device="cuda")
+    np.testing.assert_allclose(gpu.M, cpu.M, rtol=1e-6, atol=1e-8)
+
+
+def test_unavailable_device_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    xs, ys, plans = inv.generate_plans(M_TRUE, n_plans=1, n_points=5, eps=0.5)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        inv.fit_cost(xs, ys, plans, eps=0.5, device="cuda")

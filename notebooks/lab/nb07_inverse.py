@@ -205,7 +205,8 @@ CELLS = [
     networks themselves express, which cost makes it optimal?
 
     * **The networks**: the shipped teacher `cnn-digits` and `cnn-digits-0to4`, the same
-      architecture trained on the digits 0-4 only, on a probe batch of 256 test digits.
+      architecture trained on the digits 0-4 only, on a probe batch of 256 test digits. Both were
+      trained from seed 0, hence from the same initial weights (`info["seed"]` of each checkpoint).
     * **The observed matching**, the *readout coupling*: each student channel is regressed on the
       teacher channels of the same layer (ridge regression on standardised responses), and the
       absolute weights, scaled to uniform marginals by the library's Sinkhorn, say which teacher
@@ -244,11 +245,14 @@ CELLS = [
     figs.explanation_bars(explanations["features.conv1"][1], title="features.conv1: which cost explains the readout?")
     """),
     md(r"""
-    **Reading.** In the first layer the readout coupling follows pixel-level response similarity:
-    the correlation of whole response maps explains most of it, well ahead of what images or
-    classes excite a neuron. Deeper, every candidate explains much less: the student's channels
-    are linear mixtures of many teacher channels, a correspondence no neuron-to-neuron cost
-    reproduces. Two caveats the numbers carry with them:
+    **Reading.** In the first layer the readout coupling is nearly diagonal (draw it with
+    `figs.plan_pair`): both networks started from the same weights and their first-layer channels
+    still correspond one to one. That matching follows pixel-level response similarity: the
+    correlation of whole response maps explains about three quarters of it, well ahead of what
+    images or classes excite a neuron (under half). Deeper, every candidate explains much less
+    (about 40 % in `conv2`, 10 % in `conv3`): the student's channels have drifted into linear
+    mixtures of many teacher channels, a correspondence no neuron-to-neuron cost reproduces. Two
+    caveats the numbers carry with them:
 
     * the candidates' double-centred matrices (the only part a plan responds to) can be strongly
       correlated; when they are, close scores mean the plan cannot tell the costs apart, and the
