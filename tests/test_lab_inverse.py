@@ -352,3 +352,11 @@ def test_unavailable_device_is_refused():
     xs, ys, plans = inv.generate_plans(M_TRUE, n_plans=1, n_points=5, eps=0.5)
     with pytest.raises(ValueError, match="CUDA is not available"):
         inv.fit_cost(xs, ys, plans, eps=0.5, device="cuda")
+
+
+def test_the_independent_coupling_is_explained_by_a_zero_cost():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 2)), rng.normal(size=(5, 2))
+    fit = inv.fit_cost(x, y, np.full((6, 5), 1 / 30), eps=0.5)
+    assert np.abs(fit.M).max() < 1e-3  # no preference between partners: no cost
+    assert np.isnan(fit.explained)  # nothing to explain, said as NaN rather than a number

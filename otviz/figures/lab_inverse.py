@@ -119,7 +119,8 @@ def plan_pair(observed: Any, reproduced: Any, *, title: str | None = "Observed a
     P = _check_plan(observed, "observed")
     Q = _check_plan(reproduced, "reproduced")
     if P.shape != Q.shape:
-        raise ValueError(f"observed has shape {P.shape} but reproduced has shape {Q.shape}; pass two plans of the same problem")
+        raise ValueError(f"observed has shape {P.shape} but reproduced has shape {Q.shape}; "
+                         f"pass two plans of the same problem")
     P, Q = P / P.sum(), Q / Q.sum()
     zmax = max(float(P.max()), float(Q.max()))
     fig = make_subplots(rows=1, cols=2, subplot_titles=("observed", "reproduced by the learned cost"),

@@ -560,8 +560,8 @@ class CostFit:
         The absolute entropic regularisation the plans were modelled with.
     loss : ndarray
         The objective (mean KL over plans, nats, plus the ridge term when ``reg > 0``)
-        at every iterate; ``loss[0]`` at the start (the best isotropic cost) and
-        ``loss[-1]`` at :attr:`M`.
+        at every iterate; ``loss[0]`` at the start (the best isotropic cost, unless
+        ``init`` was given) and ``loss[-1]`` at :attr:`M`.
     kl : ndarray (T,)
         :math:`\mathrm{KL}(\hat P^{(t)} \,|\, P(C_M^{(t)}))` per observed plan, nats.
     kl_independent : ndarray (T,)
@@ -570,13 +570,15 @@ class CostFit:
     explained : float
         :math:`1 - \sum_t \mathrm{KL}_t / \sum_t \mathrm{KL}^{\mathrm{indep}}_t`: the share
         of the observed plans' divergence from independence that the cost explains (1 for
-        a perfect fit; the deviance explained of a log-linear model).
+        a perfect fit; the deviance explained of a log-linear model). NaN when every observed
+        plan *is* the independent coupling :math:`ab^\top`: there is nothing to explain.
     plans : list of ndarray
         The reproduced plans :math:`P(C_M^{(t)})`.
     marginal_error : float
         Largest marginal error of the reproduced plans (solver accuracy).
     isotropic_scale, kl_isotropic : float
-        The best isotropic cost :math:`s\,\|x - y\|^2` (the starting point) and its mean KL.
+        The best isotropic cost :math:`s\,\|x - y\|^2` (the default starting point) and its
+        objective (mean KL, plus the ridge term when ``reg > 0``).
     span : ndarray (d, r)
         Orthonormal basis of the span of the centred points: :math:`M` is identified on it.
     n_iter, converged, seconds : the minimisation's iterations, whether the stopping rule
@@ -757,8 +759,10 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
 
 
 def _explained(kl: np.ndarray, kl_ind: np.ndarray) -> float:
+    """1 - sum KL / sum KL(independent); NaN when the plans are the independent coupling (up to
+    the solver's accuracy, 1e-9 nats a plan): there is nothing to explain."""
     den = float(kl_ind.sum())
-    return float("nan") if den <= 0 else 1.0 - float(kl.sum()) / den
+    return float("nan") if den <= 1e-9 * len(kl_ind) else 1.0 - float(kl.sum()) / den
 
 
 # ----------------------------------------------------------------------------
