@@ -26,6 +26,15 @@ import importlib as _importlib
 _LAZY: dict[str, str] = {
     "solve": "otviz.lab._ot",
     "entropic_plan": "otviz.lab._ot",
+    # inverse OT: learn the cost from observed matchings (Ma et al. 2020)
+    "explain_matching": "otviz.lab.inverse",
+    "fit_cost": "otviz.lab.inverse",
+    "fit_cost_mix": "otviz.lab.inverse",
+    "generate_plans": "otviz.lab.inverse",
+    "inverse_ot_loss": "otviz.lab.inverse",
+    "mahalanobis_cost": "otviz.lab.inverse",
+    "neuron_costs": "otviz.lab.inverse",
+    "readout_coupling": "otviz.lab.inverse",
 }
 
 __all__ = sorted(_LAZY)
