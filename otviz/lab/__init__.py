@@ -26,6 +26,16 @@ import importlib as _importlib
 _LAZY: dict[str, str] = {
     "solve": "otviz.lab._ot",
     "entropic_plan": "otviz.lab._ot",
+    # latent transport (Liu et al. 2018)
+    "ClassTransport": "otviz.lab.latent",
+    "DigitsVAE": "otviz.lab.latent",
+    "PriorTransport": "otviz.lab.latent",
+    "class_transport": "otviz.lab.latent",
+    "code_distance": "otviz.lab.latent",
+    "displacement_interpolation": "otviz.lab.latent",
+    "distance_to_data": "otviz.lab.latent",
+    "push_prior": "otviz.lab.latent",
+    "train_vae": "otviz.lab.latent",
 }
 
 __all__ = sorted(_LAZY)
