@@ -107,8 +107,8 @@ def render() -> None:
         "decoded images in pixel space, $(1-t)\\,D(x_i) + t\\,D(y_{\\sigma(i)})$.")
     digits = list(range(10))
     c = dk.cells(3, "lab_latent_pair", min_width=dk.CONTROL_MIN_WIDTH, gap="small")
-    source = c[0].selectbox("From digit", digits, index=3, key="lab_latent_source")
-    target = c[1].selectbox("To digit", digits, index=8, key="lab_latent_target")
+    source = c[0].selectbox("From digit", digits, index=6, key="lab_latent_source")
+    target = c[1].selectbox("To digit", digits, index=7, key="lab_latent_target")
     n_pairs = c[2].slider("Pairs", 2, 100, 30, key="lab_latent_pairs",
                           help="Codes drawn from each class (at most the smaller class's 140 or so).")
     if source == target:
@@ -131,15 +131,15 @@ def render() -> None:
             means = ct.path_mean("pixel")
             codes_mean = ct.path_mean("code")
             m = dk.cells(4, "lab_latent_pair_metrics", min_width=dk.METRIC_MIN_WIDTH, gap="small")
-            m[0].metric("Mean squared length, OT", f"{np.mean(lengths['ot'] ** 2):.3f}",
+            m[0].metric("Squared length, OT", f"{np.mean(lengths['ot'] ** 2):.3f}",
                         help="Mean of ||x_i - y_sigma(i)||² over the pairs (latent units²): W2² "
                              "between the two sets of codes.")
-            m[1].metric("Mean squared length, random", f"{np.mean(lengths['random'] ** 2):.3f}",
+            m[1].metric("Squared length, random", f"{np.mean(lengths['random'] ** 2):.3f}",
                         help="The same for the random pairing: never less than the OT one.")
-            m[2].metric("Image change, OT pairs", f"{np.mean(ct.image_change()['ot']):.3f}",
+            m[2].metric("Image change, OT", f"{np.mean(ct.image_change()['ot']):.3f}",
                         help="RMS pixel difference between the first and the last image of a path, "
                              "averaged over the pairs: how much each path has to morph.")
-            m[3].metric("Image change, random pairs", f"{np.mean(ct.image_change()['random']):.3f}")
+            m[3].metric("Image change, random", f"{np.mean(ct.image_change()['random']):.3f}")
             rows = min(6, ct.n_pairs)
             st.markdown(f"**The decoded paths** (the first {rows} pairs; the same {source}s start every "
                         f"row of the first three grids; lower distance = closer to real digits).")
@@ -156,16 +156,24 @@ def render() -> None:
             st.markdown(
                 f"**Reading it.** Here the decoded OT paths are {better} the held-out digits than the "
                 f"cross-fades of the same pairs ({means['ot']:.3f} against {means['pixels']:.3f} RMS "
-                f"pixel, mean over $0 < t < 1$): moving through the latent space keeps one digit-like "
-                f"stroke pattern, where a cross-fade superimposes two. Against the other latent paths the "
-                f"pairing matters much less: random pairs {means['random']:.3f}, class means "
-                f"{means['means']:.3f} in pixels; {codes_mean['ot']:.3f}, {codes_mean['random']:.3f} "
-                f"and {codes_mean['means']:.3f} in latent units. Measured over 5 seeds and 8 digit pairs, "
-                f"the OT pairing is not closer to the data than random pairs or the class-mean line on "
-                f"either measure: the VAE's KL term fills the region around the origin that long lines "
-                f"cross, so straight lines rarely leave the data. What the plan buys is the shortest, "
-                f"non-crossing motion: each {source} goes to the {target} most like it, so every path "
-                f"changes its image least (the metrics above).")
+                f"pixel, mean over $0 < t < 1$)"
+                + (": the decoder draws one stroke pattern at every $t$, where a cross-fade superimposes "
+                   "two" if means["ot"] < means["pixels"] else
+                   ", one of the few digit pairs where the cross-fade wins")
+                + f". Against the other latent paths the pairing matters much less: random pairs "
+                  f"{means['random']:.3f} and class means {means['means']:.3f} in pixels; OT pairs "
+                  f"{codes_mean['ot']:.3f}, random pairs {codes_mean['random']:.3f} and class means "
+                  f"{codes_mean['means']:.3f} in latent units.")
+            st.markdown(
+                "Measured over 5 seeds and 8 digit pairs (quick training, 2-D latent space, 40 pairs): "
+                "the decoded OT paths beat the cross-fade in 39 of 40 cases (0.153 against 0.161 RMS "
+                "pixel); against random pairs and the class-mean line the OT pairing gives no consistent "
+                "advantage: 0.153, 0.154 and 0.157 in pixels, but 0.188, 0.184 and 0.174 in latent units. "
+                "The KL term of a VAE fills the region around the origin that long lines cross, so "
+                "straight lines rarely leave the data, even when they pass through other digits on the "
+                "way. What the plan buys is the shortest, non-crossing motion: 18 % less squared "
+                "displacement than random pairs on average, and end images that differ a little less "
+                "(0.236 against 0.245 RMS pixel).")
 
     # ------------------------------------------------------------------ (b) prior -> codes
     st.subheader("2. Prior samples pushed onto the codes")
@@ -192,7 +200,8 @@ def render() -> None:
             dk.chart(fl.latent_prior_closeness(pt, "code"), key="lab_latent_prior_code")
         m = dk.cells(4, "lab_latent_prior_metrics", min_width=dk.METRIC_MIN_WIDTH, gap="small")
         m[0].metric("Raw samples: to the data", f"{pt.prior_pixel_distance.mean():.3f}",
-                    help="Mean RMS pixel distance of the decoded prior samples to the nearest held-out digit.")
+                    help="Mean RMS pixel distance of the decoded prior samples to the nearest "
+                         "held-out digit.")
         m[1].metric("Pushed samples: to the data", f"{pt.pushed_pixel_distance.mean():.3f}",
                     delta=f"{pt.pushed_pixel_distance.mean() - pt.prior_pixel_distance.mean():+.3f}",
                     delta_color="inverse")
@@ -214,8 +223,10 @@ def render() -> None:
                      key="lab_latent_pushed_grid")
         st.caption(f"Decoded codes of {len(pt.prior)} training images, for scale: "
                    f"{pt.reference_pixel_distance.mean():.3f} RMS pixel to the nearest held-out digit. "
-                   "With 2 latent dimensions the prior and the codes overlap well and the gain is modest; "
-                   "with 8, raw prior samples sit far from every code and the push matters more.")
+                   "With 2 latent dimensions the prior and the codes overlap well and the gain is modest "
+                   "(measured over 5 seeds: 0.152 to 0.143 RMS pixel, 0.26 to 0.14 latent units); with 8, "
+                   "raw prior samples sit far from every code and the push matters more (0.156 to 0.142, "
+                   "and 2.21 to 0.36).")
 
     st.subheader("How this connects to aligning neurons")
     st.markdown(

@@ -47,10 +47,10 @@ CLASS_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
 OTHER_CODES = "#c9c9c9"
 AXIS = {"pixel": "distance to the data (RMS pixel)", "code": "distance to the codes (latent)"}
 MEASURES = {
-    "pixel": ("distance to the nearest held-out digit (RMS pixel, pixels in [0, 1])",
-              "pixel_distance"),
-    "code": ("distance to the 10th nearest code (latent units)", "code_distance"),
+    "pixel": ("RMS pixel distance to the nearest held-out digit", "pixel_distance"),
+    "code": ("latent distance to the 10th nearest code", "code_distance"),
 }
+SHORT = {"ot": "OT pairs", "random": "random", "means": "means", "pixels": "cross-fade"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -160,8 +160,8 @@ def latent_class_plan(codes: Any, labels: Any, transport: Any, *, pairing: str =
     _class_labels(fig, P, y, {s: TEACHER_COLOR, t: STUDENT_COLOR})
     lengths = np.linalg.norm(np.asarray(transport.source_codes) - np.asarray(transport.target_codes)[match],
                              axis=1)
-    sub = (f"{n} pairs, {s} -> {t}; mean squared latent length {np.mean(lengths ** 2):.3g}"
-           + (f" (= W2² of the two sets)" if pairing == "ot" else ""))
+    sub = (f"{n} pairs from {s} to {t}, mean squared latent length {np.mean(lengths ** 2):.3g}"
+           + (" (= W2² of the two sets)" if pairing == "ot" else " (OT: at most this)"))
     if title is None:
         title = (f"Which {s} goes to which {t}: the exact OT plan" if pairing == "ot"
                  else f"The same {s}s and {t}s paired at random")
@@ -226,7 +226,7 @@ def latent_path_grid(transport: Any, path: str = "ot", *, rows: int = 6, title: 
     d = np.asarray(transport.pixel_distance[path])[:, :rows]
     inner = (t > 0) & (t < 1)
     mean_d = float(d[inner].mean()) if inner.any() else float(d.mean())
-    row_labels = ([f"mean of {n}" for _ in range(rows)] if path == "means" and n == 1 else
+    row_labels = (["class means"] if path == "means" and n == 1 else
                   [f"pair {i + 1}" for i in range(rows)])
     if title is None:
         name = PATH_NAMES.get(path, path)
@@ -264,7 +264,7 @@ def latent_closeness(transport: Any, measure: str = "pixel", *,
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {sorted(MEASURES)}, got {measure!r}")
-    label, attr = MEASURES[measure]
+    _, attr = MEASURES[measure]
     table = getattr(transport, attr)
     t = np.asarray(transport.t, float)
     fig = go.Figure()
@@ -276,13 +276,13 @@ def latent_closeness(transport: Any, measure: str = "pixel", *,
         v = np.asarray(table[path], float)
         _band(fig, t, v, name=PATH_NAMES.get(path, path), color=PATH_COLORS.get(path, "#333"),
               dash=PATH_DASH.get(path, "solid"))
-        summary.append(f"{path} {v[inner].mean():.3f}" if inner.any() else f"{path} {v.mean():.3f}")
+        summary.append(f"{SHORT.get(path, path)} {v[inner].mean() if inner.any() else v.mean():.3f}")
     fig.update_xaxes(title="t (0 = source class, 1 = target class)", range=[-0.02, 1.02])
     fig.update_yaxes(title=AXIS[measure])
     if title is None:
         title = ("How far the decoded images are from real digits" if measure == "pixel"
                  else "How far the latent points are from the codes")
-    sub = f"{label}; lower is closer; mean over 0 < t < 1: " + ", ".join(summary)
+    sub = "mean over 0 < t < 1, lower is closer: " + ", ".join(summary)
     return _finish(fig, title, sub, height=height,
                    legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, xanchor="left"))
 
@@ -317,8 +317,8 @@ def latent_prior_plan(codes: Any, labels: Any, transport: Any, *, title: str | N
                              text=[f"pushed sample {i}" for i in range(len(T))], hoverinfo="text"))
     n, N = len(Z), len(C)
     al = transport.alignment
-    sub = (f"{n} prior samples -> {N} codes; exact plan, W2² = {al.distance:.3g}; "
-           f"each sample moves to the mean of the ~{N / n:.0f} codes it is sent to")
+    sub = (f"{n} prior samples to {N} codes by the exact plan (W2² = {al.distance:.3g}), "
+           f"each moved to the mean of the ~{N / n:.0f} codes it is sent to")
     _square(fig, proj)
     return _finish(fig, title or "Prior samples pushed onto the codes", sub, height=height,
                    legend=dict(orientation="h", yanchor="top", y=-0.15, x=0, xanchor="left"))
@@ -346,7 +346,7 @@ def latent_prior_closeness(transport: Any, measure: str = "pixel", *, title: str
                       annotation_position="top left")
     fig.update_xaxes(title="t (0 = raw prior sample, 1 = pushed by the OT plan)", range=[-0.02, 1.02])
     fig.update_yaxes(title=AXIS[measure])
-    sub = f"{label}; lower is closer; raw {v[0].mean():.3f}, pushed {v[-1].mean():.3f}"
+    sub = f"{label}; lower is closer: raw {v[0].mean():.3f}, pushed {v[-1].mean():.3f}"
     if title is None:
         title = ("Decoded samples: raw prior vs pushed" if measure == "pixel"
                  else "Latent samples: raw prior vs pushed")
