@@ -136,8 +136,8 @@ def test_decoded_ot_paths_stay_closer_to_the_data_than_linear_interpolation(vaes
     OT pairs and the same end images as the decoded latent path D((1-t) x_i + t y_sigma(i)).
     Measured for 3 -> 8 with 40 pairs: margins 0.0040, 0.0022, 0.0033 at seeds 0, 1, 2 (on
     about 0.16); over 5 seeds and 8 class pairs the decoded path is closer in 39 of 40 cases.
-    The latent OT pairing is *not* closer than random pairs or the class-mean line (measured
-    equal within 0.003): that is reported, not asserted.
+    The latent OT pairing is *not* consistently closer than random pairs or the class-mean line
+    (0.153, 0.154, 0.157 RMS pixel; 0.188, 0.184, 0.174 latent units): reported, not asserted.
     """
     margins = []
     for s, v in vaes.items():
@@ -164,7 +164,7 @@ def test_pushed_prior_samples_are_closer_to_the_data_than_raw_ones(vaes):
         pt = L.push_prior(v, 100, seed=s)
         assert pt.prior_pixel_distance.mean() - pt.pushed_pixel_distance.mean() > 0.005
         assert pt.prior_code_distance.mean() - pt.pushed_code_distance.mean() > 0.05
-        # the pushed points are as close to the data as the decoded codes themselves (measured within 0.005)
+        # as close to the data as the decoded codes themselves (measured: within 0.002)
         assert pt.pushed_pixel_distance.mean() < pt.reference_pixel_distance.mean() + 0.01
 
 

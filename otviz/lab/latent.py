@@ -176,7 +176,7 @@ def _gen(seed: int, device: torch.device) -> torch.Generator:
     return g
 
 
-@dataclass
+@dataclass(eq=False)
 class DigitsVAE:
     r"""A VAE trained on the digits, with the codes of its training images.
 
@@ -501,7 +501,7 @@ PATH_LABELS = {"ot": "latent, OT pairs", "random": "latent, random pairs",
                "means": "latent, class mean to class mean", "pixels": "pixels, OT pairs (cross-fade)"}
 
 
-@dataclass
+@dataclass(eq=False)
 class ClassTransport:
     r"""Paths between the codes of two digit classes, decoded and measured.
 
@@ -687,7 +687,7 @@ def class_transport(vae: DigitsVAE, source: int = 3, target: int = 8, n_pairs: i
 
 
 # --------------------------------------------------------------------------- (b) prior -> codes
-@dataclass
+@dataclass(eq=False)
 class PriorTransport:
     r"""Prior samples, raw and pushed onto the aggregated posterior by the OT plan.
 
