@@ -232,7 +232,7 @@ def render() -> None:
     st.markdown(
         "A layer of a network is a cloud of neurons, as the codes here are a cloud of images, and "
         "otviz's plan between a teacher's and a student's layer is the same object as the plan between "
-        "the 3s and the 8s: a matching that says which neuron plays the role of which. Averaging or "
+        "the two digits above: a matching that says which neuron plays the role of which. Averaging or "
         "interpolating two networks weight by weight is the \"random pairing\" of this page: neurons "
         "are stored in an arbitrary order, so the straight line between two networks pairs unrelated "
         "units, and it crosses regions of high loss. Matching the neurons by OT first and interpolating "
