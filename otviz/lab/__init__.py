@@ -35,6 +35,16 @@ _LAZY: dict[str, str] = {
     "mahalanobis_cost": "otviz.lab.inverse",
     "neuron_costs": "otviz.lab.inverse",
     "readout_coupling": "otviz.lab.inverse",
+    # latent transport (Liu et al. 2018)
+    "ClassTransport": "otviz.lab.latent",
+    "DigitsVAE": "otviz.lab.latent",
+    "PriorTransport": "otviz.lab.latent",
+    "class_transport": "otviz.lab.latent",
+    "code_distance": "otviz.lab.latent",
+    "displacement_interpolation": "otviz.lab.latent",
+    "distance_to_data": "otviz.lab.latent",
+    "push_prior": "otviz.lab.latent",
+    "train_vae": "otviz.lab.latent",
 }
 
 __all__ = sorted(_LAZY)
