@@ -26,6 +26,10 @@ import importlib as _importlib
 _LAZY: dict[str, str] = {
     "solve": "otviz.lab._ot",
     "entropic_plan": "otviz.lab._ot",
+    "soft_topk": "otviz.lab.topk",
+    "hard_topk": "otviz.lab.topk",
+    "topk_transport": "otviz.lab.topk",
+    "select_neurons": "otviz.lab.topk",
 }
 
 __all__ = sorted(_LAZY)
