@@ -122,7 +122,7 @@ def _neurons() -> None:
         dk.chart(figs.channel_scores(sel), key="lab_topk_sel_scores", legend_below=True)
     st.caption(f"{sel.steps} steps in {sel.seconds:.1f} s on {sel.device}. One seed is one draw of a "
                "non-convex search: other seeds find other channel sets (on cnn-digits, k = 8, seeds 0-7: "
-               "learned 85 to 97 %, random 61 to 73 % on average).")
+               "learned 85 to 97 %, random 61 to 71 % on average).")
 
 
 def render() -> None:
