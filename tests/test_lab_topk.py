@@ -126,6 +126,10 @@ def test_permuting_the_scores_permutes_the_weights():
 def test_rescaling_makes_the_weights_invariant_to_affine_changes_of_the_scores():
     x = _scores(15, seed=8)
     assert torch.allclose(soft_topk(3.0 * x - 7.0, 5, 0.05), soft_topk(x, 5, 0.05), atol=1e-10)
+    huge = x / x.abs().max() * 1.5e308                      # the span overflows float64
+    assert torch.allclose(soft_topk(huge, 5, 0.05), soft_topk(x, 5, 0.05), atol=1e-10)
+    with pytest.raises(ValueError, match="too large for eps"):
+        soft_topk(huge, 5, 1e-10, rescale=False)
     # without rescaling, larger scores give a sharper step
     err = [float((soft_topk(c * _rescaled(x), 5, 0.05, rescale=False) - hard_topk(x, 5)).abs().max())
            for c in (1.0, 10.0)]

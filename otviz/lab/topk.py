@@ -126,6 +126,10 @@ def _rescaled(x: torch.Tensor, rescale: bool) -> torch.Tensor:
         return x
     lo = x.min(dim=-1, keepdim=True).values
     span = x.max(dim=-1, keepdim=True).values - lo
+    if not bool(torch.isfinite(span).all()):  # scores near the float range: halve first (exact)
+        x = 0.5 * x
+        lo = 0.5 * lo
+        span = x.max(dim=-1, keepdim=True).values - lo
     flat = span == 0
     # a constant row: x - lo is exactly 0, and dividing by 1 keeps its gradient finite
     return (x - lo) / torch.where(flat, torch.ones_like(span), span)
@@ -169,9 +173,12 @@ def _plans(x: torch.Tensor, k: int, eps: float, rescale: bool, tol: float,
     """(plans of shape (batch, n, 2), rescaled scores (batch, n)) for scores of shape (batch, n)."""
     n = x.shape[-1]
     s = _rescaled(x, rescale)
-    y = torch.tensor(ANCHORS, dtype=s.dtype, device=s.device)
-    C = (s[..., :, None] - y) ** 2                               # (batch, n, 2)
-    gap = C[..., 1] - C[..., 0]
+    y0, y1 = ANCHORS
+    # C_ij = (s_i - y_j)^2, so C_i1 - C_i0 = y1^2 - y0^2 - 2 s_i (y1 - y0) (no overflow for large s)
+    gap = (y1 ** 2 - y0 ** 2) - 2.0 * (y1 - y0) * s              # (batch, n)
+    if not bool(torch.isfinite(gap / eps).all()):
+        raise ValueError(f"the scores are too large for eps = {eps:g} (score / eps overflows); rescale "
+                         f"them (rescale=True) or use a larger eps")
     # The plan does not change when a constant is added to a row or a column of the cost
     # (the potentials absorb it). Sinkhorn converges linearly at the rate
     # 1 - sum_i a_i A_i (1 - A_i) / (b_0 b_1), which is ~1 when the indicator is nearly
