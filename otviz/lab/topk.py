@@ -74,8 +74,9 @@ __all__ = ["NeuronSelection", "TopKTransport", "hard_topk", "select_neurons", "s
 
 #: The anchors of the transport problem: "dropped" at 0, "kept" at 1 (rescaled score units).
 ANCHORS: tuple[float, float] = (0.0, 1.0)
-# Entries of the cost handed to the solver are clipped to +-_CLIP * eps, where the plan is
-# 0 or 1 to exp(-_CLIP) ~ 2e-22, far below float64 resolution of the indicator.
+# Entries of the cost handed to the solver are clipped to +-_CLIP * eps, where the weights are
+# 0 or 1 to within exp(-_CLIP) ~ 2e-22, far below float64's resolution near 1 (1e-16); this keeps
+# the cost's range at 100 eps, out of the solver's eps-scaling mode (range > 200 eps).
 _CLIP = 50.0
 _ROOT_STEPS = 200      # Newton steps (safeguarded by bisection) for the threshold
 _ROOT_TOL = 1e-14       # ... until the weights' sum is k to this times n
@@ -184,8 +185,9 @@ def _plans(x: torch.Tensor, k: int, eps: float, rescale: bool, tol: float,
     # 1 - sum_i a_i A_i (1 - A_i) / (b_0 b_1), which is ~1 when the indicator is nearly
     # hard: started from scratch it can stall for 10^5 iterations. So the solver is given
     # the equivalent cost [0, gap_i - delta] whose optimal column potentials are 0 (delta is
-    # found by bisection, a constant for autograd: the plan's derivative along a column
-    # shift is zero), clipped to +-_CLIP eps where the plan is 0 or 1 to float64 precision.
+    # found by a safeguarded Newton search, a constant for autograd: the plan's derivative
+    # along a column shift is zero), clipped to +-_CLIP eps where the plan is 0 or 1 to
+    # within exp(-_CLIP).
     delta = _threshold(gap.detach(), k, eps)
     shifted = (gap - delta[..., None]).clamp(-_CLIP * eps, _CLIP * eps)
     b = [(n - k) / n, k / n]
