@@ -45,6 +45,10 @@ _LAZY: dict[str, str] = {
     "distance_to_data": "otviz.lab.latent",
     "push_prior": "otviz.lab.latent",
     "train_vae": "otviz.lab.latent",
+    "soft_topk": "otviz.lab.topk",
+    "hard_topk": "otviz.lab.topk",
+    "topk_transport": "otviz.lab.topk",
+    "select_neurons": "otviz.lab.topk",
 }
 
 __all__ = sorted(_LAZY)
