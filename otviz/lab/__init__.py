@@ -26,6 +26,11 @@ import importlib as _importlib
 _LAZY: dict[str, str] = {
     "solve": "otviz.lab._ot",
     "entropic_plan": "otviz.lab._ot",
+    "gaussian_map": "otviz.lab.maps",
+    "bures_wasserstein": "otviz.lab.maps",
+    "fit_adversarial_map": "otviz.lab.maps",
+    "barycentric_map": "otviz.lab.maps",
+    "evaluate_map": "otviz.lab.maps",
 }
 
 __all__ = sorted(_LAZY)
