@@ -67,7 +67,8 @@ def _check_images(images: Any, X: np.ndarray, name: str) -> np.ndarray:
 def map_figure(source: Any, target: Any, images: Any, *, title: str | None = None,
                subtitle: str | None = None, n_arrows: int = 150, seed: int = 0,
                ranges: tuple[Sequence[float], Sequence[float]] | None = None,
-               mapped_name: str = "mapped points map(x)", height: int = 430) -> go.Figure:
+               mapped_name: str = "mapped points map(x)", showlegend: bool = True,
+               height: int = 430) -> go.Figure:
     """Where a map sends the points of a 2-D source sample.
 
     Blue: the source sample, orange: the target sample, green: the images of the source
@@ -79,18 +80,20 @@ def map_figure(source: Any, target: Any, images: Any, *, title: str | None = Non
     ----------
     source, target : arrays (n, 2) and (m, 2)
     images : array (n, 2), the map applied to ``source``.
-    ranges : ``(x_range, y_range)`` to share axes between figures; by default the data's,
-        with equal scales on both axes.
+    ranges : ``(x_range, y_range)`` to share axes between figures; by default the data's.
+        Both axes keep the same scale (the plot area shrinks to fit, the ranges stay).
+    showlegend : whether to draw the legend (off for the second of two figures side by side).
     """
     X = _check_points(source, "source", dim=2)
     Y = _check_points(target, "target", dim=2)
     GX = _check_images(images, X, "images")
     fig = go.Figure(_traces(X, Y, GX, _arrow_idx(len(X), n_arrows, seed), mapped_name=mapped_name,
-                            legend=True, marker_size=4))
+                            legend=bool(showlegend), marker_size=4))
     xr, yr = ranges if ranges is not None else _bounds(X, Y, GX)
-    fig.update_xaxes(range=list(xr), title="x₁", zeroline=False)
-    fig.update_yaxes(range=list(yr), title="x₂", zeroline=False, scaleanchor="x", scaleratio=1)
-    return _finish(fig, title, subtitle, height=height,
+    fig.update_xaxes(range=[float(v) for v in xr], title="x₁", zeroline=False, constrain="domain")
+    fig.update_yaxes(range=[float(v) for v in yr], title="x₂", zeroline=False, scaleanchor="x",
+                     scaleratio=1, constrain="domain")
+    return _finish(fig, title, subtitle, height=height, showlegend=bool(showlegend),
                    legend=dict(orientation="h", yanchor="top", y=-0.15, x=0, xanchor="left"))
 
 
@@ -113,9 +116,9 @@ def map_comparison(source: Any, target: Any, maps: Mapping[str, Any], *, title: 
     for c, GX in enumerate(imgs.values(), start=1):
         for tr in _traces(X, Y, GX, idx, mapped_name="mapped points map(x)", legend=c == 1, marker_size=3):
             fig.add_trace(tr, row=1, col=c)
-        fig.update_xaxes(range=xr, zeroline=False, row=1, col=c)
+        fig.update_xaxes(range=xr, zeroline=False, constrain="domain", row=1, col=c)
         fig.update_yaxes(range=yr, zeroline=False, scaleanchor=f"x{'' if c == 1 else c}", scaleratio=1,
-                         showticklabels=c == 1, row=1, col=c)
+                         constrain="domain", showticklabels=c == 1, row=1, col=c)
     return _finish(fig, title, subtitle, height=height,
                    legend=dict(orientation="h", yanchor="top", y=-0.12, x=0, xanchor="left"))
 

@@ -64,9 +64,17 @@ shrink as it approaches its target and carries no information on *which* target
 point is the cheapest. The transport-cost term is kept (``lam`` finite) because a
 network's gradient steps are not the idealised dynamics: among the many maps that
 push :math:`\mu` to :math:`\nu`, the cost term is what selects the cheapest one.
-Measured on the two Gaussians of :data:`PAIRS` (1,000 steps, CPU): relative squared
-error to the closed form about 0.5 % with ``lam=20``, while the pure generator
-(``lam=None``) landed at 3 % for one seed and 16 % for another.
+Measured on the two Gaussians of :data:`PAIRS` (1,000 steps, seeds 0-2, CPU): squared
+error to the closed form 0.31-0.33 % of :math:`W_2^2` with ``lam=20`` (the objective's
+own share is 0.23 %), while the pure generator (``lam=None``) ended at 15 %, 16 % and 3 %.
+With ``lam=1`` the map stops half way as predicted: 25.1 % for seeds 0 and 1 after 200
+steps (theory 25 %).
+
+Limits, measured too. The critic sees batches (256 points by default): structure finer
+than a batch resolves is averaged out, so the thin "Moons" come out thinner
+(``batch_size=1024`` keeps more of them, ten times slower). A continuous generator cannot
+tear the source where the Monge map does ("One blob to two"): a trail of points stays
+between the two targets.
 
 Reference: Jacob Leygonie, Jennifer She, Amjad Almahairi, Sai Rajeswar, Aaron
 Courville. *Adversarial Computation of Optimal Transport Maps*. arXiv:1906.09691, 2019.
@@ -300,7 +308,7 @@ class RingSampler:
     """Points on a ring of the given radius and width (a Gaussian radial profile), in 2-D."""
 
     radius: float = 2.0
-    width: float = 0.15
+    width: float = 0.3
     center: tuple[float, float] = (0.0, 0.0)
 
     def __call__(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -368,10 +376,13 @@ PAIRS: dict[str, Pair] = {p.name: p for p in (
          GaussianSampler((3.0, 1.0), ((0.5, -0.3), (-0.3, 1.5))),
          "a correlated Gaussian to a shifted one stretched the other way: the Monge map is affine "
          "and known in closed form"),
-    Pair("Ring to blob", RingSampler(2.0, 0.15), GaussianSampler((0.0, 0.0), ((0.3, 0.0), (0.0, 0.3))),
-         "a thin ring to a round blob at its centre: the map pulls every point inward along its radius"),
+    Pair("Ring to blob", RingSampler(2.0, 0.3), GaussianSampler((0.0, 0.0), ((0.3, 0.0), (0.0, 0.3))),
+         "a ring to a round blob at its centre: the map pulls every point inward along its radius, "
+         "the ring's inner edge to the centre"),
     Pair("Moons", MoonSampler(upper=True), MoonSampler(upper=False),
-         "the upper half-moon to the lower one: a bent, non-linear map"),
+         "the upper half-moon to the lower one: a bent map. The moons are thinner than the spacing "
+         "of a 256-point batch resolves, and the learned map thins them (batch_size=1024 helps, "
+         "ten times slower)"),
     Pair("One blob to two", GaussianSampler((0.0, 0.0), ((0.6, 0.0), (0.0, 0.6))),
          MixtureSampler((GaussianSampler((-2.5, 0.0), ((0.15, 0.0), (0.0, 0.15))),
                          GaussianSampler((2.5, 0.0), ((0.15, 0.0), (0.0, 0.15))))),
