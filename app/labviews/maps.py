@@ -202,9 +202,9 @@ def render() -> None:
         if ev.reference_mse is not None:
             bias = 0.0 if math.isinf(lam) else 1 / (1 + lam) ** 2
             st.caption(f"Errors: E‖map(x) − T(x)‖² as a share of the closed form's own displacement "
-                       f"E‖T(x) − x‖² ≈ W₂² = {ev.reference_cost:.2f} on this sample (plot units²); 0 % is the closed "
-                       f"form. With λ = {_lam_label(float(lam))} the objective itself stops short by "
-                       f"{_pct(bias)}. W₂ in plot units: the closed form scores "
+                       f"E‖T(x) − x‖² ≈ W₂² = {ev.reference_cost:.2f} on this sample (plot units²); "
+                       f"0 % is the closed form. With λ = {_lam_label(float(lam))} the objective "
+                       f"itself stops short by {_pct(bias)}. W₂ in plot units: the closed form scores "
                        f"{ev.w2_reference_to_target:.3f} on the same samples.")
         else:
             st.caption("No closed form for this pair: the learned map is judged by how close its "

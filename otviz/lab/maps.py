@@ -88,7 +88,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -620,7 +620,8 @@ def fit_adversarial_map(
     :math:`G(x) = x + f(x)` once on
 
     .. math::
-        \frac{1}{1 + \lambda}\,\mathbb{E}\tfrac12\|x - G(x)\|^2 + \frac{\lambda}{1 + \lambda}\,\mathbb{E}\,g(G(x)),
+        \frac{1}{1 + \lambda}\,\mathbb{E}\tfrac12\|x - G(x)\|^2
+        + \frac{\lambda}{1 + \lambda}\,\mathbb{E}\,g(G(x)),
 
     whose minimiser is the geodesic point :math:`\mathrm{id} + \tfrac{\lambda}{1+\lambda}(T - \mathrm{id})`,
     the Monge map :math:`T` up to a squared error of :math:`W_2^2/(1+\lambda)^2`.
