@@ -127,8 +127,8 @@ def render() -> None:
 
     key = (pair, int(steps), float(lam), seed)
     if st.button("Train the map", type="primary", key="lab_maps_train",
-                 help="About 20-30 ms a step on a 2-core CPU (500 steps: 10-15 s); a result is kept "
-                      "for the same settings."):
+                 help="Measured on a shared 2-core CPU: 500 steps in 7-16 s. A result is kept for "
+                      "the same settings."):
         st.session_state["lab_maps_key"] = key
     fitted = None
     if st.session_state.get("lab_maps_key") == key:
