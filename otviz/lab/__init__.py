@@ -49,6 +49,11 @@ _LAZY: dict[str, str] = {
     "hard_topk": "otviz.lab.topk",
     "topk_transport": "otviz.lab.topk",
     "select_neurons": "otviz.lab.topk",
+    "gaussian_map": "otviz.lab.maps",
+    "bures_wasserstein": "otviz.lab.maps",
+    "fit_adversarial_map": "otviz.lab.maps",
+    "barycentric_map": "otviz.lab.maps",
+    "evaluate_map": "otviz.lab.maps",
 }
 
 __all__ = sorted(_LAZY)
