@@ -36,11 +36,17 @@ KERNEL_NAME = "otviz-test-python"
 CHECK_CELL = "import sys; print(sys.executable)"
 
 
-def test_the_four_notebooks_exist():
+def test_the_nine_notebooks_exist():
+    """The four walkthroughs, then the OT lab's five (one per method of otviz.lab)."""
     assert [p.name for p in NOTEBOOKS] == ["01_explore_alignments.ipynb",
                                            "02_teach_ot_distillation.ipynb",
                                            "03_paper_settings.ipynb",
-                                           "04_your_own_loop.ipynb"]
+                                           "04_your_own_loop.ipynb",
+                                           "05_lab_document_distances.ipynb",
+                                           "06_lab_adversarial_maps.ipynb",
+                                           "07_lab_inverse_ot.ipynb",
+                                           "08_lab_soft_topk.ipynb",
+                                           "09_lab_latent_transport.ipynb"]
 
 
 @pytest.fixture
