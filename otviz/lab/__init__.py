@@ -26,6 +26,18 @@ import importlib as _importlib
 _LAZY: dict[str, str] = {
     "solve": "otviz.lab._ot",
     "entropic_plan": "otviz.lab._ot",
+    # documents: Word Mover's Distance and HOTT
+    "word_movers_distance": "otviz.lab.documents",
+    "word_movers_plan": "otviz.lab.documents",
+    "hott": "otviz.lab.documents",
+    "hott_plan": "otviz.lab.documents",
+    "HOTT": "otviz.lab.documents",
+    "WordVectors": "otviz.lab.documents",
+    "minilm_word_vectors": "otviz.lab.documents",
+    "ppmi_word_vectors": "otviz.lab.documents",
+    "word_vectors": "otviz.lab.documents",
+    "document_corpus": "otviz.lab.documents",
+    "knn_comparison": "otviz.lab.documents",
 }
 
 __all__ = sorted(_LAZY)
