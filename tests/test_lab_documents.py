@@ -151,7 +151,7 @@ def test_hott_is_a_metric_on_random_topic_proportions():
     C = _metric_cost(K, 0)
     rng = np.random.default_rng(1)
     theta = rng.dirichlet(np.full(K, 0.3), size=n)
-    H = D._hott_matrix(theta, theta, C, "paper", symmetric=True)
+    H = D.hott_matrix(theta, None, C)
     Hfull = np.array([[D.hott(a, b, C) for b in theta] for a in theta])
     np.testing.assert_allclose(H, Hfull, atol=1e-12)
     np.testing.assert_allclose(H, H.T, atol=1e-12)
@@ -161,6 +161,9 @@ def test_hott_is_a_metric_on_random_topic_proportions():
     assert (H[distinct] > 1e-9).all()
     # triangle inequality over all n^3 triples: H[i, k] <= H[i, j] + H[j, k]
     assert np.all(H[:, None, :] <= H[:, :, None] + H[None, :, :] + 1e-9)
+    np.testing.assert_allclose(D.hott_matrix(theta[:4], theta[4:9], C), H[:4, 4:9], atol=1e-12)
+    with pytest.raises(ValueError, match=r"shape \(documents, 8\)"):
+        D.hott_matrix(theta[:, :5], None, C)
 
 
 def test_truncate_topics_keeps_what_the_paper_keeps():
@@ -255,6 +258,17 @@ def test_unknown_words_are_a_clear_error_or_a_counted_skip(ppmi):
     a, b = ppmi.document("doctor doctor nurse"), ppmi.document("physician clinic")
     assert ppmi.distance("doctor doctor nurse", "physician clinic") == pytest.approx(
         D.word_movers_distance(a.embeddings, b.embeddings, a.weights, b.weights))
+
+
+def test_wmd_distance_matrix_matches_the_pairwise_distances(ppmi, corpus):
+    texts = corpus.documents[:8]
+    W = ppmi.distance_matrix(texts)
+    for i, j in [(0, 1), (2, 7), (5, 3)]:
+        assert W[i, j] == pytest.approx(ppmi.distance(texts[i], texts[j]), rel=1e-12)
+    np.testing.assert_allclose(W, W.T) and np.testing.assert_allclose(np.diag(W), 0.0, atol=1e-12)
+    np.testing.assert_allclose(ppmi.distance_matrix(texts[:3], texts[3:]), W[:3, 3:], rtol=1e-12)
+    with pytest.raises(TypeError, match="lists of documents"):
+        ppmi.distance_matrix("doctor nurse")
 
 
 def test_corpus_is_seeded_balanced_and_not_trivial(corpus):
@@ -401,6 +415,7 @@ def test_dashboard_section(monkeypatch, tmp_path):
     metrics = {m.label: m.value for m in at.metric}
     assert {"WMD", "HOTT", "Shared words", "nBOW cosine distance"} <= set(metrics)
     assert float(metrics["WMD"]) > 0 and metrics["nBOW cosine distance"] == "1.000"  # no shared word
+    assert any("B is A's nearest #" in c.value for c in at.caption)
     # your own texts; an unknown word is reported on the page, not raised
     [mode] = [r for r in at.radio if r.label == "Documents"]
     mode.set_value("Type your own").run()

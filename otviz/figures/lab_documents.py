@@ -122,25 +122,31 @@ def word_transport(words_a: Sequence[str], emb_a: Any, words_b: Sequence[str], e
     fig.update_yaxes(scaleanchor="x", scaleratio=1, zeroline=False, showticklabels=False,
                      title="PC 2")
     fig.update_xaxes(zeroline=False, showticklabels=False, title="PC 1")
-    value = f"WMD {al.distance:.3f}; " if al is not None else ""
-    sub = (f"{value}words in the 2-D PCA of their embeddings ({100 * explained:.0f} % of the "
-           f"variance); lines: the plan, width = mass moved")
+    value = f"WMD {al.distance:.3f}: " if al is not None else ""
+    sub = (f"{value}words placed by a 2-D PCA of their embeddings ({100 * explained:.0f} % of "
+           f"the variance)<br>lines: the plan, line width = mass moved")
     return _finish(fig, title or "Word Mover's Distance: which word travels to which", sub,
                    height=height,
                    legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
 
 
 def _heatmap(P: np.ndarray, C: np.ndarray | None, rows: list[str], cols: list[str],
-             row_title: str, col_title: str, what: str) -> go.Figure:
-    hover = [[f"{rows[i]} -> {cols[j]}<br>{what} {P[i, j]:.3f}"
+             row_title: str, col_title: str, *, annotate: bool = False) -> go.Figure:
+    hover = [[f"{rows[i]} -> {cols[j]}<br>mass {P[i, j]:.3f}"
               + (f"<br>cost {C[i, j]:.3f}" if C is not None else "")
               for j in range(P.shape[1])] for i in range(P.shape[0])]
+    cells = None
+    if annotate:  # small plans: the mass (and cost) written in each cell
+        cells = [[f"{P[i, j]:.2f}" + (f"<br>cost {C[i, j]:.2f}" if C is not None else "")
+                  for j in range(P.shape[1])] for i in range(P.shape[0])]
+    zmax = float(P.max()) if P.max() > 0 else 1.0
     fig = go.Figure(go.Heatmap(
-        z=P, x=_unique(cols), y=_unique(rows), colorscale=PLAN_COLORSCALE, zmin=0,
-        text=hover, hoverinfo="text", colorbar=dict(title=dict(text="mass", side="right"),
-                                                    thickness=14)))
-    fig.update_yaxes(autorange="reversed", title=row_title, type="category")
-    fig.update_xaxes(title=col_title, type="category", tickangle=-45)
+        z=P, x=_unique(cols), y=_unique(rows), colorscale=PLAN_COLORSCALE, zmin=0.0, zmax=zmax,
+        hovertext=hover, hoverinfo="text", text=cells,
+        texttemplate="%{text}" if annotate else None, textfont=dict(size=12),
+        colorbar=dict(title=dict(text="mass", side="right"), thickness=14)))
+    fig.update_yaxes(autorange="reversed", title=row_title, type="category", automargin=True)
+    fig.update_xaxes(title=col_title, type="category", automargin=True)
     return fig
 
 
@@ -155,9 +161,10 @@ def word_plan(words_a: Sequence[str], words_b: Sequence[str], alignment: Any, *,
     rows = _labels(words_a, P.shape[0], "words_a")
     cols = _labels(words_b, P.shape[1], "words_b")
     C = al.cost_matrix if al is not None else None
-    fig = _heatmap(P, C, rows, cols, f"words of {label_a}", f"words of {label_b}", "mass")
-    sub = (f"WMD {al.distance:.3f}; " if al is not None else "") + \
-        "each row sends its word's weight, each column receives its word's weight"
+    fig = _heatmap(P, C, rows, cols, f"words of {label_a}", f"words of {label_b}")
+    fig.update_xaxes(tickangle=-45)
+    sub = (f"WMD {al.distance:.3f}: " if al is not None else "") + \
+        "each row sends its word's weight (nBOW), each column receives its word's weight"
     return _finish(fig, title or "Word Mover's plan", sub,
                    height=height or max(360, 150 + 22 * P.shape[0]))
 
@@ -190,7 +197,7 @@ def topic_proportions(theta_a: Any, theta_b: Any, topic_labels: Sequence[str], *
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(title="topic proportion (LDA)", range=[0, 1])
     return _finish(fig, title or "Topic proportions of the two documents",
-                   "HOTT keeps the topics above the dashed line and renormalises them",
+                   "HOTT keeps the topics right of the dashed line, renormalised",
                    height=height or max(340, 150 + 26 * ta.size),
                    legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
 
@@ -212,10 +219,13 @@ def topic_plan(alignment: Any, kept_a: Sequence[int], kept_b: Sequence[int],
     if max(kept_a + kept_b) >= len(labels) or min(kept_a + kept_b) < 0:
         raise ValueError(f"kept topics out of range for {len(labels)} topic labels")
     C = al.cost_matrix if al is not None else None
-    fig = _heatmap(P, C, [labels[t] for t in kept_a], [labels[t] for t in kept_b],
-                   f"topics of {label_a}", f"topics of {label_b}", "mass")
-    sub = (f"HOTT {al.distance:.3f}; " if al is not None else "") + \
-        "cost of a cell: WMD between the two topics' top words"
+    fig = _heatmap(P, C, [labels[t] for t in kept_a],
+                   [labels[t].replace(": ", "<br>", 1) for t in kept_b],
+                   f"topics of {label_a}", f"topics of {label_b}", annotate=True)
+    fig.update_xaxes(tickangle=0)
+    sub = (f"HOTT {al.distance:.3f}: " if al is not None else "") + \
+        "mass moved between the topics each document keeps<br>cost of a cell: the WMD between " \
+        "the two topics"
     return _finish(fig, title or "HOTT: transport between topics", sub,
                    height=height or max(330, 190 + 40 * P.shape[0]))
 
@@ -247,6 +257,8 @@ def knn_errors(summary: Any, *, title: str | None = None, height: int = 380) -> 
         lo, hi = r["low"], r["high"]
         has_ci = np.isfinite(lo) and np.isfinite(hi)
         ci = f" [95 % CI {lo:.1f}, {hi:.1f}]" if has_ci else ""
+        if has_ci:  # an error rate lies in [0, 100]: draw the interval's part that can happen
+            lo, hi = max(lo, 0.0), min(hi, 100.0)
         fig.add_trace(go.Scatter(
             x=[r["error %"]], y=[r["method"]], mode="markers", marker=dict(size=11, color=col),
             error_x=dict(type="data", symmetric=False, array=[hi - r["error %"] if has_ci else 0],
@@ -260,15 +272,17 @@ def knn_errors(summary: Any, *, title: str | None = None, height: int = 380) -> 
             marker_color=col, showlegend=False,
             hovertemplate=f"<b>{r['method']}</b><br>{r['per distance ms']:.4f} ms per distance"
                           "<extra></extra>"), row=1, col=2)
-    upper = float(np.nanmax(np.r_[df["high"].to_numpy(float), df["error %"].to_numpy(float)]))
-    fig.update_xaxes(range=[0, max(5.0, 1.1 * upper)], title="k-NN test error (%)", row=1, col=1)
+    upper = float(np.nanmax(np.r_[np.minimum(df["high"].to_numpy(float), 100.0),
+                                  df["error %"].to_numpy(float)]))
+    fig.update_xaxes(range=[0, max(5.0, 1.08 * upper)], title="k-NN test error (%)", row=1, col=1)
     fig.update_xaxes(type="log", title="ms per distance", row=1, col=2)
     for c in (1, 2):
         fig.update_yaxes(type="category", categoryorder="array", categoryarray=methods[::-1],
                          row=1, col=c)
     seeds = int(df["seeds"].max())
     return _finish(fig, title or "k-NN classification: error and cost of each distance",
-                   f"mean over {seeds} seeds (corpus and split), bars: 95 % interval", height=height)
+                   f"mean over {seeds} seeds (corpus and split); bars: 95 % interval, cut to [0, 100]",
+                   height=height)
 
 
 def distance_times(df: Any, *, title: str | None = None, height: int = 380) -> go.Figure:

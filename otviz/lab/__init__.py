@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "word_movers_plan": "otviz.lab.documents",
     "hott": "otviz.lab.documents",
     "hott_plan": "otviz.lab.documents",
+    "hott_matrix": "otviz.lab.documents",
     "HOTT": "otviz.lab.documents",
     "WordVectors": "otviz.lab.documents",
     "minilm_word_vectors": "otviz.lab.documents",

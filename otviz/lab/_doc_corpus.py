@@ -1,9 +1,9 @@
 """The word lists and the seeded generator behind :func:`otviz.lab.documents.document_corpus`.
 
 Six classes of short documents. Each class has nine *concepts*, each written with
-two to four synonyms ("doctor", "physician", "surgeon"); a document picks one
-synonym per concept it mentions, so two documents of the same class often share
-no word at all for the same idea. Around them: *ambiguous* words that belong to
+three or four synonyms ("doctor", "physician", "surgeon"); a document picks one
+synonym per concept it mentions and sticks to it, so two documents of the same
+class often share no word at all for the same idea. Around them: *ambiguous* words that belong to
 two or three classes ("pitch", "stock", "pressure", "record"), *generic* words of
 every class ("people", "week", "report") and a few words of another class. A
 document is a bag of content words (stop words removed, as in Kusner et al.
@@ -106,11 +106,9 @@ GENERIC: tuple[str, ...] = (
 
 #: how a token of a document is drawn: a word of one of the document's concepts, an ambiguous
 #: word of its class, a generic word, a concept word of another class
-MIXTURE: dict[str, float] = {"concept": 0.3, "ambiguous": 0.3, "generic": 0.2, "other class": 0.2}
+MIXTURE: dict[str, float] = {"concept": 0.5, "ambiguous": 0.2, "generic": 0.2, "other class": 0.1}
 #: a document mentions this many of its class's nine concepts (inclusive range)
 CONCEPTS_PER_DOCUMENT = (3, 5)
-#: probability that a mention of a concept uses the document's synonym (else any synonym)
-KEEP_SYNONYM = 0.85
 
 
 def vocabulary() -> tuple[str, ...]:
@@ -136,7 +134,7 @@ def draw_document(rng, cls: str, length: tuple[int, int]) -> str:
         if kind == "concept":
             i = int(active[rng.integers(len(active))])
             syn = concepts[i]
-            words.append(syn[synonym[i]] if rng.random() < KEEP_SYNONYM else syn[rng.integers(len(syn))])
+            words.append(syn[synonym[i]])
         elif kind == "ambiguous":
             words.append(AMBIGUOUS[cls][rng.integers(len(AMBIGUOUS[cls]))])
         elif kind == "generic":

@@ -19,7 +19,7 @@ are close when their words are close in the embedding, although they share no wo
 :math:`K` topics with LDA; topic :math:`t` is a distribution over words, truncated to its
 ``top_words`` most probable words and renormalised, :math:`\beta_t`. Topics are compared by
 WMD, :math:`C_{tt'} = \mathrm{WMD}(\beta_t, \beta_{t'})`, and a document is its topic
-proportions :math:`\bar\theta_D` (LDA's :math:`\theta_D` with the topics under
+proportions :math:`\bar\theta_D` (LDA's :math:`\theta_D` with the topics at or under
 :math:`1/(K+1)`, the value below LDA's uniform prior, dropped and the rest renormalised, as
 in the paper):
 
@@ -36,7 +36,7 @@ What is here
 ------------
 :func:`word_movers_distance`, :func:`word_movers_plan`
     WMD between two (words x dim) embedding arrays; exact OT by :func:`otviz.lab.solve`.
-:func:`hott`, :func:`hott_plan`, :class:`HOTT`
+:func:`hott`, :func:`hott_plan`, :func:`hott_matrix`, :class:`HOTT`
     HOTT on given topic proportions and topic cost; :class:`HOTT` fits the topics
     (scikit-learn's :class:`~sklearn.decomposition.LatentDirichletAllocation`) and computes
     distance matrices.
@@ -88,9 +88,11 @@ __all__ = [
     "Document",
     "HOTT",
     "KnnComparison",
+    "METHODS",
     "WordVectors",
     "document_corpus",
     "hott",
+    "hott_matrix",
     "hott_plan",
     "knn_comparison",
     "minilm_word_vectors",
@@ -481,6 +483,19 @@ class WordVectors:
         b = self.document(doc_b, on_unknown=on_unknown)
         return word_movers_distance(a.embeddings, b.embeddings, a.weights, b.weights)
 
+    def distance_matrix(self, docs_a: Iterable[DocumentLike], docs_b: Iterable[DocumentLike] | None = None,
+                        *, on_unknown: str = "raise") -> np.ndarray:
+        """WMD (nBOW weights) between every text of ``docs_a`` and every one of ``docs_b`` (of
+        ``docs_a`` when None: symmetric, zero diagonal, each pair solved once). The
+        word-to-word distances are computed once for all the words involved."""
+        if isinstance(docs_a, str) or isinstance(docs_b, str):
+            raise TypeError("docs_a and docs_b must be lists of documents, not one str")
+        da = [self.document(d, on_unknown=on_unknown) for d in docs_a]
+        db = da if docs_b is None else [self.document(d, on_unknown=on_unknown) for d in docs_b]
+        if not da or not db:
+            raise ValueError("no documents given")
+        return _wmd_matrix(da, db, self, symmetric=docs_b is None)
+
 
 def _unit_rows(X: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(X, axis=1, keepdims=True)
@@ -700,19 +715,19 @@ class DocumentCorpus:
 
 
 def document_corpus(n_per_class: int = 60, n_background: int = 1000, *,
-                    length: tuple[int, int] = (6, 16), seed: int = 0) -> DocumentCorpus:
+                    length: tuple[int, int] = (5, 10), seed: int = 0) -> DocumentCorpus:
     """A small labelled corpus of short documents, generated offline with a seeded generator.
 
     Six classes (:data:`CLASSES`: sport, food, weather, finance, health, music). Each class
-    has nine concepts written with two to four synonyms ("doctor" / "physician" /
-    "surgeon"); a document mentions three to five of its class's concepts and sticks to one
-    synonym for each (85 % of its mentions), so two documents of one class often share no
-    word for the same idea: where bag-of-words distances fail and WMD can help. The words of
-    a document are drawn as 30 % concept words, 30 % ambiguous words that several classes
-    use ("pitch": sport and music; "pressure": weather, finance and health), 20 % generic
-    words ("people", "week") and 20 % concept words of another class; no method can be
-    perfect. A document is a bag of content words (stop words removed, as in Kusner et al.
-    2015) written as one string, e.g. ``"physician ward pressure week infection ..."``.
+    has nine concepts written with three or four synonyms ("doctor" / "physician" /
+    "surgeon"); a document mentions three to five of its class's concepts, each always with
+    the same synonym, so two documents of one class often share no word for the same idea:
+    where bag-of-words distances fail and WMD can help. The words of a document are drawn as
+    50 % concept words, 20 % ambiguous words that several classes use ("pitch": sport and
+    music; "pressure": weather, finance and health), 20 % generic words ("people", "week")
+    and 10 % concept words of another class, so no method can be perfect. A document is a
+    bag of content words (stop words removed, as in Kusner et al. 2015) written as one
+    string, e.g. ``"doctor surgery recovery medication doctor"``.
 
     Parameters
     ----------
@@ -720,7 +735,7 @@ def document_corpus(n_per_class: int = 60, n_background: int = 1000, *,
         Labelled documents per class (in turn: label ``i % 6``).
     n_background : int, default 1000
         Unlabelled documents (classes in turn), to train word vectors and topics on.
-    length : (int, int), default (6, 16)
+    length : (int, int), default (5, 10)
         Fewest and most words of a document.
     seed : int, default 0
         Seed of the draws: the same arguments give the same corpus.
@@ -776,6 +791,9 @@ class HOTT:
         Truncation of the document proportions (:func:`truncate_topics`).
     max_iter : int, default 20
         Passes of LDA's batch variational Bayes.
+    doc_topic_prior, topic_word_prior : float, optional
+        LDA's Dirichlet priors :math:`\alpha` and :math:`\eta` (scikit-learn's default
+        :math:`1/K` for both when None).
     seed : int, default 0
         LDA's random state.
 
@@ -798,7 +816,8 @@ class HOTT:
     """
 
     def __init__(self, vectors: WordVectors, n_topics: int = 10, *, top_words: int = 20,
-                 threshold: Any = "paper", max_iter: int = 20, seed: int = 0) -> None:
+                 threshold: Any = "paper", max_iter: int = 20, doc_topic_prior: float | None = None,
+                 topic_word_prior: float | None = None, seed: int = 0) -> None:
         if not isinstance(vectors, WordVectors):
             raise TypeError(f"vectors must be WordVectors (e.g. word_vectors(corpus)), got "
                             f"{type(vectors).__name__}")
@@ -808,6 +827,11 @@ class HOTT:
         _threshold(threshold, self.n_topics)
         self.threshold = threshold
         self.max_iter = _count(max_iter, "max_iter", 1)
+        for name, prior in (("doc_topic_prior", doc_topic_prior), ("topic_word_prior", topic_word_prior)):
+            if prior is not None and not (isinstance(prior, numbers.Real) and 0 < float(prior) < np.inf):
+                raise ValueError(f"{name} must be a positive number or None (1/n_topics), got {prior!r}")
+        self.doc_topic_prior = doc_topic_prior
+        self.topic_word_prior = topic_word_prior
         self.seed = _count(seed, "seed", 0)
 
     def __repr__(self) -> str:
@@ -846,7 +870,9 @@ class HOTT:
         X = self._counts(documents, on_unknown)
         K = self.n_topics
         lda = LatentDirichletAllocation(n_components=K, learning_method="batch",
-                                        max_iter=self.max_iter, random_state=self.seed)
+                                        max_iter=self.max_iter, random_state=self.seed,
+                                        doc_topic_prior=self.doc_topic_prior,
+                                        topic_word_prior=self.topic_word_prior)
         lda.fit(X)
         beta = lda.components_ / lda.components_.sum(axis=1, keepdims=True)
         top = min(self.top_words, beta.shape[1])
@@ -900,6 +926,23 @@ class HOTT:
         return _hott_matrix(ta, tb, self.topic_cost_, self.threshold, symmetric=docs_b is None)
 
 
+def hott_matrix(topics_a: Any, topics_b: Any = None, topic_cost: Any = None, *,
+                threshold: Any = "paper") -> np.ndarray:
+    """:func:`hott` between every row of ``topics_a`` and every row of ``topics_b`` (topic
+    proportions, e.g. from :meth:`HOTT.transform`); ``topics_b=None`` compares ``topics_a``
+    with itself (symmetric, zero diagonal, each pair solved once)."""
+    if topic_cost is None:
+        raise TypeError("hott_matrix needs topic_cost (e.g. HOTT.topic_cost_)")
+    C = _topic_cost(topic_cost)
+    ta = np.atleast_2d(np.asarray(topics_a, dtype=np.float64))
+    tb = ta if topics_b is None else np.atleast_2d(np.asarray(topics_b, dtype=np.float64))
+    for name, t in (("topics_a", ta), ("topics_b", tb)):
+        if t.ndim != 2 or t.shape[1] != C.shape[0] or t.shape[0] == 0:
+            raise ValueError(f"{name} must have shape (documents, {C.shape[0]}), got {t.shape}")
+    _threshold(threshold, C.shape[0])
+    return _hott_matrix(ta, tb, C, threshold, symmetric=topics_b is None)
+
+
 def _hott_matrix(ta: np.ndarray, tb: np.ndarray, C: np.ndarray, threshold: Any, *,
                  symmetric: bool) -> np.ndarray:
     ra = [truncate_topics(t, threshold) for t in ta]
@@ -914,18 +957,21 @@ def _hott_matrix(ta: np.ndarray, tb: np.ndarray, C: np.ndarray, threshold: Any, 
     return D
 
 
-def _wmd_matrix(docs_a: list[Document], docs_b: list[Document], vectors: WordVectors) -> np.ndarray:
-    """WMD between every pair, the word-to-word distances computed once for the vocabulary."""
-    idx = {w: i for i, w in enumerate(vectors.words)}
+def _wmd_matrix(docs_a: list[Document], docs_b: list[Document], vectors: WordVectors, *,
+                symmetric: bool = False) -> np.ndarray:
+    """WMD between every pair, the word-to-word distances computed once for the words used."""
+    idx = vectors._index
     used = sorted({idx[w] for d in docs_a + docs_b for w in d.words})
     pos = {v: p for p, v in enumerate(used)}
     M = _euclidean(vectors.vectors[used], vectors.vectors[used])
     ia = [np.array([pos[idx[w]] for w in d.words]) for d in docs_a]
-    ib = [np.array([pos[idx[w]] for w in d.words]) for d in docs_b]
+    ib = ia if symmetric else [np.array([pos[idx[w]] for w in d.words]) for d in docs_b]
     D = np.zeros((len(docs_a), len(docs_b)))
     for i, (da, xa) in enumerate(zip(docs_a, ia)):
-        for j, (db, xb) in enumerate(zip(docs_b, ib)):
-            D[i, j] = solve(M[np.ix_(xa, xb)], da.weights, db.weights).distance
+        for j in range(i + 1 if symmetric else 0, len(docs_b)):
+            D[i, j] = solve(M[np.ix_(xa, ib[j])], da.weights, docs_b[j].weights).distance
+            if symmetric:
+                D[j, i] = D[i, j]
     return D
 
 
