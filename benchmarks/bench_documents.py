@@ -8,6 +8,9 @@ distance and the setup time (tf-idf; LDA and the topic-to-topic costs for HOTT),
 source of word vectors (all-MiniLM-L6-v2's input embeddings when installed, PPMI + SVD
 vectors trained here).
 
+Part 1b, the same on longer documents (15 to 30 words), where LDA's topics follow the
+classes better.
+
 Part 2, why HOTT exists: time per distance as documents get longer. WMD solves an OT
 problem over the documents' distinct words, HOTT one over the few topics each keeps (the
 LDA inference of the topic proportions is counted in a separate column).
@@ -37,20 +40,34 @@ from otviz.lab import documents as D  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def comparison(seeds: list[int], sources: list[str], n_per_class: int, n_topics: int) -> tuple[list[str], pd.DataFrame]:
+PAIRS = [("WMD", "nBOW cosine"), ("WMD", "tf-idf cosine"), ("HOTT", "tf-idf cosine"),
+         ("HOTT", "WMD")]
+
+
+def comparison(seeds: list[int], sources: list[str], n_per_class: int, n_topics: int,
+               length: tuple[int, int] = (5, 10)) -> tuple[list[str], list[str], pd.DataFrame]:
     lines = ["| word vectors | method | test error % (95 % CI) | ms per distance | setup s | "
              "total s per seed |", "|---|---|---|---|---|---|"]
+    paired = ["| word vectors | difference | mean (points) | 95 % CI | paired t p | Wilcoxon p |",
+              "|---|---|---|---|---|---|"]
     frames = []
     for source in sources:
-        res = D.knn_comparison(seeds=seeds, n_per_class=n_per_class, n_topics=n_topics, vectors=source)
+        res = D.knn_comparison(seeds=seeds, n_per_class=n_per_class, n_topics=n_topics, vectors=source,
+                               length=length)
         s = res.summary()
         for _, r in s.iterrows():
             lines.append(f"| {res.vectors} | {r['method']} | {r['error %']:.1f} [{r['low']:.1f}, "
                          f"{r['high']:.1f}] | {r['per distance ms']:.4f} | {r['prep s']:.2f} | "
                          f"{r['total s']:.2f} |")
             print(lines[-1], flush=True)
+        if len(seeds) > 1:
+            for a, b in PAIRS:
+                d = res.paired(a, b)
+                paired.append(f"| {res.vectors} | {a} - {b} | {d.mean:+.1f} | [{d.low:+.1f}, "
+                              f"{d.high:+.1f}] | {d.p_ttest:.3f} | {d.p_wilcoxon:.3f} |")
+                print(paired[-1], flush=True)
         frames.append(res.runs.assign(vectors=res.vectors))
-    return lines, pd.concat(frames, ignore_index=True)
+    return lines, paired, pd.concat(frames, ignore_index=True)
 
 
 def scaling(lengths: list[int], n_docs: int, n_topics: int, source: str) -> tuple[list[str], pd.DataFrame]:
@@ -101,9 +118,14 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     print(f"## k-NN test error ({len(seeds)} seeds, {n_per_class} documents per class, k = 7, "
           f"K = {args.topics} topics)\n")
-    part1, runs = comparison(seeds, sources, n_per_class, args.topics)
+    part1, paired, runs = comparison(seeds, sources, n_per_class, args.topics)
+    long_seeds = seeds[:3]
+    print(f"\n## Longer documents (15 to 30 words; {len(long_seeds)} seeds, {sources[0]} vectors)\n")
+    part1b, paired1b, runs1b = comparison(long_seeds, sources[:1], n_per_class, args.topics, (15, 30))
+    runs = pd.concat([runs.assign(length="5-10"), runs1b.assign(length="15-30")], ignore_index=True)
     lengths = [5, 20, 80] if args.quick else [5, 10, 20, 40, 80, 160, 320]
     print("\n## Time per distance against document length\n")
+    print("words | distinct | WMD ms | HOTT ms | topics kept | LDA ms per doc | WMD / HOTT")
     part2, _ = scaling(lengths, 24 if args.quick else 40, args.topics, sources[0])
     total = time.perf_counter() - started
     print(f"\n{total:.0f} s in all")
@@ -122,6 +144,11 @@ def main(argv=None) -> int:
             "documents plus the topic-to-topic WMD costs; PPMI vectors are trained per seed on the "
             "background documents (counted in neither).\n\n"
             + "\n".join(part1)
+            + "\n\nPaired differences of test error (same corpus and split at each seed; "
+            "negative = the first method errs less):\n\n" + "\n".join(paired)
+            + f"\n\n## Longer documents: 15 to 30 words ({len(long_seeds)} seeds, {sources[0]} "
+            "vectors, otherwise the same)\n\n" + "\n".join(part1b)
+            + "\n\n" + "\n".join(paired1b)
             + "\n\n## Time per distance against document length (documents of L words from the "
             f"same generator; {sources[0]} vectors, K = {args.topics})\n\n"
             + "\n".join(part2) + "\n")

@@ -357,6 +357,12 @@ def test_knn_comparison_fast_mode_under_a_minute():
     assert (summary["low"] <= summary["error %"]).all() and (summary["error %"] <= summary["high"]).all()
     fig = F.knn_errors(summary)
     assert len(fig.data) == 2 * len(summary)
+    d = res.paired("WMD", "nBOW cosine")
+    errs = runs.set_index(["method", "seed"])["error"]
+    assert d.n == 2 and d.mean == pytest.approx(
+        100 * np.mean([errs["WMD", s] - errs["nBOW cosine", s] for s in (0, 1)]))
+    with pytest.raises(ValueError, match="no runs of method"):
+        res.paired("WMD", "LSI")
 
 
 def test_knn_comparison_rejects_bad_settings():

@@ -235,7 +235,7 @@ def render() -> None:
         "above. Every distance is computed exactly (no pruning).")
     key = (source, int(n_topics))
     done = st.session_state.get("lab_documents_knn_done", set())
-    if key in done or st.button("Run the k-NN comparison (about half a minute)",
+    if key in done or st.button("Run the k-NN comparison (30 to 60 s)",
                                 key="lab_documents_knn_run", icon=":material/play_arrow:"):
         with st.spinner("Computing every test x train distance for each method..."):
             summary, runs = knn_summary(source, int(n_topics))
@@ -247,7 +247,12 @@ def render() -> None:
                              "per distance ms": "ms per distance",
                              "prep s": "setup s (tf-idf, LDA + topic costs)",
                              "total s": "total s per seed"})
-        st.dataframe(table.round(3), hide_index=True, width="stretch")
+        number = st.column_config.NumberColumn
+        st.dataframe(table, hide_index=True, width="stretch", column_config={
+            "test error %": number(format="%.1f"), "95 % CI low": number(format="%.1f"),
+            "95 % CI high": number(format="%.1f"), "ms per distance": number(format="%.4f"),
+            "setup s (tf-idf, LDA + topic costs)": number(format="%.2f"),
+            "total s per seed": number(format="%.2f")})
         st.caption(f"{int(runs['n_test'].iloc[0])} test x {int(runs['n_train'].iloc[0])} training "
                    "documents per seed; times measured on this machine (shared CPU), per seed. "
                    "`benchmarks/bench_documents.py` runs the same comparison on more seeds and "

@@ -191,13 +191,13 @@ def topic_proportions(theta_a: Any, theta_b: Any, topic_labels: Sequence[str], *
         fig.add_trace(go.Bar(y=labels, x=t, orientation="h", name=lab, marker_color=col,
                              hovertemplate="%{y}<br>proportion %{x:.3f}<extra>" + lab + "</extra>"))
     if threshold is not None:
-        fig.add_vline(x=float(threshold), line=dict(dash="dash", color="#444", width=1),
-                      annotation_text=f"kept above {threshold:.3f}", annotation_position="top right")
+        fig.add_vline(x=float(threshold), line=dict(dash="dash", color="#444", width=1))
     fig.update_layout(barmode="group", bargap=0.25)
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(title="topic proportion (LDA)", range=[0, 1])
+    kept = "" if threshold is None else f" ({float(threshold):.3f})"
     return _finish(fig, title or "Topic proportions of the two documents",
-                   "HOTT keeps the topics right of the dashed line, renormalised",
+                   f"HOTT keeps the topics right of the dashed line{kept}, renormalised",
                    height=height or max(340, 150 + 26 * ta.size),
                    legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"))
 

@@ -1026,9 +1026,27 @@ class KnnComparison:
                          "seeds": len(g)})
         return pd.DataFrame(rows)
 
+    def paired(self, method_a: str, method_b: str, confidence: float = 0.95):
+        """Paired difference of test error, ``method_a`` minus ``method_b``, in percentage points.
+
+        Both methods saw the same corpus and split at each seed, so the seed-to-seed
+        variation cancels in the differences (:func:`otviz.stats.paired_difference`: mean,
+        Student-t interval, paired t and Wilcoxon tests). Negative: ``method_a`` errs less.
+        """
+        from otviz.stats import paired_difference
+
+        errors = {}
+        for m in (method_a, method_b):
+            g = self.runs[self.runs["method"] == m]
+            if g.empty:
+                raise ValueError(f"no runs of method {m!r}; have {sorted(set(self.runs['method']))}")
+            errors[m] = {int(s): 100 * float(e) for s, e in zip(g["seed"], g["error"])}
+        return paired_difference(errors[method_a], errors[method_b], confidence)
+
 
 def knn_comparison(*, seeds: Sequence[int] = (0, 1, 2), n_per_class: int = 60,
-                   n_background: int = 1000, test_fraction: float = 1 / 3, k: int = 7,
+                   n_background: int = 1000, length: tuple[int, int] = (5, 10),
+                   test_fraction: float = 1 / 3, k: int = 7,
                    n_topics: int = 10, top_words: int = 20, lda_iter: int = 20,
                    vectors: str = "auto", methods: Sequence[str] | None = None,
                    progress: Any = None) -> KnnComparison:
@@ -1048,7 +1066,7 @@ def knn_comparison(*, seeds: Sequence[int] = (0, 1, 2), n_per_class: int = 60,
     ----------
     seeds : sequence of int
         One corpus and split per seed (two or more for a confidence interval).
-    n_per_class, n_background : see :func:`document_corpus`.
+    n_per_class, n_background, length : see :func:`document_corpus`.
     test_fraction : float in (0, 1)
     k : int, default 7
         Neighbours (the HOTT paper's code uses 7).
@@ -1086,7 +1104,7 @@ def knn_comparison(*, seeds: Sequence[int] = (0, 1, 2), n_per_class: int = 60,
     rows, source = [], ""
     for seed in seeds:
         say(f"seed {seed}: corpus and word vectors")
-        corpus = document_corpus(n_per_class, n_background, seed=seed)
+        corpus = document_corpus(n_per_class, n_background, length=length, seed=seed)
         wv = word_vectors(corpus, vectors)
         source = wv.source
         tr, te = train_test_split(np.arange(len(corpus)), test_size=float(test_fraction),
@@ -1125,6 +1143,7 @@ def knn_comparison(*, seeds: Sequence[int] = (0, 1, 2), n_per_class: int = 60,
             rows.append({"seed": seed, "method": method, "error": error, "prep_s": t1 - t0,
                          "distance_s": t2 - t1, "per_distance_ms": 1e3 * (t2 - t1) / D.size,
                          "total_s": t2 - t0, "n_train": len(tr), "n_test": len(te)})
-    settings = dict(n_per_class=n_per_class, n_background=n_background, test_fraction=test_fraction,
+    settings = dict(n_per_class=n_per_class, n_background=n_background, length=tuple(length),
+                    test_fraction=test_fraction,
                     n_topics=n_topics, top_words=top_words, lda_iter=lda_iter, seeds=seeds)
     return KnnComparison(pd.DataFrame(rows), k, source, settings)
