@@ -410,7 +410,7 @@ def test_dashboard_section(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(ROOT / "app"))
     import labviews.documents as view
 
-    # a tiny comparison for the button (the page's own takes half a minute)
+    # a tiny comparison for the button (the page's own takes 10 to 60 s)
     monkeypatch.setattr(view, "KNN", dict(seeds=(0, 1), n_per_class=8, n_background=200, k=3,
                                           top_words=20, lda_iter=3))
     at = AppTest.from_file(str(ROOT / "app" / "otviz_app.py"), default_timeout=180)

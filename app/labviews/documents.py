@@ -235,7 +235,7 @@ def render() -> None:
         "above. Every distance is computed exactly (no pruning).")
     key = (source, int(n_topics))
     done = st.session_state.get("lab_documents_knn_done", set())
-    if key in done or st.button("Run the k-NN comparison (30 to 60 s)",
+    if key in done or st.button("Run the k-NN comparison (10 to 60 s)",
                                 key="lab_documents_knn_run", icon=":material/play_arrow:"):
         with st.spinner("Computing every test x train distance for each method..."):
             summary, runs = knn_summary(source, int(n_topics))
@@ -254,9 +254,20 @@ def render() -> None:
             "setup s (tf-idf, LDA + topic costs)": number(format="%.2f"),
             "total s per seed": number(format="%.2f")})
         st.caption(f"{int(runs['n_test'].iloc[0])} test x {int(runs['n_train'].iloc[0])} training "
-                   "documents per seed; times measured on this machine (shared CPU), per seed. "
-                   "`benchmarks/bench_documents.py` runs the same comparison on more seeds and "
-                   "with longer documents.")
+                   "documents per seed; times measured now, on this machine. The bag-of-words "
+                   "distances are one sparse matrix product for all pairs; WMD and HOTT solve "
+                   "one OT problem per pair.")
+    st.markdown(
+        "**What ten seeds say** (`benchmarks/results/documents.md`, 60 documents per class): "
+        "test error 11.2 % [95 % CI 10.0, 12.3] for nBOW cosine, 7.8 % [6.5, 9.0] for tf-idf, "
+        "7.4 % [5.8, 9.0] for WMD with the MiniLM vectors and 4.2 % [3.0, 5.5] with vectors "
+        "trained on this corpus, 14.4 % [11.0, 17.8] for HOTT. Paired by seed, WMD beats the "
+        "plain bag of words (-3.8 points) but only ties tf-idf with general-purpose vectors; "
+        "HOTT loses to all of them here, because LDA learns poor topics from documents of 5 to "
+        "10 words (on documents of 15 to 30 words every distance, HOTT included, errs on 0.3 % "
+        "of the test documents or less). HOTT's time per distance stays flat as documents "
+        "grow (0.09 ms) while WMD's rises with their number of distinct words (0.11 ms at 4, "
+        "0.41 ms at 69): the saving HOTT was designed for, on long documents.")
 
     st.subheader("How this connects to aligning neurons")
     st.markdown(
