@@ -439,11 +439,12 @@ class WordVectors:
         """Dimension of the embeddings."""
         return int(self.vectors.shape[1])
 
-    def indices(self, words: Sequence[str], *, on_unknown: str = "raise") -> tuple[np.ndarray, dict[str, int]]:
+    def indices(self, words: Sequence[str], *, on_unknown: str = "raise"
+                ) -> tuple[np.ndarray, dict[str, int]]:
         """Vocabulary indices of ``words`` and the unknown ones (word -> count).
 
-        ``on_unknown="raise"`` raises a :class:`KeyError`-like :class:`ValueError` naming the
-        unknown words; ``"skip"`` drops them and returns them with their counts.
+        ``on_unknown="raise"`` raises a :class:`ValueError` naming the unknown words;
+        ``"skip"`` drops them and returns them with their counts.
         """
         if on_unknown not in ("raise", "skip"):
             raise ValueError(f"on_unknown must be 'raise' or 'skip', got {on_unknown!r}")
