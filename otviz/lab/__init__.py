@@ -54,6 +54,19 @@ _LAZY: dict[str, str] = {
     "fit_adversarial_map": "otviz.lab.maps",
     "barycentric_map": "otviz.lab.maps",
     "evaluate_map": "otviz.lab.maps",
+    # documents: Word Mover's Distance and HOTT
+    "word_movers_distance": "otviz.lab.documents",
+    "word_movers_plan": "otviz.lab.documents",
+    "hott": "otviz.lab.documents",
+    "hott_plan": "otviz.lab.documents",
+    "hott_matrix": "otviz.lab.documents",
+    "HOTT": "otviz.lab.documents",
+    "WordVectors": "otviz.lab.documents",
+    "minilm_word_vectors": "otviz.lab.documents",
+    "ppmi_word_vectors": "otviz.lab.documents",
+    "word_vectors": "otviz.lab.documents",
+    "document_corpus": "otviz.lab.documents",
+    "knn_comparison": "otviz.lab.documents",
 }
 
 __all__ = sorted(_LAZY)
