@@ -456,8 +456,9 @@ def report(final_df, axes_df, chosen, args, db, minutes: float) -> str:
         for (s, axis), g in axes_df.groupby(["setting", "axis"], sort=False):
             methods = list(dict.fromkeys(g.method))
             lines += [f"**{s}**, by {'labels per class k' if axis == 'k' else 'student width'}:", "",
-                      f"| {axis} | " + " | ".join(methods) + " | ours - best other, pp [95 % CI] |",
-                      "|---|" + "---|" * (len(methods) + 1)]
+                      f"| {axis} | " + " | ".join(methods) + " | ours - best other, pp [95 % CI] "
+                      "| ours - scratch, pp [95 % CI] |",
+                      "|---|" + "---|" * (len(methods) + 2)]
             for v, gv in g.groupby("value"):
                 cells = []
                 for m in methods:
@@ -475,12 +476,40 @@ def report(final_df, axes_df, chosen, args, db, minutes: float) -> str:
                 d = paired_difference(dict(zip(ours.seed, ours.test_accuracy)),
                                       dict(zip(gv[gv.method == top].seed, gv[gv.method == top].test_accuracy)))
                 cells.append(f"{mine} - {top}: {100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]")
+                sc = gv[gv.method == "scratch"]
+                d = paired_difference(dict(zip(ours.seed, ours.test_accuracy)),
+                                      dict(zip(sc.seed, sc.test_accuracy)))
+                cells.append(f"{100 * d.mean:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]")
                 lines.append(f"| {v:g} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += flattening(db, args)
-    lines += ["", f"Total wall time {minutes:.0f} min with {args.workers} workers "
-              f"(runs read back from the store count 0)."]
+    lines += ["", f"Wall time of the run that wrote this report (stages: {', '.join(args.stages)}): "
+              f"{minutes:.0f} min with {args.workers} workers (runs read back from the store count 0)."]
+    lines += [stage_times(final_df, axes_df, args)]
     return "\n".join(lines)
+
+
+def stage_times(final_df, axes_df, args) -> str:
+    """Each stage's training time, summed over its runs as recorded (tuning.csv, the final runs,
+    the axes' own runs), in minutes of one worker and divided by the workers."""
+    import pandas as pd
+
+    parts = []
+    tuning = RESULTS / f"tuning{args.suffix}.csv"
+    if tuning.exists():
+        t = pd.read_csv(tuning)
+        parts.append(("tuning", len(t) and int(t.seeds.sum()), float((t.seconds * t.seeds).sum())))
+    if final_df is not None:
+        parts.append(("final", len(final_df), float(final_df.seconds.sum())))
+    if axes_df is not None and not axes_df.empty:
+        own = axes_df.merge(final_df[["setting", "method", "seed", "seconds"]], how="left",
+                            on=["setting", "method", "seed", "seconds"], indicator=True)
+        runs = own[own["_merge"] == "left_only"]  # the own point's runs are the final runs
+        parts.append(("axes", len(runs), float(runs.seconds.sum())))
+    text = "; ".join(f"{name} {n} runs, {sec / 60:.0f} min of training ({sec / 60 / args.workers:.0f} min "
+                     f"with {args.workers} workers)" for name, n, sec in parts)
+    return (f"Training time recorded per stage (machine shared with other jobs while the runs "
+            f"ran, so these are upper bounds): {text}.")
 
 
 def flattening(db: Path, args) -> list[str]:
