@@ -118,11 +118,19 @@ class DistContext:
         """Rank 0: the process that records the run and evaluates."""
         return self.rank == 0
 
-    def close(self) -> None:
-        """Leave the process group if this context joined it."""
+    def close(self, *, barrier: bool = False) -> None:
+        """Leave the process group if this context joined it.
+
+        ``barrier=True`` (the end of a training every rank reached) first waits for every
+        rank: gloo can abort a process ("terminate called without an active exception")
+        when one rank tears the group down while another still talks to it. After an error
+        no barrier is taken (the other ranks may never arrive).
+        """
         import torch.distributed as dist
 
         if self.owns_group and dist.is_initialized():
+            if barrier and self.active:
+                dist.barrier()
             dist.destroy_process_group()
         self.owns_group = False
 

@@ -769,9 +769,12 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
     _resolve_device(config.device)
     dctx = _distributed.init(config.device)  # joins torchrun's process group; nothing in one process
     try:
-        return _train(config, dctx, store=store, progress=progress, run_id_file=run_id_file)
-    finally:
+        result = _train(config, dctx, store=store, progress=progress, run_id_file=run_id_file)
+    except BaseException:
         dctx.close()
+        raise
+    dctx.close(barrier=True)  # every rank finished: leave the group together
+    return result
 
 
 def _train(config: TrainConfig, dctx: Any, *, store: Any, progress: bool,

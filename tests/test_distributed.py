@@ -93,6 +93,9 @@ def _grad_worker(rank: int, world: int, rendezvous: str, path: str, ot_gather: b
         grads = _first_step_grads(dctx, ot_gather)
         if rank == 0:
             torch.save(grads, path)
+        # both ranks done before either tears gloo down (a rank leaving while the other still
+        # talks to it can abort in gloo's teardown: "terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
