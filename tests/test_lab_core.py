@@ -111,3 +111,15 @@ def test_entropic_plan_needs_a_tensor_and_raises_when_the_solver_does_not_conver
         entropic_plan(C, a, b, eps=0.1)
     with pytest.raises(RuntimeError, match="did not converge"):
         entropic_plan(torch.tensor(C), a, b, eps=1e-3, max_iter=2)
+
+
+def test_a_warm_start_gives_the_same_plan_and_is_checked(problem):
+    C, a, b = problem
+    al = solve(C, a, b, eps=0.05)
+    cold = entropic_plan(torch.tensor(C), a, b, eps=0.05)
+    warm = entropic_plan(torch.tensor(C), a, b, eps=0.05, warm_start=al.potentials)
+    np.testing.assert_allclose(warm.numpy(), cold.numpy(), atol=1e-9)
+    with pytest.raises(ValueError, match=r"shapes \(7,\) and \(4,\)"):
+        entropic_plan(torch.tensor(C), a, b, eps=0.05, warm_start=(np.zeros(3), np.zeros(4)))
+    with pytest.raises(ValueError, match="finite"):
+        entropic_plan(torch.tensor(C), a, b, eps=0.05, warm_start=(np.full(7, np.nan), np.zeros(4)))

@@ -115,11 +115,11 @@ class _EntropicPlan(torch.autograd.Function):
     """P(C) of balanced entropic OT; backward by implicit differentiation."""
 
     @staticmethod
-    def forward(ctx, C, a, b, eps, tol, max_iter):
+    def forward(ctx, C, a, b, eps, tol, max_iter, warm_start):
         from otviz._sinkhorn import sinkhorn_solve_torch
 
         C64 = C.detach().to(torch.float64)
-        res = sinkhorn_solve_torch(a, b, C64, eps, tol=tol, max_iter=max_iter)
+        res = sinkhorn_solve_torch(a, b, C64, eps, tol=tol, max_iter=max_iter, warm_start=warm_start)
         if not res.converged:
             raise RuntimeError(
                 f"entropic OT did not converge in {max_iter} iterations (error {res.error:.2e} > "
@@ -151,11 +151,11 @@ class _EntropicPlan(torch.autograd.Function):
         if transpose:
             P, x, y = P.T, y, x
         grad_C = P * (x[:, None] + y[None, :] - G) / eps
-        return grad_C.to(grad_P.dtype), None, None, None, None, None
+        return grad_C.to(grad_P.dtype), None, None, None, None, None, None
 
 
 def entropic_plan(C: torch.Tensor, a: Any = None, b: Any = None, *, eps: float, tol: float = 1e-10,
-                  max_iter: int = 10_000) -> torch.Tensor:
+                  max_iter: int = 10_000, warm_start: tuple[Any, Any] | None = None) -> torch.Tensor:
     r"""The entropic OT plan as a differentiable function of the cost.
 
     .. math::
@@ -183,6 +183,10 @@ def entropic_plan(C: torch.Tensor, a: Any = None, b: Any = None, *, eps: float, 
     eps : absolute entropic regularisation (> 0).
     tol, max_iter : the solver's stopping rule; a solve that does not converge raises
         (its gradient would be wrong).
+    warm_start : (f, g), optional
+        Dual potentials to start from (absolute, in the units of ``C``; shapes (m,) and
+        (k,)), e.g. a previous solution or potentials known in closed form; the solver
+        then skips eps-scaling. The plan is the same; only the number of iterations changes.
     """
     if not isinstance(C, torch.Tensor):
         raise TypeError(f"C must be a torch tensor (the plan is differentiated with respect to it), "
@@ -194,4 +198,17 @@ def entropic_plan(C: torch.Tensor, a: Any = None, b: Any = None, *, eps: float, 
     m, k = C.shape
     at = torch.as_tensor(weights(a, m, "a"), dtype=torch.float64, device=C.device)
     bt = torch.as_tensor(weights(b, k, "b"), dtype=torch.float64, device=C.device)
-    return _EntropicPlan.apply(C, at, bt, eps, tol, max_iter)
+    warm = None
+    if warm_start is not None:
+        try:
+            f, g = (torch.as_tensor(np.asarray(v.detach().cpu()) if isinstance(v, torch.Tensor) else v,
+                                    dtype=torch.float64).to(C.device) for v in warm_start)
+        except (TypeError, ValueError):
+            raise TypeError("warm_start must be a pair (f, g) of potentials of shapes (m,) and (k,)") from None
+        if f.shape != (m,) or g.shape != (k,):
+            raise ValueError(f"warm_start potentials must have shapes ({m},) and ({k},), got "
+                             f"{tuple(f.shape)} and {tuple(g.shape)}")
+        if not bool(torch.isfinite(f).all() and torch.isfinite(g).all()):
+            raise ValueError("warm_start potentials must be finite")
+        warm = (f, g)
+    return _EntropicPlan.apply(C, at, bt, eps, tol, max_iter, warm)
