@@ -62,6 +62,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from otviz._device import resolve_device as _resolve_device
+
 # The settings, recipes and layer pairs are plain data (otviz._recipes, importable without torch);
 # they are documented and imported from here.
 from otviz._recipes import (  # noqa: F401
@@ -406,18 +408,6 @@ def _check_layers(model: nn.Module, layers: Sequence[str], side: str) -> None:
             hint = f"; closest: {close}" if close else ""
             valid = getattr(model, "alignable_layers", names)
             raise ValueError(f"unknown {side} layer {layer!r}{hint}; alignable layers: {list(valid)}")
-
-
-def _resolve_device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda' (or 'cuda:N')") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here; use device='cpu'")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; use 'cpu' or 'cuda'")
-    return dev
 
 
 #: Schedules of the OT weight (``TrainConfig.lam_schedule``).

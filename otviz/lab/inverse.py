@@ -110,6 +110,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from otviz._device import resolve_device
 from otviz.lab._ot import check_eps, solve
 
 __all__ = [
@@ -436,13 +437,6 @@ def _check_iter(max_iter: Any, tol: Any, reg: Any) -> tuple[int, float, float]:
     return int(max_iter), tol, reg
 
 
-def _device(device: Any) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here; pass device='cpu'")
-    return dev
-
-
 # ----------------------------------------------------------------------------
 # Mahalanobis costs
 # ----------------------------------------------------------------------------
@@ -694,7 +688,7 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
     t0 = time.perf_counter()
     eps = check_eps(eps)
     max_iter, tol, reg = _check_iter(max_iter, tol, reg)
-    dev = _device(device)
+    dev = resolve_device(device)
     X_list, Y_list, P_list = _many(xs, "xs"), _many(ys, "ys"), _many(plans, "plans")
     T = len(P_list)
     if not (len(X_list) == len(Y_list) == T):
@@ -858,7 +852,7 @@ def fit_cost_mix(costs: Any, plans: Any, *, eps: float = 1.0, a: Any = None, b: 
     t0 = time.perf_counter()
     eps = check_eps(eps)
     max_iter, tol, reg = _check_iter(max_iter, tol, reg)
-    dev = _device(device)
+    dev = resolve_device(device)
     P_list = _many(plans, "plans")
     T = len(P_list)
     P_np = [_plan(p, f"plans[{t}]") for t, p in enumerate(P_list)]

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from otviz._device import cpu_threads, resolve_device
 from otviz.lab._ot import solve
 
 __all__ = [
@@ -331,20 +332,9 @@ def train_vae(latent_dim: int = 2, *, epochs: int | None = None, fast: bool = Fa
     lr = _check_positive(lr, "lr")
     if num_threads is not None:
         num_threads = _check_int(num_threads, "num_threads", low=1)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a torch device; pass 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for CUDA, which is not available here; use 'cpu'")
-    threads = torch.get_num_threads()
-    if num_threads is not None and dev.type == "cpu":
-        torch.set_num_threads(num_threads)
-    try:
+    dev = resolve_device(device)
+    with cpu_threads(num_threads, dev):
         return _train(latent_dim, epochs, hidden, beta, lr, batch_size, seed, dev)
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
 
 
 def _train(latent_dim: int, epochs: int, hidden: int, beta: float, lr: float, batch_size: int,

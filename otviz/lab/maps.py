@@ -85,7 +85,6 @@ GANs*, 2019.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -96,6 +95,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from otviz._device import cpu_threads, resolve_device
 from otviz.lab import _ot
 
 __all__ = [
@@ -576,20 +576,6 @@ def _as_source(obj: Any, name: str) -> tuple[Callable[[int, np.random.Generator]
     return (lambda n, rng: X[rng.integers(len(X), size=n)]), X.shape[1]
 
 
-@contextlib.contextmanager
-def _cpu_threads(n: int | None, dev: torch.device):
-    """torch's CPU threads set to ``n`` for the duration, then restored (nothing on other devices)."""
-    prev = torch.get_num_threads()
-    if n is None or dev.type != "cpu" or n == prev:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
 def fit_adversarial_map(
     source: PointsOrSampler,
     target: PointsOrSampler,
@@ -692,9 +678,7 @@ def fit_adversarial_map(
         raise TypeError(f"reference must be a map (a callable on points), got {type(reference).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but torch sees no CUDA device; use device='cpu'")
+    dev = resolve_device(device)
 
     draw_src, d = _as_source(source, "source")
     draw_tgt, d_t = _as_source(target, "target")
@@ -715,7 +699,7 @@ def fit_adversarial_map(
         x_eval = draw_src(n_eval, np.random.default_rng(seeds[3]))
         ref_eval = _points(reference(x_eval), "reference(x)", dim=d)
 
-    with _cpu_threads(num_threads, dev):
+    with cpu_threads(num_threads, dev):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             gen, critic = _Generator(d, hidden), _mlp(d, 1, hidden)

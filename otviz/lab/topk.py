@@ -62,6 +62,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from otviz._device import resolve_device
+
 from ._ot import check_eps, entropic_plan
 
 if TYPE_CHECKING:
@@ -608,7 +610,7 @@ def select_neurons(model: "str | nn.Module" = "cnn-digits", layer: str | None = 
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if fast:
         steps, n_random = max(1, steps // 2), max(1, n_random // 2)
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if isinstance(model, str):
         name = model
         net, info = load_teacher(model, device=dev)
