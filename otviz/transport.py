@@ -159,22 +159,24 @@ def _check_neurons(teacher: ArrayLike, student: ArrayLike, *, finite: bool = Tru
             f"otviz.neurons(..., size=(h, w)) or spatial='mean'")
 
 
-def _check_weights(w: Any, n: int, name: str, *, normalise: bool) -> np.ndarray:
+def _check_weights(w: Any, n: int, name: str, *, normalise: bool, what: str = "neuron") -> np.ndarray:
+    """Weights of ``n`` ``what``s (uniform when ``w`` is None): finite, non-negative, not all 0;
+    ``normalise`` renormalises them to sum to 1, with a warning when they did not."""
     if w is None:
         return np.full(n, 1.0 / n)
     if isinstance(w, torch.Tensor):
         w = w.detach().cpu().numpy()
     w = np.asarray(w, dtype=np.float64)
     if w.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) (one weight per neuron), got {w.shape}")
+        raise ValueError(f"{name} must have shape ({n},) (one weight per {what}), got {w.shape}")
     if not np.isfinite(w).all():
         raise ValueError(f"{name} contains NaN or infinite weights; pass finite non-negative weights")
     if (w < 0).any():
         raise ValueError(f"{name} has negative weights (e.g. index {int(np.argmin(w))}); "
-                         f"neuron weights must be non-negative")
+                         f"{what} weights must be non-negative")
     total = float(w.sum())
     if total <= 0:
-        raise ValueError(f"{name} sums to 0; at least one neuron needs a positive weight")
+        raise ValueError(f"{name} sums to 0; at least one {what} needs a positive weight")
     if normalise and abs(total - 1.0) > 1e-6:
         warnings.warn(f"{name} sums to {total:.6g}, not 1; renormalising it to a probability vector",
                       UserWarning, stacklevel=3)

@@ -49,19 +49,12 @@ def check_eps(eps: Any, *, name: str = "eps", allow_none: bool = False) -> float
 
 def weights(w: Any, n: int, name: str) -> np.ndarray:
     """Non-negative weights of ``n`` points summing to 1 (uniform when ``w`` is None)."""
+    from otviz.transport import _check_weights
+
     if n <= 0:
         raise ValueError(f"{name}: no points to weigh (0 points); pass at least one")
-    if w is None:
-        return np.full(n, 1.0 / n)
-    arr = np.asarray(w.detach().cpu() if isinstance(w, torch.Tensor) else w, dtype=np.float64)
-    if arr.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) (one weight per point), got {arr.shape}")
-    if not np.isfinite(arr).all() or (arr < 0).any():
-        raise ValueError(f"{name} must be finite and non-negative")
-    total = arr.sum()
-    if total <= 0:
-        raise ValueError(f"{name} sums to 0: give at least one point a positive weight")
-    return arr / total
+    arr = _check_weights(w, n, name, normalise=False, what="point")
+    return arr / arr.sum()
 
 
 def _cost(C: Any) -> np.ndarray:
