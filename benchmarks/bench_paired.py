@@ -374,19 +374,24 @@ def axis_methods(final_df, setting: str) -> list[str]:
     return list(dict.fromkeys(["scratch", best_baseline(final_df, setting), mine]))
 
 
+def _own_point(setting: str) -> float:
+    """The setting's own point on its axis (width in distill, k elsewhere), whose runs are the
+    final runs."""
+    from otviz.data import SETTINGS
+
+    st = SETTINGS[setting]
+    return float(st.student_width if setting == "distill" else st.default_k)
+
+
 def axes(settings, chosen, final_df, args, db):
     """The axes' runs; each setting's own point (k = 10, width 1/4) is its final runs."""
     import pandas as pd
 
-    from otviz.data import SETTINGS
-
     jobs, reused = [], []
     for s in settings:
         methods = axis_methods(final_df, s)
-        if s == "distill":
-            axis, points, own = "width", args.widths, SETTINGS[s].student_width
-        else:
-            axis, points, own = "k", args.k_values, SETTINGS[s].default_k
+        axis, points = ("width", args.widths) if s == "distill" else ("k", args.k_values)
+        own = _own_point(s)
         for v in points:
             for m in methods:
                 if v == own:  # the final runs are this point's runs
@@ -502,9 +507,7 @@ def stage_times(final_df, axes_df, args) -> str:
     if final_df is not None:
         parts.append(("final", len(final_df), float(final_df.seconds.sum())))
     if axes_df is not None and not axes_df.empty:
-        own = axes_df.merge(final_df[["setting", "method", "seed", "seconds"]], how="left",
-                            on=["setting", "method", "seed", "seconds"], indicator=True)
-        runs = own[own["_merge"] == "left_only"]  # the own point's runs are the final runs
+        runs = axes_df[axes_df.value != axes_df.setting.map(_own_point)]  # own point: final runs
         parts.append(("axes", len(runs), float(runs.seconds.sum())))
     text = "; ".join(f"{name} {n} runs, {sec / 60:.0f} min of training ({sec / 60 / args.workers:.0f} min "
                      f"with {args.workers} workers)" for name, n, sec in parts)
@@ -518,7 +521,6 @@ def flattening(db: Path, args) -> list[str]:
     Writes the per-seed curves to ``results/transfer_scratch_curves.csv`` (``setting, epoch,
     seed, val_accuracy``) and returns the report's lines (the mean per epoch).
     """
-    import numpy as np
     import pandas as pd
 
     from otviz.runs import RunStore
@@ -532,30 +534,25 @@ def flattening(db: Path, args) -> list[str]:
     for s in METHODS:
         names = {f"paired/final/{s}/scratch/s{seed}": seed for seed in args.seeds}
         done = runs[runs["name"].isin(list(names)) & (runs["status"] == "completed")]
-        curves = []
         for rid, name in zip(done["run_id"], done["name"]):
             m = store.metrics(int(rid), "val/accuracy").sort_values("step")
-            curves.append(m["value"].to_numpy())
             rows += [dict(setting=s, epoch=int(e), seed=names[name], val_accuracy=float(v))
                      for e, v in zip(m["epoch"], m["value"])]
-        if not curves:
-            continue
-        n = min(len(c) for c in curves)
-        mean = np.mean([c[:n] for c in curves], axis=0)
-        third = max(1, (n - 1) // 3)
-        lines.append(f"- {s}: " + ", ".join(_pct(v) for v in mean)
-                     + f" (last third: {100 * (mean[-1] - mean[-1 - third]):+.1f} pp)")
     curves_csv = RESULTS / f"transfer_scratch_curves{args.suffix}.csv"
     if rows:
-        pd.DataFrame(rows).to_csv(curves_csv, index=False)
+        curves, source = pd.DataFrame(rows), ""
+        curves.to_csv(curves_csv, index=False)
     elif curves_csv.exists():  # a store without the final runs: the curves recorded with them
-        rec = pd.read_csv(curves_csv)
-        for s, g in rec.groupby("setting", sort=False):
-            mean = g.groupby("epoch")["val_accuracy"].mean().to_numpy()
-            third = max(1, (len(mean) - 1) // 3)
-            lines.append(f"- {s}: " + ", ".join(_pct(v) for v in mean)
-                         + f" (last third: {100 * (mean[-1] - mean[-1 - third]):+.1f} pp; "
-                         f"from {curves_csv.name})")
+        curves, source = pd.read_csv(curves_csv), f"; from {curves_csv.name}"
+    else:
+        return lines
+    for s, g in curves.groupby("setting", sort=False):
+        # the epochs every seed reached, averaged over the seeds
+        per_epoch = g.groupby("epoch")["val_accuracy"]
+        mean = per_epoch.mean()[per_epoch.count() == g.seed.nunique()].to_numpy()
+        third = max(1, (len(mean) - 1) // 3)
+        lines.append(f"- {s}: " + ", ".join(_pct(v) for v in mean)
+                     + f" (last third: {100 * (mean[-1] - mean[-1 - third]):+.1f} pp{source})")
     return lines
 
 
