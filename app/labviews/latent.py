@@ -136,10 +136,11 @@ def render() -> None:
                              "between the two sets of codes.")
             m[1].metric("Squared length, random", f"{np.mean(lengths['random'] ** 2):.3f}",
                         help="The same for the random pairing: never less than the OT one.")
-            m[2].metric("Image change, OT", f"{np.mean(ct.image_change()['ot']):.3f}",
+            change = ct.image_change()
+            m[2].metric("Image change, OT", f"{np.mean(change['ot']):.3f}",
                         help="RMS pixel difference between the first and the last image of a path, "
                              "averaged over the pairs: how much each path has to morph.")
-            m[3].metric("Image change, random", f"{np.mean(ct.image_change()['random']):.3f}")
+            m[3].metric("Image change, random", f"{np.mean(change['random']):.3f}")
             rows = min(6, ct.n_pairs)
             st.markdown(f"**The decoded paths** (the first {rows} pairs; the same {source}s start every "
                         f"row of the first three grids; lower distance = closer to real digits).")
