@@ -537,6 +537,62 @@ def _running_stats_kept(model: nn.Module) -> Iterator[None]:
                     getattr(module, key).copy_(value)
 
 
+class _Progress:
+    """How far a forward pass got: the last module that finished, and the last with weights.
+
+    A forward hook on every submodule (removed on exit). An error raised before any module
+    with parameters of its own finished is a mismatch between the inputs and the first
+    layer (or the forward signature); one raised later is the model's own.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.handles: list[Any] = []
+        self.last: tuple[str, str] | None = None
+        self.layer_ran: str | None = None
+
+    def reset(self) -> None:
+        self.last = self.layer_ran = None
+
+    def describe(self) -> str:
+        name, kind = self.last if self.last is not None else (self.layer_ran or "?", "?")
+        return f"layer {name!r} ({kind})"
+
+    def __enter__(self) -> "_Progress":
+        for name, module in self.model.named_modules():
+            if module is self.model:
+                continue
+            weighted = next(module.parameters(recurse=False), None) is not None
+
+            def done(mod: nn.Module, args: Any, out: Any, name: str = name, weighted: bool = weighted) -> None:
+                self.last = (name, type(mod).__name__)
+                if weighted:
+                    self.layer_ran = name
+
+            self.handles.append(module.register_forward_hook(done))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def _noted(exc: BaseException, note: str) -> BaseException:
+    """``exc`` with ``note`` attached (PEP 678 ``add_note``; on Python 3.10 an exception of the
+    same type whose message ends with the note, chained to ``exc``, or ``exc`` itself when its
+    type cannot be built from a message)."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+        return exc
+    try:  # pragma: no cover - Python 3.10
+        new = type(exc)(f"{exc}\n{note}")
+    except Exception:  # pragma: no cover
+        return exc
+    new.__cause__ = exc  # pragma: no cover
+    return new  # pragma: no cover
+
+
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
     finite = torch.isfinite(tensor.detach())
     if not bool(finite.all()):
@@ -640,8 +696,12 @@ def capture(
         forward pass never calls, an activation containing NaN or inf, a mask
         whose shape does not match the inputs or a layer's positions, an
         output field the module does not return, a chunked activation whose
-        first axis is not the batch, or inputs the model fails on (the message
-        says what its first layer expects).
+        first axis is not the batch, or inputs the model's first layer fails on
+        (the message says what it expects).
+    Exception
+        An error the model's own forward raises after its first layer ran
+        (a ``RuntimeError``, ``IndexError``...) is raised as it is, with a note
+        (:pep:`678`) naming the last layer that ran and the probe inputs.
     TypeError
         ``model`` is not an ``nn.Module``, or ``inputs`` is not numeric.
 
@@ -670,20 +730,32 @@ def capture(
     collected: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     infos: dict[str, LayerInfo] = {}
     mode = torch.enable_grad() if grad else torch.no_grad()
-    with mode, _running_stats_kept(model), hooked(model, names, channel_axis=channel_axis,
-                                                  output_field=output_field, mask=None) as store:
+    with mode, _running_stats_kept(model), _Progress(model) as progress, \
+            hooked(model, names, channel_axis=channel_axis, output_field=output_field,
+                   mask=None) as store:
         for start, stop in bounds:
             store.clear()
+            progress.reset()
             try:
                 probe.call(model, start, stop)
             except (RuntimeError, TypeError, IndexError) as exc:
                 if getattr(exc, "_otviz_hook", False):
                     raise
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ValueError(
-                    f"{type(model).__name__} failed on the probe inputs ({probe.describe()}): "
-                    f"{first}. {_probe.input_hint(model)}."
-                ) from exc
+                if progress.layer_ran is None:
+                    # nothing with weights ran yet: the inputs do not fit the first layer (or the
+                    # forward signature); say what it expects
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise ValueError(
+                        f"{type(model).__name__} failed on the probe inputs ({probe.describe()}): "
+                        f"{first}. {_probe.input_hint(model)}."
+                    ) from exc
+                # the model's own error, raised after its first layer accepted the inputs: kept
+                noted = _noted(exc, f"otviz.capture: raised by {type(model).__name__}'s forward "
+                                    f"after {progress.describe()} ran, on the probe inputs "
+                                    f"({probe.describe()})")
+                if noted is exc:
+                    raise
+                raise noted from exc  # pragma: no cover - Python 3.10
             missing = [name for name in names if name not in store]
             if missing:
                 raise ValueError(
