@@ -855,3 +855,77 @@ def test_store_in_a_read_only_directory_is_listed(tmp_path):
     assert "is read-only" in out["write"] and "is not writable" in out["write"], out["write"]
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before  # nothing written
     assert cli.returncode == 0 and "completed" in cli.stdout and not cli.stderr, cli.stderr
+
+
+# --------------------------------------------------------------------------- bounded input
+
+
+@pytest.mark.parametrize("kw", [dict(step=2**70), dict(step=1, epoch=2**64), dict(step=-(2**70)),
+                                dict(step=10**100_000)])
+def test_step_outside_sqlite_range_is_a_clear_value_error(store, kw):
+    rid = store.create_run({})
+    with pytest.raises(ValueError, match=r"(step|epoch) must be|64-bit range") as info:
+        store.log_metrics(rid, {"loss": 1.0}, **kw)
+    assert len(str(info.value)) < 200
+    store.log_metrics(rid, {"loss": 1.0}, step=2**63 - 1)  # the largest SQLite integer is fine
+    assert store.metrics(rid)["step"].tolist() == [2**63 - 1]
+
+
+def test_deeply_nested_config_is_a_clear_value_error(store):
+    config: dict = {}
+    cur = config
+    for _ in range(5000):
+        cur["a"] = {}
+        cur = cur["a"]
+    with pytest.raises(ValueError, match="more than 64 levels deep"):
+        store.create_run({"method": "ot", "extra": config})
+    with pytest.raises(ValueError, match="more than 64 levels deep"):
+        store.track({"extra": config}).__enter__()
+    assert store.runs().empty  # nothing recorded
+
+
+def test_deeply_nested_stored_config_reads_as_a_clear_error(store):
+    rid = store.create_run({"method": "ot"})
+    with raw(store) as con:  # a store from elsewhere, written by hand
+        con.execute("UPDATE runs SET config = ? WHERE id = ?", ("[" * 5000 + "]" * 5000, rid))
+    with pytest.raises(ValueError, match=rf"stored config of run {rid} nests .* more than 64 levels"):
+        store.run(rid)
+
+
+def test_failed_run_error_starts_with_a_one_line_headline(store):
+    with pytest.raises(RuntimeError):
+        with store.track({}) as rec:
+            raise RuntimeError("gloo: Connection closed by peer\nmore detail\n" + "x" * 1000)
+    error = store.run(rec.run_id)["error"]
+    first, blank, *rest = error.splitlines()
+    assert first == "RuntimeError: gloo: Connection closed by peer" and blank == ""
+    assert rest[0].startswith("Traceback") and "more detail" in error
+
+
+SIGTERM_WHILE_FINISHING = """
+import os, signal, sys
+from otviz.runs import RunStore
+store = RunStore(sys.argv[1])
+finish = store.finish
+def finish_after_a_sigterm(*args, **kwargs):  # torchrun's SIGTERM lands while the end is written
+    os.kill(os.getpid(), signal.SIGTERM)
+    finish(*args, **kwargs)
+store.finish = finish_after_a_sigterm
+with store.track({"method": "ot"}) as rec:
+    print(rec.run_id, flush=True)
+    raise RuntimeError("rank 1 stopped")
+"""
+
+
+def test_sigterm_while_the_end_is_written_waits_for_it(tmp_path):
+    db = tmp_path / "runs.db"
+    script = tmp_path / "finish.py"
+    script.write_text(SIGTERM_WHILE_FINISHING)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop(ENV_VAR, None)
+    res = subprocess.run([sys.executable, str(script), str(db)], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert res.returncode == -signal.SIGTERM, res.stderr[-2000:]  # the signal still ends the process
+    info = RunStore(db).run(int(res.stdout.split()[0]))
+    assert info["status"] == "failed", info  # ... after the run's end was written
+    assert info["error"].startswith("RuntimeError: rank 1 stopped")
