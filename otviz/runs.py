@@ -647,7 +647,10 @@ class RunStore:
     A store whose directory is read-only is read through a read-only
     connection; when SQLite cannot keep its write-ahead-log side files there
     (``-wal``, ``-shm``) and the store has no pending log, it is opened as
-    immutable: the runs are read as they were when the store was opened.
+    immutable: the runs are read as they were when the store was opened. A
+    store in another journal mode (``DELETE``, from another tool) whose file is
+    writable but whose directory is not cannot be switched to WAL there: it is
+    opened for reading only, as it is.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
@@ -913,7 +916,22 @@ class RunStore:
             )
         if self._readonly_reason is None and state in ("empty", "old", "not-wal"):
             with self._errors():
-                self._retry_busy(lambda: self._prepare(con))
+                try:
+                    self._retry_busy(lambda: self._prepare(con))
+                except sqlite3.OperationalError as exc:
+                    if state != "not-wal" or not self._is_readonly(exc):
+                        raise
+                    # a current store in another journal mode (DELETE, TRUNCATE...) whose
+                    # directory cannot take WAL's side files: it is read as it is
+                    journal = str(con.execute("PRAGMA journal_mode").fetchone()[0]).upper()
+                    con.close()
+                    self._local.con = None
+                    con = self._connect("ro")
+                    self._local.con, self._mode = con, "ro"
+                    self._readonly_reason = (
+                        f"{self._why_readonly(exc)}; the store uses SQLite's {journal} journal, and "
+                        "switching it to the write-ahead log otviz writes with needs new files "
+                        "next to it")
 
     def _open_verified(self, *, create: bool) -> tuple[sqlite3.Connection, str]:
         """Connect and classify the file, read-only fallbacks included; nothing is written."""

@@ -929,3 +929,64 @@ def test_sigterm_while_the_end_is_written_waits_for_it(tmp_path):
     info = RunStore(db).run(int(res.stdout.split()[0]))
     assert info["status"] == "failed", info  # ... after the run's end was written
     assert info["error"].startswith("RuntimeError: rank 1 stopped")
+
+
+LIST_READONLY = """
+import sys
+from otviz.runs import RunStore, RunStoreError
+store = RunStore(sys.argv[1], create=False)
+print("readonly", store.readonly)
+print("runs", len(store.runs()), store.run(1)["status"], len(store.metrics(1)))
+try:
+    store.create_run({})
+except RunStoreError as exc:
+    print("write refused:", exc)
+"""
+
+
+def test_delete_journal_store_in_a_read_only_folder_is_listed(tmp_path):
+    """A store in SQLite's DELETE journal mode whose folder is read-only and whose file is
+    writable: opening it cannot switch it to WAL (no side files), so it is read as it is.
+    Root ignores permissions, so as root the folder is made read-only with a read-only bind
+    mount in a private mount namespace (``unshare -m``), the file bind-mounted writable on top."""
+    import shutil
+
+    folder, spare = tmp_path / "store", tmp_path / "spare"
+    folder.mkdir()
+    spare.mkdir()
+    db = folder / "runs.db"
+    store = RunStore(db)
+    rid = store.create_run({"method": "ot"})
+    store.log_metrics(rid, {"loss": 1.0}, step=1)
+    store.finish(rid)
+    store.close()
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
+    con.close()
+    script = tmp_path / "list.py"
+    script.write_text(LIST_READONLY)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop(ENV_VAR, None)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            res = subprocess.run([sys.executable, str(script), str(db)], capture_output=True, text=True,
+                                 env=env, timeout=60)
+        finally:
+            folder.chmod(0o755)
+    else:
+        if shutil.which("unshare") is None:
+            pytest.skip("root, and no unshare to make a folder read-only")
+        shutil.copy(db, spare / "runs.db")
+        cmd = (f"mount --bind -o ro {folder} {folder} && mount --bind {spare / 'runs.db'} {db} && "
+               f"! touch {folder / 'probe'} 2>/dev/null && echo mounted && {sys.executable} {script} {db}")
+        res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", cmd],
+                             capture_output=True, text=True, env=env, timeout=60)
+        if not res.stdout.startswith("mounted\n"):
+            pytest.skip(f"cannot make a read-only bind mount here: {res.stderr.strip()[:200]}")
+        res.stdout = res.stdout[len("mounted\n"):]
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[0] == "readonly True"
+    assert lines[1] == "runs 1 completed 1"  # listed, not only promised
+    assert lines[2].startswith("write refused:") and "DELETE journal" in lines[2]
