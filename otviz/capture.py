@@ -36,6 +36,8 @@ import contextlib
 import dataclasses
 import difflib
 import numbers
+import threading
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar, Union
 
@@ -538,44 +540,60 @@ def _running_stats_kept(model: nn.Module) -> Iterator[None]:
 
 
 class _Progress:
-    """How far a forward pass got: the last module that finished, and the last with weights.
+    """Whether a forward pass got past its first layer (a module of the model with parameters
+    of its own).
 
-    A forward hook on every submodule (removed on exit). An error raised before any module
-    with parameters of its own finished is a mismatch between the inputs and the first
+    While armed, one global forward hook (:func:`torch.nn.modules.module.register_module_forward_hook`:
+    a single registration, whatever the model's size); the first module of the model with
+    parameters that finishes in the calling thread records itself and removes it, so the
+    rest of the pass runs without it. An error raised before that is a mismatch between the inputs and the first
     layer (or the forward signature); one raised later is the model's own.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.handles: list[Any] = []
-        self.last: tuple[str, str] | None = None
-        self.layer_ran: str | None = None
+        self.handle: Any = None
+        self.thread = threading.get_ident()
+        self.layer_ran: nn.Module | None = None
 
-    def reset(self) -> None:
-        self.last = self.layer_ran = None
+    def arm(self) -> None:
+        from torch.nn.modules.module import register_module_forward_hook
 
-    def describe(self) -> str:
-        name, kind = self.last if self.last is not None else (self.layer_ran or "?", "?")
-        return f"layer {name!r} ({kind})"
+        self.disarm()
+        self.layer_ran, self.thread = None, threading.get_ident()
+        self.handle = register_module_forward_hook(self._done)
+
+    def _done(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.layer_ran is not None or module is self.model or threading.get_ident() != self.thread:
+            return  # (other threads' modules run this hook too)
+        if any(p is not None for p in module._parameters.values()):
+            self.layer_ran = module
+            self.disarm()
+
+    def disarm(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    def describe(self, exc: BaseException) -> str:
+        """Where ``exc`` was raised (the innermost module of the model in its traceback) and
+        which first layer had run."""
+        names = {id(m): name for name, m in self.model.named_modules()}
+        where = f"{type(self.model).__name__}'s forward"
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, nn.Module) and id(owner) in names and owner is not self.model:
+                where = f"module {names[id(owner)]!r} ({type(owner).__name__})"
+        first = self.layer_ran
+        ran = (f"its first layer {names.get(id(first), '?')!r} ({type(first).__name__}) ran"
+               if first is not None else "its first layer ran")
+        return f"raised in {where} after {ran}"
 
     def __enter__(self) -> "_Progress":
-        for name, module in self.model.named_modules():
-            if module is self.model:
-                continue
-            weighted = next(module.parameters(recurse=False), None) is not None
-
-            def done(mod: nn.Module, args: Any, out: Any, name: str = name, weighted: bool = weighted) -> None:
-                self.last = (name, type(mod).__name__)
-                if weighted:
-                    self.layer_ran = name
-
-            self.handles.append(module.register_forward_hook(done))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+        self.disarm()
 
 
 def _noted(exc: BaseException, note: str) -> BaseException:
@@ -701,7 +719,8 @@ def capture(
     Exception
         An error the model's own forward raises after its first layer ran
         (a ``RuntimeError``, ``IndexError``...) is raised as it is, with a note
-        (:pep:`678`) naming the last layer that ran and the probe inputs.
+        (:pep:`678`) naming where it was raised, the first layer that ran and
+        the probe inputs.
     TypeError
         ``model`` is not an ``nn.Module``, or ``inputs`` is not numeric.
 
@@ -735,7 +754,7 @@ def capture(
                    mask=None) as store:
         for start, stop in bounds:
             store.clear()
-            progress.reset()
+            progress.arm()
             try:
                 probe.call(model, start, stop)
             except (RuntimeError, TypeError, IndexError) as exc:
@@ -750,8 +769,7 @@ def capture(
                         f"{first}. {_probe.input_hint(model)}."
                     ) from exc
                 # the model's own error, raised after its first layer accepted the inputs: kept
-                noted = _noted(exc, f"otviz.capture: raised by {type(model).__name__}'s forward "
-                                    f"after {progress.describe()} ran, on the probe inputs "
+                noted = _noted(exc, f"otviz.capture: {progress.describe(exc)}, on the probe inputs "
                                     f"({probe.describe()})")
                 if noted is exc:
                     raise

@@ -372,7 +372,7 @@ def test_model_error_after_first_layer_keeps_type_and_message(exc):
     assert str(info.value) == str(exc)  # not relabelled as an input error
     notes = getattr(info.value, "__notes__", [])
     assert len(notes) == 1
-    assert "after layer 'fc' (Linear) ran" in notes[0]
+    assert "raised in _RaisesAfterFirstLayer's forward after its first layer 'fc' (Linear) ran" in notes[0]
     assert "float32 (3, 4)" in notes[0]
     assert "pass floats" not in notes[0]
     assert _no_hooks(model)
@@ -386,3 +386,17 @@ def test_first_layer_mismatch_is_a_value_error_naming_the_fix():
         capture(model, torch.randn(2, 5), "2")
     assert isinstance(info.value.__cause__, RuntimeError)
     assert _no_hooks(model)
+
+
+def test_model_error_inside_a_submodule_names_it():
+    class Picky(nn.Module):
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return h[:, torch.tensor([9])]  # IndexError: the model's own bug
+
+    model = nn.Sequential(nn.Linear(4, 4), Picky())
+    with pytest.raises(IndexError) as info:
+        capture(model, torch.randn(2, 4), "0")
+    assert "index 9 is out of bounds" in str(info.value)
+    assert info.value.__notes__[0].startswith(
+        "otviz.capture: raised in module '1' (Picky) after its first layer '0' (Linear) ran")
+    assert not torch.nn.modules.module._global_forward_hooks  # the progress hook is gone
