@@ -64,7 +64,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["DistContext", "from_env", "init", "CPUSyncBatchNorm", "convert_sync_batchnorm"]
+__all__ = ["DistContext", "from_env", "init", "CPUSyncBatchNorm", "convert_sync_batchnorm", "RankStopped",
+           "rendezvous_timeout", "watch_parent", "parent_gone"]
 
 
 def _env_int(name: str, default: int) -> int:
