@@ -596,19 +596,22 @@ class _Progress:
         self.disarm()
 
 
+#: PEP 678 exception notes (Python >= 3.11)
+_HAS_NOTES = hasattr(BaseException, "add_note")
+
+
 def _noted(exc: BaseException, note: str) -> BaseException:
     """``exc`` with ``note`` attached (PEP 678 ``add_note``; on Python 3.10 an exception of the
-    same type whose message ends with the note, chained to ``exc``, or ``exc`` itself when its
-    type cannot be built from a message)."""
-    if hasattr(exc, "add_note"):
+    same type whose message ends with the note, to be raised from ``exc``, or ``exc`` itself
+    when its type cannot be built from a message)."""
+    if _HAS_NOTES:
         exc.add_note(note)
         return exc
-    try:  # pragma: no cover - Python 3.10
+    try:
         new = type(exc)(f"{exc}\n{note}")
-    except Exception:  # pragma: no cover
+    except Exception:
         return exc
-    new.__cause__ = exc  # pragma: no cover
-    return new  # pragma: no cover
+    return new
 
 
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
@@ -773,7 +776,7 @@ def capture(
                                     f"({probe.describe()})")
                 if noted is exc:
                     raise
-                raise noted from exc  # pragma: no cover - Python 3.10
+                raise noted from exc  # Python 3.10: the same type, the note in its message
             missing = [name for name in names if name not in store]
             if missing:
                 raise ValueError(

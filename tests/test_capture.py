@@ -400,3 +400,19 @@ def test_model_error_inside_a_submodule_names_it():
     assert info.value.__notes__[0].startswith(
         "otviz.capture: raised in module '1' (Picky) after its first layer '0' (Linear) ran")
     assert not torch.nn.modules.module._global_forward_hooks  # the progress hook is gone
+
+
+def test_model_error_without_exception_notes_keeps_type_and_chains(monkeypatch):
+    """Python 3.10 has no ``add_note``: the same exception type, the note in its message."""
+    import importlib
+
+    cap = importlib.import_module("otviz.capture")
+    monkeypatch.setattr(cap, "_HAS_NOTES", False)
+    model = _RaisesAfterFirstLayer(IndexError("index 7 is out of bounds"))
+    with pytest.raises(IndexError) as info:
+        capture(model, torch.randn(3, 4), "fc")
+    first, note = str(info.value).split("\n")
+    assert first == "index 7 is out of bounds"
+    assert note.startswith("otviz.capture: raised in _RaisesAfterFirstLayer's forward after its first "
+                           "layer 'fc' (Linear) ran")
+    assert info.value.__cause__ is model.exc
