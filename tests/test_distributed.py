@@ -441,3 +441,38 @@ def test_ranks_that_fail_at_start_end_the_training_with_the_reason(tmp_path):
     assert res.returncode != 0
     assert "method 'kd' needs teacher and student to share the task" in res.stderr
     assert not db.exists() or RunStore(db).runs().empty  # nothing recorded
+
+
+def test_read_only_store_is_refused_before_any_process_starts(tmp_path):
+    """A store that opens for reading only (its folder is read-only) cannot record the run. Root
+    ignores permissions, so as root the folder is made read-only with a read-only bind mount in a
+    private mount namespace (``unshare -m``)."""
+    import shutil
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    db = folder / "runs.db"
+    RunStore(db).close()
+    cmd = [sys.executable, "-m", "otviz", "train", "--nproc", "2", "--setting", "transfer-digits",
+           "--store", str(db), "--no-progress"]
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        db.chmod(0o444)
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+        finally:
+            folder.chmod(0o755)
+            db.chmod(0o644)
+    else:
+        if shutil.which("unshare") is None:
+            pytest.skip("root, and no unshare to make a folder read-only")
+        script = (f"mount --bind -o ro {folder} {folder} && ! touch {folder / 'probe'} 2>/dev/null && "
+                  f"echo mounted && " + " ".join(cmd))
+        res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                             capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+        if not res.stdout.startswith("mounted"):
+            pytest.skip(f"cannot make a read-only bind mount here: {res.stderr.strip()[:200]}")
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot record the training in the run store" in lines[0], res.stderr[-3000:]
+    assert "read-only" in lines[0] and "--store" in lines[0]
