@@ -212,6 +212,10 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
     t.add_argument("--master-port", type=int, default=None, metavar="PORT",
                    help="with --nproc: the port the processes meet on (127.0.0.1); default a free "
                         "port picked by torchrun --standalone")
+    t.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with several processes (--nproc, torchrun): how long each waits at the "
+                        "start for the others to join before it stops with an error (default "
+                        "$OTVIZ_DIST_TIMEOUT, else 120)")
     t.add_argument("--name", default=None, help="a name for the run")
     t.add_argument("--config-json", default=None,
                    help="the whole config as JSON (overrides the options; missing keys: the recipe)")
@@ -229,10 +233,9 @@ def config_from_args(args: argparse.Namespace):
     from otviz.train import TrainConfig
 
     if args.config_json:
-        try:
-            data = json.loads(args.config_json)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--config-json is not valid JSON: {exc}") from None
+        from otviz._files import loads_json
+
+        data = loads_json(args.config_json, "--config-json")
         return TrainConfig.from_dict(data)
     given = {name: getattr(args, name) for name in _FIELDS if hasattr(args, name)}
     return TrainConfig(setting=args.setting, method=args.method, seed=args.seed, device=args.device,
@@ -269,16 +272,23 @@ def _run_train(args: argparse.Namespace) -> int:
     import os
     import warnings
 
+    from otviz._files import loads_json
+
     from otviz.train import OptionWarning, train
 
     cfg = config_from_args(args)
+    if getattr(args, "dist_timeout", None) is not None:
+        from otviz._distributed import TIMEOUT_ENV, rendezvous_timeout
+
+        # the environment carries it to the processes torchrun starts
+        os.environ[TIMEOUT_ENV] = repr(rendezvous_timeout(args.dist_timeout))
     if getattr(args, "nproc", None) is not None:
         return _start_torchrun(args, cfg)
     if getattr(args, "master_port", None) is not None:
         raise ValueError("--master-port goes with --nproc N (the processes meet on it); without "
                          "--nproc the training runs in this one process")
     main = os.environ.get("RANK", "0").strip() in ("", "0")  # under torchrun only rank 0 prints
-    given = (set(json.loads(args.config_json)) if args.config_json
+    given = (set(loads_json(args.config_json, "--config-json")) if args.config_json
              else {name for name in _FIELDS if hasattr(args, name)})
     resolved = cfg.resolved(warn=False)
     if main:
@@ -375,11 +385,33 @@ def torchrun_command(args: argparse.Namespace, cfg: Any) -> list[str]:
     return cmd
 
 
+def _check_store_writable(path: str | None) -> None:
+    """Open (or create) the run store that rank 0 will record to, before any process starts.
+
+    Raises
+    ------
+    otviz.runs.RunStoreError
+        The store cannot be created, opened or written: one line, instead of the same
+        error in every rank's traceback.
+    """
+    from otviz.runs import RunStore, RunStoreError
+
+    store = RunStore(path)  # the checks and the creation that rank 0 would do
+    try:
+        if store.readonly:
+            raise RunStoreError(f"cannot record the training in the run store {store.path}: "
+                                f"it is read-only ({store._readonly_reason}); make the file and "
+                                f"its directory writable, or pass another --store")
+    finally:
+        store.close()
+
+
 def _start_torchrun(args: argparse.Namespace, cfg: Any) -> int:
     """Replace this process by torchrun (so a signal to it reaches the training's processes)."""
     import os
 
     cmd = torchrun_command(args, cfg)
+    _check_store_writable(args.store)
     print(f"otviz train: starting {args.nproc} processes: torchrun {' '.join(cmd[3:8])} ...",
           file=sys.stderr, flush=True)
     sys.stdout.flush()

@@ -43,8 +43,11 @@ The pieces, each PyTorch's own:
 
 A rank that fails ends the training of all: ``torchrun`` stops the other
 processes when one exits with an error (rank 0, terminated with SIGTERM, marks
-the run ``interrupted``; a rank 0 that fails marks it ``failed``), and a
-non-finite loss on any rank is seen by every rank at the same step.
+the run ``interrupted``; a rank 0 that fails marks it ``failed``, with a
+one-line :class:`RankStopped` reason when another rank is gone), and a
+non-finite loss on any rank is seen by every rank at the same step. The
+processes die with the one that started them (:func:`watch_parent`), and
+wait at most :func:`rendezvous_timeout` seconds for each other at the start.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["DistContext", "from_env", "init", "CPUSyncBatchNorm", "convert_sync_batchnorm"]
+__all__ = ["DistContext", "from_env", "init", "CPUSyncBatchNorm", "convert_sync_batchnorm", "RankStopped",
+           "rendezvous_timeout", "watch_parent", "parent_gone"]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -296,21 +300,76 @@ def _gather_hook(module: nn.Module, args: tuple) -> tuple:
 # --------------------------------------------------------------------------
 # set-up
 # --------------------------------------------------------------------------
-def init(device: str = "cpu", *, timeout_s: float | None = None) -> DistContext:
+#: Environment variable: seconds the processes wait for each other to join (``--dist-timeout``).
+TIMEOUT_ENV = "OTVIZ_DIST_TIMEOUT"
+#: Default of :data:`TIMEOUT_ENV`: how long a process waits at the start for the others to join.
+DEFAULT_RENDEZVOUS_TIMEOUT_S = 120.0
+
+
+def rendezvous_timeout(value: Any = None) -> float:
+    """Seconds to wait for every process to join: ``value``, else ``$OTVIZ_DIST_TIMEOUT``, else
+    :data:`DEFAULT_RENDEZVOUS_TIMEOUT_S` (2 minutes).
+
+    Raises
+    ------
+    ValueError
+        Not a positive finite number of seconds.
+    """
+    source = "timeout"
+    if value is None:
+        text = os.environ.get(TIMEOUT_ENV, "").strip()
+        if not text:
+            return DEFAULT_RENDEZVOUS_TIMEOUT_S
+        value, source = text, f"environment variable {TIMEOUT_ENV}"
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{source}={value!r} is not a positive number of seconds; pass how long the "
+                         f"processes wait for each other to join, e.g. --dist-timeout 120")
+    return seconds
+
+
+def _rendezvous_failed(exc: BaseException, rank: int, world: int, seconds: float) -> TimeoutError | None:
+    """A clear error for a process group that did not form in time (None for other errors)."""
+    text = str(exc)
+    if not any(key in text.lower() for key in ("timed out", "timeout", "time out")):
+        return None
+    where = (f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}")
+    return TimeoutError(
+        f"rank {rank} of {world} waited {seconds:g} s for the other processes of the training to "
+        f"join at {where}, and not all came ({text.strip().splitlines()[0] if text.strip() else type(exc).__name__}). "
+        f"Start every rank (`otviz train --nproc {world}` or `torchrun --nproc_per_node={world}` "
+        f"starts them all; WORLD_SIZE={world} and RANK set by hand need all {world} processes), "
+        f"or give them longer with --dist-timeout SECONDS / {TIMEOUT_ENV}")
+
+
+def init(device: str = "cpu", *, timeout_s: float | None = None,
+         rendezvous_timeout_s: float | None = None) -> DistContext:
     """Join the process group torchrun describes in the environment (nothing with one process).
 
     The backend is NCCL for a CUDA device (this process then uses GPU
     ``LOCAL_RANK``) and gloo otherwise. The process group is initialised here
     only when ``WORLD_SIZE > 1`` and none exists yet; :meth:`DistContext.close`
-    destroys it. ``timeout_s``: how long a collective waits for the other
-    processes (default PyTorch's, 30 min for gloo; the other ranks wait in one
-    while rank 0 evaluates).
+    destroys it. ``rendezvous_timeout_s``: how long this process waits at the
+    start for the others to join (default :func:`rendezvous_timeout`: 2 minutes,
+    or ``$OTVIZ_DIST_TIMEOUT``); ``timeout_s``: how long a collective then waits
+    for the other processes (default PyTorch's, 30 min for gloo; the other ranks
+    wait in one while rank 0 evaluates).
+
+    A process group formed here is watched: when the process that started this
+    one (torchrun, or ``otviz train --nproc``) dies, even by SIGKILL, this
+    process stops itself with SIGTERM (rank 0 then records the run as
+    ``interrupted`` with the reason), rather than training on orphaned.
 
     Raises
     ------
     ValueError
         A malformed environment, or a CUDA training with more processes on
         this machine than GPUs.
+    TimeoutError
+        The other processes did not join within the rendezvous timeout.
     """
     import torch.distributed as dist
 
@@ -334,9 +393,25 @@ def init(device: str = "cpu", *, timeout_s: float | None = None) -> DistContext:
     if not dist.is_initialized():
         from datetime import timedelta
 
-        kwargs = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
-        dist.init_process_group(backend=backend, **kwargs)
+        from torch.distributed import distributed_c10d as c10d
+
+        meet = rendezvous_timeout(rendezvous_timeout_s)
+        default = ((getattr(c10d, "default_pg_nccl_timeout", None) if backend == "nccl" else None)
+                   or c10d.default_pg_timeout)
+        later = timedelta(seconds=timeout_s) if timeout_s is not None else default
+        settable = hasattr(c10d, "_set_pg_timeout")
+        first = timedelta(seconds=meet) if settable else max(later, timedelta(seconds=meet))
+        try:
+            dist.init_process_group(backend=backend, timeout=first)
+        except Exception as exc:
+            clear = _rendezvous_failed(exc, rank, world, first.total_seconds())
+            if clear is None:
+                raise
+            raise clear from exc
+        if settable and later != first:
+            c10d._set_pg_timeout(later)  # the collectives' own timeout, once everyone is here
         owns = True
+        watch_parent()
     else:
         backend = str(dist.get_backend())
     return DistContext(rank=rank, world_size=world, local_rank=local, backend=backend, device=device,
@@ -448,14 +523,102 @@ class NullRecorder:
         pass
 
 
+class RankStopped(RuntimeError):
+    """Another process of the training stopped (killed, crashed): the collectives lost it."""
+
+
+#: Words of gloo's and NCCL's errors when a peer's connection is gone.
+_LOST_PEER = ("connection closed", "connection reset", "broken pipe", "read error", "socket timeout",
+              "connection refused", "end of file", "remote process exited", "nccl communicator was aborted")
+
+
+def _lost_peer(exc: BaseException, ctx: DistContext) -> RankStopped | None:
+    """A readable one-line error for a collective that failed because another rank is gone."""
+    text = str(exc)
+    low = text.lower()
+    dist_error = getattr(getattr(torch, "distributed", None), "DistError", ())
+    if not (isinstance(exc, dist_error) or "gloo" in low or "nccl" in low) or not any(
+            key in low for key in _LOST_PEER):
+        return None
+    who = "rank 1" if ctx.world_size == 2 else f"another rank (of {ctx.world_size})"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    detail = first.split("] ", 1)[-1] if first.startswith("[") else first  # drop gloo's source position
+    detail = detail.split(". ", 1)[0]  # its first sentence
+    return RankStopped(f"{who} stopped (killed by a signal or crashed: connection closed; "
+                       f"torchrun's summary on stderr names its exit code or signal), so rank "
+                       f"{ctx.rank} stopped too [{detail[:200]}]")
+
+
+# --------------------------------------------------------------------------
+# a process whose launcher died stops
+# --------------------------------------------------------------------------
+_launcher: dict[str, Any] = {"ppid": None, "thread": None}
+
+
+def parent_gone() -> str | None:
+    """Why this process is orphaned: the process that started it (watched since :func:`watch_parent`)
+    is gone; None while it lives (or nothing is watched)."""
+    ppid = _launcher["ppid"]
+    if ppid is None or os.getppid() == ppid:
+        return None
+    return (f"the process that started the training (pid {ppid}: torchrun, or `otviz train "
+            f"--nproc`) is gone (killed?), so this process stopped")
+
+
+def watch_parent(interval_s: float = 0.5) -> None:
+    """Stop this process (SIGTERM to itself) when its parent process dies.
+
+    torchrun starts its workers in a session of their own, so a SIGKILL of the
+    process the user started (torchrun's agent) leaves them running, orphaned.
+    A daemon thread polls :func:`os.getppid` (which changes when the parent dies:
+    the orphan is adopted by init or a subreaper); rank 0's SIGTERM handler
+    then records the run as ``interrupted``. If the process is still alive 30 s
+    later (its main thread stuck), it exits. Started once per process; nothing
+    on Windows.
+    """
+    import signal
+    import threading
+    import time
+
+    if _launcher["thread"] is not None or os.name != "posix":
+        return
+    _launcher["ppid"] = os.getppid()
+
+    def watch() -> None:
+        while parent_gone() is None:
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30.0)
+        os._exit(143)  # pragma: no cover - a main thread that did not react to SIGTERM
+
+    thread = threading.Thread(target=watch, name="otviz-parent-watch", daemon=True)
+    thread.start()
+    _launcher["thread"] = thread
+
+
 @contextlib.contextmanager
 def track(ctx: DistContext, store_factory: Callable[[], Any], config: dict, **kwargs: Any) -> Iterator[Any]:
     """``store.track(config, ...)`` on rank 0 (the store is opened there only), a
-    :class:`NullRecorder` elsewhere; every rank's recorder has the run id of rank 0."""
+    :class:`NullRecorder` elsewhere; every rank's recorder has the run id of rank 0.
+
+    On rank 0, an error because another rank is gone becomes a :class:`RankStopped`
+    with a one-line reason (the run is ``failed`` with that reason on its first line,
+    the collective's own error below it), and any error after the launching process
+    died becomes a ``KeyboardInterrupt`` naming that (the run is ``interrupted``).
+    """
     if ctx.is_main:
         with store_factory().track(config, **kwargs) as rec:
             ctx.from_main(lambda: rec.run_id)
-            yield rec
+            try:
+                yield rec
+            except BaseException as exc:
+                orphan = parent_gone()
+                if orphan is not None:
+                    raise KeyboardInterrupt(orphan) from exc
+                lost = _lost_peer(exc, ctx) if isinstance(exc, Exception) else None
+                if lost is not None:
+                    raise lost from exc
+                raise
     else:
         rec = NullRecorder()
         rec.run_id = ctx.from_main(lambda: None)

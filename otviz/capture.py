@@ -36,6 +36,8 @@ import contextlib
 import dataclasses
 import difflib
 import numbers
+import threading
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar, Union
 
@@ -537,6 +539,81 @@ def _running_stats_kept(model: nn.Module) -> Iterator[None]:
                     getattr(module, key).copy_(value)
 
 
+class _Progress:
+    """Whether a forward pass got past its first layer (a module of the model with parameters
+    of its own).
+
+    While armed, one global forward hook (:func:`torch.nn.modules.module.register_module_forward_hook`:
+    a single registration, whatever the model's size); the first module of the model with
+    parameters that finishes in the calling thread records itself and removes it, so the
+    rest of the pass runs without it. An error raised before that is a mismatch between the inputs and the first
+    layer (or the forward signature); one raised later is the model's own.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.handle: Any = None
+        self.thread = threading.get_ident()
+        self.layer_ran: nn.Module | None = None
+
+    def arm(self) -> None:
+        from torch.nn.modules.module import register_module_forward_hook
+
+        self.disarm()
+        self.layer_ran, self.thread = None, threading.get_ident()
+        self.handle = register_module_forward_hook(self._done)
+
+    def _done(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.layer_ran is not None or module is self.model or threading.get_ident() != self.thread:
+            return  # (other threads' modules run this hook too)
+        if any(p is not None for p in module._parameters.values()):
+            self.layer_ran = module
+            self.disarm()
+
+    def disarm(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    def describe(self, exc: BaseException) -> str:
+        """Where ``exc`` was raised (the innermost module of the model in its traceback) and
+        which first layer had run."""
+        names = {id(m): name for name, m in self.model.named_modules()}
+        where = f"{type(self.model).__name__}'s forward"
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, nn.Module) and id(owner) in names and owner is not self.model:
+                where = f"module {names[id(owner)]!r} ({type(owner).__name__})"
+        first = self.layer_ran
+        ran = (f"its first layer {names.get(id(first), '?')!r} ({type(first).__name__}) ran"
+               if first is not None else "its first layer ran")
+        return f"raised in {where} after {ran}"
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.disarm()
+
+
+#: PEP 678 exception notes (Python >= 3.11)
+_HAS_NOTES = hasattr(BaseException, "add_note")
+
+
+def _noted(exc: BaseException, note: str) -> BaseException:
+    """``exc`` with ``note`` attached (PEP 678 ``add_note``; on Python 3.10 an exception of the
+    same type whose message ends with the note, to be raised from ``exc``, or ``exc`` itself
+    when its type cannot be built from a message)."""
+    if _HAS_NOTES:
+        exc.add_note(note)
+        return exc
+    try:
+        new = type(exc)(f"{exc}\n{note}")
+    except Exception:
+        return exc
+    return new
+
+
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
     finite = torch.isfinite(tensor.detach())
     if not bool(finite.all()):
@@ -640,8 +717,13 @@ def capture(
         forward pass never calls, an activation containing NaN or inf, a mask
         whose shape does not match the inputs or a layer's positions, an
         output field the module does not return, a chunked activation whose
-        first axis is not the batch, or inputs the model fails on (the message
-        says what its first layer expects).
+        first axis is not the batch, or inputs the model's first layer fails on
+        (the message says what it expects).
+    Exception
+        An error the model's own forward raises after its first layer ran
+        (a ``RuntimeError``, ``IndexError``...) is raised as it is, with a note
+        (:pep:`678`) naming where it was raised, the first layer that ran and
+        the probe inputs.
     TypeError
         ``model`` is not an ``nn.Module``, or ``inputs`` is not numeric.
 
@@ -670,20 +752,31 @@ def capture(
     collected: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     infos: dict[str, LayerInfo] = {}
     mode = torch.enable_grad() if grad else torch.no_grad()
-    with mode, _running_stats_kept(model), hooked(model, names, channel_axis=channel_axis,
-                                                  output_field=output_field, mask=None) as store:
+    with mode, _running_stats_kept(model), _Progress(model) as progress, \
+            hooked(model, names, channel_axis=channel_axis, output_field=output_field,
+                   mask=None) as store:
         for start, stop in bounds:
             store.clear()
+            progress.arm()
             try:
                 probe.call(model, start, stop)
             except (RuntimeError, TypeError, IndexError) as exc:
                 if getattr(exc, "_otviz_hook", False):
                     raise
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ValueError(
-                    f"{type(model).__name__} failed on the probe inputs ({probe.describe()}): "
-                    f"{first}. {_probe.input_hint(model)}."
-                ) from exc
+                if progress.layer_ran is None:
+                    # nothing with weights ran yet: the inputs do not fit the first layer (or the
+                    # forward signature); say what it expects
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise ValueError(
+                        f"{type(model).__name__} failed on the probe inputs ({probe.describe()}): "
+                        f"{first}. {_probe.input_hint(model)}."
+                    ) from exc
+                # the model's own error, raised after its first layer accepted the inputs: kept
+                noted = _noted(exc, f"otviz.capture: {progress.describe(exc)}, on the probe inputs "
+                                    f"({probe.describe()})")
+                if noted is exc:
+                    raise
+                raise noted from exc  # Python 3.10: the same type, the note in its message
             missing = [name for name in names if name not in store]
             if missing:
                 raise ValueError(

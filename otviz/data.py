@@ -157,6 +157,42 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     return _load_cached(_check_dataset_name(name))
 
 
+#: The largest seed of a stratified split (scikit-learn's ``random_state`` is a 32-bit seed).
+MAX_SPLIT_SEED = 2**32 - 1
+
+
+def _check_seed(seed: Any, what: str = "seed", maximum: int | None = MAX_SPLIT_SEED) -> int:
+    """``seed`` as an int in ``[0, maximum]``, or a ValueError naming the valid range."""
+    span = f"between 0 and {maximum}" if maximum is not None else "of at least 0"
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer {span}, got {seed!r:.60}")
+    seed = int(seed)
+    if seed < 0 or (maximum is not None and seed > maximum):
+        shown = seed if seed.bit_length() <= 128 else f"a {seed.bit_length()}-bit integer"
+        raise ValueError(f"{what} must be an integer {span}, got {shown}")
+    return seed
+
+
+def _check_test_size(test_size: Any, n: int, n_classes: int) -> float:
+    """A test fraction that leaves every class an image in both parts of a stratified split of
+    ``n`` images of ``n_classes`` classes (scikit-learn takes ``ceil(test_size * n)`` for test)."""
+    if n == 0:
+        raise ValueError("there are no labels to split; pass at least one image per class")
+    lo, hi = n_classes / n, (n - n_classes) / n
+    hint = (f"pass a test_size between {lo:.3g} and {hi:.3g} (every one of the {n_classes} classes "
+            f"needs an image on each side of the {n} images)" if lo <= hi else
+            f"{n} images cannot be split over {n_classes} classes on both sides")
+    if (isinstance(test_size, (bool, np.bool_)) or not isinstance(test_size, (float, int, np.floating, np.integer))
+            or not 0.0 < float(test_size) < 1.0):
+        raise ValueError(f"test_size must be a fraction strictly between 0 and 1, got {test_size!r:.60}; {hint}")
+    n_test = math.ceil(float(test_size) * n)
+    if n_test < n_classes or n - n_test < n_classes:
+        raise ValueError(f"test_size={float(test_size)!r} puts {n_test} of {n} images in the test part "
+                         f"and {n - n_test} in the training part, fewer than the {n_classes} classes; "
+                         f"{hint}")
+    return float(test_size)
+
+
 def split_indices(
     y: np.ndarray | Sequence[int],
     *,
@@ -170,10 +206,17 @@ def split_indices(
     y : array-like of int, shape (N,)
         Class labels used for stratification.
     test_size : float, default 0.2
-        Fraction of each class put in the test part, in (0, 1).
+        Fraction of each class put in the test part, in (0, 1), large and small
+        enough that every class has an image in both parts.
     seed : int, default 0
-        Seed of the split; the same ``(y, test_size, seed)`` always gives the
-        same indices.
+        Seed of the split, between 0 and ``2**32 - 1``; the same ``(y,
+        test_size, seed)`` always gives the same indices.
+
+    Raises
+    ------
+    ValueError
+        A seed or ``test_size`` outside these ranges (the message gives the
+        valid range).
 
     Returns
     -------
@@ -186,11 +229,11 @@ def split_indices(
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {y.shape}")
-    if not (isinstance(test_size, (float, int)) and 0.0 < float(test_size) < 1.0):
-        raise ValueError(f"test_size must be a fraction strictly between 0 and 1, got {test_size!r}")
+    seed = _check_seed(seed)
+    test_size = _check_test_size(test_size, len(y), len(np.unique(y)))
     idx = np.arange(len(y), dtype=np.int64)
     train_idx, test_idx = train_test_split(
-        idx, test_size=float(test_size), random_state=int(seed), stratify=y
+        idx, test_size=test_size, random_state=seed, stratify=y
     )
     return np.asarray(train_idx, dtype=np.int64), np.asarray(test_idx, dtype=np.int64)
 
@@ -244,7 +287,7 @@ def few_shot_indices(y: np.ndarray | Sequence[int], k: int, *, seed: int = 0) ->
     y = np.asarray(y)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k (labelled images per class) must be a positive integer, got {k!r}")
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(_check_seed(seed, maximum=None))
     picked = []
     for c in np.unique(y):
         pool = np.flatnonzero(y == c)
@@ -334,13 +377,14 @@ def validation_indices(
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {y.shape}")
+    seed = _check_seed(seed)
     classes, counts = np.unique(y, return_counts=True)
     count = _check_val_size(val_size, len(y), len(classes))
     if counts.min() < 2:
         raise ValueError(f"class {int(classes[counts.argmin()])} has a single image in the pool: a "
                          f"stratified validation part needs at least two per class")
     idx = np.arange(len(y), dtype=np.int64)
-    rest, val = train_test_split(idx, test_size=count, random_state=int(seed), stratify=y)
+    rest, val = train_test_split(idx, test_size=count, random_state=seed, stratify=y)
     for part, name in ((val, "validation"), (rest, "remaining training")):
         missing = sorted(set(classes.tolist()) - set(y[part].tolist()))
         if missing:
@@ -547,6 +591,39 @@ class TaskData:
         )
 
 
+def _preview(items: Any, limit: int = 8) -> str:
+    """``items`` for an error message, at most ``limit`` of them: ``[0, 1, ..., 7, ...] (10 items)``."""
+    try:
+        n = len(items)
+        head = [items[i] for i in range(min(n, limit))]
+    except Exception:
+        text = repr(items)
+        return text if len(text) <= 200 else text[:197] + "..."
+    shown = ", ".join(repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..." for v in head)
+    return f"[{shown}]" if n <= limit else f"[{shown}, ...] ({n} items)"
+
+
+def _check_classes(dataset: str, classes: Any, n_classes: int) -> list[int]:
+    """The class indices of a subset of ``dataset``: distinct integers in ``[0, n_classes)``."""
+    hint = f"pass distinct class indices of dataset {dataset!r}, between 0 and {n_classes - 1}"
+    try:
+        n = len(classes)
+    except TypeError:
+        raise ValueError(f"classes must be a list of class indices, got {type(classes).__name__}; "
+                         f"{hint}") from None
+    if not 1 <= n <= n_classes:
+        raise ValueError(f"classes holds {n} entries {_preview(classes)}, but dataset {dataset!r} has "
+                         f"{n_classes} classes; {hint}")
+    out = []
+    for c in classes:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < n_classes:
+            raise ValueError(f"classes {_preview(classes)} holds {c!r}; {hint}")
+        out.append(int(c))
+    if len(set(out)) != n:
+        raise ValueError(f"classes {_preview(classes)} lists a class twice; {hint}")
+    return out
+
+
 def _subset(
     dataset: str,
     classes: Sequence[int],
@@ -559,8 +636,9 @@ def _subset(
     val_size: float | int | None = None,
 ) -> TaskData:
     X_tr, y_tr, X_te, y_te = load_split(dataset, test_size=test_size, seed=split_seed)
-    classes = [int(c) for c in classes]
-    lut = np.full(int(max(y_tr.max(), y_te.max())) + 1, -1, dtype=np.int64)
+    n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    classes = _check_classes(dataset, classes, n_classes)
+    lut = np.full(n_classes, -1, dtype=np.int64)
     lut[classes] = np.arange(len(classes))
     tr = np.flatnonzero(np.isin(y_tr, classes))
     te = np.flatnonzero(np.isin(y_te, classes))

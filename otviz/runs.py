@@ -80,6 +80,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from otviz._files import MAX_JSON_DEPTH, loads_json
+
 if TYPE_CHECKING:  # pandas is imported lazily: a training process only writes.
     import pandas as pd
 
@@ -235,6 +237,10 @@ def _check_int(value: Any, what: str, *, minimum: int | None = 0,
         ) from None
     if minimum is not None and out < minimum:
         raise ValueError(f"{what} must be >= {minimum}, got {out}")
+    if not -2**63 <= out < 2**63:  # SQLite's integers are 64-bit
+        low = -2**63 if minimum is None else minimum
+        raise ValueError(f"{what} must be an integer between {low} and {2**63 - 1} (SQLite's 64-bit "
+                         f"range), got {out if out.bit_length() <= 128 else f'a {out.bit_length()}-bit integer'}")
     return out
 
 
@@ -283,8 +289,25 @@ def _find_unserialisable(obj: Any, where: str) -> str | None:
     return f"{where} is of type {type(obj).__name__} ({obj!r:.60})"
 
 
+def _nesting(obj: Any, limit: int) -> int:
+    """How deep lists/tuples/dicts nest in ``obj``, counted up to ``limit + 1`` (no recursion)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (Mapping, list, tuple)):
+            if depth > limit:
+                return depth
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, Mapping) else value))
+    return deepest
+
+
 def _to_json(obj: Any, what: str) -> str:
-    """Encode ``obj`` as JSON, raising a TypeError that names the offending entry."""
+    """Encode ``obj`` as JSON, raising a TypeError that names the offending entry (a ValueError
+    for one nested deeper than :data:`otviz._files.MAX_JSON_DEPTH`)."""
+    if _nesting(obj, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ValueError(f"{what} nests lists or dicts more than {MAX_JSON_DEPTH} levels deep; "
+                         f"store a configuration of ordinary depth (flatten the nested part)")
     try:
         return json.dumps(obj, default=_json_default, allow_nan=False, sort_keys=False)
     except (TypeError, ValueError):
@@ -624,7 +647,10 @@ class RunStore:
     A store whose directory is read-only is read through a read-only
     connection; when SQLite cannot keep its write-ahead-log side files there
     (``-wal``, ``-shm``) and the store has no pending log, it is opened as
-    immutable: the runs are read as they were when the store was opened.
+    immutable: the runs are read as they were when the store was opened. A
+    store in another journal mode (``DELETE``, from another tool) whose file is
+    writable but whose directory is not cannot be switched to WAL there: it is
+    opened for reading only, as it is.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
@@ -890,7 +916,22 @@ class RunStore:
             )
         if self._readonly_reason is None and state in ("empty", "old", "not-wal"):
             with self._errors():
-                self._retry_busy(lambda: self._prepare(con))
+                try:
+                    self._retry_busy(lambda: self._prepare(con))
+                except sqlite3.OperationalError as exc:
+                    if state != "not-wal" or not self._is_readonly(exc):
+                        raise
+                    # a current store in another journal mode (DELETE, TRUNCATE...) whose
+                    # directory cannot take WAL's side files: it is read as it is
+                    journal = str(con.execute("PRAGMA journal_mode").fetchone()[0]).upper()
+                    con.close()
+                    self._local.con = None
+                    con = self._connect("ro")
+                    self._local.con, self._mode = con, "ro"
+                    self._readonly_reason = (
+                        f"{self._why_readonly(exc)}; the store uses SQLite's {journal} journal, and "
+                        "switching it to the write-ahead log otviz writes with needs new files "
+                        "next to it")
 
     def _open_verified(self, *, create: bool) -> tuple[sqlite3.Connection, str]:
         """Connect and classify the file, read-only fallbacks included; nothing is written."""
@@ -1555,7 +1596,7 @@ class RunStore:
             if column in _TIME_COLUMNS:
                 value = None if value is None else _utc(pd.Series([value])).iloc[0]
             elif column == "config":
-                value = json.loads(value)
+                value = loads_json(value, f"the stored config of run {out['run_id']}")
             out[column] = value
         return out
 
@@ -1996,7 +2037,8 @@ class RunStore:
         """Record a run for the duration of a ``with`` block.
 
         On normal exit the run is marked ``completed``; if the block raises,
-        ``failed`` with the traceback as error text; on ``KeyboardInterrupt``
+        ``failed``, with as error text a headline (the exception and the first
+        line of its message) and the traceback below it; on ``KeyboardInterrupt``
         (Ctrl-C, or SIGTERM, see below), ``interrupted``. The exception is
         re-raised. A daemon thread refreshes the heartbeat every
         ``heartbeat_interval`` seconds while the block runs, so long steps do
@@ -2050,17 +2092,36 @@ class RunStore:
             raise
         except BaseException as exc:
             status = "failed"
-            error = "".join(traceback.format_exception(exc)).rstrip()
+            error = _failure_text(exc)
             raise
         finally:
+            # a SIGTERM while the run's end is written waits until it is written
+            deferred: list[int] = []
             if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            beat.stop()
-            if not (recorder.finished and status == "completed"):
-                try:
-                    self.finish(run_id, status, error)
-                except RunNotFoundError:
-                    pass  # the run was deleted meanwhile (delete_run(force=True))
+                signal.signal(signal.SIGTERM, lambda signum, frame: deferred.append(signum))
+            try:
+                beat.stop()
+                if not (recorder.finished and status == "completed"):
+                    try:
+                        self.finish(run_id, status, error)
+                    except RunNotFoundError:
+                        pass  # the run was deleted meanwhile (delete_run(force=True))
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
+                    if deferred:
+                        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _failure_text(exc: BaseException) -> str:
+    """A failed run's error: one headline (the exception and the first line of its message,
+    at most 300 characters), a blank line, then the traceback."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if len(first) > 300:
+        first = first[:297] + "..."
+    headline = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return headline + "\n\n" + "".join(traceback.format_exception(exc)).rstrip()
 
 
 def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
@@ -2100,7 +2161,7 @@ def _flat_config(text: str) -> dict[str, Any]:
     if flat is None:
         if len(_FLAT_CONFIGS) >= _FLAT_CONFIGS_MAX:
             _FLAT_CONFIGS.clear()
-        flat = _FLAT_CONFIGS[text] = _flatten(json.loads(text), "config.")
+        flat = _FLAT_CONFIGS[text] = _flatten(loads_json(text, "a stored run config"), "config.")
     return flat
 
 
@@ -2308,7 +2369,7 @@ def matching_runs(runs: pd.DataFrame, config: Mapping[str, Any], *,
     out = []
     for rid, text in zip(runs["run_id"], runs["config"]):
         try:
-            stored = json.loads(text) if isinstance(text, str) else dict(text)
+            stored = loads_json(text, "a stored run config") if isinstance(text, str) else dict(text)
         except (TypeError, ValueError):
             continue
         if all(_same_value(v, stored.get(k, _MISSING)) for k, v in wanted.items()):

@@ -332,7 +332,7 @@ def check_task(task: Any, label: str = "the checkpoint") -> dict[str, Any]:
     ValueError
         Naming the first field that is wrong and what it should hold.
     """
-    from .data import DATASETS
+    from .data import DATASETS, _preview
 
     if task is None:
         return {}
@@ -346,19 +346,22 @@ def check_task(task: Any, label: str = "the checkpoint") -> dict[str, Any]:
     if "classes" in task:
         classes = task["classes"]
         if not isinstance(classes, (list, tuple)) or not classes:
-            raise ValueError(f"{where}.classes must be a non-empty list of class indices, got {classes!r}")
+            raise ValueError(f"{where}.classes must be a non-empty list of class indices, got "
+                             f"{_preview(classes)}")
         bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, int) or c < 0]
         if bad:
             raise ValueError(f"{where}.classes must hold non-negative integers (class indices of the dataset), "
-                             f"got {bad[0]!r} in {list(classes)!r}")
+                             f"got {bad[0]!r} in {_preview(classes)}")
         if len(set(classes)) != len(classes):
-            raise ValueError(f"{where}.classes lists a class twice: {list(classes)!r}")
+            raise ValueError(f"{where}.classes lists a class twice: {_preview(classes)}")
     if "test_size" in task:
         ts = task["test_size"]
         if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 < ts < 1:
             raise ValueError(f"{where}.test_size must be a fraction in (0, 1), got {ts!r}")
-    if "split_seed" in task and (isinstance(task["split_seed"], bool) or not isinstance(task["split_seed"], int)):
-        raise ValueError(f"{where}.split_seed must be an integer, got {task['split_seed']!r}")
+    if "split_seed" in task:
+        from .data import _check_seed
+
+        _check_seed(task["split_seed"], f"{where}.split_seed")
     return task
 
 
@@ -666,13 +669,13 @@ def teacher_task(info: dict[str, Any]) -> TaskData:
     task = check_task(info.get("task") or {})
     if "dataset" not in task or "classes" not in task:
         raise ValueError("the checkpoint does not record its task (need task.dataset and task.classes)")
-    from .data import load_dataset
+    from .data import _preview, load_dataset
 
     _, y = load_dataset(task["dataset"])
     n_classes = int(y.max()) + 1
     outside = [c for c in task["classes"] if c >= n_classes]
     if outside:
-        raise ValueError(f"the checkpoint's task.classes {list(task['classes'])!r} name class {outside[0]}, but "
+        raise ValueError(f"the checkpoint's task.classes {_preview(task['classes'])} name class {outside[0]}, but "
                          f"dataset {task['dataset']!r} has classes 0-{n_classes - 1}")
     return _subset(
         task["dataset"],

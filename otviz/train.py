@@ -347,10 +347,19 @@ class TrainConfig:
 
         Missing keys are left to the recipe (or to the field's plain default).
         """
+        from otviz._files import MAX_JSON_DEPTH
+        from otviz.data import _preview
+        from otviz.runs import _nesting
+
+        if not isinstance(d, Mapping):
+            raise TypeError(f"config must be a dict, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - names, key=str)
         if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(names)}")
+            raise ValueError(f"unknown config key(s) {_preview(unknown)}; valid keys: {sorted(names)}")
+        if _nesting(d, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+            raise ValueError(f"the config nests lists or dicts more than {MAX_JSON_DEPTH} levels deep; "
+                             "its values are names, numbers and short lists")
         return cls(**dict(d))
 
 

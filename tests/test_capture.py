@@ -160,10 +160,10 @@ def test_module_not_called_is_reported(x):
 
 def test_hooks_removed_when_forward_raises():
     model = Boom()
-    # capture names the inputs it fed; the model's own error stays attached
-    with pytest.raises(ValueError, match=r"Boom failed on the probe inputs \(inputs float32 \(2, 4\)\): boom") as info:
+    # the model's own error (after its first layer ran) is raised as it is, with a note
+    with pytest.raises(RuntimeError) as info:
         capture(model, torch.randn(2, 4), "fc")
-    assert isinstance(info.value.__cause__, RuntimeError)
+    assert type(info.value) is RuntimeError and str(info.value) == "boom"
     assert _no_hooks(model)
     with pytest.raises(RuntimeError, match="boom"):
         with hooked(model, ["fc"]) as feats:
@@ -348,3 +348,71 @@ def test_capture_in_train_mode_leaves_batchnorm_running_statistics_alone():
     # it normalised with the probe batch's own statistics, as train mode does
     got = acts["1"].transpose(0, 1).reshape(4, -1)
     assert torch.allclose(got.mean(1), net[1].bias.detach(), atol=1e-5)
+
+
+class _RaisesAfterFirstLayer(nn.Module):
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+        self.exc = exc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc(x))
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [IndexError("index 7 is out of bounds for dimension 0"),
+                                 RuntimeError("boom")])
+def test_model_error_after_first_layer_keeps_type_and_message(exc):
+    model = _RaisesAfterFirstLayer(exc)
+    with pytest.raises(type(exc)) as info:
+        capture(model, torch.randn(3, 4), "fc")
+    assert type(info.value) is type(exc)
+    assert str(info.value) == str(exc)  # not relabelled as an input error
+    notes = getattr(info.value, "__notes__", [])
+    assert len(notes) == 1
+    assert "raised in _RaisesAfterFirstLayer's forward after its first layer 'fc' (Linear) ran" in notes[0]
+    assert "float32 (3, 4)" in notes[0]
+    assert "pass floats" not in notes[0]
+    assert _no_hooks(model)
+
+
+def test_first_layer_mismatch_is_a_value_error_naming_the_fix():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU())
+    # Flatten (no weights) runs, then the first Linear refuses the shape: an input error
+    with pytest.raises(ValueError, match=r"failed on the probe inputs \(inputs float32 \(2, 5\)\).*"
+                                         r"Linear of 4 inputs: pass floats of shape \(n, 4\)") as info:
+        capture(model, torch.randn(2, 5), "2")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert _no_hooks(model)
+
+
+def test_model_error_inside_a_submodule_names_it():
+    class Picky(nn.Module):
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return h[:, torch.tensor([9])]  # IndexError: the model's own bug
+
+    model = nn.Sequential(nn.Linear(4, 4), Picky())
+    with pytest.raises(IndexError) as info:
+        capture(model, torch.randn(2, 4), "0")
+    assert "index 9 is out of bounds" in str(info.value)
+    assert info.value.__notes__[0].startswith(
+        "otviz.capture: raised in module '1' (Picky) after its first layer '0' (Linear) ran")
+    assert not torch.nn.modules.module._global_forward_hooks  # the progress hook is gone
+
+
+def test_model_error_without_exception_notes_keeps_type_and_chains(monkeypatch):
+    """Python 3.10 has no ``add_note``: the same exception type, the note in its message."""
+    import importlib
+
+    cap = importlib.import_module("otviz.capture")
+    monkeypatch.setattr(cap, "_HAS_NOTES", False)
+    model = _RaisesAfterFirstLayer(IndexError("index 7 is out of bounds"))
+    with pytest.raises(IndexError) as info:
+        capture(model, torch.randn(3, 4), "fc")
+    first, note = str(info.value).split("\n")
+    assert first == "index 7 is out of bounds"
+    assert note.startswith("otviz.capture: raised in _RaisesAfterFirstLayer's forward after its first "
+                           "layer 'fc' (Linear) ran")
+    assert info.value.__cause__ is model.exc

@@ -378,3 +378,49 @@ def test_task_from_arrays_validation_part():
     assert len(t.y_test) == 20 and len(t.y_val) == 20 and (torch.bincount(t.y_train) == 5).all()
     assert (torch.bincount(t.y_val) == 5).all()
     assert not _rows(t.X_val) & _rows(t.X_train) and not _rows(t.X_val) & _rows(t.X_test)
+
+
+# --------------------------------------------------------------------------- bounded messages, ranges
+
+
+def test_huge_class_list_gives_a_short_message():
+    from otviz.data import _subset
+    from otviz.teachers import check_task, teacher_task
+
+    classes = list(range(10**6))
+    for call in (lambda: teacher_task({"task": {"dataset": "mnist5k", "classes": classes}}),
+                 lambda: check_task({"dataset": "mnist5k", "classes": classes + [0]}),
+                 lambda: check_task({"dataset": "mnist5k", "classes": classes + [-1]}),
+                 lambda: _subset("mnist5k", range(10**6), k=None, seed=0)):
+        with pytest.raises(ValueError) as info:
+            call()
+        msg = str(info.value)
+        assert len(msg) < 400, len(msg)  # was 7.9 MB
+        assert "[0, 1, 2, 3, 4, 5, 6, 7, ...]" in msg and "items)" in msg
+    with pytest.raises(ValueError, match=r"classes \[3, 11\] holds 11; .* between 0 and 9"):
+        _subset("mnist5k", [3, 11], k=None, seed=0)  # was an IndexError
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**70, 1.5, True])
+def test_split_seed_out_of_range_is_a_clear_value_error(seed):
+    y = np.repeat(np.arange(10), 50)
+    with pytest.raises(ValueError, match=r"seed must be an integer between 0 and 4294967295"):
+        split_indices(y, seed=seed)
+    with pytest.raises(ValueError, match=r"seed must be an integer between 0 and 4294967295"):
+        validation_indices(y, 0.2, seed=seed)
+    from otviz.teachers import teacher_task
+
+    with pytest.raises(ValueError, match=r"task.split_seed must be an integer between 0 and 4294967295"):
+        teacher_task({"task": {"dataset": "digits", "classes": [0, 1], "split_seed": seed}})
+
+
+@pytest.mark.parametrize("test_size", [1e-9, 0.999999])
+def test_test_size_that_empties_a_class_names_the_valid_range(test_size):
+    y = np.repeat(np.arange(10), 50)
+    with pytest.raises(ValueError, match=r"pass a test_size between 0\.02 and 0\.98") as info:
+        split_indices(y, test_size=test_size)
+    assert "fewer than the 10 classes" in str(info.value)
+    tr, te = split_indices(y, test_size=0.02)  # the ends of the range work
+    assert len(te) == 10 and len(np.unique(y[te])) == 10
+    tr, te = split_indices(y, test_size=0.98)
+    assert len(tr) == 10 and len(np.unique(y[tr])) == 10

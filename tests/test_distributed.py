@@ -261,9 +261,134 @@ def test_stop_or_crash_ends_every_process(tmp_path, how):
             proc.wait()
 
 
+def test_killed_rank_is_stored_as_a_one_line_reason(tmp_path):
+    pytest.importorskip("psutil")
+    db = tmp_path / "runs.db"
+    long = dict(TINY, steps_per_epoch=5000)
+    proc = subprocess.Popen([sys.executable, "-m", "otviz", "train", "--nproc", "2", "--config-json",
+                             json.dumps(long), "--store", str(db), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    try:
+        store = RunStore(db)
+        rid = _running_run(store, proc)
+        _rank_process(proc.pid, 1).send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=120) != 0
+        run = store.run(rid)
+        headline = run["error"].splitlines()[0]
+        if run["status"] == "failed":  # rank 0 saw the lost connection before torchrun stopped it
+            assert headline.startswith("RankStopped: rank 1 stopped (killed by a signal or crashed"), headline
+            assert "Traceback" in run["error"] and "Traceback" not in headline  # details below
+        else:
+            assert run["status"] == "interrupted" and "SIGTERM" in headline, run["error"]
+        assert len(headline) < 400
+    finally:
+        if proc.poll() is None:
+            for child in _children(proc.pid):
+                child.kill()
+            proc.kill()
+            proc.wait()
+
+
+def test_lost_peer_error_becomes_one_line():
+    ctx = _distributed.DistContext(rank=0, world_size=2)
+    raw = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by "
+                       "peer [127.0.0.1]:40512")
+    lost = _distributed._lost_peer(raw, ctx)
+    assert isinstance(lost, _distributed.RankStopped)
+    assert str(lost).startswith("rank 1 stopped (killed by a signal or crashed")
+    assert "pair.cc" not in str(lost) and "Connection closed by peer [127.0.0.1]:40512" in str(lost)
+    assert "\n" not in str(lost)
+    assert _distributed._lost_peer(RuntimeError("shape mismatch"), ctx) is None  # the model's own
+    from otviz.runs import _failure_text
+
+    try:
+        try:
+            raise raw
+        except RuntimeError as exc:
+            raise lost from exc
+    except RuntimeError as exc:
+        text = _failure_text(exc)
+    first, blank, *rest = text.splitlines()
+    assert first == f"RankStopped: {lost}" and blank == "" and "pair.cc:534" in "\n".join(rest)
+
+
+def test_killing_the_launcher_stops_every_process(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    db = tmp_path / "runs.db"
+    long = dict(TINY, steps_per_epoch=5000)
+    proc = subprocess.Popen([sys.executable, "-m", "otviz", "train", "--nproc", "2", "--config-json",
+                             json.dumps(long), "--store", str(db), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=ROOT)
+    workers = []
+    try:
+        store = RunStore(db)
+        rid = _running_run(store, proc)
+        workers = [_rank_process(proc.pid, r) for r in (0, 1)]
+        proc.send_signal(signal.SIGKILL)  # the process the user started (torchrun's agent)
+        proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, "workers kept training after the launcher died"
+        run = store.run(rid)
+        assert run["status"] == "interrupted", run
+        assert "the process that started the training" in run["error"], run["error"]
+        assert store._read("SELECT status FROM runs WHERE id = ?", (rid,))[0][0] == "interrupted"  # stored
+    finally:
+        for w in workers:
+            try:
+                w.kill()
+            except psutil.Error:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_missing_peer_times_out_with_a_clear_message(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(_env(), WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port))
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "otviz", "train", "--config-json", json.dumps(TINY),
+                          "--dist-timeout", "2", "--store", str(tmp_path / "runs.db"), "--no-progress"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    took = time.monotonic() - start
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("otviz train: error: rank 0 of 2 waited 2 s for the other processes"), last
+    assert "--dist-timeout" in last and "Traceback" not in res.stderr
+    assert took < 60  # not PyTorch's 30 minutes
+    with pytest.raises(ValueError, match="not a positive number of seconds"):
+        _distributed.rendezvous_timeout(0)
+    os.environ[_distributed.TIMEOUT_ENV] = "soon"
+    try:
+        with pytest.raises(ValueError, match="OTVIZ_DIST_TIMEOUT='soon'"):
+            _distributed.rendezvous_timeout()
+    finally:
+        del os.environ[_distributed.TIMEOUT_ENV]
+    assert _distributed.rendezvous_timeout() == 120.0
+
+
 # --------------------------------------------------------------------------
 # bad input: clear errors before any process starts
 # --------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_unusable_store_is_refused_before_any_process_starts(tmp_path, where):
+    if where == "under_a_file":
+        (tmp_path / "afile").write_text("")
+        path = tmp_path / "afile" / "runs.db"
+    else:
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("no /proc")
+        path = Path("/proc/otviz-runs.db")  # a folder nobody can create files in, root included
+    res = _otviz_train("--nproc", "2", "--setting", "transfer-digits", "--store", str(path), "--no-progress")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("otviz train: error: can"), res.stderr[-3000:]
+    assert str(path.parent) in lines[0] and "--store" in lines[0]
+    assert "starting 2 processes" not in res.stderr and "Traceback" not in res.stderr
+
 def test_nproc_larger_than_the_cores_is_refused(tmp_path):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     res = _otviz_train("--nproc", str(cores + 1), "--setting", "transfer-digits", "--store",
@@ -316,3 +441,38 @@ def test_ranks_that_fail_at_start_end_the_training_with_the_reason(tmp_path):
     assert res.returncode != 0
     assert "method 'kd' needs teacher and student to share the task" in res.stderr
     assert not db.exists() or RunStore(db).runs().empty  # nothing recorded
+
+
+def test_read_only_store_is_refused_before_any_process_starts(tmp_path):
+    """A store that opens for reading only (its folder is read-only) cannot record the run. Root
+    ignores permissions, so as root the folder is made read-only with a read-only bind mount in a
+    private mount namespace (``unshare -m``)."""
+    import shutil
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    db = folder / "runs.db"
+    RunStore(db).close()
+    cmd = [sys.executable, "-m", "otviz", "train", "--nproc", "2", "--setting", "transfer-digits",
+           "--store", str(db), "--no-progress"]
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        db.chmod(0o444)
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+        finally:
+            folder.chmod(0o755)
+            db.chmod(0o644)
+    else:
+        if shutil.which("unshare") is None:
+            pytest.skip("root, and no unshare to make a folder read-only")
+        script = (f"mount --bind -o ro {folder} {folder} && ! touch {folder / 'probe'} 2>/dev/null && "
+                  f"echo mounted && " + " ".join(cmd))
+        res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                             capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+        if not res.stdout.startswith("mounted"):
+            pytest.skip(f"cannot make a read-only bind mount here: {res.stderr.strip()[:200]}")
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot record the training in the run store" in lines[0], res.stderr[-3000:]
+    assert "read-only" in lines[0] and "--store" in lines[0]

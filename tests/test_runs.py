@@ -855,3 +855,138 @@ def test_store_in_a_read_only_directory_is_listed(tmp_path):
     assert "is read-only" in out["write"] and "is not writable" in out["write"], out["write"]
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before  # nothing written
     assert cli.returncode == 0 and "completed" in cli.stdout and not cli.stderr, cli.stderr
+
+
+# --------------------------------------------------------------------------- bounded input
+
+
+@pytest.mark.parametrize("kw", [dict(step=2**70), dict(step=1, epoch=2**64), dict(step=-(2**70)),
+                                dict(step=10**100_000)])
+def test_step_outside_sqlite_range_is_a_clear_value_error(store, kw):
+    rid = store.create_run({})
+    with pytest.raises(ValueError, match=r"(step|epoch) must be|64-bit range") as info:
+        store.log_metrics(rid, {"loss": 1.0}, **kw)
+    assert len(str(info.value)) < 200
+    store.log_metrics(rid, {"loss": 1.0}, step=2**63 - 1)  # the largest SQLite integer is fine
+    assert store.metrics(rid)["step"].tolist() == [2**63 - 1]
+
+
+def test_deeply_nested_config_is_a_clear_value_error(store):
+    config: dict = {}
+    cur = config
+    for _ in range(5000):
+        cur["a"] = {}
+        cur = cur["a"]
+    with pytest.raises(ValueError, match="more than 64 levels deep"):
+        store.create_run({"method": "ot", "extra": config})
+    with pytest.raises(ValueError, match="more than 64 levels deep"):
+        store.track({"extra": config}).__enter__()
+    assert store.runs().empty  # nothing recorded
+
+
+def test_deeply_nested_stored_config_reads_as_a_clear_error(store):
+    rid = store.create_run({"method": "ot"})
+    with raw(store) as con:  # a store from elsewhere, written by hand
+        con.execute("UPDATE runs SET config = ? WHERE id = ?", ("[" * 5000 + "]" * 5000, rid))
+    with pytest.raises(ValueError, match=rf"stored config of run {rid} nests .* more than 64 levels"):
+        store.run(rid)
+
+
+def test_failed_run_error_starts_with_a_one_line_headline(store):
+    with pytest.raises(RuntimeError):
+        with store.track({}) as rec:
+            raise RuntimeError("gloo: Connection closed by peer\nmore detail\n" + "x" * 1000)
+    error = store.run(rec.run_id)["error"]
+    first, blank, *rest = error.splitlines()
+    assert first == "RuntimeError: gloo: Connection closed by peer" and blank == ""
+    assert rest[0].startswith("Traceback") and "more detail" in error
+
+
+SIGTERM_WHILE_FINISHING = """
+import os, signal, sys
+from otviz.runs import RunStore
+store = RunStore(sys.argv[1])
+finish = store.finish
+def finish_after_a_sigterm(*args, **kwargs):  # torchrun's SIGTERM lands while the end is written
+    os.kill(os.getpid(), signal.SIGTERM)
+    finish(*args, **kwargs)
+store.finish = finish_after_a_sigterm
+with store.track({"method": "ot"}) as rec:
+    print(rec.run_id, flush=True)
+    raise RuntimeError("rank 1 stopped")
+"""
+
+
+def test_sigterm_while_the_end_is_written_waits_for_it(tmp_path):
+    db = tmp_path / "runs.db"
+    script = tmp_path / "finish.py"
+    script.write_text(SIGTERM_WHILE_FINISHING)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop(ENV_VAR, None)
+    res = subprocess.run([sys.executable, str(script), str(db)], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert res.returncode == -signal.SIGTERM, res.stderr[-2000:]  # the signal still ends the process
+    info = RunStore(db).run(int(res.stdout.split()[0]))
+    assert info["status"] == "failed", info  # ... after the run's end was written
+    assert info["error"].startswith("RuntimeError: rank 1 stopped")
+
+
+LIST_READONLY = """
+import sys
+from otviz.runs import RunStore, RunStoreError
+store = RunStore(sys.argv[1], create=False)
+print("readonly", store.readonly)
+print("runs", len(store.runs()), store.run(1)["status"], len(store.metrics(1)))
+try:
+    store.create_run({})
+except RunStoreError as exc:
+    print("write refused:", exc)
+"""
+
+
+def test_delete_journal_store_in_a_read_only_folder_is_listed(tmp_path):
+    """A store in SQLite's DELETE journal mode whose folder is read-only and whose file is
+    writable: opening it cannot switch it to WAL (no side files), so it is read as it is.
+    Root ignores permissions, so as root the folder is made read-only with a read-only bind
+    mount in a private mount namespace (``unshare -m``), the file bind-mounted writable on top."""
+    import shutil
+
+    folder, spare = tmp_path / "store", tmp_path / "spare"
+    folder.mkdir()
+    spare.mkdir()
+    db = folder / "runs.db"
+    store = RunStore(db)
+    rid = store.create_run({"method": "ot"})
+    store.log_metrics(rid, {"loss": 1.0}, step=1)
+    store.finish(rid)
+    store.close()
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
+    con.close()
+    script = tmp_path / "list.py"
+    script.write_text(LIST_READONLY)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop(ENV_VAR, None)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            res = subprocess.run([sys.executable, str(script), str(db)], capture_output=True, text=True,
+                                 env=env, timeout=60)
+        finally:
+            folder.chmod(0o755)
+    else:
+        if shutil.which("unshare") is None:
+            pytest.skip("root, and no unshare to make a folder read-only")
+        shutil.copy(db, spare / "runs.db")
+        cmd = (f"mount --bind -o ro {folder} {folder} && mount --bind {spare / 'runs.db'} {db} && "
+               f"! touch {folder / 'probe'} 2>/dev/null && echo mounted && {sys.executable} {script} {db}")
+        res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", cmd],
+                             capture_output=True, text=True, env=env, timeout=60)
+        if not res.stdout.startswith("mounted\n"):
+            pytest.skip(f"cannot make a read-only bind mount here: {res.stderr.strip()[:200]}")
+        res.stdout = res.stdout[len("mounted\n"):]
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[0] == "readonly True"
+    assert lines[1] == "runs 1 completed 1"  # listed, not only promised
+    assert lines[2].startswith("write refused:") and "DELETE journal" in lines[2]

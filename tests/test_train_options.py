@@ -89,3 +89,19 @@ def test_teacher_cache_matches_a_forward_and_keeps_the_neuron_axis():
         assert acts.info[name].channel_axis == 1
     assert tr._TeacherCache.build(teacher, X, ["features.conv3"], torch.device("cpu"), limit=1000) is None
     assert not math.isnan(float(logits.sum()))
+
+
+def test_deeply_nested_or_huge_config_is_a_short_value_error(tmp_path):
+    deep: dict = {}
+    cur = deep
+    for _ in range(5000):
+        cur["a"] = {}
+        cur = cur["a"]
+    with pytest.raises(ValueError, match="more than 64 levels deep"):
+        TrainConfig.from_dict({"setting": "transfer-digits", "name": deep})
+    # the same config given directly reaches the store, which refuses it as clearly
+    with pytest.raises(ValueError, match="more than 64 levels deep"):
+        RunStore(tmp_path / "runs.db").create_run({"name": deep})
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['k0', .*\] \(100000 items\)") as info:
+        TrainConfig.from_dict({f"k{i}": i for i in range(100_000)})
+    assert len(str(info.value)) < 1000
