@@ -53,6 +53,16 @@ held-out images of otviz's shipped datasets, resized for the model.
 :func:`check_probe` compares a probe with what the model declares (dtype,
 rank, channels, image size, vocabulary, sequence length) and names the fix.
 
+Probe files are read in bounded memory: only regular files are opened (a FIFO
+or a device is refused at once); a ``.npy`` file, each member of a ``.npz``
+archive and a ``.safetensors`` file are sized from their headers against
+``max_bytes`` before their data are read or decompressed; each image is sized
+from its header (at most :data:`MAX_IMAGE_PIXELS`) and decoded, resized and
+stored before the next is read; a text file is streamed, each line cut to
+``max_length * CHARS_PER_TOKEN`` characters before tokenising. A folder or a
+text file gives at most :data:`MAX_PROBE_INPUTS` inputs unless ``limit``
+picks the first ones.
+
 Optional dependencies: ``transformers`` (model directories, tokenizers),
 ``safetensors`` (installed with transformers), ``Pillow`` (image folders),
 ``timm``/``torchvision`` (named architectures). Each is imported only when
