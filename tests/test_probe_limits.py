@@ -141,6 +141,26 @@ def test_large_images_are_decoded_and_resized_one_at_a_time(tmp_path, path):
     assert res["peak_mib"] < 100, res
 
 
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    im = Image.new("RGB", (9000, 8000), (200, 100, 50))  # 72 M pixels: over the cap as stored
+    im.save(folder / "big.jpg", quality=90)
+    del im
+    res = run_child("from otviz import external as ex", f"""
+        x = ex.load_image_folder({str(folder)!r}, size=28)
+        out["shape"] = list(x.shape)
+        out["mean"] = x.mean(dim=(0, 2, 3)).tolist()
+    """)
+    assert "error" not in res, res
+    assert res["shape"] == [1, 3, 28, 28]
+    np.testing.assert_allclose(res["mean"], [200 / 255, 100 / 255, 50 / 255], atol=0.02)
+    assert res["peak_mib"] < 40, res  # decoded at full size it takes 206 MiB; at 1/8 scale 3.3 MiB
+    with pytest.raises(ValueError, match=r"big.jpg is 9000x8000 pixels \(72,000,000\), more than the 40,000,000"):
+        ex.load_image_folder(folder)  # at its own size the JPEG is decoded whole: refused
+
+
 def test_image_batch_over_the_limit_is_refused_before_decoding(tmp_path):
     pytest.importorskip("PIL.Image")
     folder = tmp_path / "imgs"
