@@ -1121,13 +1121,19 @@ def _read_npz(p: Path, max_bytes: int | None) -> dict[str, np.ndarray]:
                 try:
                     with z.open(info) as member:
                         shape, dtype, fortran = _npy_header(member, what)
+                        stored = info.file_size - member.tell()  # data bytes the archive declares
                 except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
                     raise ValueError(f"{what} cannot be read ({_first_line(exc, 200)}); save arrays with "
                                      "np.savez or np.savez_compressed") from None
                 if not shape:
                     raise ValueError(f"{what} is a single number (shape ()); a probe needs a batch dimension: "
                                      "save the inputs stacked along a first axis (x[None] for one input)")
-                total += _npy_nbytes(shape, dtype)
+                nbytes = _npy_nbytes(shape, dtype)
+                if stored < nbytes:
+                    raise ValueError(f"{what} is truncated: its header declares {_shape_text(shape)} {dtype} "
+                                     f"({nbytes:,} bytes) but only {max(stored, 0):,} bytes follow; write the file "
+                                     "again with np.savez")
+                total += nbytes
                 headers.append((info, key, shape, dtype, fortran))
             _probe_limit(total, max_bytes, f"the probe arrays of {p} (by their .npy headers)")
             arrays = {}

@@ -377,3 +377,21 @@ def test_fortran_big_endian_and_limited_arrays_read_as_numpy_reads_them(tmp_path
     np.save(tmp_path / "s.npy", np.array([b"ab", b"cd"]))
     with pytest.raises(ValueError, match="must be numeric"):
         ex.load_tensor_file(tmp_path / "s.npy")
+
+
+def test_archives_and_folders_with_too_many_inputs_are_refused(tmp_path, monkeypatch):
+    many = tmp_path / "many.npz"
+    with zipfile.ZipFile(many, "w") as z:
+        for i in range(ex.MAX_NPZ_MEMBERS + 1):
+            z.writestr(f"a{i}.npy", b"")
+    with pytest.raises(ValueError, match=r"declares 1,025 entries, more than the 1024 a probe archive may hold"):
+        ex.load_tensor_file(many)
+    pytest.importorskip("PIL.Image")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        write_png(folder / f"{i}.png", 8, 8)
+    monkeypatch.setattr(ex, "MAX_PROBE_INPUTS", 3)
+    with pytest.raises(ValueError, match=r"has 4 images, more than the 3 a probe may hold; pass limit="):
+        ex.load_image_folder(folder)
+    assert ex.load_image_folder(folder, limit=3).shape == (3, 1, 8, 8)
