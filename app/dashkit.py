@@ -352,15 +352,35 @@ def describe_inputs(inputs: Any) -> str:
     return type(inputs).__name__
 
 
-def make_probe(t_info: dict[str, Any], s_info: dict[str, Any], probe: str, n: int, seed: int):
+class ProbeError(ValueError):
+    """The probe inputs chosen on the Alignments page cannot be used: a file refused (not a regular
+    file, over the memory limit, corrupt), or inputs the models do not take. The page shows it once."""
+
+
+def make_probe(t_info: dict[str, Any], s_info: dict[str, Any], probe: str, n: int, seed: int,
+               max_bytes: int | None = None):
+    """:func:`_make_probe`, its errors (``ValueError``, ``OSError``, ``ImportError``) as a :class:`ProbeError`."""
+    try:
+        return _make_probe(t_info, s_info, probe, n, seed, max_bytes)
+    except ProbeError:
+        raise
+    except (ValueError, OSError, ImportError) as exc:
+        raise ProbeError(str(exc).strip() or type(exc).__name__) from exc
+
+
+def _make_probe(t_info: dict[str, Any], s_info: dict[str, Any], probe: str, n: int, seed: int,
+                max_bytes: int | None = None):
     """``(inputs, description)`` of the probe chosen on the page, checked against both models.
 
     ``probe`` is a :func:`probe_key`. Images of a shipped dataset are resized to the size and
     channels the teacher (else the student) declares; sentences are tokenised with the teacher's
     tokenizer (else the student's). Each model that declares its input checks the probe
-    (:func:`otviz.external.check_probe`).
+    (:func:`otviz.external.check_probe`). A file of tensors or a folder of images is refused
+    above ``max_bytes`` (default: :func:`memory_limit`) before its data are read.
     """
     from otviz import external as ex
+
+    limit = memory_limit() if max_bytes is None else max_bytes
 
     kind, *args = json.loads(probe)
     specs = [e.input_spec for e in (_external(t_info), _external(s_info)) if e is not None and e.input_spec]
@@ -376,10 +396,10 @@ def make_probe(t_info: dict[str, Any], s_info: dict[str, Any], probe: str, n: in
         inputs = ex.shipped_probe(args[0], n, seed=seed, size=size, channels=channels)
         what = f"held-out images of {args[0]}" + (f" resized to {size[0]}x{size[1]}" if size else "")
     elif kind == "file":
-        inputs, what = ex.load_probe(args[0], limit=n), f"the first rows of {Path(args[0]).name}"
+        inputs, what = ex.load_probe(args[0], limit=n, max_bytes=limit), f"the first rows of {Path(args[0]).name}"
     elif kind == "images":
         first = next((e for e in (_external(t_info), _external(s_info)) if e is not None), None)
-        inputs = ex.load_probe(args[0], first, limit=n)
+        inputs = ex.load_probe(args[0], first, limit=n, max_bytes=limit)
         what = f"the images of {Path(args[0]).name}/"
     elif kind == "text":
         tok_model = next((e for e in (_external(t_info), _external(s_info))
@@ -483,7 +503,7 @@ def alignment_data(t_ref: str, s_ref: str, t_layer: str, s_layer: str, cost: str
     from otviz.transport import align
 
     teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data, max_bytes)
-    inputs, task_name = make_probe(t_info, s_info, probe, n_probe, seed)
+    inputs, task_name = make_probe(t_info, s_info, probe, n_probe, seed, max_bytes)
     t_acts, s_acts = _run_both(teacher, student, inputs, [t_layer], [s_layer])
     tokens = t_acts.mask_for(t_layer) is not None or s_acts.mask_for(s_layer) is not None
     kw = {"spatial": spatial, "size": size if spatial == "flatten" and not tokens else None}
@@ -514,7 +534,7 @@ def layer_tables(t_ref: str, s_ref: str, cost: str, normalize: str | None, metho
     from otviz.layers import layer_distances
 
     teacher, t_info, student, s_info = _models(t_ref, s_ref, _t_data, _s_data, max_bytes)
-    inputs, _ = make_probe(t_info, s_info, probe, n_probe, seed)
+    inputs, _ = make_probe(t_info, s_info, probe, n_probe, seed, max_bytes)
     t_layers = table_layers(teacher, inputs)
     s_layers = table_layers(student, inputs)
     masked = isinstance(inputs, Mapping) and "attention_mask" in inputs

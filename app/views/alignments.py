@@ -235,7 +235,10 @@ def two_models() -> None:
     try:
         with st.spinner("Running both models on the probe images and solving the transport..."):
             data = dk.alignment_data(t_ref, s_ref, t_layer, s_layer, _t_data=t_data, _s_data=s_data, **opts)
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except dk.ProbeError as exc:  # shown once: the layer table would need the same probe
+        dk.show_error(exc, "Probe inputs")
+        return
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:  # e.g. a probe file refused
         dk.show_error(exc, "These layers cannot be aligned")
         data = None
     if data is not None:
@@ -277,7 +280,7 @@ def two_models() -> None:
         with st.spinner("Comparing every teacher layer with every student layer..."):
             ot_df, cka_df = dk.layer_tables(t_ref, s_ref, _t_data=t_data, _s_data=s_data,
                                             measure="ot-raw" if raw else "ot", **opts)
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
         dk.show_error(exc, "The layer x layer table cannot be computed")
     else:
         dk.chart(figures.distance_matrices(ot_df, cka_df), key="al_tables")
