@@ -389,9 +389,10 @@ def _cost(t: torch.Tensor, s: torch.Tensor, cost: str, normalize: str | None,
     """Cost matrix in :func:`compute_dtype` (or ``dtype``), autocast off (see :func:`cost_matrix`).
 
     A float32 computation is promoted to float64 when the Euclidean costs of these
-    neurons would overflow float32 or fall below its normal range (responses of
-    magnitude about 1e19 and above, or 1e-25 and below, without a scale-free
-    normalisation): the distance is then computed, not rounded to inf or 0.
+    neurons could overflow float32 or come near its smallest normal numbers (for the
+    squared Euclidean cost, responses above about 1e18 / sqrt(d) or below about 4e-16,
+    without a scale-free normalisation): the costs are then computed, not rounded to
+    inf or 0.
     """
     if cost not in COSTS:
         raise _choice_error("cost", cost, list(COSTS))
@@ -1265,7 +1266,11 @@ def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqe
     Returns
     -------
     torch.Tensor (scalar), or (scalar, Alignment) if ``return_alignment``.
-    Its dtype is the inputs' dtype promoted to at least float32.
+    Its dtype is the inputs' dtype promoted to at least float32, except when
+    that dtype cannot hold the distance (float32 inputs of magnitude about
+    1e19 and above, or 1e-19 and below, without a scale-free normalisation:
+    the squared distances exceed float32's range or fall below its normal
+    numbers): the scalar is then float64, never rounded to inf or 0.
 
     Notes
     -----
@@ -1275,7 +1280,16 @@ def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqe
     elsewhere) with autocast off, so a bfloat16 layer gives the distance of
     its values computed in float64 (within 1e-3 relative of the float64
     inputs' result when the rounding of the inputs themselves does not move
-    it); the gradient flows back to the inputs in their own dtype.
+    it); the gradient flows back to the inputs in their own dtype. On
+    accelerators, a float32 cost that would overflow or underflow float32
+    is computed in float64 instead (and solved in float64).
+
+    **CPU.** With the numpy backend on the CPU (and ``grad="envelope"`` or
+    ``"emd"``), the cost matrix is computed as in :func:`align` (numpy,
+    float64, no copy of float64 inputs) and the gradient
+    :math:`\langle P^\star, \partial C \rangle` is attached to the inputs
+    directly (two matrix products in the backward pass), so no m x k matrix is
+    built in torch.
     """
     if grad not in ("envelope", "autodiff"):
         raise _choice_error("grad", grad, ["envelope", "autodiff"])
