@@ -21,6 +21,17 @@ Usage::
 
     python benchmarks/bench_ot.py            # full table (about 15-30 minutes on 2 cores)
     python benchmarks/bench_ot.py --quick    # small sizes only
+    python benchmarks/bench_ot.py --e2e-only # the whole-call comparison below only (about 2 min)
+
+The whole call (``--e2e-only``, also printed first by the full run): what a
+user pays for ``otviz.ot_distance(T, S, method="sinkhorn", eps=eps)`` and
+``otviz.align(...)`` (input checks, float64 cost, median cost scale, solve,
+result) against POT's ``M = ot.dist(T, S)`` + ``ot.sinkhorn(a, b, M, reg)``
+at matched ``reg = eps * median(M)`` (the median is not charged to POT), on
+i.i.d. Gaussian clouds of 2048 x 512 points in d = 256: a short solve
+(eps = 0.05, a few iterations: the fixed costs dominate) and a long one
+(eps = 0.005). The three pipelines run alternately; medians (and minima) of
+``--e2e-repeat`` runs, ratio otviz / POT (< 1: otviz faster).
 
 Times are wall-clock seconds on a shared machine; compare the ratios, which are
 measured in the same run.
@@ -139,6 +150,62 @@ def warm_start_case(m, k, eps, tol, steps, drift, seed=0):
                 max_rel=max_rel)
 
 
+def end_to_end(m=2048, k=512, d=256, eps_list=(0.05, 0.005), repeat=7, tol=1e-9,
+               max_iter=10_000, seed=0):
+    """The whole-call comparison of the module docstring; returns the table's lines."""
+    import statistics
+
+    import torch
+
+    from otviz.transport import align, ot_distance
+
+    rng = np.random.default_rng(seed)
+    T, S = rng.standard_normal((m, d)), rng.standard_normal((k, d))
+    Tt, St = torch.from_numpy(T), torch.from_numpy(S)
+    a, b = np.full(m, 1 / m), np.full(k, 1 / k)
+    lines = [f"Whole call, Gaussian clouds {m}x{k}, d = {d}, tol {tol:g}; median (min) of {repeat} "
+             f"alternated runs, seconds",
+             "",
+             "| eps | otviz iters | POT iters | POT dist+sinkhorn s | ot_distance s | ot_distance / POT "
+             "| align s | align / POT | rel. value diff |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for eps in eps_list:
+        reg = eps * float(np.median(ot.dist(T, S)))  # matched regularisation, not timed
+
+        def pot():
+            M = ot.dist(T, S)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                P, log = ot.sinkhorn(a, b, M, reg, stopThr=tol, numItermax=max_iter, log=True)
+            return float((P * M).sum()), int(log["niter"])
+
+        def od():
+            return float(ot_distance(Tt, St, method="sinkhorn", eps=eps, tol=tol, max_iter=max_iter))
+
+        def al():
+            return align(T, S, method="sinkhorn", eps=eps, tol=tol, max_iter=max_iter)
+
+        times = {"pot": [], "od": [], "al": []}
+        out = {}
+        for _ in range(repeat):
+            for name, fn in (("pot", pot), ("od", od), ("al", al)):
+                t0 = time.perf_counter()
+                out[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+        med = {n: statistics.median(v) for n, v in times.items()}
+        low = {n: min(v) for n, v in times.items()}
+        v_pot, it_pot = out["pot"]
+        rel = max(abs(out["od"] - v_pot), abs(out["al"].distance - v_pot)) / abs(v_pot)
+        line = (f"| {eps:g} | {out['al'].n_iter} | {it_pot} | {med['pot']:.4f} ({low['pot']:.4f}) "
+                f"| {med['od']:.4f} ({low['od']:.4f}) | **{med['od'] / med['pot']:.2f}** "
+                f"({low['od'] / low['pot']:.2f}) | {med['al']:.4f} ({low['al']:.4f}) "
+                f"| **{med['al'] / med['pot']:.2f}** ({low['al'] / low['pot']:.2f}) | {rel:.1e} |")
+        print(line, flush=True)
+        lines.append(line)
+    return lines
+
+
 def fmt_t(x):
     return "-" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
@@ -152,7 +219,17 @@ def main(argv=None):
                    help="iteration cap of sinkhorn_log (lowered to 1000 for eps <= 1e-3 above 256x256 "
                         "to bound the run time; the ratio is then per iteration)")
     p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.01, 0.001, 0.0001])
+    p.add_argument("--e2e-only", action="store_true",
+                   help="only the whole-call comparison (ot_distance / align against ot.dist + ot.sinkhorn)")
+    p.add_argument("--e2e-repeat", type=int, default=7)
     args = p.parse_args(argv)
+
+    e2e = end_to_end(repeat=args.e2e_repeat)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_ot_e2e.md").write_text("\n".join(e2e) + "\n")
+    if args.e2e_only:
+        return
+    print(flush=True)
 
     sizes = [(256, 256), (1024, 1024)] if args.quick else [(256, 256), (1024, 1024), (2048, 2048), (4096, 1024)]
     lines = [

@@ -374,13 +374,36 @@ def _overflow_error(cost: str, amax: float) -> ValueError:
         f"cost='euclidean' or 'correlation', or divide the activations by a constant first")
 
 
-def _cost(t: torch.Tensor, s: torch.Tensor, cost: str, normalize: str | None) -> torch.Tensor:
-    """Cost matrix in :func:`compute_dtype`, autocast off (see :func:`cost_matrix`)."""
+def _fits_float32(amax: float, d: int, power: float) -> bool:
+    """Whether Euclidean (``power`` 1) or squared Euclidean (2) costs of neurons whose
+    responses reach ``amax`` (> 0) stay in float32's normal range: the largest possible
+    cost below 2^126 and the scale ``amax ** power`` above 2^-100 (so a typical cost
+    keeps float32's 24 bits instead of rounding to a subnormal or to 0)."""
+    e = math.log2(amax)
+    top = power * (e + 1.0 + 0.5 * math.log2(d))  # log2 of (2 sqrt(d) amax) ** power
+    return top < 126.0 and power * e > -100.0
+
+
+def _cost(t: torch.Tensor, s: torch.Tensor, cost: str, normalize: str | None,
+          dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Cost matrix in :func:`compute_dtype` (or ``dtype``), autocast off (see :func:`cost_matrix`).
+
+    A float32 computation is promoted to float64 when the Euclidean costs of these
+    neurons could overflow float32 or come near its smallest normal numbers (for the
+    squared Euclidean cost, responses above about 1e18 / sqrt(d) or below about 4e-16,
+    without a scale-free normalisation): the costs are then computed, not rounded to
+    inf or 0.
+    """
     if cost not in COSTS:
         raise _choice_error("cost", cost, list(COSTS))
     if normalize not in NORMALIZATIONS:
         raise _choice_error("normalize", normalize, list(NORMALIZATIONS))
-    dtype = compute_dtype(t, s)
+    if dtype is None:
+        dtype = compute_dtype(t, s)
+    if dtype != torch.float64 and cost in ("sqeuclidean", "euclidean") and normalize in (None, "center"):
+        amax = max(float(t.detach().abs().max()), float(s.detach().abs().max()))
+        if amax > 0 and not _fits_float32(2.0 * amax, t.shape[1], 2.0 if cost == "sqeuclidean" else 1.0):
+            dtype = torch.float64
     with _no_autocast(t.device):
         t = _normalize(t.to(dtype), normalize, "teacher")
         s = _normalize(s.to(dtype), normalize, "student")
@@ -1243,7 +1266,11 @@ def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqe
     Returns
     -------
     torch.Tensor (scalar), or (scalar, Alignment) if ``return_alignment``.
-    Its dtype is the inputs' dtype promoted to at least float32.
+    Its dtype is the inputs' dtype promoted to at least float32, except when
+    that dtype cannot hold the distance (float32 inputs of magnitude about
+    1e19 and above, or 1e-19 and below, without a scale-free normalisation:
+    the squared distances exceed float32's range or fall below its normal
+    numbers): the scalar is then float64, never rounded to inf or 0.
 
     Notes
     -----
@@ -1253,7 +1280,16 @@ def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqe
     elsewhere) with autocast off, so a bfloat16 layer gives the distance of
     its values computed in float64 (within 1e-3 relative of the float64
     inputs' result when the rounding of the inputs themselves does not move
-    it); the gradient flows back to the inputs in their own dtype.
+    it); the gradient flows back to the inputs in their own dtype. On
+    accelerators, a float32 cost that would overflow or underflow float32
+    is computed in float64 instead (and solved in float64).
+
+    **CPU.** With the numpy backend on the CPU (and ``grad="envelope"`` or
+    ``"emd"``), the cost matrix is computed as in :func:`align` (numpy,
+    float64, no copy of float64 inputs) and the gradient
+    :math:`\langle P^\star, \partial C \rangle` is attached to the inputs
+    directly (two matrix products in the backward pass), so no m x k matrix is
+    built in torch.
     """
     if grad not in ("envelope", "autodiff"):
         raise _choice_error("grad", grad, ["envelope", "autodiff"])
@@ -1264,16 +1300,32 @@ def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqe
         raise ValueError(f"teacher is on {t.device} but student is on {s.device}; "
                          f"move both to the same device")
     backend = _pick_backend(backend, method, t.device)
-    _check_neurons(t, s)
+    fast = backend == "numpy" and t.device.type == "cpu" and (grad == "envelope" or method == "emd")
+    _check_neurons(t, s, finite=not fast)  # the fast path's cost checks finiteness in its first pass
     m, k = t.shape[0], s.shape[0]
     a_ = _check_weights(a, m, "a", normalise=method != "unbalanced")
     b_ = _check_weights(b, k, "b", normalise=method != "unbalanced")
     out_dtype = torch.promote_types(torch.promote_types(t.dtype, s.dtype), torch.float32)
+    warm = _warm_potentials(warm_start, m, k) if method != "emd" else None
+    if fast:
+        # The float64 CPU path of align (numpy cost in few passes, no torch m x k work),
+        # with the envelope gradient <P, dC> attached to the inputs (_PlanCost).
+        tn, sn = _as_array(t, "teacher"), _as_array(s, "student")
+        al, _ = _finish_with_plan(_cost_np(tn, sn, cost, normalize), a_, b_, method=method,
+                                  cost=cost, normalize=normalize, eps=eps, reg_m=reg_m, tol=tol,
+                                  max_iter=max_iter, warm=warm, neurons=(t.detach(), s.detach()),
+                                  _stack=3)
+        value = _envelope_value(t, s, al, cost, normalize)
+        value = _as_out_dtype(value, out_dtype)
+        return (value, al) if return_alignment else value
     with _no_autocast(t.device):
         C = _cost(t, s, cost, normalize)
-        warm = _warm_potentials(warm_start, m, k) if method != "emd" else None
         if backend == "torch":
             solver_dtype = torch.float64 if t.dtype == s.dtype == torch.float64 else torch.float32
+            if solver_dtype == torch.float32 and C.dtype == torch.float64:
+                cmax = float(C.detach().max())
+                if cmax > 2.0 ** 100 or 0.0 < cmax < 2.0 ** -90:  # beyond float32's range
+                    solver_dtype = torch.float64
             Cs = C.detach().to(solver_dtype)
         else:
             Cs = C.detach().to("cpu", torch.float64).numpy()
@@ -1298,8 +1350,75 @@ def ot_distance(teacher: ArrayLike, student: ArrayLike, *, cost: CostName = "sqe
     if not bool(torch.isfinite(value.detach())):
         raise FloatingPointError(f"OT distance is not finite ({value.item()}); "
                                  f"try a larger eps or grad='envelope'")
-    value = value.to(out_dtype)
+    value = _as_out_dtype(value, out_dtype)
     return (value, al) if return_alignment else value
+
+
+def _as_out_dtype(value: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """``value`` in ``out_dtype``, unless that would round it to inf or to a subnormal or 0
+    (a float32 distance of responses of magnitude 1e20 or 1e-20): it then stays in its own,
+    wider dtype."""
+    if value.dtype == out_dtype or torch.finfo(value.dtype).bits <= torch.finfo(out_dtype).bits:
+        return value.to(out_dtype)
+    v = abs(float(value.detach()))
+    fi = torch.finfo(out_dtype)
+    if v > fi.max or 0.0 < v < fi.tiny:
+        return value
+    return value.to(out_dtype)
+
+
+class _PlanCost(torch.autograd.Function):
+    r""":math:`\langle W, D(x, y) \rangle` with :math:`D_{ij} = f_2 \|x_i - y_j\|^2` and a
+    fixed weight matrix ``W``: the value is given (computed in numpy), the backward pass is
+    :math:`\partial/\partial x_i = 2 f_2 (w_{i\cdot} x_i - (W y)_i)` and its transpose
+    for ``y`` (two matrix products, no m x k work in torch)."""
+
+    @staticmethod
+    def forward(ctx, x, y, W, rw, cw, f2, value):  # noqa: D102
+        ctx.save_for_backward(x, y, W, rw, cw)
+        ctx.f2 = f2
+        return torch.tensor(value, dtype=x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        x, y, W, rw, cw = ctx.saved_tensors
+        c = 2.0 * ctx.f2 * g
+        gx = (rw[:, None] * x - W @ y) * c if ctx.needs_input_grad[0] else None
+        gy = (cw[:, None] * y - W.T @ x) * c if ctx.needs_input_grad[1] else None
+        return gx, gy, None, None, None, None, None
+
+
+def _envelope_value(t: torch.Tensor, s: torch.Tensor, al: "Alignment", cost: str,
+                    normalize: str | None) -> torch.Tensor:
+    r"""The float64 scalar :math:`\langle P, C(t, s) \rangle` of a CPU alignment, with the
+    envelope gradient :math:`\langle P, \partial C \rangle` to ``t`` and ``s`` when one of
+    them requires it (the same gradient as autograd through :func:`_cost`, without
+    building ``C`` in torch)."""
+    if not (torch.is_grad_enabled() and (t.requires_grad or s.requires_grad)):
+        return torch.tensor(al.distance, dtype=torch.float64)
+    P, C = al.plan, al.cost_matrix
+    with _no_autocast(t.device):
+        x = _normalize(t.to(torch.float64), normalize, "teacher")
+        y = _normalize(s.to(torch.float64), normalize, "student")
+        f2 = 1.0
+        if cost in ("cosine", "correlation"):
+            if cost == "correlation":
+                x = x - x.mean(1, keepdim=True)
+                y = y - y.mean(1, keepdim=True)
+            x, y = _row_prescale(x), _row_prescale(y)
+            x = x / x.norm(dim=1, keepdim=True)  # no zero norm: _cost_np checked
+            y = y / y.norm(dim=1, keepdim=True)
+            f2 = 0.5
+        # a constant shift (no gradient) keeps x_i - y_j's digits in the products
+        shift = (x.detach().sum(0) + y.detach().sum(0)) / (x.shape[0] + y.shape[0])
+        x, y = x - shift, y - shift
+    if cost == "euclidean":  # d sqrt(D) = dD / (2 sqrt(D)); 0 at D = 0, as _safe_sqrt
+        W = np.zeros_like(P)
+        np.divide(P, 2.0 * C, out=W, where=C > 0)
+    else:
+        W = P
+    return _PlanCost.apply(x, y, torch.from_numpy(W), torch.from_numpy(W.sum(axis=1)),
+                           torch.from_numpy(W.sum(axis=0)), f2, al.distance)
 
 
 def _autodiff_value(C: torch.Tensor, a: np.ndarray, b: np.ndarray, method: str, reg: float,

@@ -260,6 +260,86 @@ def test_autodiff_at_tiny_eps_warns_with_the_fix():
         ot_distance(T, S, method="sinkhorn", eps=0.1, grad="autodiff")
 
 
+SCALES = [1e30, 1e-30, 1e20, 1e-20]
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method,cost", [("emd", "sqeuclidean"), ("sinkhorn", "sqeuclidean"),
+                                         ("sinkhorn", "euclidean"), ("unbalanced", "sqeuclidean")])
+def test_ot_distance_at_extreme_scales_is_the_float64_value(scale, dtype, method, cost):
+    # float32 used to give inf at 1e20 and 1e30 (the squared distances, ~1e40 and ~1e60, were
+    # cast to float32) and 0 or a subnormal at 1e-20 and 1e-30
+    T, S = layers(m=20, k=15, d=30, noise=0.5)
+    kw = dict(method=method, cost=cost, eps=None if method == "emd" else 0.05)
+    Tx, Sx = (T * scale).to(dtype), (S * scale).to(dtype).requires_grad_()
+    T64, S64 = Tx.detach().double(), Sx.detach().double().requires_grad_()  # same values
+    ref = ot_distance(T64, S64, **kw)
+    val = ot_distance(Tx, Sx, **kw)
+    assert math.isfinite(val.item()) and val.item() > 0
+    assert rel(val, ref) < 1e-5
+    power = 2 if cost == "sqeuclidean" else 1
+    unit = ot_distance(T, S, **kw).item()
+    assert ref.item() == pytest.approx(unit * scale ** power, rel=1e-5)  # OT scales by s^p
+    # the float32 value when float32 holds it, else float64
+    fits = torch.finfo(torch.float32).tiny < abs(ref.item()) < torch.finfo(torch.float32).max
+    assert val.dtype == (torch.float32 if dtype == torch.float32 and fits else torch.float64)
+    (g,) = torch.autograd.grad(val, Sx)
+    (g64,) = torch.autograd.grad(ref, S64)
+    assert g.dtype == dtype and torch.isfinite(g).all()
+    g64 = g64.to(dtype).double()
+    assert torch.linalg.vector_norm(g.double() - g64) <= 1e-5 * torch.linalg.vector_norm(g64)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_torch_backend_and_float32_cost_at_extreme_scales(scale):
+    from otviz.transport import _cost
+
+    T, S = layers(m=20, k=15, d=30, noise=0.5)
+    Tf, Sf = (T * scale).float(), (S * scale).float()
+    T64, S64 = Tf.double(), Sf.double()
+    ref = ot_distance(T64, S64, method="sinkhorn", eps=0.05)
+    # the float32 torch solver (the default on accelerators) promotes to float64 when the
+    # cost does not fit float32: inf or 0 costs used to reach the solver
+    val, al = ot_distance(Tf, Sf, method="sinkhorn", eps=0.05, backend="torch",
+                          return_alignment=True)
+    assert al.converged and rel(val, ref) < 1e-5
+    # a float32 cost matrix (on accelerators) is computed in float64 at these scales
+    C = _cost(Tf, Sf, "sqeuclidean", None, dtype=torch.float32)
+    C64 = cost_matrix(T64, S64)
+    assert C.dtype == torch.float64 and torch.isfinite(C).all()
+    assert torch.allclose(C, C64, rtol=1e-9, atol=0)
+    assert _cost(Tf / scale, Sf / scale, "sqeuclidean", None, dtype=torch.float32).dtype == torch.float32
+    # align and cost_matrix of float32 inputs compute in float64 already
+    assert align(Tf, Sf).distance == pytest.approx(ot_distance(T64, S64).item(), rel=1e-12)
+    assert torch.isfinite(cost_matrix(Tf, Sf)).all()
+
+
+@pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean", "cosine", "correlation"])
+@pytest.mark.parametrize("normalize", [None, "center", "standardize", "unit", "layer"])
+def test_cpu_envelope_gradient_equals_autograd_through_the_cost(cost, normalize, monkeypatch):
+    # ot_distance on the CPU computes the cost in numpy and attaches the envelope gradient
+    # <P, dC> itself (no m x k torch work): the same gradient as autograd through the torch cost
+    from otviz import transport
+
+    T, S = layers(m=30, k=25, d=40, noise=0.3)
+    T, S = T.requires_grad_(), S.requires_grad_()
+    val, al = ot_distance(T, S, cost=cost, normalize=normalize, method="sinkhorn", eps=0.05,
+                          return_alignment=True)
+    gT, gS = torch.autograd.grad(val, (T, S))
+    ref = (torch.as_tensor(al.plan) * cost_matrix(T, S, cost=cost, normalize=normalize)).sum()
+    rT, rS = torch.autograd.grad(ref, (T, S))
+    assert val.item() == pytest.approx(ref.item(), rel=1e-12)
+    assert val.item() == al.distance
+    for g, r in ((gT, rT), (gS, rS)):
+        assert torch.linalg.vector_norm(g - r) <= 1e-9 * torch.linalg.vector_norm(r)
+    # and it builds no torch cost matrix
+    monkeypatch.setattr(transport, "_cost", None)
+    v2 = ot_distance(T, S, cost=cost, normalize=normalize, method="sinkhorn", eps=0.05)
+    assert v2.item() == val.item()
+    v2.backward()
+
+
 # ------------------------------------------------------------ torch solver
 @pytest.mark.parametrize("m,k,eps,method", [(64, 64, 1e-2, "sinkhorn"), (120, 40, 1e-3, "sinkhorn"),
                                             (300, 300, 1e-4, "sinkhorn"),
