@@ -633,3 +633,53 @@ def test_compare_page_draws_the_paired_benchmark(store_path, tmp_path, monkeypat
     gains = next(f for f in figures_of(at) if f["layout"]["title"]["text"].endswith("paired by seed"))
     assert sorted(t["y"][0] for t in gains["data"] if t.get("y")) == ["ot - nst", "ot - scratch"]
     assert any("4 paired seeds per method" in c.value for c in at.caption)
+
+
+def test_compare_page_builds_only_the_shown_settings_figures_and_keeps_them(store_path, tmp_path,
+                                                                           monkeypatch):
+    """Of the paired benchmark, a visit builds the figures of the setting shown, not those of
+    the others; a second visit (a new session) builds none: they are kept per file state."""
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = ["setting,method,seed,val_accuracy,test_accuracy,seconds"]
+    for setting in ("transfer-small", "distill"):
+        for seed in range(3):
+            for method, acc in (("scratch", 0.70), ("ot", 0.78)):
+                rows.append(f"{setting},{method},{seed},0.7,{acc + 0.01 * seed:.3f},1.0")
+    (results / "transfer_paired.csv").write_text("\n".join(rows) + "\n")
+    import otviz.figures
+
+    built = []
+    real = otviz.figures.method_intervals
+
+    def counted(final, setting, **kw):
+        built.append(setting)
+        return real(final, setting, **kw)
+
+    monkeypatch.setattr(otviz.figures, "method_intervals", counted)
+    at = open_page("compare")
+    import dashkit
+
+    monkeypatch.setattr(dashkit, "BENCHMARK_RESULTS", results)
+    at.run()
+    assert_ok(at)
+    titles = [f["layout"]["title"]["text"] for f in figures_of(at)]
+    assert "transfer-small: test accuracy (mean, 95 % CI over seeds)" in titles
+    assert not any(t.startswith("distill") for t in titles), titles
+    assert built == ["transfer-small"]
+    at.segmented_control(key="cmp_paired_setting").set_value("distill").run()
+    assert_ok(at)
+    titles = [f["layout"]["title"]["text"] for f in figures_of(at)]
+    assert "distill: test accuracy (mean, 95 % CI over seeds)" in titles
+    assert not any(t.startswith("transfer-small") for t in titles), titles
+    assert built == ["transfer-small", "distill"]
+    again = AppTest.from_file(ENTRY, default_timeout=TIMEOUT)  # another visit: nothing rebuilt
+    again.switch_page("views/compare.py").run()
+    assert_ok(again)
+    assert "transfer-small: test accuracy (mean, 95 % CI over seeds)" in [
+        f["layout"]["title"]["text"] for f in figures_of(again)]
+    assert built == ["transfer-small", "distill"]
+    (results / "transfer_paired.csv").write_text("\n".join(rows[:5]) + "\n")  # new results: rebuilt
+    again.run()
+    assert_ok(again)
+    assert built == ["transfer-small", "distill", "transfer-small"]
