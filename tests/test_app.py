@@ -140,7 +140,7 @@ def test_train_form_launches_a_run_that_writes_to_the_store(store_path):
     by_label(at.multiselect, "Layer pairs (teacher layer = student layer)").set_value(["features.conv3"])
     by_label(at.number_input, "Epochs").set_value(1)
     by_label(at.number_input, "Steps per epoch (0 = one pass over the training set)").set_value(2)
-    by_label(at.number_input, "Labels per class (transfer settings; 0 = the setting's default)").set_value(2)
+    by_label(at.number_input, "Labels per class").set_value(2)
     by_label(at.button, "Start training").click().run()
     assert_ok(at)
     assert not errors(at), errors(at)
@@ -199,7 +199,7 @@ def test_train_form_starts_from_the_recipe_and_hides_what_does_not_apply(store_p
     assert (by_label(at.selectbox, "Setting").value, by_label(at.selectbox, "Method").value) == \
         ("transfer-small", "ot")
     values = _form_values(at)
-    assert values == dict(_as_form(recipe("transfer-small", "ot")), k=0)
+    assert values == dict(_as_form(recipe("transfer-small", "ot")), k=10)  # the setting's labels per class
     assert "eps" not in values and any("not used, the exact solver" in c.value for c in at.caption)
 
     # another setting and method: the form reloads that recipe; no OT term, no λ; distill: no k

@@ -528,8 +528,14 @@ def test_training_curves_accuracy_in_percent_with_chance_level():
     assert fig.layout.yaxis.ticksuffix == " %"
     chance = [s for s in fig.layout.shapes if s.type == "line"]
     assert len(chance) == 1 and chance[0].y0 == pytest.approx(20.0)  # 5 classes
-    assert any(a.text == "chance 20 %" for a in fig.layout.annotations)
+    label = [a for a in fig.layout.annotations if a.text == "chance 20 %"]
+    assert len(label) == 1
+    # at the right end of the line, where the rising curves have left chance (they start on it)
+    assert label[0].x == 1 and label[0].xanchor == "right" and label[0].xref.endswith("domain")
     assert "chance 20 %" in fig.layout.title.text
+    over = F.accuracy_curves({"a": df[df.key == "test/accuracy"]}, chance=0.2)
+    label = [a for a in over.layout.annotations if a.text.startswith("chance 20 %")]
+    assert len(label) == 1 and label[0].x == 1 and label[0].xanchor == "right"
     # one point only: still the fixed 0-100 axis, never negative
     one = df[(df.key == "test/accuracy") & (df.step == 5)]
     fig = F.training_curves(one, "test/accuracy", chance=0.1)
