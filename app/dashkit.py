@@ -10,6 +10,7 @@ layers that cannot be compared, a missing, locked or corrupt store) becomes an
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 import json
 import tempfile
@@ -47,6 +48,25 @@ def show_error(exc: BaseException, what: str) -> None:
     """One clear message for an error the user can act on."""
     text = str(exc).strip() or type(exc).__name__
     st.error(f"**{what}**: {text}", icon=":material/error:")
+
+
+# --------------------------------------------------------------------------- stored text
+#: Characters that Markdown (CommonMark, GitHub's extensions, Streamlit's ``:color[...]``,
+#: ``:material/...:`` and ``$math$``) gives a meaning; each is shown as itself after a backslash.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&=\"'])")
+
+
+def md_escape(text: Any) -> str:
+    """``text`` (a run name, a method, a teacher, anything read from the store or a file) for
+    ``st.markdown``, ``st.caption``, ``st.info`` and the like: shown as typed, never as a link,
+    an image, emphasis, a heading, a colour or an icon.
+
+    Every Markdown punctuation character is escaped with a backslash (``www.x`` and ``http://x``
+    lose their automatic link with their dot and colon) and line breaks become spaces, so the
+    text stays within its sentence.
+    """
+    flat = " ".join(str(text).split())
+    return _MD_SPECIAL.sub(r"\\\1", flat)
 
 
 # --------------------------------------------------------------------------- the run store

@@ -37,7 +37,9 @@ def status_markdown(status: Any) -> str:
     """``":green[✓ completed]"``: the status's mark and word in its colour, for captions."""
     color = {"running": "blue", "completed": "green", "failed": "red",
              "interrupted": "orange"}.get(str(status), "gray")
-    return f":{color}[{status_text(status)}]"
+    from dashkit import md_escape
+
+    return f":{color}[{md_escape(status_text(status))}]"
 
 
 def labels_signature(labels: dict[int, str], *extra: Any) -> str:

@@ -468,6 +468,14 @@ def test_alignments_page_compares_a_run_with_its_scratch_twin(store_path):
             for t in compare[0]["data"]] == [True, True]
     assert sum("Cost beside plan, epoch 2" in t for t in titles) == 2, titles
     assert sum(t.startswith("Neuron reallocation") for t in titles) == 2, titles
+    # both runs' costs on one colour scale (the range of both matrices), with one colour bar
+    costs = [next(tr for tr in f["data"] if tr.get("name") == "cost")
+             for f, t in zip(figs, titles) if "Cost beside plan, epoch 2" in t]
+    store_ = RunStore(store_path)
+    both = [store_.snapshot(r, "cost/a->b", epoch=2) for r in (ot, scratch)]
+    assert [(c["zmin"], c["zmax"]) for c in costs] == \
+        [(pytest.approx(min(c.min() for c in both)), pytest.approx(max(c.max() for c in both)))] * 2
+    assert [c.get("showscale", True) for c in costs] == [True, False]
     # another measure, then no second run
     by_label(at.radio, "Measure").set_value("raw OT").run()
     assert_ok(at)
@@ -683,3 +691,63 @@ def test_compare_page_builds_only_the_shown_settings_figures_and_keeps_them(stor
     again.run()
     assert_ok(again)
     assert built == ["transfer-small", "distill", "transfer-small"]
+
+
+EVIL = "[x](http://evil) ![i](http://evil/i.png) **b**"
+
+
+def _app_module(name: str):
+    import importlib
+    import sys
+
+    if str(ROOT / "app") not in sys.path:
+        sys.path.insert(0, str(ROOT / "app"))
+    return importlib.import_module(name)
+
+
+def test_md_escape_shows_stored_text_as_typed():
+    """Escaped text renders as itself: no link, image, emphasis, HTML, heading, code or list."""
+    markdown_it = pytest.importorskip("markdown_it")
+    dk = _app_module("dashkit")
+    text = EVIL + " <b>h</b> <img src=x> _u_ `c` ~~s~~ :red[r] $x$ &amp; a|b"
+    for source in (text, "# heading", "- item", "1. item", "> quote", "line\n# two\n\n- three"):
+        html = markdown_it.MarkdownIt("commonmark").enable("table").enable("strikethrough").render(
+            dk.md_escape(source))
+        for tag in ("<a", "<img", "<strong", "<em", "<b>", "<code", "<h1", "<ul", "<ol", "<s>",
+                    "<blockquote", "<table"):
+            assert tag not in html, (source, html)
+        plain = html.removeprefix("<p>").removesuffix("</p>\n")
+        import html as html_lib
+
+        assert html_lib.unescape(plain) == " ".join(source.split()), (source, html)
+
+
+def test_stored_names_methods_and_teachers_are_shown_escaped(store_path):
+    """A run whose name, method and teacher are Markdown reaches every page as plain text."""
+    dk = _app_module("dashkit")
+    store = RunStore(store_path)
+    rid = store.create_run({"setting": "transfer", "method": EVIL, "epochs": 1, "teacher": EVIL,
+                            "cost": "sqeuclidean", "name": EVIL}, name=EVIL)
+    rng = np.random.default_rng(0)
+    for e in range(2):
+        store.log_metrics(rid, {"test/accuracy": 0.5, "score/a->b": 0.5}, step=e, epoch=e)
+        plan = rng.random((4, 4))
+        store.log_snapshot(rid, "a->b", plan / plan.sum(), epoch=e, step=e)
+    store.finish(rid, "failed", error=f"Traceback\nValueError: {EVIL}")
+
+    def shown(at: AppTest) -> list[str]:
+        return [el.value for kind in ("markdown", "caption", "info", "warning", "error", "success")
+                for el in getattr(at, kind)]
+
+    def check(texts: list[str]) -> int:
+        hits = [t for t in texts if "evil" in t]
+        for t in hits:
+            assert "[x](http" not in t and "![i]" not in t and "**b**" not in t, t
+        return sum(dk.md_escape(EVIL) in t for t in hits)
+
+    at = open_page("alignments")
+    by_label(at.radio, "Compare").set_value("A training run").run()
+    assert_ok(at)
+    assert check(shown(at)) >= 2  # the run's heading and the teacher / method caption
+    at = open_page("train")
+    assert check(shown(at)) >= 1  # why the run failed

@@ -799,3 +799,17 @@ def test_every_figure_serialises(rng, tables, tmp_path):
         fig.write_html(path, include_plotlyjs=False)
         assert path.stat().st_size > 2000, name
         json.loads(fig.to_json())
+
+
+def test_alignment_panel_takes_a_shared_cost_range():
+    rng = np.random.default_rng(0)
+    P = np.eye(4) / 4
+    C = rng.random((4, 4)) + 1.0
+    own = next(t for t in F.alignment_panel(P, C).data if t.name == "cost")
+    assert own.zmin is None and own.zmax is None and own.showscale is not False
+    fig = F.alignment_panel(P, C, cost_range=(0.5, 3.0), cost_colorbar=False)
+    cost = next(t for t in fig.data if t.name == "cost")
+    assert (cost.zmin, cost.zmax, cost.showscale) == (0.5, 3.0, False)
+    for bad in ((1.0, 1.0), (2.0, 1.0), (0.0, float("nan")), (1.0,), "ab"):
+        with pytest.raises(ValueError, match="cost_range"):
+            F.alignment_panel(P, C, cost_range=bad)

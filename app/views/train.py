@@ -63,7 +63,7 @@ def pending_launch() -> None:
         st.session_state.pop("pending_launch", None)
         start(pending["config"])
         return
-    listed = "; ".join(labels[r] for r in same[:3]) + (f" and {len(same) - 3} more" if len(same) > 3 else "")
+    listed = "; ".join(dk.md_escape(labels[r]) for r in same[:3]) + (f" and {len(same) - 3} more" if len(same) > 3 else "")
     st.warning(f"**This configuration was already trained**: {listed}. The same seed gives the same "
                f"run again; change the seed for another sample.", icon=":material/content_copy:")
     a, b, c = st.columns(3)
@@ -368,13 +368,13 @@ def live_view(run_id: int) -> None:
         else:
             st.caption(f"{rc.status_markdown(run['status'])} after {run.get('duration') or 0:.0f} s")
     if run["status"] == "failed" and run.get("error"):
-        st.error(f"The run failed: {str(run['error']).strip().splitlines()[-1]}")
+        st.error(f"The run failed: {dk.md_escape(str(run['error']).strip().splitlines()[-1])}")
         with st.expander("Error details"):
             st.code(run["error"])
     elif run["status"] == "interrupted":
         why = str(run.get("error") or "").strip()
         st.warning("The run was interrupted before its last step"
-                   + (f": {why.splitlines()[-1]}" if why else "") + ". Its curves stop there.")
+                   + (f": {dk.md_escape(why.splitlines()[-1])}" if why else "") + ". Its curves stop there.")
 
     opts = rc.curve_controls("tr")
     keys = sorted(metrics["key"].unique().tolist()) if not metrics.empty else []
