@@ -813,3 +813,24 @@ def test_alignment_panel_takes_a_shared_cost_range():
     for bad in ((1.0, 1.0), (2.0, 1.0), (0.0, float("nan")), (1.0,), "ab"):
         with pytest.raises(ValueError, match="cost_range"):
             F.alignment_panel(P, C, cost_range=bad)
+
+
+def test_lab_maps_curves_label_their_log_axes_and_keep_the_legend_off_the_axis_titles():
+    from types import SimpleNamespace
+
+    from otviz.figures.lab_maps import lambda_sweep, training_curves
+
+    steps = np.arange(0, 100, 10)
+    hist = dict(transport_cost=np.linspace(0, 2, 100), critic_w2sq=np.linspace(3, 0, 100),
+                reference_step=steps, reference_mse=2 * np.exp(-steps / 20.0))
+    fig = training_curves(SimpleNamespace(history=hist), reference_w2sq=2.0)
+    sweep = lambda_sweep([0.3, 1, 10], [0.6, 0.25, 0.01])
+    for axis, fmt in ((fig.layout.yaxis2, "~g"), (sweep.layout.xaxis, "~g"), (sweep.layout.yaxis, "~%")):
+        # one labelled tick per decade (0.01, 0.1, 1 or 1 %, 10 %), not plotly's bare 2s and 5s
+        assert axis.type == "log" and axis.dtick == 1 and axis.tickformat == fmt
+    for f in (fig, sweep):
+        # the legend hangs from the figure's bottom edge, in a margin of its own under the
+        # x axis title (a legend placed relative to the plot ran into it)
+        legend = f.layout.legend
+        assert (legend.yref, legend.y, legend.yanchor, legend.orientation) == ("container", 0, "bottom", "h")
+        assert f.layout.margin.b >= 90
