@@ -828,7 +828,12 @@ def test_lab_maps_curves_label_their_log_axes_and_keep_the_legend_off_the_axis_t
     for axis, fmt in ((fig.layout.yaxis2, "~g"), (sweep.layout.xaxis, "~g"), (sweep.layout.yaxis, "~%")):
         # one labelled tick per decade (0.01, 0.1, 1 or 1 %, 10 %), not plotly's bare 2s and 5s
         assert axis.type == "log" and axis.dtick == 1 and axis.tickformat == fmt
-    for f in (fig, sweep):
+    from otviz.figures.lab_maps import map_figure
+
+    pts = np.random.default_rng(0).standard_normal((20, 2))
+    shown = map_figure(pts, pts + 1, pts + 1)
+    assert map_figure(pts, pts + 1, pts + 1, showlegend=False).layout.showlegend is False
+    for f in (fig, sweep, shown):
         # the legend hangs from the figure's bottom edge, in a margin of its own under the
         # x axis title (a legend placed relative to the plot ran into it)
         legend = f.layout.legend

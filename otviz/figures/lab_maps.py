@@ -93,8 +93,11 @@ def map_figure(source: Any, target: Any, images: Any, *, title: str | None = Non
     fig.update_xaxes(range=[float(v) for v in xr], title="x₁", zeroline=False, constrain="domain")
     fig.update_yaxes(range=[float(v) for v in yr], title="x₂", zeroline=False, scaleanchor="x",
                      scaleratio=1, constrain="domain")
-    return _finish(fig, title, subtitle, height=height, showlegend=bool(showlegend),
-                   legend=dict(orientation="h", yanchor="top", y=-0.15, x=0, xanchor="left"))
+    if not showlegend:
+        return _finish(fig, title, subtitle, height=height, showlegend=False)
+    fig = _finish(fig, title, subtitle, height=height + _LEGEND_ROOM, legend=_LEGEND_BELOW)
+    fig.update_layout(margin=dict(b=_LEGEND_ROOM + 45))  # the legend under the x₁ title
+    return fig
 
 
 def map_comparison(source: Any, target: Any, maps: Mapping[str, Any], *, title: str | None = None,
