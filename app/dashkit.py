@@ -54,6 +54,7 @@ def show_error(exc: BaseException, what: str) -> None:
 #: Characters that Markdown (CommonMark, GitHub's extensions, Streamlit's ``:color[...]``,
 #: ``:material/...:`` and ``$math$``) gives a meaning; each is shown as itself after a backslash.
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&=\"'])")
+_AUTOLINK = re.compile(r"(?i)(?:https?|ftp|www(?=\\\.)|@)")  # where an automatic link starts
 
 
 def md_escape(text: Any) -> str:
@@ -61,12 +62,14 @@ def md_escape(text: Any) -> str:
     ``st.markdown``, ``st.caption``, ``st.info`` and the like: shown as typed, never as a link,
     an image, emphasis, a heading, a colour or an icon.
 
-    Every Markdown punctuation character is escaped with a backslash (``www.x`` and ``http://x``
-    lose their automatic link with their dot and colon) and line breaks become spaces, so the
-    text stays within its sentence.
+    Every Markdown punctuation character is escaped with a backslash and line breaks become
+    spaces, so the text stays within its sentence. GitHub's automatic links need no markup
+    (``http://x.org``, ``www.x.org``, ``me@x.org``) and are found in the text after the escapes
+    are read: an invisible word joiner (U+2060) after ``http``, ``www`` and ``@`` keeps them
+    from being recognised.
     """
-    flat = " ".join(str(text).split())
-    return _MD_SPECIAL.sub(r"\\\1", flat)
+    flat = _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    return _AUTOLINK.sub("\\g<0>\u2060", flat)
 
 
 # --------------------------------------------------------------------------- the run store
