@@ -574,7 +574,10 @@ def _embedding_key(T: np.ndarray, S: np.ndarray, method: str) -> str:
 def background_embedding(T: np.ndarray, S: np.ndarray, method: str = "umap") -> Future:
     """A future for :func:`otviz.figures.embed_neurons` computed in a server-wide worker thread.
 
-    The first UMAP fit of a process compiles with numba (20-60 s); the page shows the
+    The first UMAP fit of a process loads or compiles numba's functions: 36-63 s on two loaded
+    CPU cores with numba's cache on disk, 103-187 s the first time on a machine (nothing cached;
+    ``benchmarks/bench_dashboard.py --umap``, load average 9-12); later fits take under a
+    second. The page shows the
     instant PCA map meanwhile and switches when the future is done. Results are kept
     for every later viewer.
     """

@@ -348,7 +348,7 @@ def test_embed_neurons_degenerate_and_bad_input(rng):
 
 
 @pytest.mark.skipif(os.environ.get("OTVIZ_SLOW") != "1",
-                    reason="UMAP compiles with numba on first use (20-60 s); set OTVIZ_SLOW=1")
+                    reason="UMAP's first fit compiles with numba (about 1-3 min); set OTVIZ_SLOW=1")
 def test_embed_neurons_umap(rng):
     T, S = rng.normal(size=(30, 20)), rng.normal(size=(12, 20))
     E = F.embed_neurons(T, S, method="umap")

@@ -129,7 +129,9 @@ def probe_choice(t_info: dict, s_info: dict) -> str | None:
 def neuron_map_panel(data: dict) -> None:
     T, S, al = data["T"], data["S"], data["alignment"]
     kind = st.radio("Embedding", ["PCA", "UMAP"], horizontal=True, key="al_embed",
-                    help="PCA is instant. UMAP's first fit compiles (20-60 s); the PCA map is shown "
+                    help="PCA is instant. UMAP's first fit in a server process takes about a minute "
+                         "on two CPU cores (about three the first time on a machine, while numba "
+                         "compiles), later ones under a second; the PCA map is shown "
                          "until it is ready, and the result is kept for later views.")
     embedding, method, note = None, "pca", None
     if kind == "UMAP":
@@ -140,7 +142,9 @@ def neuron_map_panel(data: dict) -> None:
             except Exception as exc:  # noqa: BLE001 - shown to the user, PCA stays
                 dk.show_error(exc, "UMAP failed; showing PCA")
         else:
-            note = "UMAP is computing in the background (its first fit compiles); PCA meanwhile."
+            note = ("UMAP is computing in the background (its first fit in a server process takes "
+                    "about a minute on two CPU cores, about three the first time on a machine); "
+                    "PCA meanwhile.")
 
             @st.fragment(run_every=1.0)
             def wait_for_umap():
