@@ -10,6 +10,7 @@ layers that cannot be compared, a missing, locked or corrupt store) becomes an
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 import json
 import tempfile
@@ -47,6 +48,28 @@ def show_error(exc: BaseException, what: str) -> None:
     """One clear message for an error the user can act on."""
     text = str(exc).strip() or type(exc).__name__
     st.error(f"**{what}**: {text}", icon=":material/error:")
+
+
+# --------------------------------------------------------------------------- stored text
+#: Characters that Markdown (CommonMark, GitHub's extensions, Streamlit's ``:color[...]``,
+#: ``:material/...:`` and ``$math$``) gives a meaning; each is shown as itself after a backslash.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&=\"'])")
+_AUTOLINK = re.compile(r"(?i)(?:https?|ftp|www(?=\\\.)|@)")  # where an automatic link starts
+
+
+def md_escape(text: Any) -> str:
+    """``text`` (a run name, a method, a teacher, anything read from the store or a file) for
+    ``st.markdown``, ``st.caption``, ``st.info`` and the like: shown as typed, never as a link,
+    an image, emphasis, a heading, a colour or an icon.
+
+    Every Markdown punctuation character is escaped with a backslash and line breaks become
+    spaces, so the text stays within its sentence. GitHub's automatic links need no markup
+    (``http://x.org``, ``www.x.org``, ``me@x.org``) and are found in the text after the escapes
+    are read: an invisible word joiner (U+2060) after ``http``, ``www`` and ``@`` keeps them
+    from being recognised.
+    """
+    flat = _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    return _AUTOLINK.sub("\\g<0>\u2060", flat)
 
 
 # --------------------------------------------------------------------------- the run store
@@ -571,7 +594,10 @@ def _embedding_key(T: np.ndarray, S: np.ndarray, method: str) -> str:
 def background_embedding(T: np.ndarray, S: np.ndarray, method: str = "umap") -> Future:
     """A future for :func:`otviz.figures.embed_neurons` computed in a server-wide worker thread.
 
-    The first UMAP fit of a process compiles with numba (20-60 s); the page shows the
+    The first UMAP fit of a process loads or compiles numba's functions: 36-63 s on two loaded
+    CPU cores with numba's cache on disk, 103-187 s the first time on a machine (nothing cached;
+    ``benchmarks/bench_dashboard.py --umap``, load average 9-12); later fits take under a
+    second. The page shows the
     instant PCA map meanwhile and switches when the future is done. Results are kept
     for every later viewer.
     """

@@ -37,7 +37,9 @@ def status_markdown(status: Any) -> str:
     """``":green[✓ completed]"``: the status's mark and word in its colour, for captions."""
     color = {"running": "blue", "completed": "green", "failed": "red",
              "interrupted": "orange"}.get(str(status), "gray")
-    return f":{color}[{status_text(status)}]"
+    from dashkit import md_escape
+
+    return f":{color}[{md_escape(status_text(status))}]"
 
 
 def labels_signature(labels: dict[int, str], *extra: Any) -> str:
@@ -130,27 +132,30 @@ def curve_controls(prefix: str, *, x_default: str = "step", smooth_default: floa
     return out
 
 
-CARD_WIDTH = 460
-"""Width of a curve card in px: two side by side in a 1400 px window, one per row at 800 px."""
+CARD_WIDTH = 440
+"""Narrowest a curve card gets, in px: two side by side sharing a 1400 px window, one per row
+filling an 800 px one."""
 
 
 def curve_cards(metrics: pd.DataFrame, keys: list[str], *, config: dict[str, Any],
                 options: dict[str, Any], key: str, height: int = 330) -> None:
     """One figure per panel of :func:`otviz.figures.training_curves`, as cards that wrap.
 
-    Like TensorBoard's cards: each tag family (each loss term) gets a chart of fixed width,
-    as many per row as the page holds, so no chart gets narrower than the card on a
-    narrow window.
+    Like TensorBoard's cards: each tag family (each loss term) gets a chart, as many per row
+    as fit at :data:`CARD_WIDTH` px or more, sharing the row's whole width
+    (:func:`dashkit.cells`), so no chart gets narrower than the card on a narrow window and
+    none leaves the page's width unused on a wide one.
     """
     import dashkit as dk
     from otviz import figures
 
-    with st.container(horizontal=True, gap="small"):
-        for group in figures.metric_panels(keys):
-            with st.container(width=CARD_WIDTH):
-                fig = figures.training_curves(metrics, group, config=config, height=height,
-                                              **options)
-                dk.chart(fig, key=f"{key}_{'_'.join(group)}", legend_below=len(group) > 1)
+    groups = figures.metric_panels(keys)
+    if not groups:
+        return
+    for group, cell in zip(groups, dk.cells(len(groups), key, min_width=CARD_WIDTH, gap="small")):
+        with cell:
+            fig = figures.training_curves(metrics, group, config=config, height=height, **options)
+            dk.chart(fig, key=f"{key}_{'_'.join(group)}", legend_below=len(group) > 1)
 
 
 # --------------------------------------------------------------------------- identical runs

@@ -26,6 +26,14 @@ first render is a cold one (no Streamlit cache).
     .venv/bin/python benchmarks/bench_compare.py                 # 2,000 runs, 1M rows
     .venv/bin/python benchmarks/bench_compare.py --runs 200 --rows 100000
     .venv/bin/python benchmarks/bench_compare.py --store /tmp/big.db --keep   # reuse a store
+
+``--visits N`` measures something else: N visits of the Compare page (each a new session, as a
+browser tab opening it; the first one cold), on a small store (``--runs 50 --rows 20000`` unless
+given) and the repository's benchmark results, for the page as it is and the page of the git
+revision ``--before`` (its ``app/`` and ``benchmarks/results/``, from ``git archive``), in
+alternating fresh processes, side by side in one run, with the load average::
+
+    .venv/bin/python benchmarks/bench_compare.py --visits 4 --before 5078911
 """
 
 from __future__ import annotations
@@ -192,6 +200,66 @@ def measure(store: Path) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- visits, before / after
+def measure_visits(app: Path, store: Path, n: int) -> dict:
+    """Time ``n`` visits of the Compare page of ``app/otviz_app.py``, each in a new AppTest
+    (a new session: only the server's caches carry over)."""
+    os.environ["OTVIZ_STORE"] = str(store)
+    from streamlit.testing.v1 import AppTest
+
+    import otviz.figures  # noqa: F401  (as in measure(): the imports are not a visit's time)
+
+    AppTest.from_string("import streamlit as st\nst.write('warm-up')").run()
+    times, charts = [], 0
+    for _ in range(n):
+        at = AppTest.from_file(str(app / "otviz_app.py"), default_timeout=900)
+        at.switch_page("views/compare.py")
+        t = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - t)
+        if at.exception:
+            raise RuntimeError(f"the page raised {[e.value for e in at.exception]}")
+        charts = len(at.get("plotly_chart"))
+    return {"times": times, "charts": charts}
+
+
+def visits(store: Path, n: int, before: str, rounds: int) -> str:
+    """The page as it is and at ``before``, in alternating processes; a Markdown table."""
+    import statistics
+
+    tmp = Path(tempfile.mkdtemp(prefix="otviz-bench-visits-"))
+    old = tmp / "before"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", before, "app", "benchmarks/results"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    res: dict[str, list[dict]] = {"before": [], "after": []}
+    loads = [os.getloadavg()[0]]
+    for _ in range(rounds):
+        for name, app in (("before", old / "app"), ("after", ROOT / "app")):
+            proc = subprocess.run([sys.executable, __file__, "--visit-child", str(app), str(store),
+                                   str(n)], env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(proc.stderr[-4000:])
+            res[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            loads.append(os.getloadavg()[0])
+    lines = [f"Compare page visits, {n} per process, {rounds} processes per version, alternating; "
+             f"load average (1 min) {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores",
+             "",
+             f"| version | figures drawn | first visit (cold process), s | later visits, median s | later visits, range s |",
+             "|---|---|---|---|---|"]
+    for name, label in (("before", f"before ({before})"), ("after", "after")):
+        first = [r["times"][0] for r in res[name]]
+        later = [t for r in res[name] for t in r["times"][1:]]
+        lines.append(f"| {label} | {res[name][0]['charts']} | "
+                     f"{', '.join(f'{t:.2f}' for t in first)} | "
+                     f"{statistics.median(later):.2f} | {min(later):.2f}-{max(later):.2f} |")
+    subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- report
 def report(res: dict, info: dict) -> str:
     lines = [f"Compare page on {info['runs']:,} runs and {info['rows']:,} metric rows "
@@ -239,12 +307,23 @@ def main() -> int:
                     help="where to build the store (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="reuse --store if it exists, keep it afterwards")
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--visits", type=int, default=0,
+                    help="time N visits of the page as it is and at --before, side by side")
+    ap.add_argument("--before", default="5078911", help="git revision of the page to compare with")
+    ap.add_argument("--rounds", type=int, default=2, help="processes per version (--visits)")
+    ap.add_argument("--visit-child", nargs=3, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare.md",
                     help="also write the table to this file (default benchmarks/results/compare.md)")
     args = ap.parse_args()
     if args.child is not None:  # the measuring process
         print(json.dumps(measure(args.child)))
         return 0
+    if args.visit_child is not None:
+        app, store, n = args.visit_child
+        print(json.dumps(measure_visits(Path(app), Path(store), int(n))))
+        return 0
+    if args.visits and "--runs" not in sys.argv and "--rows" not in sys.argv:
+        args.runs, args.rows = 50, 20_000
     tmp = tempfile.TemporaryDirectory(prefix="otviz-bench-compare-")
     store = args.store or Path(tmp.name) / "runs.db"
     try:
@@ -260,6 +339,13 @@ def main() -> int:
             print(f"built {store}: {info['runs']} runs, {info['rows']} metric rows in "
                   f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
         info["mb"] = store.stat().st_size / 1e6
+        if args.visits:
+            text = (f"{info['runs']:,} runs, {info['rows']:,} metric rows\n\n"
+                    + visits(store, args.visits, args.before, args.rounds))
+            print(text)
+            out = args.out if "--out" in sys.argv else args.out.with_name("compare_visits.md")
+            out.write_text(text + "\n")
+            return 0
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         proc = subprocess.run([sys.executable, __file__, "--child", str(store)], env=env,

@@ -19,6 +19,15 @@ logs one step at a time, and the page follows it (it refreshes every second).
 
     .venv/bin/python benchmarks/bench_dashboard.py            # 3 start-ups, 15 steps
     .venv/bin/python benchmarks/bench_dashboard.py --startups 5 --steps 30
+
+``--umap N`` times instead the Alignments page's UMAP neuron map as the page computes it
+(``dashkit.background_embedding`` on the neurons of its default view: the last layers of the
+shipped teachers ``cnn-mnist5k`` and ``cnn-mnist5k-0to4`` on 256 probe images, spatial mean):
+the first fit of a fresh server process and a second fit on other neurons, in ``N`` fresh
+processes with an empty numba cache (a first use on a machine: everything compiles) and ``N``
+with numba's on-disk cache left as earlier runs wrote it (a later server start)::
+
+    .venv/bin/python benchmarks/bench_dashboard.py --umap 2
 """
 
 from __future__ import annotations
@@ -179,11 +188,77 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(v):6.2f} {p90:6.2f} {v[-1]:6.2f}"
 
 
+def umap_child() -> None:
+    """One fresh server process's UMAP fits, as the Alignments page runs them; prints JSON."""
+    import json
+
+    os.environ.setdefault("STREAMLIT_LOGGER_LEVEL", "error")  # dashkit outside a server
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
+    import dashkit as dk
+
+    opts = dict(cost="sqeuclidean", normalize="center", method="emd", eps=None, spatial="mean",
+                size=None, n_probe=256, seed=0, probe=dk.probe_key("task"))
+    t, s = "shipped:cnn-mnist5k", "shipped:cnn-mnist5k-0to4"
+    teacher, _ = dk.load_model(t)
+    layer = dk.model_layers(teacher)[-1]
+    data = dk.alignment_data(t, s, layer, layer, **opts)  # not timed: the page has it already
+    out = {"T": list(data["T"].shape), "S": list(data["S"].shape)}
+    start = time.perf_counter()
+    dk.background_embedding(data["T"], data["S"], "umap").result()
+    out["first"] = time.perf_counter() - start
+    start = time.perf_counter()  # another pair of layers: a later fit of the same process
+    other = dk.alignment_data(t, s, dk.model_layers(teacher)[-2], layer, **opts)
+    mid = time.perf_counter()
+    dk.background_embedding(other["T"], other["S"], "umap").result()
+    out["second"] = time.perf_counter() - mid
+    print(json.dumps(out))
+
+
+def umap_samples(n: int) -> str:
+    """``n`` fresh processes with an empty numba cache and ``n`` with the cache kept, alternated."""
+    import json
+
+    rows: dict[str, list[dict]] = {"empty numba cache (first use on a machine)": [],
+                                   "numba cache kept (a later server start)": []}
+    loads = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory(prefix="otviz-bench-umap-") as d:
+        for i in range(n):
+            for label, cache in zip(rows, (Path(d) / f"numba-{i}", None)):
+                env = dict(os.environ)
+                if cache is not None:
+                    env["NUMBA_CACHE_DIR"] = str(cache)
+                proc = subprocess.run([sys.executable, __file__, "--umap-child"], env=env,
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise SystemExit(proc.stderr[-3000:])
+                rows[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                loads.append(os.getloadavg()[0])
+    shape = rows[next(iter(rows))][0]
+    lines = [f"UMAP neuron map of the Alignments page ({shape['T'][0]} teacher and {shape['S'][0]} "
+             f"student neurons, {shape['T'][1]} responses each) on {os.cpu_count()} CPU cores, "
+             f"load average (1 min) {min(loads):.1f}-{max(loads):.1f}", "",
+             "| fresh process | first fit, s | a second fit, s |", "|---|---|---|"]
+    for label, res in rows.items():
+        first = ", ".join(f"{r['first']:.1f}" for r in res)
+        second = ", ".join(f"{r['second']:.1f}" for r in res)
+        lines.append(f"| {label} | {first} | {second} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--startups", type=int, default=3, help="fresh server start-ups to time (default 3)")
     ap.add_argument("--steps", type=int, default=15, help="store writes to time on the live page (default 15)")
+    ap.add_argument("--umap", type=int, default=0,
+                    help="time the Alignments page's UMAP fits in N fresh processes per numba cache state")
+    ap.add_argument("--umap-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.umap_child:
+        umap_child()
+        return 0
+    if args.umap:
+        print(umap_samples(args.umap))
+        return 0
     if not os.path.exists(CHROMIUM):
         print(f"{CHROMIUM} is missing: apt-get install chromium")
         return 1

@@ -9,6 +9,8 @@ loopback port, and screenshots with Debian's chromium (Playwright, ``/usr/bin/ch
 - ``docs/dashboard-alignments-800.png``: the same in an 800 px window, where the cells stack
   (down to the plan and the neuron map).
 - ``docs/dashboard-compare.png``: Compare with both runs overlaid, 1400 px;
+- ``docs/dashboard-lab.png``: the OT lab's first section (document distances), 1400 px, down
+  to its HOTT figures.
 
 Each PNG stays under 280 KB (stored with a 256-colour palette when it would be larger). About
 three minutes on two CPU cores, mostly the two trainings. Run from the repository root::
@@ -123,6 +125,10 @@ def main() -> None:
                 pg.goto(f"{url}/compare")
                 pg.wait_for_function(DRAWN, arg=1, timeout=WAIT_MS)
                 save(pg, 1400, "dashboard-compare.png", until="Delete a run")
+                pg.set_viewport_size({"width": 1400, "height": 1000})
+                pg.goto(f"{url}/lab")
+                pg.wait_for_function(DRAWN, arg=4, timeout=WAIT_MS)
+                save(pg, 1400, "dashboard-lab.png", until="The 10 topics: their 10 most probable words")
                 browser.close()
         finally:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -140,7 +140,7 @@ def test_train_form_launches_a_run_that_writes_to_the_store(store_path):
     by_label(at.multiselect, "Layer pairs (teacher layer = student layer)").set_value(["features.conv3"])
     by_label(at.number_input, "Epochs").set_value(1)
     by_label(at.number_input, "Steps per epoch (0 = one pass over the training set)").set_value(2)
-    by_label(at.number_input, "Labels per class (transfer settings; 0 = the setting's default)").set_value(2)
+    by_label(at.number_input, "Labels per class").set_value(2)
     by_label(at.button, "Start training").click().run()
     assert_ok(at)
     assert not errors(at), errors(at)
@@ -199,7 +199,7 @@ def test_train_form_starts_from_the_recipe_and_hides_what_does_not_apply(store_p
     assert (by_label(at.selectbox, "Setting").value, by_label(at.selectbox, "Method").value) == \
         ("transfer-small", "ot")
     values = _form_values(at)
-    assert values == dict(_as_form(recipe("transfer-small", "ot")), k=0)
+    assert values == dict(_as_form(recipe("transfer-small", "ot")), k=10)  # the setting's labels per class
     assert "eps" not in values and any("not used, the exact solver" in c.value for c in at.caption)
 
     # another setting and method: the form reloads that recipe; no OT term, no λ; distill: no k
@@ -468,6 +468,14 @@ def test_alignments_page_compares_a_run_with_its_scratch_twin(store_path):
             for t in compare[0]["data"]] == [True, True]
     assert sum("Cost beside plan, epoch 2" in t for t in titles) == 2, titles
     assert sum(t.startswith("Neuron reallocation") for t in titles) == 2, titles
+    # both runs' costs on one colour scale (the range of both matrices), with one colour bar
+    costs = [next(tr for tr in f["data"] if tr.get("name") == "cost")
+             for f, t in zip(figs, titles) if "Cost beside plan, epoch 2" in t]
+    store_ = RunStore(store_path)
+    both = [store_.snapshot(r, "cost/a->b", epoch=2) for r in (ot, scratch)]
+    assert [(c["zmin"], c["zmax"]) for c in costs] == \
+        [(pytest.approx(min(c.min() for c in both)), pytest.approx(max(c.max() for c in both)))] * 2
+    assert [c.get("showscale", True) for c in costs] == [True, False]
     # another measure, then no second run
     by_label(at.radio, "Measure").set_value("raw OT").run()
     assert_ok(at)
@@ -633,3 +641,117 @@ def test_compare_page_draws_the_paired_benchmark(store_path, tmp_path, monkeypat
     gains = next(f for f in figures_of(at) if f["layout"]["title"]["text"].endswith("paired by seed"))
     assert sorted(t["y"][0] for t in gains["data"] if t.get("y")) == ["ot - nst", "ot - scratch"]
     assert any("4 paired seeds per method" in c.value for c in at.caption)
+
+
+def test_compare_page_builds_only_the_shown_settings_figures_and_keeps_them(store_path, tmp_path,
+                                                                           monkeypatch):
+    """Of the paired benchmark, a visit builds the figures of the setting shown, not those of
+    the others; a second visit (a new session) builds none: they are kept per file state."""
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = ["setting,method,seed,val_accuracy,test_accuracy,seconds"]
+    for setting in ("transfer-small", "distill"):
+        for seed in range(3):
+            for method, acc in (("scratch", 0.70), ("ot", 0.78)):
+                rows.append(f"{setting},{method},{seed},0.7,{acc + 0.01 * seed:.3f},1.0")
+    (results / "transfer_paired.csv").write_text("\n".join(rows) + "\n")
+    import otviz.figures
+
+    built = []
+    real = otviz.figures.method_intervals
+
+    def counted(final, setting, **kw):
+        built.append(setting)
+        return real(final, setting, **kw)
+
+    monkeypatch.setattr(otviz.figures, "method_intervals", counted)
+    at = open_page("compare")
+    import dashkit
+
+    monkeypatch.setattr(dashkit, "BENCHMARK_RESULTS", results)
+    at.run()
+    assert_ok(at)
+    titles = [f["layout"]["title"]["text"] for f in figures_of(at)]
+    assert "transfer-small: test accuracy (mean, 95 % CI over seeds)" in titles
+    assert not any(t.startswith("distill") for t in titles), titles
+    assert built == ["transfer-small"]
+    at.segmented_control(key="cmp_paired_setting").set_value("distill").run()
+    assert_ok(at)
+    titles = [f["layout"]["title"]["text"] for f in figures_of(at)]
+    assert "distill: test accuracy (mean, 95 % CI over seeds)" in titles
+    assert not any(t.startswith("transfer-small") for t in titles), titles
+    assert built == ["transfer-small", "distill"]
+    again = AppTest.from_file(ENTRY, default_timeout=TIMEOUT)  # another visit: nothing rebuilt
+    again.switch_page("views/compare.py").run()
+    assert_ok(again)
+    assert "transfer-small: test accuracy (mean, 95 % CI over seeds)" in [
+        f["layout"]["title"]["text"] for f in figures_of(again)]
+    assert built == ["transfer-small", "distill"]
+    (results / "transfer_paired.csv").write_text("\n".join(rows[:5]) + "\n")  # new results: rebuilt
+    again.run()
+    assert_ok(again)
+    assert built == ["transfer-small", "distill", "transfer-small"]
+
+
+EVIL = "[x](http://evil) ![i](http://evil/i.png) **b**"
+
+
+def _app_module(name: str):
+    import importlib
+    import sys
+
+    if str(ROOT / "app") not in sys.path:
+        sys.path.insert(0, str(ROOT / "app"))
+    return importlib.import_module(name)
+
+
+def test_md_escape_shows_stored_text_as_typed():
+    """Escaped text renders as itself: no link, image, emphasis, HTML, heading, code or list."""
+    markdown_it = pytest.importorskip("markdown_it")
+    dk = _app_module("dashkit")
+    text = EVIL + " <b>h</b> <img src=x> _u_ `c` ~~s~~ :red[r] $x$ &amp; a|b www.evil.com WWW.e.org me@evil.org https://evil.org/x"
+    import re
+
+    # GitHub's automatic links (no markup: http://, www., an e-mail address) find nothing to start from
+    assert not re.search(r"(?i)(https?\\?:|www\\?\.|@[-\w])", dk.md_escape(text))
+    for source in (text, "# heading", "- item", "1. item", "> quote", "line\n# two\n\n- three"):
+        html = markdown_it.MarkdownIt("commonmark").enable("table").enable("strikethrough").render(
+            dk.md_escape(source))
+        for tag in ("<a", "<img", "<strong", "<em", "<b>", "<code", "<h1", "<ul", "<ol", "<s>",
+                    "<blockquote", "<table"):
+            assert tag not in html, (source, html)
+        plain = html.removeprefix("<p>").removesuffix("</p>\n").replace("\u2060", "")
+        import html as html_lib
+
+        assert html_lib.unescape(plain) == " ".join(source.split()), (source, html)
+
+
+def test_stored_names_methods_and_teachers_are_shown_escaped(store_path):
+    """A run whose name, method and teacher are Markdown reaches every page as plain text."""
+    dk = _app_module("dashkit")
+    store = RunStore(store_path)
+    rid = store.create_run({"setting": "transfer", "method": EVIL, "epochs": 1, "teacher": EVIL,
+                            "cost": "sqeuclidean", "name": EVIL}, name=EVIL)
+    rng = np.random.default_rng(0)
+    for e in range(2):
+        store.log_metrics(rid, {"test/accuracy": 0.5, "score/a->b": 0.5}, step=e, epoch=e)
+        plan = rng.random((4, 4))
+        store.log_snapshot(rid, "a->b", plan / plan.sum(), epoch=e, step=e)
+    store.finish(rid, "failed", error=f"Traceback\nValueError: {EVIL}")
+
+    def shown(at: AppTest) -> list[str]:
+        return [el.value for kind in ("markdown", "caption", "info", "warning", "error", "success")
+                for el in getattr(at, kind)]
+
+    def check(texts: list[str]) -> int:
+        hits = [t for t in texts if "evil" in t]
+        for t in hits:
+            assert "[x](http" not in t and "![i]" not in t and "**b**" not in t, t
+        return sum(dk.md_escape(EVIL) in t for t in hits)
+
+    at = open_page("alignments")
+    by_label(at.radio, "Compare").set_value("A training run").run()
+    assert_ok(at)
+    assert check(shown(at)) >= 2  # the run's heading and the teacher / method caption
+    at = open_page("train")
+    assert check(shown(at)) >= 1  # why the run failed

@@ -263,6 +263,13 @@ def test_train_live_then_alignments_in_chromium(dashboard, page):
         pg.get_by_role("heading", name="Train").wait_for()
         pg.wait_for_function(HAS_HEATMAP, arg="Latest transport plan", timeout=PAGE_READY * 1000)
         check_layout(pg, "5-train-finished", width, 7)  # six curve cards and the plan panel
+        # the curve cards share the page's width (that of the plan panel, a whole row): two to a
+        # row at 1400 px, one at 800 (fixed 460 px cards left a third of the row empty)
+        drawn = pg.evaluate(FIGURES)
+        row = max(w for _, w, _, _ in drawn)
+        cards = [w for t, w, _, _ in drawn if t.startswith("accuracy (%)")]
+        per_row = 2 if width >= 1200 else 1
+        assert cards and cards[0] > 0.9 * row / per_row, (width, row, cards)
 
         pg.goto(f"{url}/alignments")
         pg.get_by_role("heading", name="Alignments").wait_for()

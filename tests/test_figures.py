@@ -348,7 +348,7 @@ def test_embed_neurons_degenerate_and_bad_input(rng):
 
 
 @pytest.mark.skipif(os.environ.get("OTVIZ_SLOW") != "1",
-                    reason="UMAP compiles with numba on first use (20-60 s); set OTVIZ_SLOW=1")
+                    reason="UMAP's first fit compiles with numba (about 1-3 min); set OTVIZ_SLOW=1")
 def test_embed_neurons_umap(rng):
     T, S = rng.normal(size=(30, 20)), rng.normal(size=(12, 20))
     E = F.embed_neurons(T, S, method="umap")
@@ -528,8 +528,14 @@ def test_training_curves_accuracy_in_percent_with_chance_level():
     assert fig.layout.yaxis.ticksuffix == " %"
     chance = [s for s in fig.layout.shapes if s.type == "line"]
     assert len(chance) == 1 and chance[0].y0 == pytest.approx(20.0)  # 5 classes
-    assert any(a.text == "chance 20 %" for a in fig.layout.annotations)
+    label = [a for a in fig.layout.annotations if a.text == "chance 20 %"]
+    assert len(label) == 1
+    # at the right end of the line, where the rising curves have left chance (they start on it)
+    assert label[0].x == 1 and label[0].xanchor == "right" and label[0].xref.endswith("domain")
     assert "chance 20 %" in fig.layout.title.text
+    over = F.accuracy_curves({"a": df[df.key == "test/accuracy"]}, chance=0.2)
+    label = [a for a in over.layout.annotations if a.text.startswith("chance 20 %")]
+    assert len(label) == 1 and label[0].x == 1 and label[0].xanchor == "right"
     # one point only: still the fixed 0-100 axis, never negative
     one = df[(df.key == "test/accuracy") & (df.step == 5)]
     fig = F.training_curves(one, "test/accuracy", chance=0.1)
@@ -793,3 +799,43 @@ def test_every_figure_serialises(rng, tables, tmp_path):
         fig.write_html(path, include_plotlyjs=False)
         assert path.stat().st_size > 2000, name
         json.loads(fig.to_json())
+
+
+def test_alignment_panel_takes_a_shared_cost_range():
+    rng = np.random.default_rng(0)
+    P = np.eye(4) / 4
+    C = rng.random((4, 4)) + 1.0
+    own = next(t for t in F.alignment_panel(P, C).data if t.name == "cost")
+    assert own.zmin is None and own.zmax is None and own.showscale is not False
+    fig = F.alignment_panel(P, C, cost_range=(0.5, 3.0), cost_colorbar=False)
+    cost = next(t for t in fig.data if t.name == "cost")
+    assert (cost.zmin, cost.zmax, cost.showscale) == (0.5, 3.0, False)
+    for bad in ((1.0, 1.0), (2.0, 1.0), (0.0, float("nan")), (1.0,), "ab"):
+        with pytest.raises(ValueError, match="cost_range"):
+            F.alignment_panel(P, C, cost_range=bad)
+
+
+def test_lab_maps_curves_label_their_log_axes_and_keep_the_legend_off_the_axis_titles():
+    from types import SimpleNamespace
+
+    from otviz.figures.lab_maps import lambda_sweep, training_curves
+
+    steps = np.arange(0, 100, 10)
+    hist = dict(transport_cost=np.linspace(0, 2, 100), critic_w2sq=np.linspace(3, 0, 100),
+                reference_step=steps, reference_mse=2 * np.exp(-steps / 20.0))
+    fig = training_curves(SimpleNamespace(history=hist), reference_w2sq=2.0)
+    sweep = lambda_sweep([0.3, 1, 10], [0.6, 0.25, 0.01])
+    for axis, fmt in ((fig.layout.yaxis2, "~g"), (sweep.layout.xaxis, "~g"), (sweep.layout.yaxis, "~%")):
+        # one labelled tick per decade (0.01, 0.1, 1 or 1 %, 10 %), not plotly's bare 2s and 5s
+        assert axis.type == "log" and axis.dtick == 1 and axis.tickformat == fmt
+    from otviz.figures.lab_maps import map_figure
+
+    pts = np.random.default_rng(0).standard_normal((20, 2))
+    shown = map_figure(pts, pts + 1, pts + 1)
+    assert map_figure(pts, pts + 1, pts + 1, showlegend=False).layout.showlegend is False
+    for f in (fig, sweep, shown):
+        # the legend hangs from the figure's bottom edge, in a margin of its own under the
+        # x axis title (a legend placed relative to the plot ran into it)
+        legend = f.layout.legend
+        assert (legend.yref, legend.y, legend.yanchor, legend.orientation) == ("container", 0, "bottom", "h")
+        assert f.layout.margin.b >= 90

@@ -48,7 +48,7 @@ def model_choices() -> dict[str, tuple[str, bytes | None]]:
                 continue
             label = f"{info.get('name')} ({info['external'].describe()})"
             choices[label] = (ref, None)
-            st.success(f"{line}: {info['external'].describe()}, ready to compare.")
+            st.success(f"{dk.md_escape(line)}: {dk.md_escape(info['external'].describe())}, ready to compare.")
         files = st.file_uploader("Or upload files (otviz checkpoints .pt, programs .pt2, state dicts "
                                  ".safetensors)", type=["pt", "pth", "pt2", "safetensors"],
                                  accept_multiple_files=True, key="al_uploads")
@@ -60,7 +60,8 @@ def model_choices() -> dict[str, tuple[str, bytes | None]]:
                     _, info = dk.load_model(ref, None, dk.memory_limit())
                     label = f"{f.name} (uploaded: {info['external'].describe()})"
                     choices[label] = (ref, None)
-                    st.success(f"{f.name}: {info['external'].describe()}, ready to compare.")
+                    st.success(f"{dk.md_escape(f.name)}: {dk.md_escape(info['external'].describe())}, "
+                               "ready to compare.")
                     continue
                 meta = dk.check_upload(data, dk.memory_limit())
             except (ValueError, OSError, ImportError) as exc:
@@ -68,7 +69,8 @@ def model_choices() -> dict[str, tuple[str, bytes | None]]:
                 continue
             label = f"{f.name} (uploaded: {meta.get('arch')}, width {meta['model_config'].get('width')})"
             choices[label] = (dk.upload_ref(data), data)
-            st.success(f"{f.name}: {meta.get('name', '')} ({meta.get('arch')}), ready to compare.")
+            st.success(f"{dk.md_escape(f.name)}: {dk.md_escape(meta.get('name', ''))} "
+                       f"({dk.md_escape(meta.get('arch'))}), ready to compare.")
     return choices
 
 
@@ -98,7 +100,7 @@ def probe_choice(t_info: dict, s_info: dict) -> str | None:
                          "responses to them. Images are resized to the input size a model declares.")
     for e in ext:
         if e.input_spec is not None:
-            st.caption(f"{e.info.get('name')} takes {e.input_spec.describe()}.")
+            st.caption(f"{dk.md_escape(e.info.get('name'))} takes {dk.md_escape(e.input_spec.describe())}.")
     try:
         if kind == "task":
             return dk.probe_key("task")
@@ -127,7 +129,9 @@ def probe_choice(t_info: dict, s_info: dict) -> str | None:
 def neuron_map_panel(data: dict) -> None:
     T, S, al = data["T"], data["S"], data["alignment"]
     kind = st.radio("Embedding", ["PCA", "UMAP"], horizontal=True, key="al_embed",
-                    help="PCA is instant. UMAP's first fit compiles (20-60 s); the PCA map is shown "
+                    help="PCA is instant. UMAP's first fit in a server process takes about a minute "
+                         "on two CPU cores (about three the first time on a machine, while numba "
+                         "compiles), later ones under a second; the PCA map is shown "
                          "until it is ready, and the result is kept for later views.")
     embedding, method, note = None, "pca", None
     if kind == "UMAP":
@@ -138,7 +142,9 @@ def neuron_map_panel(data: dict) -> None:
             except Exception as exc:  # noqa: BLE001 - shown to the user, PCA stays
                 dk.show_error(exc, "UMAP failed; showing PCA")
         else:
-            note = "UMAP is computing in the background (its first fit compiles); PCA meanwhile."
+            note = ("UMAP is computing in the background (its first fit in a server process takes "
+                    "about a minute on two CPU cores, about three the first time on a machine); "
+                    "PCA meanwhile.")
 
             @st.fragment(run_every=1.0)
             def wait_for_umap():
@@ -264,7 +270,7 @@ def two_models() -> None:
         m[3].metric("Marginal error", f"{al.marginal_error:.1e}")
         m[4].metric("Neurons", f"{data['T'].shape[0]} x {data['S'].shape[0]}",
                     f"in R^{data['T'].shape[1]}", delta_color="off")
-        st.caption(f"Probe: {data['n_probe']} inputs, {data['task']}. Teacher activation "
+        st.caption(f"Probe: {data['n_probe']} inputs, {dk.md_escape(data['task'])}. Teacher activation "
                    f"{data['t_shape']}, student activation {data['s_shape']}.")
         match_panels(al.plan, al.cost_matrix, f"{al.cost} cost", key="al")
         neuron_map_panel(data)
@@ -367,6 +373,18 @@ MEASURES = {
 }
 
 
+def twin_cost_range(series: list[dict], epoch: int) -> tuple[float, float] | None:
+    """One cost colour range for the runs compared at ``epoch``: the min and max over their cost
+    matrices, or None for a single run or runs without costs (each panel keeps its own)."""
+    costs = [s["costs"][s["epochs"].index(epoch)] for s in series
+             if s["costs"] is not None and epoch in s["epochs"]]
+    if len(costs) < 2:
+        return None
+    lo = min(float(np.min(c)) for c in costs)
+    hi = max(float(np.max(c)) for c in costs)
+    return (lo, hi) if hi > lo else None
+
+
 def training_run() -> None:
     store, runs = dk.store_runs("No runs in the store yet: start one on the Train page (one click runs the demo).")
     if runs is None:
@@ -398,21 +416,22 @@ def training_run() -> None:
         return
     cfg = main["run"]["config"]
     if "student" in cfg or cfg.get("trainer") == "custom":  # a loop of its own (otviz.loop.run_config)
-        who = (f"Trained by its own loop: teacher {cfg.get('teacher', 'not recorded')}; student "
-               f"{cfg.get('student', 'not recorded')}")
+        who = (f"Trained by its own loop: teacher {dk.md_escape(cfg.get('teacher', 'not recorded'))}; "
+               f"student {dk.md_escape(cfg.get('student', 'not recorded'))}")
     else:
-        who = (f"Teacher {cfg.get('teacher', '?')}; student width {cfg.get('student_width', '?')} "
-               f"({cfg.get('student_init', '?')} init)")
-    st.caption(f"{who}; method {main['run']['method']}, "
-               f"{cfg.get('ot_method', 'emd')} plans with cost {cfg.get('cost')}, "
-               f"normalize={cfg.get('normalize')}.")
+        who = (f"Teacher {dk.md_escape(cfg.get('teacher', '?'))}; student width "
+               f"{dk.md_escape(cfg.get('student_width', '?'))} "
+               f"({dk.md_escape(cfg.get('student_init', '?'))} init)")
+    st.caption(f"{who}; method {dk.md_escape(main['run']['method'])}, "
+               f"{dk.md_escape(cfg.get('ot_method', 'emd'))} plans with cost "
+               f"{dk.md_escape(cfg.get('cost'))}, normalize={dk.md_escape(cfg.get('normalize'))}.")
     pairs = dk.plan_keys(main["snaps"])
     pair = st.selectbox("Layer pair", pairs, index=len(pairs) - 1, key="al_run_pair")
     series = {}
     for v in views:
         s = load_series(store, v, pair)
         if s is None:
-            st.info(f"{v['label']} has no plan of {pair}.")
+            st.info(f"{dk.md_escape(v['label'])} has no plan of {dk.md_escape(pair)}.")
         else:
             series[v["run_id"]] = s
     if run_id not in series:
@@ -441,13 +460,16 @@ def training_run() -> None:
 
     st.subheader(f"Epoch {epoch}: cost beside plan")
     log_color = st.toggle("Log colour for the plans", key="al_run_log")
+    shown = [v for v in views if v["run_id"] in series]
+    cost_range = twin_cost_range([series[v["run_id"]] for v in shown], epoch)
     cols = dk.cells(len(series), "al_run_side1")
-    for col, v in zip(cols, [v for v in views if v["run_id"] in series]):
+    for n_panel, (col, v) in enumerate(zip(cols, shown)):
         s = series[v["run_id"]]
         with col:
-            st.markdown(f"**{v['label']}**")
+            st.markdown(f"**{dk.md_escape(v['label'])}**")
             if epoch not in s["epochs"]:
-                st.info(f"{v['label']} has no plan at epoch {epoch} (it has {list(s['epochs'])}).")
+                st.info(f"{dk.md_escape(v['label'])} has no plan at epoch {epoch} (it has "
+                        f"{list(s['epochs'])}).")
                 continue
             i = s["epochs"].index(epoch)
             P = s["plans"][i]
@@ -459,8 +481,12 @@ def training_run() -> None:
                 continue
             C = s["costs"][i]
             dk.chart(figures.alignment_panel(P, C, cost_label=cost_label, log_color=log_color,
-                                             title=f"Cost beside plan, epoch {epoch}"),
+                                             title=f"Cost beside plan, epoch {epoch}",
+                                             cost_range=cost_range, cost_colorbar=n_panel == 0),
                      key=f"al_run_panel_{v['run_id']}")
+            if n_panel > 0 and cost_range is not None:
+                st.caption(f"Cost colours on the same scale as {dk.md_escape(shown[0]['label'])}'s "
+                           f"({cost_range[0]:.3g} to {cost_range[1]:.3g}).")
             dk.chart(figures.matched_cost_distribution(P, C, cost_label=cost_label),
                      key=f"al_run_ecdf_{v['run_id']}", legend_below=True)
             dk.chart(figures.match_quality(P, C), key=f"al_run_quality_{v['run_id']}")
@@ -474,7 +500,7 @@ def training_run() -> None:
     for col, v in zip(cols, [v for v in views if v["run_id"] in series]):
         s = series[v["run_id"]]
         with col:
-            st.markdown(f"**{v['label']}**")
+            st.markdown(f"**{dk.md_escape(v['label'])}**")
             if len(s["epochs"]) < 2:
                 st.info("Reallocation needs plans of at least two epochs.")
                 continue

@@ -15,6 +15,23 @@ st.caption("Every run of the store: filter them, overlay their test (or validati
            "them as CSV.")
 
 
+@st.cache_resource(show_spinner=False, max_entries=16)
+def overlay_figure(path: str, chosen: tuple, names: tuple, state: tuple, options: str, acc_key: str,
+                   *, _configs: dict, _opts: dict):
+    """The overlaid accuracy curves of the runs ``chosen`` (legend ``names``), kept by the server
+    for this ``state`` of the runs (status, step, heartbeat, end) and these ``options``."""
+    from otviz.runs import RunStore
+
+    store = RunStore(path)
+    try:
+        curves = {name: store.metrics(r, [acc_key]) for r, name in zip(chosen, names)}
+    finally:
+        store.close()
+    chance = {name: figures.chance_level(_configs.get(r)) for r, name in zip(chosen, names)}
+    title = "Validation accuracy" if acc_key == "val/accuracy" else "Test accuracy"
+    return figures.accuracy_curves(curves, key=acc_key, title=title, chance=chance, **_opts)
+
+
 def runs_section() -> None:
     store, runs = dk.store_runs("No runs yet: start one on the Train page (one click runs the demo).")
     if runs is None:
@@ -101,25 +118,17 @@ def runs_section() -> None:
                 key="cmp_acc_key",
                 help="Runs with a validation part log its accuracy every epoch and the test "
                      "accuracy once, at their last step.") or "val/accuracy"
-        # the figure is drawn again only when its runs, their state or the options change
-        # (a filter click keeps it)
+        # the figure is built again only when its runs, their state or the options change
+        # (a filter click, a second visit or another viewer takes it from the server's cache)
         state = tuple(picked[["run_id", "status", "step", "heartbeat_at", "ended_at"]]
                       .astype(str).itertuples(index=False, name=None))
-        fig_key = (str(store.path), tuple(chosen), tuple(short[r] for r in chosen), state,
-                   repr(sorted(opts.items())), acc_key)
-        cached = st.session_state.get("cmp_curves_fig")
-        fig = cached[1] if cached is not None and cached[0] == fig_key else None
-        if fig is None:
-            try:
-                curves = {short[r]: store.metrics(r, [acc_key]) for r in chosen}
-            except (RunStoreError, OSError) as exc:
-                dk.show_error(exc, "Could not read the metrics")
-            else:
-                chance = {short[r]: figures.chance_level(configs.get(r)) for r in chosen}
-                title = "Validation accuracy" if acc_key == "val/accuracy" else "Test accuracy"
-                fig = figures.accuracy_curves(curves, key=acc_key, title=title, chance=chance, **opts)
-                st.session_state["cmp_curves_fig"] = (fig_key, fig)
-        if fig is not None:
+        try:
+            fig = overlay_figure(str(store.path), tuple(chosen), tuple(short[r] for r in chosen),
+                                 state, repr(sorted(opts.items())), acc_key, _configs=configs,
+                                 _opts=opts)
+        except (RunStoreError, OSError) as exc:
+            dk.show_error(exc, "Could not read the metrics")
+        else:
             dk.chart(fig, key="cmp_curves", legend_below=True)
 
     st.subheader("Export")
@@ -190,6 +199,35 @@ def benchmark_section() -> None:
             benchmark_table(files, key)
 
 
+def file_state(path) -> tuple[str, int, int]:
+    """``(path, mtime in ns, size)``: the key under which a file's figures are remembered."""
+    st_ = path.stat()
+    return str(path), st_.st_mtime_ns, st_.st_size
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def paired_figures(sources: tuple, setting: str, _final: pd.DataFrame,
+                   _axes: pd.DataFrame | None) -> list[tuple[str, object]]:
+    """The paired benchmark's figures of one setting: intervals, paired gains, axes.
+
+    Built once per server for each state of the result files (``sources``: :func:`file_state`
+    of each) and kept: every later visit draws them without building them. The figures are
+    shared by every session and never modified.
+    """
+    out = [("pi", figures.method_intervals(_final, setting))]
+    for m in [m for m in ("ot", "kd+ot") if m in set(_final.loc[_final.setting == setting, "method"])]:
+        out.append((f"pg_{m}", figures.paired_gains(_final, setting, ours=m)))
+    if _axes is not None and setting in set(_axes["setting"]):
+        out.append(("ax", figures.axis_curves(_axes, setting)))
+    return out
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def budget_figure(source: tuple, _budget: pd.DataFrame):
+    """Scratch's validation curves (:func:`otviz.figures.budget_curves`), kept per file state."""
+    return figures.budget_curves(_budget)
+
+
 def paired_section() -> None:
     """The paired benchmark: per setting, each method's interval, OT's paired gains, the axes."""
     files = dk.paired_files()
@@ -217,17 +255,19 @@ def paired_section() -> None:
                f"same split, labelled images, initialisation and batch order). Intervals are 95 % "
                f"confidence intervals over seeds; differences are paired by seed.")
     settings = list(dict.fromkeys(final["setting"]))
-    for tab, setting in zip(st.tabs(settings), settings):
-        with tab:
-            dk.chart(figures.method_intervals(final, setting), key=f"cmp_pi_{setting}")
-            for m in [m for m in ("ot", "kd+ot") if m in set(final.loc[final.setting == setting, "method"])]:
-                dk.chart(figures.paired_gains(final, setting, ours=m), key=f"cmp_pg_{setting}_{m}")
-            if axes is not None and setting in set(axes["setting"]):
-                dk.chart(figures.axis_curves(axes, setting), key=f"cmp_ax_{setting}")
+    # one setting's figures at a time: a visit builds (or takes from the server's cache) only
+    # the figures of the setting shown, never those of hidden tabs
+    setting = st.segmented_control("Setting shown", settings, default=settings[0], required=True,
+                                   key="cmp_paired_setting") or settings[0]
+    if setting not in settings:  # the results changed under a kept choice
+        setting = settings[0]
+    sources = tuple(file_state(files[k]) for k in ("final", "axes") if k in files)
+    for key, fig in paired_figures(sources, setting, final, axes):
+        dk.chart(fig, key=f"cmp_{key}_{setting}")
     if "budget" in files:
         try:
             budget = pd.read_csv(files["budget"])
-            dk.chart(figures.budget_curves(budget), key="cmp_budget")
+            dk.chart(budget_figure(file_state(files["budget"]), budget), key="cmp_budget")
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             dk.show_error(exc, "Could not read the scratch curves")
     if "report" in files:

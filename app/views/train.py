@@ -63,7 +63,7 @@ def pending_launch() -> None:
         st.session_state.pop("pending_launch", None)
         start(pending["config"])
         return
-    listed = "; ".join(labels[r] for r in same[:3]) + (f" and {len(same) - 3} more" if len(same) > 3 else "")
+    listed = "; ".join(dk.md_escape(labels[r]) for r in same[:3]) + (f" and {len(same) - 3} more" if len(same) > 3 else "")
     st.warning(f"**This configuration was already trained**: {listed}. The same seed gives the same "
                f"run again; change the seed for another sample.", icon=":material/content_copy:")
     a, b, c = st.columns(3)
@@ -106,8 +106,9 @@ RECIPE_INPUTS = {"lam": "lam", "pairs": "pairs", "cost": "cost", "normalize": "n
 FORM_KEYS = ("arch", "setting", "method", *RECIPE_INPUTS, "eps", "k", "seed", "name")
 
 
-def load_recipe(rec: dict) -> None:
-    """Put the recipe's values into the form's inputs (before they are drawn)."""
+def load_recipe(rec: dict, setting: str) -> None:
+    """Put the recipe's values into the form's inputs (before they are drawn); the labels per
+    class are the setting's (what a run of the recipe trains on)."""
     for key, field in RECIPE_INPUTS.items():
         v = rec[field]
         if key == "normalize":
@@ -119,7 +120,9 @@ def load_recipe(rec: dict) -> None:
             continue
         st.session_state[key] = list(v) if isinstance(v, list) else v
     st.session_state.setdefault("eps", 0.01)
-    st.session_state.setdefault("k", 0)
+    default_k = rec.get("k") or SETTINGS[setting].default_k
+    if default_k is not None:  # a setting on the full training split has no k (its input is hidden)
+        st.session_state["k"] = int(default_k)
     st.session_state.setdefault("seed", 0)
 
 
@@ -149,7 +152,7 @@ with st.expander("Start a training", expanded=runs.empty or "pending_launch" in 
             st.session_state[key] = value
     st.session_state.setdefault("setting", d["setting"])
     st.session_state.setdefault("method", d["method"])
-    top = st.columns([1, 2, 2, 2])
+    top = dk.cells(4, "train_top", min_width=240)  # four in a row at 1400 px, two at 800
     arch = top[0].radio("Model family", ["cnn", "mlp"], key="arch",
                         help="Teacher and student family; the layer pairs follow it.")
     setting = top[1].selectbox("Setting", list(SETTINGS), key="setting",
@@ -163,7 +166,7 @@ with st.expander("Start a training", expanded=runs.empty or "pending_launch" in 
                                    "the batch's similarity matrix).")
     rec = recipe(setting, method, arch=arch)
     if st.session_state.get("recipe_for") != (arch, setting, method):
-        load_recipe(rec)
+        load_recipe(rec, setting)
         st.session_state["recipe_for"] = (arch, setting, method)
     ot_method = top[3].selectbox("OT solver", ["emd", "sinkhorn", "unbalanced"], key="ot_method",
                                  help="emd: exact OT (the recipe); sinkhorn / unbalanced: entropic, "
@@ -177,7 +180,8 @@ with st.expander("Start a training", expanded=runs.empty or "pending_launch" in 
                f"hidden.")
     layers = default_pairs(arch)
     with st.form("train_form"):
-        c1, c2, c3 = st.columns(3)
+        # three columns at 1400 px, two at 800 (the budget's column under the others)
+        c1, c2, c3 = dk.cells(3, "train_form", min_width=300)
         if has_ot:
             lam = c1.number_input("λ (weight of the OT term)", min_value=0.0, step=0.05, format="%.3f",
                                   key="lam")
@@ -236,8 +240,9 @@ with st.expander("Start a training", expanded=runs.empty or "pending_launch" in 
             with c3:
                 not_used("Labels per class", f"*{setting}* trains on the full training split")
         else:
-            k = c3.number_input("Labels per class (transfer settings; 0 = the setting's default)",
-                                min_value=0, max_value=400, key="k")
+            k = c3.number_input("Labels per class", min_value=1, max_value=400, key="k",
+                                help=f"Labelled training images per class of the student's task "
+                                     f"(*{setting}*'s recipe: {SETTINGS[setting].default_k}).")
         batch_size = c3.number_input("Batch size", min_value=2, max_value=1024, key="batch_size")
         lr = c3.number_input("Learning rate", min_value=1e-5, max_value=1.0, format="%.4f", key="lr")
         seed = c3.number_input("Seed", min_value=0, max_value=2**31 - 1, key="seed")
@@ -363,13 +368,13 @@ def live_view(run_id: int) -> None:
         else:
             st.caption(f"{rc.status_markdown(run['status'])} after {run.get('duration') or 0:.0f} s")
     if run["status"] == "failed" and run.get("error"):
-        st.error(f"The run failed: {str(run['error']).strip().splitlines()[-1]}")
+        st.error(f"The run failed: {dk.md_escape(str(run['error']).strip().splitlines()[-1])}")
         with st.expander("Error details"):
             st.code(run["error"])
     elif run["status"] == "interrupted":
         why = str(run.get("error") or "").strip()
         st.warning("The run was interrupted before its last step"
-                   + (f": {why.splitlines()[-1]}" if why else "") + ". Its curves stop there.")
+                   + (f": {dk.md_escape(why.splitlines()[-1])}" if why else "") + ". Its curves stop there.")
 
     opts = rc.curve_controls("tr")
     keys = sorted(metrics["key"].unique().tolist()) if not metrics.empty else []

@@ -60,6 +60,9 @@ _PALETTE = ("#1f77b4", "#e4572e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#
 _SPLIT_COLORS = {"train": _PALETTE[0], "test": _PALETTE[1], "val": _PALETTE[2],
                  "valid": _PALETTE[2], "validation": _PALETTE[2]}
 _CHANCE_COLOR = "#888888"
+#: The chance line's label: at the right end of the line, where the curves have left chance (they
+#: start there, at the left), on a light box so that a curve passing under it keeps it legible.
+_CHANCE_LABEL = dict(font=dict(size=11, color="#555"), bgcolor="rgba(255,255,255,0.85)", borderpad=1)
 _RAW_OPACITY = 0.28
 _PANEL_HEIGHT = 250
 
@@ -507,9 +510,8 @@ def training_curves(
                     panel.title += note
         if percent and chance:
             fig.add_hline(y=100 * chance, line=dict(color=_CHANCE_COLOR, dash="dot", width=1.5),
-                          annotation=dict(text=f"chance {100 * chance:.3g} %",
-                                          font=dict(size=11, color="#666")),
-                          annotation_position="top left", **pos)
+                          annotation=dict(text=f"chance {100 * chance:.3g} %", **_CHANCE_LABEL),
+                          annotation_position="top right", **pos)
         fig.update_yaxes(**yaxis, **pos)
         # legend inside the panel (accuracies rise: bottom right; the rest fall: top right)
         if legend is not None:
@@ -652,9 +654,8 @@ def accuracy_curves(
         for c, labels in sorted(levels.items()):
             who = "" if len(levels) == 1 else f" ({', '.join(labels)})"
             fig.add_hline(y=100 * c, line=dict(color=_CHANCE_COLOR, dash="dot", width=1.5),
-                          annotation=dict(text=f"chance {100 * c:.3g} %{who}",
-                                          font=dict(size=11, color="#666")),
-                          annotation_position="top left")
+                          annotation=dict(text=f"chance {100 * c:.3g} %{who}", **_CHANCE_LABEL),
+                          annotation_position="top right")
     else:
         fig.update_yaxes(title=dict(text=key))
         values = [s.to_numpy() for s in all_series if len(s)]

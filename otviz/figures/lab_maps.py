@@ -93,8 +93,11 @@ def map_figure(source: Any, target: Any, images: Any, *, title: str | None = Non
     fig.update_xaxes(range=[float(v) for v in xr], title="x₁", zeroline=False, constrain="domain")
     fig.update_yaxes(range=[float(v) for v in yr], title="x₂", zeroline=False, scaleanchor="x",
                      scaleratio=1, constrain="domain")
-    return _finish(fig, title, subtitle, height=height, showlegend=bool(showlegend),
-                   legend=dict(orientation="h", yanchor="top", y=-0.15, x=0, xanchor="left"))
+    if not showlegend:
+        return _finish(fig, title, subtitle, height=height, showlegend=False)
+    fig = _finish(fig, title, subtitle, height=height + _LEGEND_ROOM, legend=_LEGEND_BELOW)
+    fig.update_layout(margin=dict(b=_LEGEND_ROOM + 45))  # the legend under the x₁ title
+    return fig
 
 
 def map_comparison(source: Any, target: Any, maps: Mapping[str, Any], *, title: str | None = None,
@@ -121,6 +124,13 @@ def map_comparison(source: Any, target: Any, maps: Mapping[str, Any], *, title: 
                          constrain="domain", showticklabels=c == 1, row=1, col=c)
     return _finish(fig, title, subtitle, height=height,
                    legend=dict(orientation="h", yanchor="top", y=-0.12, x=0, xanchor="left"))
+
+
+#: Legend of the curve figures: under the axis titles, anchored to the figure's bottom edge (not
+#: to the plot, whose distance to the axis title varies with the height), in a bottom margin of
+#: its own that holds two rows of entries (a narrow window wraps them).
+_LEGEND_ROOM = 50
+_LEGEND_BELOW = dict(orientation="h", yref="container", y=0.0, yanchor="bottom", x=0, xanchor="left")
 
 
 def _smooth(v: np.ndarray, window: int) -> np.ndarray:
@@ -176,9 +186,11 @@ def training_curves(fitted: Any, *, reference_w2sq: float | None = None, title: 
                                  name="E‖G(x) − T(x)‖²", line=dict(color=TEACHER_COLOR, width=2),
                                  hovertemplate="step %{x}: %{y:.4f}<extra></extra>"), row=1, col=2)
         fig.update_xaxes(title="generator step", row=1, col=2)
-        fig.update_yaxes(title="mean squared error (data units²)", type="log", row=1, col=2)
-    return _finish(fig, title, subtitle, height=height,
-                   legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, xanchor="left"))
+        fig.update_yaxes(title="mean squared error (data units²)", type="log", dtick=1,
+                         tickformat="~g", row=1, col=2)  # one labelled tick per decade: 0.01, 0.1, 1
+    fig = _finish(fig, title, subtitle, height=height + _LEGEND_ROOM, legend=_LEGEND_BELOW)
+    fig.update_layout(margin=dict(b=_LEGEND_ROOM + 45))
+    return fig
 
 
 def lambda_sweep(lams: Sequence[float], relative_errors: Sequence[float], *, title: str | None = None,
@@ -204,7 +216,11 @@ def lambda_sweep(lams: Sequence[float], relative_errors: Sequence[float], *, tit
         go.Scatter(x=lam, y=err, mode="markers", name="learned map", marker=dict(color=MAPPED_COLOR, size=9),
                    hovertemplate="λ = %{x:g}: %{y:.4f}<extra></extra>"),
     ])
-    fig.update_xaxes(type="log", title="λ (weight of the critic's W₂² against the transport cost)")
-    fig.update_yaxes(type="log", title="E‖G(x) − T(x)‖² / E‖T(x) − x‖²")
-    return _finish(fig, title, subtitle, height=height,
-                   legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, xanchor="left"))
+    # one labelled tick per decade, the error as a share of the closed form's displacement
+    fig.update_xaxes(type="log", dtick=1, tickformat="~g",
+                     title="λ (weight of the critic's W₂² against the transport cost)")
+    fig.update_yaxes(type="log", dtick=1, tickformat="~%",
+                     title="E‖G(x) − T(x)‖² / E‖T(x) − x‖² (%)")
+    fig = _finish(fig, title, subtitle, height=height + _LEGEND_ROOM, legend=_LEGEND_BELOW)
+    fig.update_layout(margin=dict(b=_LEGEND_ROOM + 45))
+    return fig

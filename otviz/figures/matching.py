@@ -70,6 +70,8 @@ def alignment_panel(
     student_label: str = "student neurons",
     max_cells: int | None = _MAX_CELLS,
     height: int | str | None = "auto",
+    cost_range: tuple[float, float] | None = None,
+    cost_colorbar: bool = True,
 ) -> go.Figure:
     r"""The cost matrix beside the plan, in the same row and column order.
 
@@ -96,6 +98,12 @@ def alignment_panel(
         mass-weighted mean cost of the block, plain mean where the block
         carries no mass), as in :func:`plan_heatmap`.
     height : int, "auto" or None
+    cost_range : (low, high), optional
+        Costs mapped to the ends of the cost colour scale (default: this cost matrix's own
+        range). Give two panels the same range (e.g. the min and max over both cost
+        matrices) to compare their costs by colour, as for a run and its twin.
+    cost_colorbar : bool, default True
+        Draw the cost's colour bar; off for the second of two panels sharing ``cost_range``.
 
     Returns
     -------
@@ -106,6 +114,15 @@ def alignment_panel(
     """
     P, C, cost_label, al = _plan_cost_inputs(plan_or_alignment, cost, cost_label)
     m, k = P.shape
+    scale = {}
+    if cost_range is not None:
+        try:
+            lo, hi = (float(v) for v in cost_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"cost_range must be two numbers (low, high), got {cost_range!r}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ValueError(f"cost_range must be two finite numbers with low < high, got {cost_range!r}")
+        scale = dict(zmin=lo, zmax=hi)
     rows, cols = plan_order(P) if order is None else _check_order(order, P.shape)
     cells = plan_cells(P, rows, cols, C, max_cells)
     blocks = cells["rb"] > 1 or cells["cb"] > 1
@@ -121,8 +138,8 @@ def alignment_panel(
                   f"<br>plan mass %{{customdata[0]:.3g}}"
                   f"<br>main partner of {t} %{{y}}: {s} %{{customdata[2]}}<extra></extra>")
     fig.add_trace(go.Heatmap(z=cells["C"], x=cl, y=rl, name="cost", colorscale=COST_COLORSCALE,
-                             customdata=cells["custom"], hovertemplate=chover,
-                             colorbar=dict(title=dict(text="cost", side="top"), orientation="h",
+                             customdata=cells["custom"], hovertemplate=chover, **scale,
+                             showscale=bool(cost_colorbar), colorbar=dict(title=dict(text="cost", side="top"), orientation="h",
                                            x=0.22, xanchor="center", y=-0.1, yanchor="top",
                                            len=0.42, thickness=12, tickformat=".2g")),
                   row=1, col=1)

@@ -91,7 +91,9 @@ def embed_neurons(
     method : {"umap", "pca"}, default "umap"
         ``"pca"``: scikit-learn PCA, instant. ``"umap"``: umap-learn, imported
         here on first use; its first fit in a process compiles with numba and
-        takes 20-60 s (later fits a few seconds), so interactive callers show
+        takes about a minute on two CPU cores, about three the first time on a machine
+        (numba's cache empty; ``benchmarks/bench_dashboard.py --umap``), later fits under a
+        second, so interactive callers show
         PCA meanwhile. With fewer than 6 neurons UMAP is replaced by PCA (with
         a warning); with fewer than ``n_neighbors + 2`` it uses
         ``n_neighbors = m + k - 2`` (with a warning).
