@@ -275,13 +275,76 @@ def _run_align(args: argparse.Namespace) -> int:
     return _align_checkpoints(args)
 
 
-def _shipped_teachers_hint() -> str:
+#: How a checkpoint file begins: a zip archive (``torch.save``'s format) or a pickle (its legacy one).
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+_WHAT_MODELS = ("TEACHER and STUDENT are shipped teacher names (`otviz teachers` lists them) or otviz "
+                "checkpoint files (.pt, written by `otviz train` or `otviz teachers --rebuild`)")
+
+
+def _check_model_argument(role: str, text: str) -> None:
+    """Refuse, with a message naming the problem and the fix, a TEACHER/STUDENT argument that is
+    neither a shipped teacher name nor a file that could be an otviz checkpoint.
+
+    Only the first bytes of a regular file are read; the checkpoint itself is read (with
+    ``weights_only=True``) and checked by :func:`otviz.teachers.load_teacher`.
+    """
+    from pathlib import Path
+
+    from otviz._files import check_regular_file, open_regular
+    from otviz._teacher_meta import TEACHER_DIR
+
+    if "/" not in text and (TEACHER_DIR / f"{text}.pt").is_file():
+        return  # a shipped teacher (a file of that name in the current folder needs ./NAME)
+    path = Path(text).expanduser()
+    if not os.path.lexists(path):
+        looks_like_path = os.sep in text or "/" in text or path.suffix != ""
+        what = (f"no file at {text!r}" if looks_like_path
+                else f"{text!r} is neither a shipped teacher name nor a file")
+        raise CommandError(f"the {role}: {what}. {_WHAT_MODELS}" + _shipped_teachers_hint() + ".")
+    if path.is_dir():
+        raise CommandError(
+            f"the {role} {text!r} is a directory, not a checkpoint file. {_WHAT_MODELS}; a Hugging Face "
+            "model directory is read by the dashboard's Alignments page (type its path there) or by "
+            "otviz.external.load_model.")
     try:
-        from otviz.teachers import teacher_names
-    except ImportError:  # pragma: no cover - the package ships it
-        return ""
-    names = teacher_names()
-    return f": {', '.join(names)}" if names else ""
+        size = check_regular_file(path, f"the {role}")
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{_one_line(exc)}. {_WHAT_MODELS}.") from None
+    if size == 0:
+        raise CommandError(f"the {role} {text!r} is an empty file (0 bytes), not an otviz checkpoint. "
+                           f"{_WHAT_MODELS}.")
+    with open_regular(path, f"the {role}") as fh:
+        head = fh.read(512)
+    if not head.startswith(_CHECKPOINT_MAGIC):
+        kind = "a text file" if _looks_like_text(head) else "a binary file of another kind"
+        raise CommandError(
+            f"the {role} {text!r} is not an otviz checkpoint: it is {kind}, while a checkpoint is the "
+            f"zip archive torch.save writes. {_WHAT_MODELS}.")
+    if head.startswith(_CHECKPOINT_MAGIC[0]):
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise CommandError(
+                f"the {role} {text!r} begins like a zip archive but is not a readable one (truncated "
+                f"or damaged): save the checkpoint again, or copy it again. {_WHAT_MODELS}.")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Whether the first bytes of a file read as UTF-8 text (a character cut at the end allowed)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return all(ch.isprintable() or ch in "\t\n\r" for ch in text)
+
+
+def _shipped_teachers_hint() -> str:
+    from otviz._teacher_meta import TEACHER_DIR
+
+    names = sorted(p.stem for p in TEACHER_DIR.glob("*.pt")) if TEACHER_DIR.is_dir() else []
+    return f"; shipped: {', '.join(names)}" if names else ""
 
 
 def _ot_kwargs(args: argparse.Namespace, method: str) -> dict[str, Any]:
@@ -397,6 +460,8 @@ def _align_checkpoints(args: argparse.Namespace) -> int:
 
     if args.size is not None and args.spatial != "flatten":
         raise CommandError("--size only applies with --spatial flatten.")
+    _check_model_argument("teacher", args.teacher)
+    _check_model_argument("student", args.student)
     teacher, t_info = load_teacher(args.teacher)
     student, s_info = load_teacher(args.student)
     t_layers = _split_names(args.teacher_layers) or list(getattr(teacher, "alignable_layers", []))
