@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from typing import Any
@@ -74,6 +75,44 @@ def _steps(text: str) -> int | None:
         raise argparse.ArgumentTypeError(
             f"must be a positive integer, or 0 for one pass over the training set; got {n}")
     return n or None
+
+
+def _int_min(minimum: int) -> Any:
+    """An argparse type: an integer >= ``minimum`` (what training checks, said before it starts)."""
+    what = "a positive integer" if minimum == 1 else "a non-negative integer"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def _real(*, positive: bool) -> Any:
+    """An argparse type: a finite number, > 0 (``positive``) or >= 0."""
+    what = "a positive number" if positive else "a non-negative number"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {what} (finite), got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+_POS_INT, _NONNEG_INT = _int_min(1), _int_min(0)
+_POS_REAL, _NONNEG_REAL = _real(positive=True), _real(positive=False)
 
 
 def _val_size(text: str) -> float | int | None:
@@ -175,7 +214,7 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                         + f" (default {d.setting})")
     p.add_argument("--method", default=d.method, type=_method, help=_METHOD_HELP + f" (default {d.method})")
     g = p.add_argument_group("OT term (and the OT distance logged for every method); default: the recipe")
-    g.add_argument("--lam", type=float, default=R,
+    g.add_argument("--lam", type=_NONNEG_REAL, default=R,
                    help=f"weight of the OT regulariser, methods with ot only (recipe: {_by_setting('lam')})")
     g.add_argument("--pairs", type=_pairs, default=R,
                    help="comma-separated layer pairs 'teacher_layer:student_layer' (or one name for "
@@ -188,7 +227,7 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                    help=f"per-neuron normalisation before the cost, or 'none' (recipe: {C['normalize']})")
     g.add_argument("--ot-method", default=R, choices=["emd", "sinkhorn", "unbalanced"],
                    help=f"OT solver (recipe: {C['ot_method']}; emd is exact OT)")
-    g.add_argument("--eps", type=float, default=R,
+    g.add_argument("--eps", type=_POS_REAL, default=R,
                    help="entropic regularisation relative to the cost scale; sinkhorn and unbalanced "
                         "only (ignored with emd)")
     g.add_argument("--lam-schedule", default=R, choices=["constant", "linear"],
@@ -203,33 +242,33 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                    help=f"conv neurons: one feature per input and position (flatten) or per input "
                         f"(mean) (recipe: {C['spatial']})")
     o = p.add_argument_group("optimisation; default: the recipe")
-    o.add_argument("--epochs", type=int, default=R, help=f"evaluations (recipe: {_by_setting('epochs')})")
+    o.add_argument("--epochs", type=_POS_INT, default=R, help=f"evaluations (recipe: {_by_setting('epochs')})")
     o.add_argument("--steps-per-epoch", type=_steps, default=R,
                    help=f"steps between evaluations, 0 = one pass over the training set (recipe: "
                         f"{_by_setting('steps_per_epoch')})")
-    o.add_argument("--batch-size", type=int, default=R, help=f"minibatch size (recipe: {_by_setting('batch_size')})")
-    o.add_argument("--lr", type=float, default=R,
+    o.add_argument("--batch-size", type=_POS_INT, default=R, help=f"minibatch size (recipe: {_by_setting('batch_size')})")
+    o.add_argument("--lr", type=_POS_REAL, default=R,
                    help=f"Adam learning rate (recipe: {_by_setting('lr')})")
     o.add_argument("--schedule", default=R, choices=["cosine", "constant"],
                    help=f"learning-rate schedule over all steps, cosine = decay to zero (recipe: {C['schedule']})")
-    o.add_argument("--weight-decay", type=float, default=R, help=f"Adam weight decay (recipe: {C['weight_decay']:g})")
+    o.add_argument("--weight-decay", type=_NONNEG_REAL, default=R, help=f"Adam weight decay (recipe: {C['weight_decay']:g})")
     b = p.add_argument_group("baseline terms, each used only by its method; default: the recipe")
-    b.add_argument("--kd-weight", type=float, default=R,
+    b.add_argument("--kd-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of the KD term, kd only (recipe: {C['kd_weight']:g})")
-    b.add_argument("--temperature", type=float, default=R,
+    b.add_argument("--temperature", type=_POS_REAL, default=R,
                    help=f"KD temperature, kd only (recipe: {C['temperature']:g})")
-    b.add_argument("--l2sp-weight", type=float, default=R,
+    b.add_argument("--l2sp-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of the L2-SP term, l2sp only (recipe: {C['l2sp_weight']:g})")
-    b.add_argument("--fitnets-weight", type=float, default=R,
+    b.add_argument("--fitnets-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of the FitNets hint loss, fitnets only (recipe: {C['fitnets_weight']:g})")
-    b.add_argument("--at-weight", type=float, default=R,
+    b.add_argument("--at-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of attention transfer, at only (recipe: {C['at_weight']:g})")
-    b.add_argument("--nst-weight", type=float, default=R,
+    b.add_argument("--nst-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of the NST squared MMD, nst only (recipe: {C['nst_weight']:g})")
-    b.add_argument("--sp-weight", type=float, default=R,
+    b.add_argument("--sp-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of the similarity-preserving term, sp only (recipe: {C['sp_weight']:g})")
     t = p.add_argument_group("task and run")
-    t.add_argument("--k", type=int, default=R,
+    t.add_argument("--k", type=_POS_INT, default=R,
                    help="labelled images per class (default: the setting's, 10 in the transfer settings; "
                         "distill uses the full training split, and --k there departs from the setting)")
     t.add_argument("--val-size", type=_val_size, default=R, metavar="FRACTION|N",
@@ -238,12 +277,12 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                         "validation accuracy and the test set is evaluated once, at the end. In the "
                         "few-label settings the k labels per class are drawn from the rest "
                         "(default: none, the test accuracy is logged every epoch)")
-    t.add_argument("--student-width", type=float, default=R, help="override the student's width multiplier")
-    t.add_argument("--seed", type=int, default=d.seed,
+    t.add_argument("--student-width", type=_POS_REAL, default=R, help="override the student's width multiplier")
+    t.add_argument("--seed", type=_NONNEG_INT, default=d.seed,
                    help="seed of the validation part, label draw, initialisation and batch order "
                         "(the same seed gives every method the same ones)")
     t.add_argument("--device", default=d.device, type=_device, help="cpu, cuda or cuda:N (default cpu)")
-    t.add_argument("--threads", type=int, default=None, help="torch threads for this run (per process)")
+    t.add_argument("--threads", type=_POS_INT, default=None, help="torch threads for this run (per process)")
     t.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
                    help="train in N processes with DistributedDataParallel: starts `torchrun "
                         "--standalone --nproc_per_node=N -m otviz train ...` with the other options "

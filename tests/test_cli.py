@@ -389,6 +389,8 @@ _PARSE_ONLY = [
     ["train", "--device", "gpu"],
     ["train", "--config-json", "{not json"],
     ["train", "--ot-method", "exact"],
+    ["train", "--epochs", "0"],
+    ["train", "--kd-weight", "-1"],
     ["align", "--help"],
     ["align", "--bogus"],
     ["teachers", "--help"],
@@ -417,6 +419,10 @@ def test_help_and_argument_errors_import_no_heavy_module(argv):
     (["train", "--config-json", "{not json"], ["--config-json", "not valid JSON"]),
     (["train", "--config-json", "[1, 2]"], ["--config-json", "JSON object"]),
     (["train", "--setting", "nosuch"], ["invalid choice", "transfer-small"]),
+    (["train", "--epochs", "0"], ["--epochs", "positive integer"]),
+    (["train", "--lr", "-0.1"], ["--lr", "positive number"]),
+    (["train", "--lam", "nan"], ["--lam", "non-negative number"]),
+    (["train", "--seed", "-1"], ["--seed", "non-negative integer"]),
 ])
 def test_train_option_errors_name_the_option_and_the_fix(argv, expected, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -531,3 +537,23 @@ def test_teachers_listing_without_a_terminal_fits_100_columns():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) > 2 and max(len(line) for line in lines) <= 100, proc.stdout
+
+
+# ----------------------------------------------------------------------------- README's install section
+def test_readme_install_section_agrees_with_setup_sh():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    setup = (root / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    install = readme[readme.index("## Quick start"):readme.index("## The library")]
+    # the torch spec setup.sh installs by default is the one the README names
+    spec = re.search(r'TORCH_SPEC="\$\{OTVIZ_TORCH:-([^}]+)\}"', setup).group(1)
+    assert f"It installs `{spec}` by default" in install
+    # the commands name real addresses and options, no placeholder left
+    assert "<" not in "".join(re.findall(r"```bash\n(.*?)```", install, flags=re.S))
+    assert install.count("https://download.pytorch.org/whl/cpu") >= 2
+    for word in ("OTVIZ_TORCH", "OTVIZ_FORCE", "OTVIZ_PYTHON", "--dev", "PIP_EXTRA_INDEX_URL"):
+        assert word in install and word in setup, word
+    assert "python3.11" in setup and "python3.11" in install
