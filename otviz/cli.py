@@ -715,7 +715,8 @@ class _LazyParser(argparse.ArgumentParser):
     ``defer(fill)`` postpones ``fill(parser)`` (which adds the options, description
     and epilog) until the parser parses or prints its help. ``otviz --help`` and
     the other commands then never pay for what one command's options need (the
-    ``train`` options import torch for the recipe defaults).
+    ``train`` options quote the recipes of :mod:`otviz._recipes`, plain data: no
+    command's parser imports torch).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
