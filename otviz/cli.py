@@ -367,10 +367,33 @@ def _score_line(result: Any) -> str:
         det = result.score_details
         score = f"OT score = {det['score']:.3f} (0 = same layer, ~1 = unrelated)"
         if not det["converged"]:
-            score += " NOT CONVERGED"
+            score += " (approximate: the solver stopped at its iteration cap, see the note)"
     except ValueError:
         score = "OT score undefined (a layer whose neurons are all constant)"
     return f"{score}; raw distance = {result.distance:.6g}"
+
+
+def _notes(caught: Sequence[warnings.WarningMessage], result: Any = None) -> list[str]:
+    """The caught warnings as note lines; the solver's and the score's "did not converge" become
+    one line that says why and what converges."""
+    notes: list[str] = []
+    capped = False
+    for w in caught:
+        text = str(w.message)
+        if "converge" in text and issubclass(w.category, RuntimeWarning):
+            capped = True
+            continue
+        notes.append(f"note: {text}")
+    if capped:
+        where = ""
+        if result is not None and result.n_iter and not result.converged:
+            where = f" after {result.n_iter} iterations (marginal error {result.marginal_error:.1e})"
+        notes.insert(0, (
+            f"note: Sinkhorn stopped at its iteration cap{where}, so these values are approximate: "
+            "where neurons pair off nearly one to one, the entropic plan is nearly a permutation and "
+            "Sinkhorn creeps; a larger --eps (the default, 0.1, converges on the demo and the shipped "
+            "teachers) or --method emd gives converged values."))
+    return notes
 
 
 def _settings_line(args: argparse.Namespace) -> str:
@@ -422,8 +445,8 @@ def _report(teacher, student, inputs, t_layers, s_layers, args, *, spatial="mean
                 summary = result.summary()  # computes the score: its warnings are caught too
             print(f"[{method}] {_score_line(result)}")
             print(_indent(summary))
-            for w in caught:  # e.g. a solver that hit its iteration cap: say it once, readably
-                print(_indent(f"note: {w.message}", "     "))
+            for line in _notes(caught, result):  # e.g. an iteration cap: said once, with why
+                print(_indent(line, "     "))
         if extra is not None:
             extra(t_name, s_name, t_neurons, s_neurons)
 
@@ -441,8 +464,8 @@ def _report(teacher, student, inputs, t_layers, s_layers, args, *, spatial="mean
     print(f"OT score ({table_method}; 0 = same layer up to permutation and scale, ~1 = unrelated; "
           "lower = closer):")
     print(_indent(_format_table(ot_table, "{:.3f}")))
-    for w in caught:
-        print(_indent(f"note: {w.message}", "     "))
+    for line in _notes(caught):
+        print(_indent(line, "     "))
     if getattr(args, "raw", False):
         raw_table = layer_distances(
             teacher, student, inputs, list(t_layers), list(s_layers), measure="ot-raw",

@@ -47,6 +47,17 @@ def test_align_demo_prints_alignments_and_distance_tables(capsys):
     assert "NOT CONVERGED" not in out and "converge" not in out.replace("converged       True", ""), out
 
 
+def test_align_demo_says_once_and_calmly_why_a_small_eps_did_not_converge(capsys):
+    # at eps 0.02 the head pair's plan is nearly a permutation and Sinkhorn stops at its cap
+    assert main(["align", "--demo", "--method", "sinkhorn", "--eps", "0.02"]) == 0
+    out = capsys.readouterr().out
+    head = out[out.index("== teacher head"):out.index("Layer x layer tables")]
+    assert head.count("note: Sinkhorn stopped at its iteration cap after 10000 iterations") == 1, head
+    assert "nearly a permutation" in head and "--method emd" in head
+    assert "OT did not converge" not in out and "score's sinkhorn solves" not in out, out
+    assert "[sinkhorn] OT score = 0.1" in head and "(approximate:" in head
+
+
 def test_align_demo_is_reproducible_and_takes_options(capsys):
     argv = ["align", "--demo", "--method", "sinkhorn", "--cost", "cosine",
             "--normalize", "standardize", "--eps", "0.05", "--seed", "3", "--epochs", "3"]
