@@ -484,14 +484,14 @@ def _report(teacher, student, inputs, t_layers, s_layers, args, *, spatial="mean
 # --- two checkpoints -----------------------------------------------------------
 def _align_checkpoints(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    if args.size is not None and args.spatial != "flatten":
+        raise CommandError("--size only applies with --spatial flatten.")
+    _check_model_argument("teacher", args.teacher)  # before torch: a wrong path answers at once
+    _check_model_argument("student", args.student)
     import torch
 
     from otviz.teachers import load_teacher, teacher_task
 
-    if args.size is not None and args.spatial != "flatten":
-        raise CommandError("--size only applies with --spatial flatten.")
-    _check_model_argument("teacher", args.teacher)
-    _check_model_argument("student", args.student)
     teacher, t_info = load_teacher(args.teacher)
     student, s_info = load_teacher(args.student)
     t_layers = _split_names(args.teacher_layers) or list(getattr(teacher, "alignable_layers", []))

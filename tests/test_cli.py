@@ -407,16 +407,19 @@ _PARSE_ONLY = [
     ["teachers", "--help"],
     ["runs", "--help"],
     ["dashboard", "--help"],
+    ["align", "cnn-mnist5k", "/nonexistent/student.pt"],
+    ["align", "cnn-mnist5k", __file__],  # a text file
+    ["teachers"],
 ]
 
 
 @pytest.mark.parametrize("argv", _PARSE_ONLY, ids=" ".join)
 def test_help_and_argument_errors_import_no_heavy_module(argv):
-    # a test of what is imported (not of time): parsing, help and every argument error answer
-    # before torch, POT, scikit-learn, pandas or numpy load
+    # a test of what is imported (not of time): parsing, help, every argument error, a TEACHER or
+    # STUDENT that is not a model and the teachers listing answer before torch, POT, scikit-learn,
+    # pandas or numpy load
     code = ("from otviz.cli import main\n"
-            f"try:\n    main({argv!r})\nexcept SystemExit as exc:\n    code = exc.code\n"
-            "else:\n    code = 'returned'\n"
+            f"try:\n    code = main({argv!r})\nexcept SystemExit as exc:\n    code = exc.code\n"
             "assert code in (0, 2), code\n")
     loaded = _modules_after(code)
     heavy = {"torch", "ot", "sklearn", "pandas", "numpy", "scipy"}
