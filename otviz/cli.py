@@ -130,7 +130,7 @@ def _add_ot_options(parser: argparse.ArgumentParser, *, method_default: str | No
             "entropic regularisation for 'sinkhorn' and 'unbalanced', RELATIVE to the typical "
             "cost: the solver uses eps * median(cost matrix), so one eps means the same blur in "
             "every layer. Smaller = closer to exact OT and a sparser plan, but more iterations: "
-            "below about 0.05, layers whose neurons pair off one to one (similar layers, output "
+            "below 0.1, layers whose neurons pair off one to one (similar layers, output "
             "layers) can leave Sinkhorn short of convergence at its iteration cap. "
             f"Ignored by 'emd'. Default: {DEFAULT_EPS}."
         ),
