@@ -1,11 +1,23 @@
-"""Subcommands ``otviz train``, ``otviz runs`` and ``otviz teachers`` (registered in :mod:`otviz.cli`)."""
+"""Subcommands ``otviz train``, ``otviz runs`` and ``otviz teachers`` (registered in :mod:`otviz.cli`).
+
+Parsing needs no torch, numpy or pandas: the choices and recipe defaults come from
+:mod:`otviz._recipes` (plain data) and the few :class:`otviz.train.TrainConfig` defaults
+the options show are listed in :data:`CONFIG_DEFAULTS` (a test checks them against the
+class), so ``otviz train --help`` and every argument error answer before torch loads.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 from typing import Any
+
+#: The :class:`otviz.train.TrainConfig` defaults that ``otviz train`` passes on (listed here
+#: so that parsing needs no torch; tests/test_cli.py checks them against the class).
+CONFIG_DEFAULTS: dict[str, Any] = {"setting": "distill", "method": "ot", "seed": 0, "device": "cpu"}
 
 _METHOD_HELP = (
     "transfer method: scratch (CE only, random init), finetune (CE only, from the teacher's "
@@ -15,6 +27,37 @@ _METHOD_HELP = (
     "(similarity-preserving: the batch's similarity matrix), ot (the OT regulariser: lam * sum over layer pairs of the OT distance between "
     "the teacher's and the student's neurons); combine with '+', e.g. kd+ot"
 )
+
+
+def _method(text: str) -> str:
+    """``--method``: checked by :func:`otviz._recipes.parse_method` (torch-free), kept as given."""
+    from otviz._recipes import parse_method
+
+    try:
+        parse_method(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _device(text: str) -> str:
+    """``--device``: 'cpu', 'cuda' or 'cuda:N' (whether CUDA is there is checked when training)."""
+    if not re.fullmatch(r"(cpu|cuda)(:\d+)?", text.strip()):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N (e.g. cuda:0), got {text!r}")
+    return text.strip()
+
+
+def _json_text(text: str) -> str:
+    """``--config-json``: a JSON object (its keys are checked when the config is built)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}); pass an object such as "
+                                         "'{\"setting\": \"distill\", \"epochs\": 2}'") from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"epochs\": 2}}', got "
+                                         f"{type(data).__name__}")
+    return text
 
 
 def _none_or_str(text: str) -> str | None:
@@ -32,6 +75,44 @@ def _steps(text: str) -> int | None:
         raise argparse.ArgumentTypeError(
             f"must be a positive integer, or 0 for one pass over the training set; got {n}")
     return n or None
+
+
+def _int_min(minimum: int) -> Any:
+    """An argparse type: an integer >= ``minimum`` (what training checks, said before it starts)."""
+    what = "a positive integer" if minimum == 1 else "a non-negative integer"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+def _real(*, positive: bool) -> Any:
+    """An argparse type: a finite number, > 0 (``positive``) or >= 0."""
+    what = "a positive number" if positive else "a non-negative number"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {what} (finite), got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+_POS_INT, _NONNEG_INT = _int_min(1), _int_min(0)
+_POS_REAL, _NONNEG_REAL = _real(positive=True), _real(positive=False)
 
 
 def _val_size(text: str) -> float | int | None:
@@ -71,7 +152,7 @@ _FIELDS = ("lam", "pairs", "cost", "normalize", "ot_method", "eps", "spatial", "
 
 def _by_setting(field: str) -> str:
     """``"0.1 in transfer and transfer-digits, 1 in distill and transfer-small"`` from the recipes."""
-    from otviz.train import RECIPES
+    from otviz._recipes import RECIPES
 
     groups: dict[Any, list[str]] = {}
     for setting, r in RECIPES.items():
@@ -93,8 +174,8 @@ def _fmt(v: Any) -> str:
 
 def add_train(subparsers: Any, *, lazy: bool = False) -> None:
     """Register ``otviz train``. With ``lazy=True`` (and a parser that can ``defer``), its
-    options, whose defaults come from :mod:`otviz.train` (torch), are added only when the
-    command is used; ``otviz --help`` then lists it without importing torch."""
+    options, whose help quotes the recipes, are built only when the command is used; neither
+    way imports torch."""
     p = subparsers.add_parser(
         "train", help="train a student with a transfer method, logged to the run store",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,11 +186,10 @@ def add_train(subparsers: Any, *, lazy: bool = False) -> None:
 
 
 def _fill_train(p: argparse.ArgumentParser) -> None:
-    from otviz.data import SETTINGS
-    from otviz.train import RECIPE_COMMON as C
-    from otviz.train import TrainConfig, recipe_table
+    from otviz._recipes import RECIPE_COMMON as C
+    from otviz._recipes import SETTINGS, recipe_table
 
-    d = TrainConfig()
+    d = argparse.Namespace(**CONFIG_DEFAULTS)
     R = argparse.SUPPRESS  # not given: the recipe decides
     p.description = (
         "Train a student network in one of the paper's settings with a transfer method, "
@@ -132,9 +212,9 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--setting", default=d.setting, choices=list(SETTINGS),
                    help="; ".join(f"{k}: {v.description}" for k, v in SETTINGS.items())
                         + f" (default {d.setting})")
-    p.add_argument("--method", default=d.method, help=_METHOD_HELP + f" (default {d.method})")
+    p.add_argument("--method", default=d.method, type=_method, help=_METHOD_HELP + f" (default {d.method})")
     g = p.add_argument_group("OT term (and the OT distance logged for every method); default: the recipe")
-    g.add_argument("--lam", type=float, default=R,
+    g.add_argument("--lam", type=_NONNEG_REAL, default=R,
                    help=f"weight of the OT regulariser, methods with ot only (recipe: {_by_setting('lam')})")
     g.add_argument("--pairs", type=_pairs, default=R,
                    help="comma-separated layer pairs 'teacher_layer:student_layer' (or one name for "
@@ -147,7 +227,7 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                    help=f"per-neuron normalisation before the cost, or 'none' (recipe: {C['normalize']})")
     g.add_argument("--ot-method", default=R, choices=["emd", "sinkhorn", "unbalanced"],
                    help=f"OT solver (recipe: {C['ot_method']}; emd is exact OT)")
-    g.add_argument("--eps", type=float, default=R,
+    g.add_argument("--eps", type=_POS_REAL, default=R,
                    help="entropic regularisation relative to the cost scale; sinkhorn and unbalanced "
                         "only (ignored with emd)")
     g.add_argument("--lam-schedule", default=R, choices=["constant", "linear"],
@@ -162,33 +242,33 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                    help=f"conv neurons: one feature per input and position (flatten) or per input "
                         f"(mean) (recipe: {C['spatial']})")
     o = p.add_argument_group("optimisation; default: the recipe")
-    o.add_argument("--epochs", type=int, default=R, help=f"evaluations (recipe: {_by_setting('epochs')})")
+    o.add_argument("--epochs", type=_POS_INT, default=R, help=f"evaluations (recipe: {_by_setting('epochs')})")
     o.add_argument("--steps-per-epoch", type=_steps, default=R,
                    help=f"steps between evaluations, 0 = one pass over the training set (recipe: "
                         f"{_by_setting('steps_per_epoch')})")
-    o.add_argument("--batch-size", type=int, default=R, help=f"minibatch size (recipe: {_by_setting('batch_size')})")
-    o.add_argument("--lr", type=float, default=R,
+    o.add_argument("--batch-size", type=_POS_INT, default=R, help=f"minibatch size (recipe: {_by_setting('batch_size')})")
+    o.add_argument("--lr", type=_POS_REAL, default=R,
                    help=f"Adam learning rate (recipe: {_by_setting('lr')})")
     o.add_argument("--schedule", default=R, choices=["cosine", "constant"],
                    help=f"learning-rate schedule over all steps, cosine = decay to zero (recipe: {C['schedule']})")
-    o.add_argument("--weight-decay", type=float, default=R, help=f"Adam weight decay (recipe: {C['weight_decay']:g})")
+    o.add_argument("--weight-decay", type=_NONNEG_REAL, default=R, help=f"Adam weight decay (recipe: {C['weight_decay']:g})")
     b = p.add_argument_group("baseline terms, each used only by its method; default: the recipe")
-    b.add_argument("--kd-weight", type=float, default=R,
+    b.add_argument("--kd-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of the KD term, kd only (recipe: {C['kd_weight']:g})")
-    b.add_argument("--temperature", type=float, default=R,
+    b.add_argument("--temperature", type=_POS_REAL, default=R,
                    help=f"KD temperature, kd only (recipe: {C['temperature']:g})")
-    b.add_argument("--l2sp-weight", type=float, default=R,
+    b.add_argument("--l2sp-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of the L2-SP term, l2sp only (recipe: {C['l2sp_weight']:g})")
-    b.add_argument("--fitnets-weight", type=float, default=R,
+    b.add_argument("--fitnets-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of the FitNets hint loss, fitnets only (recipe: {C['fitnets_weight']:g})")
-    b.add_argument("--at-weight", type=float, default=R,
+    b.add_argument("--at-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of attention transfer, at only (recipe: {C['at_weight']:g})")
-    b.add_argument("--nst-weight", type=float, default=R,
+    b.add_argument("--nst-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of the NST squared MMD, nst only (recipe: {C['nst_weight']:g})")
-    b.add_argument("--sp-weight", type=float, default=R,
+    b.add_argument("--sp-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of the similarity-preserving term, sp only (recipe: {C['sp_weight']:g})")
     t = p.add_argument_group("task and run")
-    t.add_argument("--k", type=int, default=R,
+    t.add_argument("--k", type=_POS_INT, default=R,
                    help="labelled images per class (default: the setting's, 10 in the transfer settings; "
                         "distill uses the full training split, and --k there departs from the setting)")
     t.add_argument("--val-size", type=_val_size, default=R, metavar="FRACTION|N",
@@ -197,12 +277,12 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                         "validation accuracy and the test set is evaluated once, at the end. In the "
                         "few-label settings the k labels per class are drawn from the rest "
                         "(default: none, the test accuracy is logged every epoch)")
-    t.add_argument("--student-width", type=float, default=R, help="override the student's width multiplier")
-    t.add_argument("--seed", type=int, default=d.seed,
+    t.add_argument("--student-width", type=_POS_REAL, default=R, help="override the student's width multiplier")
+    t.add_argument("--seed", type=_NONNEG_INT, default=d.seed,
                    help="seed of the validation part, label draw, initialisation and batch order "
                         "(the same seed gives every method the same ones)")
-    t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N (default cpu)")
-    t.add_argument("--threads", type=int, default=None, help="torch threads for this run (per process)")
+    t.add_argument("--device", default=d.device, type=_device, help="cpu, cuda or cuda:N (default cpu)")
+    t.add_argument("--threads", type=_POS_INT, default=None, help="torch threads for this run (per process)")
     t.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
                    help="train in N processes with DistributedDataParallel: starts `torchrun "
                         "--standalone --nproc_per_node=N -m otviz train ...` with the other options "
@@ -217,7 +297,7 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                         "start for the others to join before it stops with an error (default "
                         "$OTVIZ_DIST_TIMEOUT, else 120)")
     t.add_argument("--name", default=None, help="a name for the run")
-    t.add_argument("--config-json", default=None,
+    t.add_argument("--config-json", default=None, type=_json_text,
                    help="the whole config as JSON (overrides the options; missing keys: the recipe)")
     p.add_argument("--run-id-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -472,17 +552,68 @@ def add_teachers(subparsers: Any) -> None:
 
 
 def _run_teachers(args: argparse.Namespace) -> int:
-    from otviz.teachers import build_teachers, list_teachers
+    import shutil
+
+    from otviz._teacher_meta import TEACHER_DIR, list_teachers
 
     if args.rebuild:
-        build_teachers(args.out)
-    import pandas as pd
+        from otviz.teachers import build_teachers
 
-    with pd.option_context("display.width", 160):
-        print(list_teachers(args.out, as_frame=True).to_string(index=False))
+        build_teachers(args.out)
+    rows = list_teachers(args.out)
+    folder = TEACHER_DIR if args.out is None else args.out
+    if not rows:
+        print(f"no teacher checkpoints in {folder}; build them with `otviz teachers --rebuild`")
+        return 0
+    width = shutil.get_terminal_size((100, 24)).columns
+    print(teachers_table(rows, width=width))
+    import textwrap
+
+    print(textwrap.fill(f"({len(rows)} checkpoints in {folder}; `otviz align NAME NAME` compares two)",
+                        max(width, 40)))
     return 0
 
 
-__all__ = ["add_train", "add_runs", "add_teachers", "config_from_args"]
+def _classes(classes: Any) -> str:
+    """``[0, 1, 2, 3, 4]`` -> ``"0-4"`` (a run of consecutive labels), else the labels joined."""
+    if not classes:
+        return ""
+    c = list(classes)
+    if len(c) > 2 and all(isinstance(x, int) for x in c) and c == list(range(c[0], c[0] + len(c))):
+        return f"{c[0]}-{c[-1]}"
+    return ",".join(map(str, c))
+
+
+def teachers_table(rows: list[dict[str, Any]], *, width: int = 100) -> str:
+    """The rows of :func:`otviz._teacher_meta.list_teachers` as a table no wider than ``width``
+    columns (at least 40): the role column wraps to the room left; the folder is said once below."""
+    import textwrap
+
+    width = max(int(width), 40)
+    cols = [("name", lambda r: str(r.get("name", ""))),
+            ("arch", lambda r: str(r.get("arch", ""))),
+            ("width", lambda r: "" if r.get("width") is None else f"{r['width']:g}"),
+            ("dataset", lambda r: str(r.get("dataset") or "")),
+            ("classes", lambda r: _classes(r.get("classes"))),
+            ("test acc", lambda r: "" if r.get("test_accuracy") is None else f"{r['test_accuracy']:.1%}")]
+    cells = [[f(r) for _, f in cols] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _) in enumerate(cols)]
+    while sum(widths) + 2 * len(widths) + 20 > width and len(cols) > 2:  # keep 20 for the role
+        drop = next(i for i, (h, _) in enumerate(cols) if h in ("width", "arch", "dataset", "classes"))
+        del cols[drop], widths[drop]
+        for c in cells:
+            del c[drop]
+    fixed = sum(widths) + 2 * len(widths)
+    role_w = width - fixed
+    lines = ["  ".join(h.ljust(w) for (h, _), w in zip(cols, widths)) + "  role"]
+    for r, c in zip(rows, cells):
+        left = "  ".join(v.ljust(w) for v, w in zip(c, widths))
+        role = textwrap.wrap(str(r.get("role") or ""), role_w) or [""]
+        lines.append(left + "  " + role[0])
+        lines += [" " * (fixed) + more for more in role[1:]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+__all__ = ["add_train", "add_runs", "add_teachers", "config_from_args", "teachers_table"]
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("use `otviz train|runs|teachers`")

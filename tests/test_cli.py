@@ -43,6 +43,19 @@ def test_align_demo_prints_alignments_and_distance_tables(capsys):
     assert "Layer x layer tables" in out
     assert "OT score (emd" in out and "Linear CKA" in out
     assert "Raw OT cost" not in out  # one argument away: --raw
+    # the default eps converges on every pair, the head's (nearly a permutation) included
+    assert "NOT CONVERGED" not in out and "converge" not in out.replace("converged       True", ""), out
+
+
+def test_align_demo_says_once_and_calmly_why_a_small_eps_did_not_converge(capsys):
+    # at eps 0.02 the head pair's plan is nearly a permutation and Sinkhorn stops at its cap
+    assert main(["align", "--demo", "--method", "sinkhorn", "--eps", "0.02"]) == 0
+    out = capsys.readouterr().out
+    head = out[out.index("== teacher head"):out.index("Layer x layer tables")]
+    assert head.count("note: Sinkhorn stopped at its iteration cap after 10000 iterations") == 1, head
+    assert "nearly a permutation" in head and "--method emd" in head
+    assert "OT did not converge" not in out and "score's sinkhorn solves" not in out, out
+    assert "[sinkhorn] OT score = 0.1" in head and "(approximate:" in head
 
 
 def test_align_demo_is_reproducible_and_takes_options(capsys):
@@ -374,3 +387,187 @@ def test_lazy_public_names_stay_functions():
     assert otviz.align.__module__ == "otviz.transport" and "align" in dir(otviz)
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         otviz.nonexistent  # noqa: B018
+
+
+# ----------------------------------------------------------------------------- parsing before torch
+_PARSE_ONLY = [
+    ["train", "--help"],
+    ["train", "--bogus"],
+    ["train", "--method", "bogus"],
+    ["train", "--method", "kd+kd"],
+    ["train", "--setting", "nosuch"],
+    ["train", "--epochs", "many"],
+    ["train", "--device", "gpu"],
+    ["train", "--config-json", "{not json"],
+    ["train", "--ot-method", "exact"],
+    ["train", "--epochs", "0"],
+    ["train", "--kd-weight", "-1"],
+    ["align", "--help"],
+    ["align", "--bogus"],
+    ["teachers", "--help"],
+    ["runs", "--help"],
+    ["dashboard", "--help"],
+    ["align", "cnn-mnist5k", "/nonexistent/student.pt"],
+    ["align", "cnn-mnist5k", __file__],  # a text file
+    ["teachers"],
+]
+
+
+@pytest.mark.parametrize("argv", _PARSE_ONLY, ids=" ".join)
+def test_help_and_argument_errors_import_no_heavy_module(argv):
+    # a test of what is imported (not of time): parsing, help, every argument error, a TEACHER or
+    # STUDENT that is not a model and the teachers listing answer before torch, POT, scikit-learn,
+    # pandas or numpy load
+    code = ("from otviz.cli import main\n"
+            f"try:\n    code = main({argv!r})\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "assert code in (0, 2), code\n")
+    loaded = _modules_after(code)
+    heavy = {"torch", "ot", "sklearn", "pandas", "numpy", "scipy"}
+    assert not loaded & heavy, loaded & heavy
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--method", "bogus"], ["--method", "Unknown method 'bogus'", "kd+ot"]),
+    (["train", "--method", "scratch+finetune"], ["--method", "contradictory"]),
+    (["train", "--device", "gpu"], ["--device", "cpu, cuda or cuda:N"]),
+    (["train", "--config-json", "{not json"], ["--config-json", "not valid JSON"]),
+    (["train", "--config-json", "[1, 2]"], ["--config-json", "JSON object"]),
+    (["train", "--setting", "nosuch"], ["invalid choice", "transfer-small"]),
+    (["train", "--epochs", "0"], ["--epochs", "positive integer"]),
+    (["train", "--lr", "-0.1"], ["--lr", "positive number"]),
+    (["train", "--lam", "nan"], ["--lam", "non-negative number"]),
+    (["train", "--seed", "-1"], ["--seed", "non-negative integer"]),
+])
+def test_train_option_errors_name_the_option_and_the_fix(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: otviz train" in err
+    for text in expected:
+        assert text in err, err
+
+
+def test_train_parser_accepts_what_the_library_accepts():
+    args = build_parser().parse_args(["train", "--method", "kd+ot", "--device", "cuda:1",
+                                      "--config-json", '{"epochs": 2}'])
+    assert (args.method, args.device, args.config_json) == ("kd+ot", "cuda:1", '{"epochs": 2}')
+
+
+def test_train_parser_defaults_and_choices_match_the_library():
+    # parsing needs no torch, so the few TrainConfig defaults and the choices the options offer are
+    # listed in torch-free places: they must be the library's
+    import dataclasses
+
+    from otviz import _recipes, cli, transport
+    from otviz._cli_train import CONFIG_DEFAULTS
+    from otviz.data import SETTINGS
+    from otviz.losses import parse_method
+    from otviz.train import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert CONFIG_DEFAULTS == {k: defaults[k] for k in CONFIG_DEFAULTS}
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {a.dest: a for a in sub.choices["train"]._actions}
+    assert list(actions["setting"].choices) == list(SETTINGS)
+    assert list(actions["cost"].choices) == list(transport.COSTS)
+    assert list(actions["ot_method"].choices) == list(transport.METHODS)
+    assert set(actions["normalize"].choices) <= set(transport.NORMALIZATIONS)
+    assert parse_method is _recipes.parse_method  # what --method checks is what training checks
+    assert cli.COSTS == tuple(transport.COSTS) and cli.METHODS == tuple(transport.METHODS)
+    assert {None if n == "none" else n for n in cli.NORMALIZATIONS} <= set(transport.NORMALIZATIONS)
+
+
+# ----------------------------------------------------------------------------- align: odd TEACHER/STUDENT
+def _odd_argument(kind: str, tmp_path) -> str:
+    import os
+
+    if kind == "text file":
+        p = tmp_path / "passwd"
+        p.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif kind == "directory":
+        p = tmp_path / "a-model-dir"
+        p.mkdir()
+    elif kind == "empty file":
+        p = tmp_path / "empty.pt"
+        p.write_bytes(b"")
+    elif kind == "binary file":
+        p = tmp_path / "random.pt"
+        p.write_bytes(bytes((i * 37 + 11) % 256 for i in range(4096)))  # begins with 0x0b, not a checkpoint
+    elif kind == "damaged zip":
+        p = tmp_path / "cut.pt"
+        p.write_bytes(b"PK\x03\x04" + b"\0" * 60)
+    elif kind == "fifo":
+        p = tmp_path / "pipe.pt"
+        os.mkfifo(p)
+    elif kind == "missing path":
+        p = tmp_path / "no-such-dir" / "student.pt"
+    else:  # a word that is neither a shipped teacher nor a file
+        return "cnn-mnist5k-typo"
+    return str(p)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("text file", ["is not an otviz checkpoint", "a text file", "`otviz teachers` lists them"]),
+    ("directory", ["is a directory", "Alignments page"]),
+    ("empty file", ["empty file (0 bytes)"]),
+    ("binary file", ["is not an otviz checkpoint", "binary file of another kind"]),
+    ("damaged zip", ["not a readable one", "save the checkpoint again"]),
+    ("fifo", ["named pipe (FIFO)", "regular files"]),
+    ("missing path", ["no file at"]),
+    ("unknown name", ["neither a shipped teacher name nor a file", "shipped: ", "cnn-mnist5k"]),
+])
+def test_align_refuses_an_argument_that_is_not_a_model_and_says_what_it_is(kind, expected, tmp_path, capsys):
+    bad = _odd_argument(kind, tmp_path)
+    assert main(["align", "cnn-mnist5k", bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("otviz align: error: the student") and err.count("\n") == 1, err
+    assert "Error" not in err and "list index" not in err, err  # no leaked exception name
+    for text in expected:
+        assert text in err, err
+
+
+# ----------------------------------------------------------------------------- teachers: fits the terminal
+@pytest.mark.parametrize("columns", [40, 60, 80, 100])
+def test_teachers_listing_fits_the_terminal(columns, monkeypatch, capsys):
+    from otviz.teachers import teacher_names
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["teachers"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= columns, out
+    for name in teacher_names():
+        assert name in out
+
+
+def test_teachers_listing_without_a_terminal_fits_100_columns():
+    import os
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "OTVIZ_DEBUG")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-m", "otviz", "teachers"], capture_output=True, text=True,
+                          env=env, timeout=120)  # stdout is a pipe: no terminal size to read
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) > 2 and max(len(line) for line in lines) <= 100, proc.stdout
+
+
+# ----------------------------------------------------------------------------- README's install section
+def test_readme_install_section_agrees_with_setup_sh():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    setup = (root / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    install = readme[readme.index("## Quick start"):readme.index("## The library")]
+    # the torch spec setup.sh installs by default is the one the README names
+    spec = re.search(r'TORCH_SPEC="\$\{OTVIZ_TORCH:-([^}]+)\}"', setup).group(1)
+    assert f"It installs `{spec}` by default" in install
+    # the commands name real addresses and options, no placeholder left
+    assert "<" not in "".join(re.findall(r"```bash\n(.*?)```", install, flags=re.S))
+    assert install.count("https://download.pytorch.org/whl/cpu") >= 2
+    for word in ("OTVIZ_TORCH", "OTVIZ_FORCE", "OTVIZ_PYTHON", "--dev", "PIP_EXTRA_INDEX_URL"):
+        assert word in install and word in setup, word
+    assert "python3.11" in setup and "python3.11" in install

@@ -135,3 +135,37 @@ def test_notebooks_match_their_generator():
                           capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     assert proc.returncode == 0, proc.stderr
+
+
+# ----------------------------------------------------------------------------
+# notebook 01's entropic cells converge
+# ----------------------------------------------------------------------------
+def test_notebook_01_entropic_cells_converge(monkeypatch):
+    """The cells of notebook 01 up to its eps tables, run in a namespace (fast mode: the cell
+    that aligns the teacher's layer with itself depends on the shipped teacher only, and the
+    eps table converges at both budgets): every entropic alignment converges, its score too,
+    and no "did not converge" warning is raised (at eps=0.05 the self-alignment stopped at
+    its iteration cap)."""
+    import warnings
+
+    monkeypatch.setenv("OTVIZ_FAST", "1")
+    nb = nbformat.read(NOTEBOOK_DIR / "01_explore_alignments.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    wanted = ('os.environ.get("OTVIZ_FAST")', 'load_teacher("cnn-mnist5k")', "for epoch in range(STUDENT_EPOCHS)",
+              "acts_teacher = otviz.capture", 'LAYER = "features.conv3"', "Tm = otviz.neurons(",
+              "self_al = otviz.align(Tm, Tm", "EPS = [")
+    cells = [next(src for src in code if marker in src) for marker in wanted]
+    ns: dict = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for src in cells:
+            exec(compile(src, "<notebook 01>", "exec"), ns)  # noqa: S102 - the repository's own notebook
+        self_eps = [row["eps"] for row in ns["rows"]]
+        selfs = {eps: ns["otviz"].align(ns["Tm"], ns["Tm"], method="sinkhorn", eps=eps) for eps in self_eps}
+    assert len(selfs) >= 3 and len(ns["entropic"]) >= 3
+    alignments = {**{("self", e): al for e, al in selfs.items()},
+                  **{("T, S", e): al for e, al in ns["entropic"].items()}}
+    not_converged = {k: (al.converged, al.score_details["converged"]) for k, al in alignments.items()
+                     if not (al.converged and al.score_details["converged"])}
+    assert not not_converged, not_converged
+    assert not [w for w in caught if "converge" in str(w.message)], [str(w.message) for w in caught]

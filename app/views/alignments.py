@@ -210,9 +210,11 @@ def two_models() -> None:
                                "each neuron's scale but rejects constant neurons.")
     method = o[2].selectbox("Solver", ["emd", "sinkhorn", "unbalanced"], key="al_method")
     eps = o[3].select_slider("eps (entropic)", [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
-                             value=0.01, key="al_eps", disabled=method == "emd",
+                             value=0.1, key="al_eps", disabled=method == "emd",
                              help="Relative to the typical cost: reg = eps * median(cost), so "
-                                  "one eps means the same blur in every layer.")
+                                  "one eps means the same blur in every layer. Below 0.1, "
+                                  "layers whose neurons pair off one to one (similar layers) can "
+                                  "leave Sinkhorn short of convergence at its iteration cap.")
     spatial = o[4].selectbox("Positions", ["mean", "flatten"], key="al_spatial",
                              help="How a neuron with a map (a conv channel) or a token sequence (a "
                                   "transformer unit) responds: mean, one response per input (the "
