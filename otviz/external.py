@@ -76,7 +76,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._files import check_regular_file, open_regular, read_json
 from ._memory import DEFAULT_MAX_BYTES, ModelTooLargeError, check_limit, format_bytes, module_nbytes, zip_nbytes
+from ._pt2 import check_archive, check_graph, forced_weights_only
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -566,20 +568,24 @@ def load_exported(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     p = _as_path(path, ".pt2 file")
     if p.is_dir():
         raise ValueError(f"{p} is a directory; a torch.export program is one .pt2 file")
+    check_regular_file(p, ".pt2 file")
     declared = zip_nbytes(p)
     if declared is None:
         raise ValueError(
             f"{p} is not a torch.export program (.pt2 files are zip archives); write one with "
             "torch.export.save(torch.export.export(model.eval(), example_args), 'model.pt2')")
     check_limit(declared, max_bytes, f"the program {p} (by the sizes its archive declares)")
+    tensors = check_archive(p)  # nothing pickled, no compiled library, no expression evaluated as Python
+    check_limit(tensors, max_bytes, f"the program {p} (by the shapes and dtypes of its weights and constants)")
     try:
-        with warnings.catch_warnings():  # torch's own deprecation notices about its tree specs
-            warnings.simplefilter("ignore", FutureWarning)
+        with warnings.catch_warnings(), forced_weights_only():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own notices about its tree specs
             ep = torch.export.load(str(p))
     except Exception as exc:  # noqa: BLE001 - any failure means "not a program we can read"
         raise ValueError(
             f"{p} is not a torch.export program that torch {torch.__version__} can read "
             f"({type(exc).__name__}: {_first_line(exc, 200)}); write one with torch.export.save") from None
+    check_graph(ep, p)
     spec = _export_input_spec(ep)
     try:
         with warnings.catch_warnings():
@@ -588,7 +594,7 @@ def load_exported(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"the program {p} cannot be unflattened into named modules ({_first_line(exc, 200)})") from None
     module = module.to(device)
-    nbytes = module_nbytes(module)
+    nbytes = max(module_nbytes(module), tensors)
     info = {"name": p.stem, "architecture": "torch.export program", "parameters": _n_params(module),
             "inputs": spec.describe()}
     return ExternalModel(module, "export", str(p), max(nbytes, 0), None, spec, info)
