@@ -364,7 +364,8 @@ def _safetensors_nbytes(files: Sequence[Path]) -> int:
 # --------------------------------------------------------------------------- Hugging Face directories
 #: Config entries that declare how many blocks (layers, experts) a model builds.
 _COUNT_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers", "decoder_layers",
-               "num_encoder_layers", "num_decoder_layers", "num_local_experts", "num_experts", "n_routed_experts")
+               "num_encoder_layers", "num_decoder_layers", "num_local_experts", "num_experts", "n_routed_experts",
+               "depth", "depths", "num_blocks", "n_blocks")
 #: A config may declare more blocks than its weights number (shared layers) up to this many; above it,
 #: a count the weights do not bear out is refused before anything is built.
 MAX_UNBACKED_BLOCKS: int = 64
@@ -403,6 +404,8 @@ def _counts(cfg: Any, prefix: str = "") -> list[tuple[str, int]]:
         for k, v in cfg.items():
             if k in _COUNT_KEYS and type(v) is int:
                 out.append((prefix + k, v))
+            elif k in _COUNT_KEYS and isinstance(v, list) and all(type(i) is int for i in v):
+                out.append((prefix + k, sum(v)))  # blocks per stage (a Swin's depths)
             elif isinstance(v, dict):
                 out.extend(_counts(v, f"{prefix}{k}."))
     return out
@@ -1051,6 +1054,8 @@ def estimate_nbytes(path: PathLike, *, arch: str | None = None, num_classes: int
         `arch`, the meta-device build.
     """
     p = _as_path(path, "model path")
+    if not p.is_dir():
+        check_regular_file(p, "model file")
     if p.is_dir():
         weights, _ = _hf_checked(p)
         cfg = _hf_config(p)
@@ -1074,6 +1079,8 @@ def estimate_nbytes(path: PathLike, *, arch: str | None = None, num_classes: int
         with torch.device("meta"):
             return module_nbytes(build())
     declared = zip_nbytes(p)
+    if declared is not None and p.suffix.lower() == ".pt2":
+        declared = max(declared, check_archive(p))
     return int(declared if declared is not None else p.stat().st_size)
 
 

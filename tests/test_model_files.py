@@ -130,8 +130,17 @@ def test_a_graph_calling_a_python_function_is_refused(program, tmp_path):
         return prog
 
     path = rewrite(program, tmp_path / "retarget.pt2", {"models/model.json": edit_json(retarget)})
-    with pytest.raises(ValueError, match="operator"):  # torch's verifier, then otviz's check_graph
+    with pytest.raises(ValueError, match="operator"):  # torch's verifier refuses this one already
         ex.load_exported(path)
+    # otviz's own check, on a loaded program whose graph calls a Python function
+    from otviz._pt2 import check_graph
+
+    ep = torch.export.load(str(program))
+    check_graph(ep, program)  # a plain program passes
+    node = next(n for n in ep.graph.nodes if n.target is torch.ops.aten.relu.default)
+    node.target = torch.relu
+    with pytest.raises(ValueError, match=r"node 'relu' that calls '\S*relu' .*not a PyTorch operator"):
+        check_graph(ep, program)
 
 
 def test_a_clean_program_still_loads_after_the_checks(program, tmp_path):
@@ -316,8 +325,13 @@ def test_fifos_given_as_model_files_are_refused_within_seconds(bert_dir, tmp_pat
                 print("LOADED", path)
             except ValueError as exc:
                 print("REFUSED", "named pipe (FIFO)" in str(exc))
+            try:
+                ex.estimate_nbytes(path, arch=arch)
+                print("ESTIMATED", path)
+            except ValueError as exc:
+                print("REFUSED", "named pipe (FIFO)" in str(exc))
     """, timeout=120)
-    assert out.stdout.split() == ["REFUSED", "True"] * len(targets), out.stdout + out.stderr[-2000:]
+    assert out.stdout.split() == ["REFUSED", "True"] * (2 * len(targets)), out.stdout + out.stderr[-2000:]
 
 
 def test_a_link_to_dev_zero_is_refused(tmp_path):
