@@ -32,7 +32,9 @@ and raises :class:`ModelTooLargeError` (a ValueError) above ``max_bytes``
 built from its config on PyTorch's ``meta`` device (shapes, no storage) and the
 ``*.safetensors`` headers (shapes and dtypes, 8 bytes plus a JSON table) are
 read without their tensors; a ``.pt2``/``.pt`` archive is judged by the
-uncompressed sizes its zip directory declares; an architecture named for a
+uncompressed sizes its zip directory declares, a ``.pt2`` also by the shapes
+and dtypes its weights and constants declare (a tiny record declared as a huge
+view counts at its full size); an architecture named for a
 state dict is built on ``meta`` as well. The estimate is
 
 .. math:: \\text{bytes} = \\sum_{t \\in \\text{params} \\cup \\text{buffers}}
@@ -420,7 +422,8 @@ def _hf_checked(d: Path) -> tuple[list[Path], dict[str, Any]]:
     if not isinstance(raw, dict):
         raise ValueError(f"{d / 'config.json'} holds a JSON {type(raw).__name__}, not a model configuration (an object)")
     tok = d / "tokenizer_config.json"
-    for f, conf in ((d / "config.json", raw), (tok, read_json(tok, "the tokenizer configuration") if tok.exists() else {})):
+    tok_cfg = read_json(tok, "the tokenizer configuration") if tok.exists() else {}
+    for f, conf in ((d / "config.json", raw), (tok, tok_cfg)):
         if isinstance(conf, dict) and "auto_map" in conf:
             raise ValueError(
                 f"{f} names Python code of its own to run (auto_map: {json.dumps(conf['auto_map'])[:160]}), which otviz "
@@ -531,7 +534,14 @@ def load_hf_dir(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     use_safetensors=True)`` reads the weights (the base model: hidden states,
     no task head) and, when the directory has tokenizer files,
     ``AutoTokenizer.from_pretrained(path, local_files_only=True)`` the tokenizer.
-    Nothing is downloaded and no code from the directory runs.
+    Nothing is downloaded and no code from the directory runs: every
+    ``from_pretrained`` gets ``trust_remote_code=False``, and a
+    ``config.json`` or ``tokenizer_config.json`` naming code (``auto_map``) is
+    refused before transformers is called, as are a non-regular file in the
+    directory, a quantized checkpoint (``quantization_config``), and a config
+    declaring more blocks (``num_hidden_layers``...) than its weights number
+    (above :data:`MAX_UNBACKED_BLOCKS`). Weights of another shape than the
+    config's are listed in the error; non-finite weights are refused.
 
     Parameters
     ----------
@@ -633,8 +643,13 @@ def load_exported(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
                   device: str | torch.device = "cpu") -> ExternalModel:
     """Load a ``torch.export`` program (``.pt2``) as a module whose submodules take hooks.
 
-    ``torch.export.load`` reads the archive (a graph of ATen operators and its
-    tensors; no Python code of the file runs), and ``torch.export.unflatten``
+    The archive is first checked without reading a tensor
+    (:func:`otviz._pt2.check_archive`): a pickled member or ``use_pickle``
+    entry, a compiled library, or a symbolic size or guard that is not plain
+    size arithmetic (torch would evaluate it as Python) is refused. Then
+    ``torch.export.load`` reads it with weights-only loads forced, a graph
+    calling anything but PyTorch operators is refused, and
+    ``torch.export.unflatten``
     rebuilds the module hierarchy of the exported model, so that the names of
     ``model.named_modules()`` at export time (``features.conv1``,
     ``encoder.layer.0``) are submodules again and :func:`otviz.capture` hooks
@@ -663,9 +678,10 @@ def load_exported(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     Raises
     ------
     ValueError
-        If the file is not a torch.export archive.
+        If the file is not a regular file, not a torch.export archive, or holds
+        anything that could run code; if its weights are not finite floats.
     ModelTooLargeError
-        If the archive declares more than `max_bytes`.
+        If the archive, or its tensors' declared shapes, exceed `max_bytes`.
     """
     p = _as_path(path, ".pt2 file")
     if p.is_dir():
