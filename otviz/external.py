@@ -371,6 +371,8 @@ _COUNT_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "encode
 #: A config may declare more blocks than its weights number (shared layers) up to this many; above it,
 #: a count the weights do not bear out is refused before anything is built.
 MAX_UNBACKED_BLOCKS: int = 64
+#: Largest configuration or tokenizer file (``*.json``, ``*.txt``, ``*.model``) of a model directory: 256 MiB.
+MAX_AUX_BYTES: int = 256 * 1024**2
 
 
 def _hf_files(d: Path) -> list[Path]:
@@ -385,7 +387,8 @@ def _hf_files(d: Path) -> list[Path]:
             "there with model.save_pretrained(directory)")
     for f in sorted(d.iterdir()):  # transformers may open any of them: no FIFO, device or socket
         if not f.is_dir():
-            check_regular_file(f, "file in the model directory")
+            small = f.suffix.lower() in (".json", ".txt", ".model")  # configs and tokenizer files, read whole
+            check_regular_file(f, "file in the model directory", max_bytes=MAX_AUX_BYTES if small else None)
     weights = sorted(d.glob("*.safetensors"))
     if not weights:
         pickles = sorted(p.name for p in d.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))

@@ -447,3 +447,13 @@ def test_alignments_page_refuses_a_fifo_path_without_blocking(tmp_path, monkeypa
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
+
+def test_a_sparse_6gb_tokenizer_file_is_refused_quickly(bert_dir, tmp_path):
+    d = _copy_dir(bert_dir, tmp_path / "bigtok")
+    with open(d / "tokenizer.json", "r+b") as f:
+        f.truncate(6 * 2**30)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="tokenizer.json' has 6 GiB, above the limit of 256 MiB"):
+        ex.load_external(d)
+    assert time.perf_counter() - t0 < 5.0
