@@ -32,7 +32,9 @@ and raises :class:`ModelTooLargeError` (a ValueError) above ``max_bytes``
 built from its config on PyTorch's ``meta`` device (shapes, no storage) and the
 ``*.safetensors`` headers (shapes and dtypes, 8 bytes plus a JSON table) are
 read without their tensors; a ``.pt2``/``.pt`` archive is judged by the
-uncompressed sizes its zip directory declares; an architecture named for a
+uncompressed sizes its zip directory declares, a ``.pt2`` also by the shapes
+and dtypes its weights and constants declare (a tiny record declared as a huge
+view counts at its full size); an architecture named for a
 state dict is built on ``meta`` as well. The estimate is
 
 .. math:: \\text{bytes} = \\sum_{t \\in \\text{params} \\cup \\text{buffers}}
@@ -89,8 +91,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._files import check_regular_file, open_regular
+from ._files import check_regular_file, loads_json, open_regular, read_json
 from ._memory import DEFAULT_MAX_BYTES, ModelTooLargeError, check_limit, format_bytes, module_nbytes, zip_nbytes
+from ._pt2 import check_archive, check_graph, forced_weights_only
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -314,8 +317,8 @@ def safetensors_header(path: PathLike) -> dict[str, dict[str, Any]]:
         the file, header not JSON).
     """
     p = _as_path(path, "safetensors file")
-    size = p.stat().st_size
-    with open(p, "rb") as fh:
+    with open_regular(p, "safetensors file") as fh:
+        size = os.fstat(fh.fileno()).st_size
         head = fh.read(8)
         if len(head) < 8:
             raise ValueError(f"{p} is not a safetensors file: it has only {size} bytes")
@@ -325,21 +328,47 @@ def safetensors_header(path: PathLike) -> dict[str, dict[str, Any]]:
                              f"file ({size} bytes)")
         raw = fh.read(n)
     try:
-        table = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        table = loads_json(raw.decode("utf-8"), f"the header of {p}")
+    except (UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"{p} is not a safetensors file: its header is not JSON ({_first_line(exc)})") from None
     if not isinstance(table, dict):
         raise ValueError(f"{p} is not a safetensors file: its header is not a JSON object")
     out = {}
+    spans = []
+    data_bytes = size - 8 - n
     for name, entry in table.items():
         if name == "__metadata__":
             continue
         try:
             dtype, shape = str(entry["dtype"]), [int(d) for d in entry["shape"]]
-            a, b = entry["data_offsets"]
+            a, b = (int(v) for v in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{p} is not a safetensors file: entry {name!r} lacks dtype/shape/data_offsets") from None
-        out[name] = {"dtype": dtype, "shape": shape, "nbytes": int(b) - int(a)}
+        bad = f"{p} has a corrupt safetensors header: the tensor {name!r}"
+        if dtype not in _ST_DTYPE_BYTES:
+            raise ValueError(f"{bad} has the unknown dtype {dtype!r}")
+        numel = 1
+        for d in shape:
+            if d < 0:
+                raise ValueError(f"{bad} has a negative dimension in its shape {shape}")
+            numel *= d
+        if not 0 <= a <= b <= data_bytes:
+            raise ValueError(f"{bad} lies at bytes {a}..{b} of the data, which has only {data_bytes} bytes; "
+                             "the file is truncated or its header lies: save it again")
+        if b - a != numel * _ST_DTYPE_BYTES[dtype]:
+            raise ValueError(f"{bad} declares shape {shape} of {dtype} ({numel * _ST_DTYPE_BYTES[dtype]:,} bytes) "
+                             f"but {b - a:,} bytes of data; the header lies: save the file again")
+        spans.append((a, b))
+        out[name] = {"dtype": dtype, "shape": shape, "nbytes": b - a}
+    end = 0
+    for a, b in sorted(spans):
+        if a != end:
+            raise ValueError(f"{p} has a corrupt safetensors header: its tensors overlap or leave a gap at byte "
+                             f"{min(a, end)} of the data; save the file again")
+        end = b
+    if end != data_bytes:
+        raise ValueError(f"{p} has a corrupt safetensors header: its tensors take {end:,} bytes but the file holds "
+                         f"{data_bytes:,} bytes of data; the file is truncated or its header lies: save it again")
     return out
 
 
@@ -348,8 +377,20 @@ def _safetensors_nbytes(files: Sequence[Path]) -> int:
 
 
 # --------------------------------------------------------------------------- Hugging Face directories
+#: Config entries that declare how many blocks (layers, experts) a model builds.
+_COUNT_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers", "decoder_layers",
+               "num_encoder_layers", "num_decoder_layers", "num_local_experts", "num_experts", "n_routed_experts",
+               "depth", "depths", "num_blocks", "n_blocks")
+#: A config may declare more blocks than its weights number (shared layers) up to this many; above it,
+#: a count the weights do not bear out is refused before anything is built.
+MAX_UNBACKED_BLOCKS: int = 64
+#: Largest configuration or tokenizer file (``*.json``, ``*.txt``, ``*.model``) of a model directory: 256 MiB.
+MAX_AUX_BYTES: int = 256 * 1024**2
+
+
 def _hf_files(d: Path) -> list[Path]:
-    if not (d / "config.json").is_file():
+    cfg = d / "config.json"
+    if not os.path.lexists(cfg):
         hint = ""
         if any(d.glob("*.safetensors")):
             hint = (" It has .safetensors files: a bare state dict needs an architecture "
@@ -357,6 +398,10 @@ def _hf_files(d: Path) -> list[Path]:
         raise ValueError(
             f"{d} is not a Hugging Face model directory: it has no config.json.{hint} Save a model "
             "there with model.save_pretrained(directory)")
+    for f in sorted(d.iterdir()):  # transformers may open any of them: no FIFO, device or socket
+        if not f.is_dir():
+            small = f.suffix.lower() in (".json", ".txt", ".model")  # configs and tokenizer files, read whole
+            check_regular_file(f, "file in the model directory", max_bytes=MAX_AUX_BYTES if small else None)
     weights = sorted(d.glob("*.safetensors"))
     if not weights:
         pickles = sorted(p.name for p in d.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
@@ -371,6 +416,56 @@ def _hf_files(d: Path) -> list[Path]:
     return weights
 
 
+def _counts(cfg: Any, prefix: str = "") -> list[tuple[str, int]]:
+    out = []
+    if isinstance(cfg, dict):
+        for k, v in cfg.items():
+            if k in _COUNT_KEYS and type(v) is int:
+                out.append((prefix + k, v))
+            elif k in _COUNT_KEYS and isinstance(v, list) and all(type(i) is int for i in v):
+                out.append((prefix + k, sum(v)))  # blocks per stage (a Swin's depths)
+            elif isinstance(v, dict):
+                out.extend(_counts(v, f"{prefix}{k}."))
+    return out
+
+
+def _hf_checked(d: Path) -> tuple[list[Path], dict[str, Any]]:
+    """The weights and raw config of a model directory, refused before transformers reads anything when
+    a file is not a regular file, the config is huge, deeply nested, quantized, names code to run
+    (``auto_map``) or declares far more blocks than its weights hold."""
+    weights = _hf_files(d)
+    raw = read_json(d / "config.json", "the model configuration")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{d / 'config.json'} holds a JSON {type(raw).__name__}, not a model configuration (an object)")
+    tok = d / "tokenizer_config.json"
+    tok_cfg = read_json(tok, "the tokenizer configuration") if tok.exists() else {}
+    for f, conf in ((d / "config.json", raw), (tok, tok_cfg)):
+        if isinstance(conf, dict) and "auto_map" in conf:
+            raise ValueError(
+                f"{f} names Python code of its own to run (auto_map: {json.dumps(conf['auto_map'])[:160]}), which otviz "
+                "does not run; use a model (and tokenizer) whose classes transformers has built in, or export "
+                "the model with torch.export and load the .pt2")
+    quant = raw.get("quantization_config")
+    if quant is not None:
+        method = quant.get("quant_method", "?") if isinstance(quant, dict) else "?"
+        raise ValueError(
+            f"{d / 'config.json'} describes a quantized checkpoint (quantization_config, quant_method={method!r}); "
+            "otviz does not read quantized checkpoints. Load the original (unquantized) model and save it with "
+            "model.save_pretrained(directory), or export it with torch.export and load the .pt2")
+    counts = _counts(raw)
+    if counts:
+        indices = [int(i) for w in weights for name in safetensors_header(w)
+                   for i in name.split(".") if i.isdigit()]
+        present = max(indices) + 1 if indices else 1
+        for key, n in counts:
+            if n > max(present, MAX_UNBACKED_BLOCKS):
+                raise ValueError(
+                    f"{d / 'config.json'} declares {key}={n:,}, but its weights number at most {present} blocks "
+                    f"(indices 0..{present - 1}); the configuration does not describe these weights and such a "
+                    "model is not built. Use the config.json saved with the weights")
+    return weights, raw
+
+
 def _hf_config(d: Path) -> Any:
     transformers = _require("transformers", "Reading a Hugging Face model directory")
     try:
@@ -378,7 +473,7 @@ def _hf_config(d: Path) -> Any:
     except ValueError as exc:
         msg = str(exc)
         try:
-            model_type = json.loads((d / "config.json").read_text(encoding="utf-8")).get("model_type")
+            model_type = read_json(d / "config.json", "the model configuration").get("model_type")
         except (OSError, ValueError, AttributeError):
             model_type = None
         if "trust_remote_code" in msg or "custom code" in msg:
@@ -393,7 +488,7 @@ def _hf_config(d: Path) -> Any:
             f"{d / 'config.json'} declares the architecture model_type={model_type!r}, unknown to "
             f"transformers {transformers.__version__}; upgrade it (pip install -U transformers) or "
             "export the model with torch.export and load the .pt2") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{d / 'config.json'} cannot be read as a model configuration ({_first_line(exc)})") from None
 
 
@@ -455,7 +550,14 @@ def load_hf_dir(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     use_safetensors=True)`` reads the weights (the base model: hidden states,
     no task head) and, when the directory has tokenizer files,
     ``AutoTokenizer.from_pretrained(path, local_files_only=True)`` the tokenizer.
-    Nothing is downloaded and no code from the directory runs.
+    Nothing is downloaded and no code from the directory runs: every
+    ``from_pretrained`` gets ``trust_remote_code=False``, and a
+    ``config.json`` or ``tokenizer_config.json`` naming code (``auto_map``) is
+    refused before transformers is called, as are a non-regular file in the
+    directory, a quantized checkpoint (``quantization_config``), and a config
+    declaring more blocks (``num_hidden_layers``...) than its weights number
+    (above :data:`MAX_UNBACKED_BLOCKS`). Weights of another shape than the
+    config's are listed in the error; non-finite weights are refused.
 
     Parameters
     ----------
@@ -485,7 +587,7 @@ def load_hf_dir(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     d = _as_path(path, "model directory")
     if not d.is_dir():
         raise ValueError(f"{d} is a file, not a Hugging Face model directory (config.json + *.safetensors)")
-    weights = _hf_files(d)
+    weights, _ = _hf_checked(d)
     cfg = _hf_config(d)
     file_bytes = _safetensors_nbytes(weights)
     try:
@@ -495,15 +597,29 @@ def load_hf_dir(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     nbytes = max(meta_bytes, file_bytes)
     check_limit(nbytes, max_bytes, f"the model in {d} ({arch}, config.json and safetensors headers)")
     transformers = _require("transformers", "Reading a Hugging Face model directory")
+    safetensors = _require("safetensors", "Reading a Hugging Face model directory")
     try:
-        model = transformers.AutoModel.from_pretrained(str(d), local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        with forced_weights_only():
+            model, report = transformers.AutoModel.from_pretrained(
+                str(d), local_files_only=True, use_safetensors=True, trust_remote_code=False,
+                ignore_mismatched_sizes=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, KeyError, safetensors.SafetensorError) as exc:
         raise ValueError(f"transformers could not load the model in {d}: {_first_line(exc)}") from None
+    mismatched = sorted(report.get("mismatched_keys") or [], key=lambda m: str(m[0]))
+    if mismatched:
+        shown = "; ".join(f"{k}: {tuple(a)} in the weights, {tuple(b)} in the config" for k, a, b in mismatched[:4])
+        more = f" (and {len(mismatched) - 4} more)" if len(mismatched) > 4 else ""
+        raise ValueError(
+            f"the weights of {d} do not fit its config.json: {len(mismatched)} tensor(s) have another shape, "
+            f"{shown}{more}. Use the config.json saved with these weights")
+    _check_weights(model.named_parameters(), dict(model.named_buffers()), f"the model in {d}")
     model = model.to(device).eval()
     tokenizer, tok_error = None, None
     if any((d / f).is_file() for f in TOKENIZER_FILES):
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+            with forced_weights_only():
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True,
+                                                                       trust_remote_code=False)
         except Exception as exc:  # noqa: BLE001 - the model stays usable with tensor probes
             tok_error = f"the tokenizer files in {d} could not be read ({_first_line(exc)})"
     info = {"name": d.name, "architecture": type(model).__name__,
@@ -543,8 +659,13 @@ def load_exported(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
                   device: str | torch.device = "cpu") -> ExternalModel:
     """Load a ``torch.export`` program (``.pt2``) as a module whose submodules take hooks.
 
-    ``torch.export.load`` reads the archive (a graph of ATen operators and its
-    tensors; no Python code of the file runs), and ``torch.export.unflatten``
+    The archive is first checked without reading a tensor
+    (:func:`otviz._pt2.check_archive`): a pickled member or ``use_pickle``
+    entry, a compiled library, or a symbolic size or guard that is not plain
+    size arithmetic (torch would evaluate it as Python) is refused. Then
+    ``torch.export.load`` reads it with weights-only loads forced, a graph
+    calling anything but PyTorch operators is refused, and
+    ``torch.export.unflatten``
     rebuilds the module hierarchy of the exported model, so that the names of
     ``model.named_modules()`` at export time (``features.conv1``,
     ``encoder.layer.0``) are submodules again and :func:`otviz.capture` hooks
@@ -573,27 +694,32 @@ def load_exported(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     Raises
     ------
     ValueError
-        If the file is not a torch.export archive.
+        If the file is not a regular file, not a torch.export archive, or holds
+        anything that could run code; if its weights are not finite floats.
     ModelTooLargeError
-        If the archive declares more than `max_bytes`.
+        If the archive, or its tensors' declared shapes, exceed `max_bytes`.
     """
     p = _as_path(path, ".pt2 file")
     if p.is_dir():
         raise ValueError(f"{p} is a directory; a torch.export program is one .pt2 file")
+    check_regular_file(p, ".pt2 file")
     declared = zip_nbytes(p)
     if declared is None:
         raise ValueError(
             f"{p} is not a torch.export program (.pt2 files are zip archives); write one with "
             "torch.export.save(torch.export.export(model.eval(), example_args), 'model.pt2')")
     check_limit(declared, max_bytes, f"the program {p} (by the sizes its archive declares)")
+    tensors = check_archive(p)  # nothing pickled, no compiled library, no expression evaluated as Python
+    check_limit(tensors, max_bytes, f"the program {p} (by the shapes and dtypes of its weights and constants)")
     try:
-        with warnings.catch_warnings():  # torch's own deprecation notices about its tree specs
-            warnings.simplefilter("ignore", FutureWarning)
+        with warnings.catch_warnings(), forced_weights_only():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own notices about its tree specs
             ep = torch.export.load(str(p))
     except Exception as exc:  # noqa: BLE001 - any failure means "not a program we can read"
         raise ValueError(
             f"{p} is not a torch.export program that torch {torch.__version__} can read "
             f"({type(exc).__name__}: {_first_line(exc, 200)}); write one with torch.export.save") from None
+    check_graph(ep, p)
     spec = _export_input_spec(ep)
     try:
         with warnings.catch_warnings():
@@ -601,11 +727,38 @@ def load_exported(path: PathLike, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
             module = torch.export.unflatten(ep)
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"the program {p} cannot be unflattened into named modules ({_first_line(exc, 200)})") from None
+    _check_weights(module.named_parameters(), dict(module.named_buffers()), f"the program {p}")
     module = module.to(device)
-    nbytes = module_nbytes(module)
+    nbytes = max(module_nbytes(module), tensors)
     info = {"name": p.stem, "architecture": "torch.export program", "parameters": _n_params(module),
             "inputs": spec.describe()}
     return ExternalModel(module, "export", str(p), max(nbytes, 0), None, spec, info)
+
+
+# --------------------------------------------------------------------------- weights' values
+def _check_weights(params: Any, buffers: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse parameters that are not real floating point or not finite, and NaN or complex buffers.
+
+    Integer buffers (a batch-norm's ``num_batches_tracked``, position ids) are legitimate; an infinite
+    buffer may be a mask. Every key at fault is named (the first few).
+    """
+    def names(keys: list[str]) -> str:
+        return ", ".join(repr(k) for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+    params = dict(params)
+    not_float = [f"{k} ({str(t.dtype).replace('torch.', '')})" for k, t in params.items()
+                 if not t.is_floating_point()]
+    complex_buffers = [k for k, t in buffers.items() if t.is_complex()]
+    if not_float or complex_buffers:
+        raise ValueError(f"{what} has weights that are not real floating-point numbers: "
+                         f"{names(not_float + complex_buffers)}; a model's parameters are float tensors: save "
+                         "the model's own float state dict (model.state_dict())")
+    bad = [k for k, t in params.items() if t.device.type != "meta" and not bool(torch.isfinite(t).all())]
+    bad += [k for k, t in buffers.items() if t.is_floating_point() and t.device.type != "meta"
+            and bool(torch.isnan(t).any())]
+    if bad:
+        raise ValueError(f"{what} has weights holding NaN or infinite values: {names(bad)}; its outputs would be "
+                         "NaN. Save the weights of a model that trained without diverging")
 
 
 # --------------------------------------------------------------------------- state dicts
@@ -613,12 +766,25 @@ def _read_state_dict(p: Path, max_bytes: int | None) -> dict[str, torch.Tensor] 
     if p.suffix == ".safetensors":
         check_limit(_safetensors_nbytes([p]), max_bytes, f"the state dict {p} (by its safetensors header)")
         st = _require("safetensors.torch", "Reading a .safetensors file")
-        return st.load_file(str(p), device="cpu")
+        try:
+            return st.load_file(str(p), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - safetensors.SafetensorError is no ValueError
+            raise ValueError(f"{p} cannot be read as a safetensors file ({type(exc).__name__}: {_first_line(exc)}); "
+                             "the file is corrupt or truncated: save it again") from None
+    size = check_regular_file(p, "model file")
     declared = zip_nbytes(p)
     if declared is not None:
         check_limit(declared, max_bytes, f"the file {p} (by the sizes its archive declares)")
-    elif max_bytes is not None:
-        check_limit(p.stat().st_size, max_bytes, f"the file {p}")
+    else:
+        if max_bytes is not None:
+            check_limit(size, max_bytes, f"the file {p}")
+        with open_regular(p, "model file") as fh:
+            head = fh.read(2)
+        if len(head) < 2 or head[0] != 0x80:  # neither a zip archive nor a pickle (torch's legacy format)
+            raise ValueError(
+                f"{p} is not a PyTorch file: torch.save writes a zip archive (or, before torch 1.6, a pickle), and "
+                f"this file starts with bytes {head.hex() or '(none)'}; pass a state dict saved with "
+                "torch.save(model.state_dict(), path), a .safetensors file or a torch.export program (.pt2)")
     try:
         return torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -777,6 +943,9 @@ def load_state_dict_model(path: PathLike, arch: str | None, *, num_classes: int 
         raise ValueError(f"the architecture {arch!r} cannot be built from these weights ({_first_line(exc)})") from None
     nbytes = module_nbytes(meta)
     check_limit(nbytes, max_bytes, f"the architecture {arch!r}")
+    param_names = {k for k, _ in meta.named_parameters()}
+    _check_weights(((k, v) for k, v in sd.items() if k in param_names),
+                   {k: v for k, v in sd.items() if k not in param_names}, f"the state dict {p}")
     model = build()
     try:
         model.load_state_dict(sd, strict=True)
@@ -814,6 +983,10 @@ def _otviz_checkpoint(p: Path, obj: Any, max_bytes: int | None, device: Any) -> 
 
     ckpt = load_checkpoint(p, max_bytes=max_bytes)
     model = model_from_checkpoint(ckpt, device, max_bytes=max_bytes)
+    param_names = {k for k, _ in model.named_parameters()}
+    sd = ckpt["state_dict"]
+    _check_weights(((k, v) for k, v in sd.items() if k in param_names),
+                   {k: v for k, v in sd.items() if k not in param_names}, f"the checkpoint {p}")
     info = {k: v for k, v in ckpt.items() if k != "state_dict"}
     info.update(name=ckpt.get("name", p.stem), architecture=f"otviz:{ckpt['arch']}", parameters=_n_params(model))
     return ExternalModel(model, "otviz", str(p), checkpoint_nbytes(ckpt), None, _otviz_spec(model), info)
@@ -913,8 +1086,10 @@ def estimate_nbytes(path: PathLike, *, arch: str | None = None, num_classes: int
         `arch`, the meta-device build.
     """
     p = _as_path(path, "model path")
+    if not p.is_dir():
+        check_regular_file(p, "model file")
     if p.is_dir():
-        weights = _hf_files(p)
+        weights, _ = _hf_checked(p)
         cfg = _hf_config(p)
         try:
             meta = _hf_meta_nbytes(cfg)[0]
@@ -936,6 +1111,8 @@ def estimate_nbytes(path: PathLike, *, arch: str | None = None, num_classes: int
         with torch.device("meta"):
             return module_nbytes(build())
     declared = zip_nbytes(p)
+    if declared is not None and p.suffix.lower() == ".pt2":
+        declared = max(declared, check_archive(p))
     return int(declared if declared is not None else p.stat().st_size)
 
 

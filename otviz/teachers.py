@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from ._files import check_regular_file
 from ._memory import DEFAULT_MAX_BYTES, check_limit, format_bytes, meta_nbytes, module_nbytes, zip_nbytes
 from .data import TaskData, _subset
 from .models import MODELS, accuracy, build_model
@@ -455,8 +456,9 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes | bytearray | IO[byte
         label, handle = "the uploaded data", io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
         p = Path(source)
-        if not p.is_file():
+        if not os.path.lexists(p):
             raise FileNotFoundError(f"checkpoint file not found: {p}")
+        check_regular_file(p, "checkpoint file")  # a FIFO or a device is refused before anything blocks
         label, handle = f"file {p}", p
     elif hasattr(source, "read"):
         label, handle = "the given file object", source
