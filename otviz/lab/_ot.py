@@ -30,6 +30,10 @@ import torch
 
 __all__ = ["check_eps", "entropic_plan", "solve", "weights"]
 
+#: Rank tolerance of the backward solve: eigenvalues of the Schur complement below this
+#: times its largest diagonal entry (the largest column mass) are treated as 0.
+_PINV_RTOL = 1e-12
+
 
 def check_eps(eps: Any, *, name: str = "eps", allow_none: bool = False) -> float | None:
     """``eps`` as a positive finite float (or ``None`` when allowed), else a clear error."""
@@ -129,18 +133,27 @@ class _EntropicPlan(torch.autograd.Function):
         G = grad_P.to(P.dtype)
         Q = G * P
         q1, q2 = Q.sum(1), Q.sum(0)
-        # H [x; y] = [q1; q2] with H = [[diag(P1), P], [P^T, diag(P^T 1)]]; H is singular
-        # along (1, -1) (the potentials' gauge) and [q1; q2] is orthogonal to it. Eliminate
-        # the larger block (diagonal) and solve the Schur complement plus 11^T (which fixes
-        # the gauge without changing the solution's x_i + y_j).
+        # H [x; y] = [q1; q2] with H = [[diag(P1), P], [P^T, diag(P^T 1)]]. H is singular
+        # along the potentials' gauge (x + t, y - t), and also, numerically, once the plan
+        # splits into blocks that share (almost) no mass (a nearly hard plan at small eps:
+        # each block has its own gauge); [q1; q2] is orthogonal to every such direction.
+        # Eliminate the larger block (diagonal) and solve the Schur complement
+        # S = diag(c) - P^T diag(1/r) P (symmetric PSD, S 1 = 0) by its pseudo-inverse:
+        # directions with an eigenvalue below a rank tolerance only move x_i + y_j where
+        # P_ij is as small as that eigenvalue, so dropping them changes the gradient by
+        # (tolerance) * |G| / eps at most, and the solve cannot be singular.
         transpose = P.shape[1] > P.shape[0]
         if transpose:
             P, q1, q2 = P.T, q2, q1
         r, c = P.sum(1), P.sum(0)
-        k = P.shape[1]
-        S = torch.diag(c) - P.T @ (P / r[:, None]) + torch.ones(k, k, dtype=P.dtype, device=P.device) / k
-        y = torch.linalg.solve(S, q2 - P.T @ (q1 / r))
-        x = (q1 - P @ y) / r
+        r_ = torch.where(r > 0, r, torch.ones_like(r))  # a row without mass: x_i = 0 (P_i. = 0)
+        S = torch.diag(c) - P.T @ (P / r_[:, None])
+        w, V = torch.linalg.eigh((S + S.T) / 2)
+        cutoff = _PINV_RTOL * float(c.max())
+        inv = torch.where(w > cutoff, 1.0 / torch.where(w > cutoff, w, torch.ones_like(w)),
+                          torch.zeros_like(w))
+        y = V @ (inv * (V.T @ (q2 - P.T @ (q1 / r_))))
+        x = torch.where(r > 0, (q1 - P @ y) / r_, torch.zeros_like(r))
         if transpose:
             P, x, y = P.T, y, x
         grad_C = P * (x[:, None] + y[None, :] - G) / eps
@@ -166,7 +179,12 @@ def entropic_plan(C: torch.Tensor, a: Any = None, b: Any = None, *, eps: float, 
         \qquad \begin{pmatrix} \mathrm{diag}(a) & P \\ P^\top & \mathrm{diag}(b) \end{pmatrix}
         \begin{pmatrix} x \\ y \end{pmatrix} = \begin{pmatrix} Q\mathbf{1} \\ Q^\top\mathbf{1} \end{pmatrix},
 
-    one linear solve of size :math:`\min(m, k)`, whatever the number of iterations.
+    one symmetric solve of size :math:`\min(m, k)` (the Schur complement), whatever the
+    number of iterations. The system is singular along the potentials' gauge, and nearly
+    so along one more direction for each block of a nearly hard plan (small ``eps``:
+    blocks that exchange almost no mass); it is solved by a pseudo-inverse that drops
+    eigenvalues below 1e-12 times the largest column mass, which changes the gradient
+    only where :math:`P_{ij}` is that small, so the backward pass runs at any ``eps``.
     ``a`` and ``b`` are constants (no gradient).
 
     Parameters
