@@ -95,6 +95,26 @@ def test_bad_eps_is_refused(problem, eps):
         entropic_plan(torch.tensor(C), a, b, eps=eps)
 
 
+@pytest.mark.parametrize("opts,error,match", [
+    (dict(max_iter=-5), ValueError, "max_iter must be a positive integer .*got -5"),
+    (dict(max_iter=0), ValueError, "max_iter must be a positive integer"),
+    (dict(max_iter=10.5), TypeError, "max_iter must be a positive integer .*float"),
+    (dict(max_iter=True), TypeError, "max_iter must be a positive integer"),
+    (dict(tol=float("nan")), ValueError, "tol must be a positive finite number .*got nan"),
+    (dict(tol=-1.0), ValueError, "tol must be a positive finite number .*got -1.0"),
+    (dict(tol=0.0), ValueError, "tol must be a positive finite number"),
+    (dict(tol=float("inf")), ValueError, "tol must be a positive finite number"),
+    (dict(tol="1e-9"), TypeError, "tol must be a positive finite number .*str"),
+])
+def test_bad_stopping_rules_are_refused_up_front(problem, opts, error, match):
+    C, a, b = problem
+    for eps in (0.1, None):  # also where the exact solver would not use them
+        with pytest.raises(error, match=match):
+            solve(C, a, b, eps=eps, **opts)
+    with pytest.raises(error, match=match):
+        entropic_plan(torch.tensor(C), a, b, eps=0.1, **opts)
+
+
 def test_bad_weights_are_refused(problem):
     C, a, b = problem
     with pytest.raises(ValueError, match=r"a must have shape \(7,\)"):

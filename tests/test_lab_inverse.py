@@ -263,6 +263,12 @@ def test_bad_input_raises_clear_errors():
         inv.generate_plans(np.eye(2), eps=0)
     with pytest.raises(ValueError, match="max_iter"):
         inv.fit_cost(x, y, P, eps=0.5, max_iter=0)
+    with pytest.raises(ValueError, match="max_iter must be a positive integer, got -5"):
+        inv.fit_cost_mix({"c": np.ones((4, 3))}, P, max_iter=-5)
+    with pytest.raises(ValueError, match="tol must be a non-negative finite number, got nan"):
+        inv.fit_cost(x, y, P, eps=0.5, tol=float("nan"))
+    with pytest.raises(TypeError, match="tol must be a non-negative finite number, got str"):
+        inv.explain_matching(P, {"c": np.arange(12.0).reshape(4, 3) ** 2}, tol="tiny")
     # the correct marginals are accepted (up to scale)
     inv.fit_cost(x, y, 12 * P, eps=0.5, a=[1, 1, 1, 1], b=[2, 2, 2], max_iter=3)
 

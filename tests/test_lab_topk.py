@@ -199,6 +199,19 @@ def test_topk_transport_describes_the_plan():
         topk_transport(torch.zeros(2, 3), 1, 0.1)
 
 
+@pytest.mark.parametrize("opts,error,match", [
+    (dict(tol=-1), ValueError, "tol must be a positive finite number .*got -1"),
+    (dict(tol=float("nan")), ValueError, "tol must be a positive finite number"),
+    (dict(max_iter=-5), ValueError, "max_iter must be a positive integer .*got -5"),
+    (dict(max_iter=2.0), TypeError, "max_iter must be a positive integer"),
+])
+def test_bad_stopping_rules_are_refused_up_front(opts, error, match):
+    x = _scores(6)
+    for k in (2, 6):  # also when k = n needs no solve
+        with pytest.raises(error, match=match):
+            soft_topk(x, k, 0.1, **opts)
+
+
 def _closed_form_jacobian(s: torch.Tensor, k: int, eps: float) -> torch.Tensor:
     """dA/ds of A_i = sigma((2 s_i - theta)/eps) with theta fixed by sum A = k (scores used as they are)."""
     A = soft_topk(s, k, eps, rescale=False).detach()

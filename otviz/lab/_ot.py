@@ -23,12 +23,13 @@ through the iterations).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["check_eps", "entropic_plan", "solve", "weights"]
+__all__ = ["check_eps", "check_stopping", "entropic_plan", "solve", "weights"]
 
 #: Rank tolerance of the backward solve: eigenvalues of the Schur complement below this
 #: times its largest diagonal entry (the largest column mass) are treated as 0.
@@ -49,6 +50,24 @@ def check_eps(eps: Any, *, name: str = "eps", allow_none: bool = False) -> float
         raise ValueError(f"{name} must be a positive finite number, got {eps!r}; "
                          f"it is the entropic regularisation (larger = smoother plan)")
     return value
+
+
+def check_stopping(tol: Any, max_iter: Any) -> tuple[float, int]:
+    """The entropic solver's stopping rule, ``(tol, max_iter)``, checked up front: ``tol`` a
+    positive finite number, ``max_iter`` a positive integer; else a clear error."""
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol must be a positive finite number (the marginal error at which the "
+                        f"solver stops), got {type(tol).__name__} {tol!r}")
+    if not (math.isfinite(float(tol)) and float(tol) > 0.0):
+        raise ValueError(f"tol must be a positive finite number (the marginal error at which the "
+                         f"solver stops, e.g. 1e-9), got {tol!r}")
+    if isinstance(max_iter, (bool, np.bool_)) or not isinstance(max_iter, numbers.Integral):
+        raise TypeError(f"max_iter must be a positive integer (the solver's iteration cap), got "
+                        f"{type(max_iter).__name__} {max_iter!r}")
+    if int(max_iter) < 1:
+        raise ValueError(f"max_iter must be a positive integer (the solver's iteration cap, e.g. "
+                         f"10000), got {max_iter!r}")
+    return float(tol), int(max_iter)
 
 
 def weights(w: Any, n: int, name: str) -> np.ndarray:
@@ -86,7 +105,8 @@ def solve(C: Any, a: Any = None, b: Any = None, *, eps: float | None = None, tol
     eps : float, optional
         Absolute entropic regularisation (units of ``C``); ``None`` solves exact OT
         (POT's network simplex).
-    tol, max_iter : stopping rule of the entropic solver.
+    tol, max_iter : float, int
+        Stopping rule of the entropic solver: marginal error (> 0) and iteration cap (>= 1).
 
     Returns
     -------
@@ -101,6 +121,7 @@ def solve(C: Any, a: Any = None, b: Any = None, *, eps: float | None = None, tol
     m, k = C_.shape
     a_, b_ = weights(a, m, "a"), weights(b, k, "b")
     eps = check_eps(eps, allow_none=True)
+    tol, max_iter = check_stopping(tol, max_iter)
     method = "emd" if eps is None else "sinkhorn"
     # scale=1: otviz.align's eps is relative to a cost scale; here it is absolute
     return _finish_with_plan(C_, a_, b_, method=method, cost="given", normalize=None, eps=eps,
@@ -206,6 +227,7 @@ def entropic_plan(C: torch.Tensor, a: Any = None, b: Any = None, *, eps: float, 
     if not C.dtype.is_floating_point:
         raise TypeError(f"C must be a floating-point tensor, got {C.dtype}")
     eps = check_eps(eps)
+    tol, max_iter = check_stopping(tol, max_iter)
     m, k = C.shape
     at = torch.as_tensor(weights(a, m, "a"), dtype=torch.float64, device=C.device)
     bt = torch.as_tensor(weights(b, k, "b"), dtype=torch.float64, device=C.device)

@@ -101,6 +101,7 @@ Functions for Optimal Transport.* arXiv:2002.09650, 2020.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -428,6 +429,8 @@ def _minimise(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], p
 def _check_iter(max_iter: Any, tol: Any, reg: Any) -> tuple[int, float, float]:
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol must be a non-negative finite number, got {type(tol).__name__} {tol!r}")
     tol = float(tol)
     if not (tol >= 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a non-negative finite number, got {tol!r}")
