@@ -115,6 +115,31 @@ def test_zero_mass_points_are_left_out_exactly():
     assert b.plans[0].shape == P2.shape and b.plans[0][-1].sum() == 0
 
 
+@pytest.mark.parametrize("scale", [1e100, 1e-100])
+def test_points_far_from_unit_size_give_the_scaled_cost(scale):
+    # the cost fitted to x * scale is M / scale**2: at 1e100 the points' squared distances
+    # (1e200) and their spread (1e400) used to overflow and the fit failed or returned M = 0
+    xs, ys, plans = inv.generate_plans(M_TRUE, n_plans=2, n_points=12, eps=0.5, seed=6)
+    ref = inv.fit_cost(xs, ys, plans, eps=0.5)
+    fit = inv.fit_cost([x * scale for x in xs], [y * scale for y in ys], plans, eps=0.5)
+    np.testing.assert_allclose(fit.M * scale ** 2, ref.M, rtol=1e-5, atol=1e-6 * np.abs(ref.M).max())
+    assert fit.isotropic_scale * scale ** 2 == pytest.approx(ref.isotropic_scale, rel=1e-6)
+    np.testing.assert_allclose(fit.kl, ref.kl, atol=1e-8)
+    assert fit.relative_error(M_TRUE / scale ** 2) < 1e-5
+
+
+def test_points_whose_cost_leaves_float64_are_refused_with_what_to_do():
+    xs, ys, plans = inv.generate_plans(M_TRUE, n_plans=1, n_points=6, eps=0.5, seed=6)
+    # 1e200 points were reported as "NaN or infinite"; M would be about 1e-400
+    with pytest.raises(ValueError, match=r"xs and ys are so large \(largest \|coordinate\| .*e\+200\) that the "
+                                         r"fitted M.*about 1e-400.*divide every point set by one common scale"):
+        inv.fit_cost([x * 1e200 for x in xs], [y * 1e200 for y in ys], plans, eps=0.5)
+    with pytest.raises(ValueError, match="xs and ys are so small"):
+        inv.fit_cost([x * 1e-200 for x in xs], [y * 1e-200 for y in ys], plans, eps=0.5)
+    with pytest.raises(ValueError, match="the cost overflows float64"):
+        inv.mahalanobis_cost(xs[0] * 1e200, ys[0], np.eye(2))
+
+
 # ----------------------------------------------------------------------------- objective
 def test_the_loss_curve_decreases_and_ends_at_the_reported_fit():
     xs, ys, plans = inv.generate_plans(M_TRUE, n_plans=2, n_points=20, eps=0.5, n_samples=500, seed=5)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["check_eps", "check_stopping", "entropic_plan", "solve", "weights"]
+__all__ = ["check_eps", "check_stopping", "coordinate_scale", "entropic_plan", "solve", "weights"]
 
 #: Rank tolerance of the backward solve: eigenvalues of the Schur complement below this
 #: times its largest diagonal entry (the largest column mass) are treated as 0.
@@ -68,6 +68,18 @@ def check_stopping(tol: Any, max_iter: Any) -> tuple[float, int]:
         raise ValueError(f"max_iter must be a positive integer (the solver's iteration cap, e.g. "
                          f"10000), got {max_iter!r}")
     return float(tol), int(max_iter)
+
+
+def coordinate_scale(*arrays: np.ndarray, bits: int = 400) -> float:
+    """A power of two ``s`` such that ``arrays / s`` have their squared distances far from
+    float64's overflow and underflow: 1 for coordinates within ``2**±bits`` (about 1e±120
+    by default), else about the largest ``|value|``. Dividing by a power of two is exact,
+    and exact OT plans do not change when the points (so the cost) are scaled: distances
+    scale back."""
+    top = max(float(np.abs(x).max()) for x in arrays)
+    if top == 0.0 or 2.0 ** -bits <= top <= 2.0 ** bits:
+        return 1.0
+    return math.ldexp(1.0, math.frexp(top)[1] - 1)  # |values / s| < 2
 
 
 def weights(w: Any, n: int, name: str) -> np.ndarray:

@@ -112,7 +112,7 @@ import numpy as np
 import torch
 
 from otviz._device import resolve_device
-from otviz.lab._ot import check_eps, solve
+from otviz.lab._ot import check_eps, coordinate_scale, solve
 
 __all__ = [
     "CostFit",
@@ -136,6 +136,8 @@ _SOLVE_TOL = 1e-10      # marginal error the inner entropic solves aim at
 _SOLVE_ACCEPT = 1e-6    # ... and the largest one accepted when the solver stops short
 _SOLVE_ITER = 10_000    # Sinkhorn iterations of a solve
 _SOLVE_ITER_RETRY = 60_000  # ... and of its second try where the result must be accurate
+_M_TINY = np.finfo(np.float64).tiny * 2.0 ** 53  # a fitted M's scale below this loses precision
+_M_HUGE = np.finfo(np.float64).max * 2.0 ** -53  # ... and above this its costs overflow
 
 
 # ----------------------------------------------------------------------------
@@ -480,7 +482,13 @@ def mahalanobis_cost(x: Any, y: Any, M: Any) -> np.ndarray:
     if A.shape[0] != X.shape[1]:
         raise ValueError(f"M is {A.shape[0]}x{A.shape[0]} but the points have {X.shape[1]} coordinates")
     D = X[:, None, :] - Y[None, :, :]
-    return np.maximum(np.einsum("ijk,kl,ijl->ij", D, A, D), 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        C = np.maximum(np.einsum("ijk,kl,ijl->ij", D, A, D), 0.0)
+    if not np.isfinite(C).all():
+        raise ValueError(f"the cost overflows float64 (points up to |{max(np.abs(X).max(), np.abs(Y).max()):.3g}|, "
+                         f"M up to |{np.abs(A).max():.3g}|); divide the points by a common scale s "
+                         f"(and multiply M by s**2 for the same cost)")
+    return C
 
 
 def _mahalanobis_t(X: torch.Tensor, Y: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
@@ -609,10 +617,10 @@ class CostFit:
         if on_span:
             Pi = self.span @ self.span.T
             A, Mh = Pi @ A @ Pi, Pi @ Mh @ Pi
-        den = np.linalg.norm(A)
-        if den == 0:
+        c = float(np.abs(A).max())  # both divided by one number (norms of 1e±200 entries overflow)
+        if c == 0:
             raise ValueError("M_true is zero (on the span): the relative error is undefined")
-        return float(np.linalg.norm(Mh - A) / den)
+        return float(np.linalg.norm(Mh / c - A / c) / np.linalg.norm(A / c))
 
 
 def _span(xs: list[np.ndarray], ys: list[np.ndarray], problems: list[_Problem]) -> np.ndarray:
@@ -651,6 +659,12 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
     **Identifiability**: the plans determine :math:`M/\varepsilon` (so :math:`M` given
     ``eps``), and only on the span of the centred points (:attr:`CostFit.span`); see
     the module's documentation.
+
+    **Units**: points far from unit size (beyond about 1e±18) are divided by a power of two
+    for the fit (the same problem, with ``reg`` and ``init`` converted) and :math:`M` is
+    converted back; points so large or small that :math:`M` (of the order of ``eps`` over
+    their squared distances) leaves the range float64 holds to full precision are refused
+    with a ``ValueError`` that says how to rescale them.
 
     Parameters
     ----------
@@ -703,6 +717,22 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
     Y_np = [_points(y, f"ys[{t}]", d) for t, y in enumerate(Y_list)]
     P_np = [_plan(p, f"plans[{t}]", (len(x), len(y))) for t, (p, x, y) in enumerate(zip(P_list, X_np, Y_np))]
     problems = _problems(P_np, _weights_list(a, T, "a"), _weights_list(b, T, "b"), dev)
+    # Points far from unit size (beyond about 1e±18) are divided by a power of two u (exact):
+    # the cost (x - y)^T M (x - y) is unchanged with M u^2 for the points / u, whose squared
+    # distances (and their squares, in the objective's scale) stay far from overflow. The fit
+    # is the same problem (reg scales by u^-4, init by u^2); M, L and the isotropic scale are
+    # scaled back at the end.
+    u = coordinate_scale(*X_np, *Y_np, bits=60)
+    top = max(float(np.abs(v).max()) for v in X_np + Y_np)
+    e = math.frexp(u)[1] - 1  # u = 2**e
+    if u != 1.0:
+        X_np, Y_np = [x / u for x in X_np], [y / u for y in Y_np]
+        try:
+            reg = math.ldexp(reg, -4 * e)
+        except OverflowError:
+            raise ValueError(f"reg = {reg:g} is too large for points this small (largest |coordinate| "
+                             f"{top:.3g}): the ridge reg * ||M||^2 overflows; pass a smaller reg or "
+                             f"divide the points by a common scale") from None
     span = _span(X_np, Y_np, problems)
     Xs = [torch.as_tensor(x, dtype=torch.float64, device=dev) for x in X_np]
     Ys = [torch.as_tensor(y, dtype=torch.float64, device=dev) for y in Y_np]
@@ -721,6 +751,19 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
 
     iso_hist, _, _ = _minimise([theta], iso_loss, problems, eps, max_iter=50, tol=tol)
     s_iso = float(theta.detach() ** 2)
+    if u != 1.0 and s_iso > 0.0:
+        try:
+            m_scale = math.ldexp(s_iso, -2 * e)
+        except OverflowError:
+            m_scale = math.inf
+        if not _M_TINY <= m_scale <= _M_HUGE:
+            raise ValueError(
+                f"xs and ys are so {'large' if u > 1.0 else 'small'} (largest |coordinate| {top:.3g}) "
+                f"that the fitted M, of the order of eps over their squared distances (here about "
+                f"1e{math.log10(s_iso) - 2 * e * math.log10(2.0):.0f}), is outside the range float64 holds to full precision "
+                f"({_M_TINY:.3g} to {_M_HUGE:.3g}); divide every point set by one common scale s "
+                f"first (e.g. s = {top:.3g}): the observed plans stay the same, and the M fitted to "
+                f"the points divided by s is s**2 times the M of the points as given")
     # 2. the full matrix
     if init is None:
         L0 = math.sqrt(s_iso) * np.eye(d)
@@ -728,6 +771,10 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
         A0 = _check_psd(init, "init")
         if A0.shape != (d, d):
             raise ValueError(f"init must be a ({d}, {d}) matrix, got {A0.shape}")
+        A0 = A0 * (u * u)  # in the units of the rescaled points
+        if not np.isfinite(A0).all():
+            raise ValueError(f"init times the points' squared scale overflows float64; pass a "
+                             f"smaller init (about eps over the points' squared distances)")
         w, V = np.linalg.eigh(A0)
         L0 = V * np.sqrt(np.maximum(w, 0.0))
     L = torch.as_tensor(L0, dtype=torch.float64, device=dev).clone().requires_grad_(True)
@@ -749,6 +796,8 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
             fitted.append(pb.full(P_model))
     kl_arr = np.maximum(np.asarray(kl), 0.0)  # the formula is exact up to the solver's accuracy
     kl_ind = np.asarray([pb.kl_independent for pb in problems])
+    if u != 1.0:  # back to the units of the points as given (exact: u is a power of two)
+        L_np, s_iso = np.ldexp(L_np, -e), math.ldexp(s_iso, -2 * e)
     return CostFit(M=L_np @ L_np.T, L=L_np, eps=eps, loss=np.asarray(history), kl=kl_arr,
                    kl_independent=kl_ind, explained=_explained(kl_arr, kl_ind), plans=fitted,
                    marginal_error=merr, isotropic_scale=s_iso, kl_isotropic=float(iso_hist[-1]),
