@@ -143,3 +143,11 @@ def test_a_warm_start_gives_the_same_plan_and_is_checked(problem):
         entropic_plan(torch.tensor(C), a, b, eps=0.05, warm_start=(np.zeros(3), np.zeros(4)))
     with pytest.raises(ValueError, match="finite"):
         entropic_plan(torch.tensor(C), a, b, eps=0.05, warm_start=(np.full(7, np.nan), np.zeros(4)))
+    # solve takes the same warm start (the plan is the same, fewer iterations)
+    again = solve(C, a, b, eps=0.05, warm_start=al.potentials)
+    np.testing.assert_allclose(again.plan, al.plan, atol=1e-9)
+    assert again.n_iter < al.n_iter
+    with pytest.raises(ValueError, match="warm_start is for the entropic solver"):
+        solve(C, a, b, warm_start=al.potentials)
+    with pytest.raises(ValueError, match=r"shapes \(7,\) and \(4,\)"):
+        solve(C, a, b, eps=0.05, warm_start=(np.zeros(4), np.zeros(7)))

@@ -102,7 +102,7 @@ def _cost(C: Any) -> np.ndarray:
 
 
 def solve(C: Any, a: Any = None, b: Any = None, *, eps: float | None = None, tol: float = 1e-9,
-          max_iter: int = 10_000):
+          max_iter: int = 10_000, warm_start: tuple[Any, Any] | None = None):
     r"""Exact (``eps=None``) or entropic OT for a given cost matrix.
 
     .. math::
@@ -119,6 +119,10 @@ def solve(C: Any, a: Any = None, b: Any = None, *, eps: float | None = None, tol
         (POT's network simplex).
     tol, max_iter : float, int
         Stopping rule of the entropic solver: marginal error (> 0) and iteration cap (>= 1).
+    warm_start : (f, g), optional
+        Entropic only: dual potentials to start from (``potentials`` of an earlier
+        solve, absolute, shapes (m,) and (k,)); the solver then skips its own
+        eps-scaling. The plan is the same; only the number of iterations changes.
 
     Returns
     -------
@@ -135,10 +139,31 @@ def solve(C: Any, a: Any = None, b: Any = None, *, eps: float | None = None, tol
     eps = check_eps(eps, allow_none=True)
     tol, max_iter = check_stopping(tol, max_iter)
     method = "emd" if eps is None else "sinkhorn"
+    warm = None
+    if warm_start is not None:
+        if eps is None:
+            raise ValueError("warm_start is for the entropic solver (pass eps); the exact solver "
+                             "starts from scratch")
+        warm = _potentials(warm_start, m, k)
     # scale=1: otviz.align's eps is relative to a cost scale; here it is absolute
     return _finish_with_plan(C_, a_, b_, method=method, cost="given", normalize=None, eps=eps,
-                             reg_m=1.0, tol=tol, max_iter=max_iter, warm=None, scale=1.0,
+                             reg_m=1.0, tol=tol, max_iter=max_iter, warm=warm, scale=1.0,
                              _stack=3)[0]
+
+
+def _potentials(warm_start: Any, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``warm_start`` as two finite float64 arrays of shapes (m,) and (k,), else a clear error."""
+    try:
+        f, g = (np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
+                for v in warm_start)
+    except (TypeError, ValueError):
+        raise TypeError("warm_start must be a pair (f, g) of potentials of shapes (m,) and (k,)") from None
+    if f.shape != (m,) or g.shape != (k,):
+        raise ValueError(f"warm_start potentials must have shapes ({m},) and ({k},), got "
+                         f"{f.shape} and {g.shape}")
+    if not (np.isfinite(f).all() and np.isfinite(g).all()):
+        raise ValueError("warm_start potentials must be finite")
+    return f, g
 
 
 class _EntropicPlan(torch.autograd.Function):
@@ -245,15 +270,6 @@ def entropic_plan(C: torch.Tensor, a: Any = None, b: Any = None, *, eps: float, 
     bt = torch.as_tensor(weights(b, k, "b"), dtype=torch.float64, device=C.device)
     warm = None
     if warm_start is not None:
-        try:
-            f, g = (torch.as_tensor(np.asarray(v.detach().cpu()) if isinstance(v, torch.Tensor) else v,
-                                    dtype=torch.float64).to(C.device) for v in warm_start)
-        except (TypeError, ValueError):
-            raise TypeError("warm_start must be a pair (f, g) of potentials of shapes (m,) and (k,)") from None
-        if f.shape != (m,) or g.shape != (k,):
-            raise ValueError(f"warm_start potentials must have shapes ({m},) and ({k},), got "
-                             f"{tuple(f.shape)} and {tuple(g.shape)}")
-        if not bool(torch.isfinite(f).all() and torch.isfinite(g).all()):
-            raise ValueError("warm_start potentials must be finite")
-        warm = (f, g)
+        warm = tuple(torch.as_tensor(v, dtype=torch.float64).to(C.device)
+                     for v in _potentials(warm_start, m, k))
     return _EntropicPlan.apply(C, at, bt, eps, tol, max_iter, warm)
