@@ -157,7 +157,8 @@ def _potentials(warm_start: Any, m: int, k: int) -> tuple[np.ndarray, np.ndarray
         f, g = (np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
                 for v in warm_start)
     except (TypeError, ValueError):
-        raise TypeError("warm_start must be a pair (f, g) of potentials of shapes (m,) and (k,)") from None
+        raise TypeError("warm_start must be a pair (f, g) of potentials of shapes (m,) and (k,)"
+                        ) from None
     if f.shape != (m,) or g.shape != (k,):
         raise ValueError(f"warm_start potentials must have shapes ({m},) and ({k},), got "
                          f"{f.shape} and {g.shape}")

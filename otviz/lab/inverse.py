@@ -351,7 +351,7 @@ def _annealed(C: np.ndarray, a: np.ndarray, b: np.ndarray, eps: float
 
 def _newton(C: np.ndarray, a: np.ndarray, b: np.ndarray, eps: float, f: np.ndarray, g: np.ndarray
             ) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray]]:
-    """Newton's method on the entropic dual from potentials ``(f, g)`` (absolute), damped,
+    r"""Newton's method on the entropic dual from potentials ``(f, g)`` (absolute), damped,
     until the marginal error is :data:`_SOLVE_TOL` or no step lowers it.
 
     With :math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon}`, a step solves
@@ -567,7 +567,8 @@ def mahalanobis_cost(x: Any, y: Any, M: Any) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         C = np.maximum(np.einsum("ijk,kl,ijl->ij", D, A, D), 0.0)
     if not np.isfinite(C).all():
-        raise ValueError(f"the cost overflows float64 (points up to |{max(np.abs(X).max(), np.abs(Y).max()):.3g}|, "
+        top = max(np.abs(X).max(), np.abs(Y).max())
+        raise ValueError(f"the cost overflows float64 (points up to |{top:.3g}|, "
                          f"M up to |{np.abs(A).max():.3g}|); divide the points by a common scale s "
                          f"(and multiply M by s**2 for the same cost)")
     return C
@@ -846,8 +847,8 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
             raise ValueError(
                 f"xs and ys are so {'large' if u > 1.0 else 'small'} (largest |coordinate| {top:.3g}) "
                 f"that the fitted M, of the order of eps over their squared distances (here about "
-                f"1e{math.log10(s_iso) - 2 * e * math.log10(2.0):.0f}), is outside the range float64 holds to full precision "
-                f"({_M_TINY:.3g} to {_M_HUGE:.3g}); divide every point set by one common scale s "
+                f"1e{math.log10(s_iso) - 2 * e * math.log10(2.0):.0f}), is outside the range float64 "
+                f"holds to full precision ({_M_TINY:.3g} to {_M_HUGE:.3g}); divide every point set by one common scale s "
                 f"first (e.g. s = {top:.3g}): the observed plans stay the same, and the M fitted to "
                 f"the points divided by s is s**2 times the M of the points as given")
     # 2. the full matrix
