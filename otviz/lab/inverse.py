@@ -82,15 +82,21 @@ sampled pairs (counts are fine: every plan is rescaled to total mass 1). A point
 with no mass in an observed plan is left out of that plan's problem, which is
 exact: a point of weight 0 does not change the entropic plan of the others. An
 observed plan sharper than any entropic plan (a permutation, an exact OT plan)
-pulls the fitted cost towards infinity; pass ``reg > 0`` (a ridge penalty on the
+pulls the fitted cost towards infinity (the fit stops where the stopping rule says,
+at a scale the plan does not set); pass ``reg > 0`` (a ridge penalty on the
 parameters) or a larger ``eps`` for such data.
 
 Every iterate's entropic plans are solved to a marginal error of at most 1e-6
 (trial points of the line search may be solved more loosely). Sinkhorn converges
-slowly when the cost spans a few hundred ``eps`` or more; a fit whose iterate cannot
-be solved to that accuracy raises ``RuntimeError`` saying so, and the accuracy of
-the solves bounds that of the recovered cost (measured: relative error ~1e-10 at
-``eps = 0.5`` on 30 standard-normal points a set, ~1e-3 at ``eps = 0.3`` on 60).
+slowly when the cost spans a few hundred ``eps`` or more (a nearly hard plan): such a
+solve is redone by eps-scaling (from ``eps`` = a tenth of the cost's range, halved stage
+by stage, each stage warm-started from the last one's potentials) and finished by
+Newton's method on the dual, and that plan's later solves start from its potentials.
+A fit whose iterate still cannot be solved to that accuracy raises ``RuntimeError``
+saying so; the accuracy of the solves bounds that of the recovered cost (measured:
+relative error ~1e-10 at ``eps = 0.5`` on 30 standard-normal points a set, ~1e-3 at
+``eps = 0.3`` on 60; 2.5e-4 for a 5 x 5 plan generated at ``eps = 0.01`` and fitted
+at ``eps = 0.1``, whose costs span 100 to 1000 ``eps``).
 
 Reference
 ---------
