@@ -95,6 +95,26 @@ def test_bad_eps_is_refused(problem, eps):
         entropic_plan(torch.tensor(C), a, b, eps=eps)
 
 
+@pytest.mark.parametrize("opts,error,match", [
+    (dict(max_iter=-5), ValueError, "max_iter must be a positive integer .*got -5"),
+    (dict(max_iter=0), ValueError, "max_iter must be a positive integer"),
+    (dict(max_iter=10.5), TypeError, "max_iter must be a positive integer .*float"),
+    (dict(max_iter=True), TypeError, "max_iter must be a positive integer"),
+    (dict(tol=float("nan")), ValueError, "tol must be a positive finite number .*got nan"),
+    (dict(tol=-1.0), ValueError, "tol must be a positive finite number .*got -1.0"),
+    (dict(tol=0.0), ValueError, "tol must be a positive finite number"),
+    (dict(tol=float("inf")), ValueError, "tol must be a positive finite number"),
+    (dict(tol="1e-9"), TypeError, "tol must be a positive finite number .*str"),
+])
+def test_bad_stopping_rules_are_refused_up_front(problem, opts, error, match):
+    C, a, b = problem
+    for eps in (0.1, None):  # also where the exact solver would not use them
+        with pytest.raises(error, match=match):
+            solve(C, a, b, eps=eps, **opts)
+    with pytest.raises(error, match=match):
+        entropic_plan(torch.tensor(C), a, b, eps=0.1, **opts)
+
+
 def test_bad_weights_are_refused(problem):
     C, a, b = problem
     with pytest.raises(ValueError, match=r"a must have shape \(7,\)"):
@@ -123,3 +143,11 @@ def test_a_warm_start_gives_the_same_plan_and_is_checked(problem):
         entropic_plan(torch.tensor(C), a, b, eps=0.05, warm_start=(np.zeros(3), np.zeros(4)))
     with pytest.raises(ValueError, match="finite"):
         entropic_plan(torch.tensor(C), a, b, eps=0.05, warm_start=(np.full(7, np.nan), np.zeros(4)))
+    # solve takes the same warm start (the plan is the same, fewer iterations)
+    again = solve(C, a, b, eps=0.05, warm_start=al.potentials)
+    np.testing.assert_allclose(again.plan, al.plan, atol=1e-9)
+    assert again.n_iter < al.n_iter
+    with pytest.raises(ValueError, match="warm_start is for the entropic solver"):
+        solve(C, a, b, warm_start=al.potentials)
+    with pytest.raises(ValueError, match=r"shapes \(7,\) and \(4,\)"):
+        solve(C, a, b, eps=0.05, warm_start=(np.zeros(4), np.zeros(7)))

@@ -124,6 +124,28 @@ def test_wmd_rejects_non_numbers():
         D.word_movers_distance([["a", "b"]], np.ones((1, 2)))
 
 
+@pytest.mark.parametrize("scale", [1e200, 1e-200])
+def test_wmd_of_finite_embeddings_of_any_size_is_computed(scale):
+    # 1e200 embeddings were refused as "NaN or infinite" (their squared distances overflow);
+    # the plan does not change with the scale and the distance scales with it
+    A, wa = _cloud(3, 6)
+    B, wb = _cloud(4, 5)
+    ref = D.word_movers_plan(A, B, wa, wb)
+    al = D.word_movers_plan(A * scale, B * scale, wa, wb)
+    assert al.distance == pytest.approx(ref.distance * scale, rel=1e-12)
+    assert D.word_movers_distance(A * scale, B * scale, wa, wb) == pytest.approx(ref.distance * scale,
+                                                                                 rel=1e-12)
+    np.testing.assert_allclose(al.plan, ref.plan, atol=1e-15)
+    np.testing.assert_allclose(al.cost_matrix, ref.cost_matrix * scale, rtol=1e-12)
+
+
+def test_wmd_refuses_embeddings_whose_distances_overflow_with_what_to_do():
+    big = np.array([[1e308, -1e308], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"doc_a and doc_b are so large .*1e\+308.* overflow float64 .*; "
+                                         "divide all embeddings by one common scale"):
+        D.word_movers_distance(big, -big)
+
+
 # ----------------------------------------------------------------------------- HOTT on given topics
 def _metric_cost(K: int, seed: int) -> np.ndarray:
     pts = np.random.default_rng(seed).normal(size=(K, 3))

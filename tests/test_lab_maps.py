@@ -96,6 +96,28 @@ def test_barycentric_map_approaches_the_closed_form():
     np.testing.assert_allclose(bary(X[:10]), bary.images[:10])
 
 
+@pytest.mark.parametrize("scale", [1e200, 1e-200])
+def test_w2_of_finite_samples_of_any_size_is_computed(scale):
+    # 1e200 points were refused as "NaN or infinite" (their squared distances overflow)
+    X, Y = M.sample_pair("Moons", 40, seed=1)
+    assert M.w2_samples(X * scale, Y * scale) == pytest.approx(M.w2_samples(X, Y) * scale, rel=1e-12)
+    with pytest.raises(ValueError, match="X and Y are so large .* W2 distance overflows float64"):
+        M.w2_samples(np.array([[1e308, 0.0]]), np.array([[-1e308, 0.0]]))
+
+
+def test_barycentric_map_of_huge_points_says_what_is_wrong_and_what_to_do():
+    X, Y = M.sample_pair("Moons", 40, seed=1)
+    with pytest.raises(ValueError, match="source and target are so large .*squared distances .*overflow "
+                                         "float64 .*; divide both by one common scale s"):
+        M.barycentric_map(X * 1e200, Y * 1e200)
+    # points whose squared distances fit are mapped as at unit scale
+    ref, big = M.barycentric_map(X, Y), M.barycentric_map(X * 1e140, Y * 1e140)
+    np.testing.assert_array_equal(big.alignment.plan > 0, ref.alignment.plan > 0)
+    np.testing.assert_allclose(big.images, ref.images * 1e140, rtol=1e-12)
+    assert big.w2 == pytest.approx(ref.w2 * 1e140, rel=1e-12)
+    np.testing.assert_allclose(big(X[:5] * 1e140), ref.images[:5] * 1e140, rtol=1e-12)
+
+
 # ----------------------------------------------------------------------------- learned map
 @pytest.mark.parametrize("seed", [0, 1])
 def test_learned_map_is_close_to_the_closed_form(seed):

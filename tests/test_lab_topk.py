@@ -199,6 +199,57 @@ def test_topk_transport_describes_the_plan():
         topk_transport(torch.zeros(2, 3), 1, 0.1)
 
 
+@pytest.mark.parametrize("opts,error,match", [
+    (dict(tol=-1), ValueError, "tol must be a positive finite number .*got -1"),
+    (dict(tol=float("nan")), ValueError, "tol must be a positive finite number"),
+    (dict(max_iter=-5), ValueError, "max_iter must be a positive integer .*got -5"),
+    (dict(max_iter=2.0), TypeError, "max_iter must be a positive integer"),
+])
+def test_bad_stopping_rules_are_refused_up_front(opts, error, match):
+    x = _scores(6)
+    for k in (2, 6):  # also when k = n needs no solve
+        with pytest.raises(error, match=match):
+            soft_topk(x, k, 0.1, **opts)
+
+
+def _closed_form_jacobian(s: torch.Tensor, k: int, eps: float) -> torch.Tensor:
+    """dA/ds of A_i = sigma((2 s_i - theta)/eps) with theta fixed by sum A = k (scores used as they are)."""
+    A = soft_topk(s, k, eps, rescale=False).detach()
+    d = A * (1 - A)
+    J = torch.diag(d)
+    if float(d.sum()) > 0:
+        J = J - d[:, None] * d[None, :] / d.sum()
+    return 2 / eps * J
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1e-3, 1e-4, 1e-5])
+def test_gradients_at_small_eps_are_finite_and_exact(eps):
+    # Nearly hard plans used to make the backward's linear system singular ("singular
+    # matrix" on 5 of 50 such inputs at eps 1e-2, 34 at 1e-3, all at 1e-5).
+    for seed in range(50):
+        x = _scores(5, seed=100 + seed).requires_grad_(True)
+        (g,) = torch.autograd.grad((soft_topk(x, 2, eps) * torch.arange(5.0)).sum(), x)
+        assert torch.isfinite(g).all(), (eps, seed)
+    # against the closed form (a logistic of the score, threshold set by the sum), on random
+    # scores in [0, 1] and on scores with a near tie across the top-2 boundary (then the
+    # gradient is large, 2/eps times a fraction)
+    scale = 2 / eps
+    for seed in range(50):
+        gen = torch.Generator().manual_seed(seed)
+        s = torch.rand(5, generator=gen, dtype=torch.float64)
+        if seed % 2:
+            order = torch.argsort(s, descending=True)
+            s[order[2]] = s[order[1]] - eps * float(torch.rand(1, generator=gen, dtype=torch.float64))
+        J = torch.autograd.functional.jacobian(lambda z: soft_topk(z, 2, eps, rescale=False), s)
+        ref = _closed_form_jacobian(s, 2, eps)
+        assert torch.isfinite(J).all()
+        assert float((J - ref).abs().max()) <= 1e-9 * scale, (eps, seed)
+        if seed % 2 and seed < 10:  # finite differences on a step well below the logistic's width
+            z = s.clone().requires_grad_(True)
+            assert torch.autograd.gradcheck(lambda v: soft_topk(v, 2, eps, rescale=False), (z,),
+                                            eps=1e-3 * eps, atol=1e-6 * scale, rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------- selecting neurons
 #: Learned channels minus the mean of the random ones, in test accuracy (fraction of 360 images).
 #: Measured in fast mode on cnn-digits, k = 8 of 64, seeds 0-7: 0.19 or more.
@@ -247,6 +298,14 @@ def test_neuron_selection_bad_input():
         select_neurons("mlp-digits", steps=0)
     with pytest.raises(ValueError, match="eps must be a positive finite number"):
         select_neurons("mlp-digits", eps=0.0, steps=1)
+
+
+def test_neuron_selection_runs_down_to_a_tiny_eps():
+    # the mask's backward used to raise "singular matrix" once the soft top-k was nearly hard
+    # (at a step before the 20th with these settings)
+    sel = select_neurons("mlp-digits", k=4, eps=1e-4, steps=20, n_random=2)
+    assert np.isfinite(sel.scores).all() and np.isfinite(sel.loss).all()
+    assert sel.eps == 1e-4 and abs(sel.soft_mask.sum() - 4) < 1e-8
 
 
 # ----------------------------------------------------------------------------- figures

@@ -23,12 +23,17 @@ through the iterations).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["check_eps", "entropic_plan", "solve", "weights"]
+__all__ = ["check_eps", "check_stopping", "coordinate_scale", "entropic_plan", "solve", "weights"]
+
+#: Rank tolerance of the backward solve: eigenvalues of the Schur complement below this
+#: times its largest diagonal entry (the largest column mass) are treated as 0.
+_PINV_RTOL = 1e-12
 
 
 def check_eps(eps: Any, *, name: str = "eps", allow_none: bool = False) -> float | None:
@@ -45,6 +50,36 @@ def check_eps(eps: Any, *, name: str = "eps", allow_none: bool = False) -> float
         raise ValueError(f"{name} must be a positive finite number, got {eps!r}; "
                          f"it is the entropic regularisation (larger = smoother plan)")
     return value
+
+
+def check_stopping(tol: Any, max_iter: Any) -> tuple[float, int]:
+    """The entropic solver's stopping rule, ``(tol, max_iter)``, checked up front: ``tol`` a
+    positive finite number, ``max_iter`` a positive integer; else a clear error."""
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol must be a positive finite number (the marginal error at which the "
+                        f"solver stops), got {type(tol).__name__} {tol!r}")
+    if not (math.isfinite(float(tol)) and float(tol) > 0.0):
+        raise ValueError(f"tol must be a positive finite number (the marginal error at which the "
+                         f"solver stops, e.g. 1e-9), got {tol!r}")
+    if isinstance(max_iter, (bool, np.bool_)) or not isinstance(max_iter, numbers.Integral):
+        raise TypeError(f"max_iter must be a positive integer (the solver's iteration cap), got "
+                        f"{type(max_iter).__name__} {max_iter!r}")
+    if int(max_iter) < 1:
+        raise ValueError(f"max_iter must be a positive integer (the solver's iteration cap, e.g. "
+                         f"10000), got {max_iter!r}")
+    return float(tol), int(max_iter)
+
+
+def coordinate_scale(*arrays: np.ndarray, bits: int = 400) -> float:
+    """A power of two ``s`` such that ``arrays / s`` have their squared distances far from
+    float64's overflow and underflow: 1 for coordinates within ``2**±bits`` (about 1e±120
+    by default), else about the largest ``|value|``. Dividing by a power of two is exact,
+    and exact OT plans do not change when the points (so the cost) are scaled: distances
+    scale back."""
+    top = max(float(np.abs(x).max()) for x in arrays)
+    if top == 0.0 or 2.0 ** -bits <= top <= 2.0 ** bits:
+        return 1.0
+    return math.ldexp(1.0, math.frexp(top)[1] - 1)  # |values / s| < 2
 
 
 def weights(w: Any, n: int, name: str) -> np.ndarray:
@@ -67,7 +102,7 @@ def _cost(C: Any) -> np.ndarray:
 
 
 def solve(C: Any, a: Any = None, b: Any = None, *, eps: float | None = None, tol: float = 1e-9,
-          max_iter: int = 10_000):
+          max_iter: int = 10_000, warm_start: tuple[Any, Any] | None = None):
     r"""Exact (``eps=None``) or entropic OT for a given cost matrix.
 
     .. math::
@@ -82,7 +117,12 @@ def solve(C: Any, a: Any = None, b: Any = None, *, eps: float | None = None, tol
     eps : float, optional
         Absolute entropic regularisation (units of ``C``); ``None`` solves exact OT
         (POT's network simplex).
-    tol, max_iter : stopping rule of the entropic solver.
+    tol, max_iter : float, int
+        Stopping rule of the entropic solver: marginal error (> 0) and iteration cap (>= 1).
+    warm_start : (f, g), optional
+        Entropic only: dual potentials to start from (``potentials`` of an earlier
+        solve, absolute, shapes (m,) and (k,)); the solver then skips its own
+        eps-scaling. The plan is the same; only the number of iterations changes.
 
     Returns
     -------
@@ -97,11 +137,34 @@ def solve(C: Any, a: Any = None, b: Any = None, *, eps: float | None = None, tol
     m, k = C_.shape
     a_, b_ = weights(a, m, "a"), weights(b, k, "b")
     eps = check_eps(eps, allow_none=True)
+    tol, max_iter = check_stopping(tol, max_iter)
     method = "emd" if eps is None else "sinkhorn"
+    warm = None
+    if warm_start is not None:
+        if eps is None:
+            raise ValueError("warm_start is for the entropic solver (pass eps); the exact solver "
+                             "starts from scratch")
+        warm = _potentials(warm_start, m, k)
     # scale=1: otviz.align's eps is relative to a cost scale; here it is absolute
     return _finish_with_plan(C_, a_, b_, method=method, cost="given", normalize=None, eps=eps,
-                             reg_m=1.0, tol=tol, max_iter=max_iter, warm=None, scale=1.0,
+                             reg_m=1.0, tol=tol, max_iter=max_iter, warm=warm, scale=1.0,
                              _stack=3)[0]
+
+
+def _potentials(warm_start: Any, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``warm_start`` as two finite float64 arrays of shapes (m,) and (k,), else a clear error."""
+    try:
+        f, g = (np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
+                for v in warm_start)
+    except (TypeError, ValueError):
+        raise TypeError("warm_start must be a pair (f, g) of potentials of shapes (m,) and (k,)"
+                        ) from None
+    if f.shape != (m,) or g.shape != (k,):
+        raise ValueError(f"warm_start potentials must have shapes ({m},) and ({k},), got "
+                         f"{f.shape} and {g.shape}")
+    if not (np.isfinite(f).all() and np.isfinite(g).all()):
+        raise ValueError("warm_start potentials must be finite")
+    return f, g
 
 
 class _EntropicPlan(torch.autograd.Function):
@@ -129,18 +192,27 @@ class _EntropicPlan(torch.autograd.Function):
         G = grad_P.to(P.dtype)
         Q = G * P
         q1, q2 = Q.sum(1), Q.sum(0)
-        # H [x; y] = [q1; q2] with H = [[diag(P1), P], [P^T, diag(P^T 1)]]; H is singular
-        # along (1, -1) (the potentials' gauge) and [q1; q2] is orthogonal to it. Eliminate
-        # the larger block (diagonal) and solve the Schur complement plus 11^T (which fixes
-        # the gauge without changing the solution's x_i + y_j).
+        # H [x; y] = [q1; q2] with H = [[diag(P1), P], [P^T, diag(P^T 1)]]. H is singular
+        # along the potentials' gauge (x + t, y - t), and also, numerically, once the plan
+        # splits into blocks that share (almost) no mass (a nearly hard plan at small eps:
+        # each block has its own gauge); [q1; q2] is orthogonal to every such direction.
+        # Eliminate the larger block (diagonal) and solve the Schur complement
+        # S = diag(c) - P^T diag(1/r) P (symmetric PSD, S 1 = 0) by its pseudo-inverse:
+        # directions with an eigenvalue below a rank tolerance only move x_i + y_j where
+        # P_ij is as small as that eigenvalue, so dropping them changes the gradient by
+        # (tolerance) * |G| / eps at most, and the solve cannot be singular.
         transpose = P.shape[1] > P.shape[0]
         if transpose:
             P, q1, q2 = P.T, q2, q1
         r, c = P.sum(1), P.sum(0)
-        k = P.shape[1]
-        S = torch.diag(c) - P.T @ (P / r[:, None]) + torch.ones(k, k, dtype=P.dtype, device=P.device) / k
-        y = torch.linalg.solve(S, q2 - P.T @ (q1 / r))
-        x = (q1 - P @ y) / r
+        r_ = torch.where(r > 0, r, torch.ones_like(r))  # a row without mass: x_i = 0 (P_i. = 0)
+        S = torch.diag(c) - P.T @ (P / r_[:, None])
+        w, V = torch.linalg.eigh((S + S.T) / 2)
+        cutoff = _PINV_RTOL * float(c.max())
+        inv = torch.where(w > cutoff, 1.0 / torch.where(w > cutoff, w, torch.ones_like(w)),
+                          torch.zeros_like(w))
+        y = V @ (inv * (V.T @ (q2 - P.T @ (q1 / r_))))
+        x = torch.where(r > 0, (q1 - P @ y) / r_, torch.zeros_like(r))
         if transpose:
             P, x, y = P.T, y, x
         grad_C = P * (x[:, None] + y[None, :] - G) / eps
@@ -166,7 +238,12 @@ def entropic_plan(C: torch.Tensor, a: Any = None, b: Any = None, *, eps: float, 
         \qquad \begin{pmatrix} \mathrm{diag}(a) & P \\ P^\top & \mathrm{diag}(b) \end{pmatrix}
         \begin{pmatrix} x \\ y \end{pmatrix} = \begin{pmatrix} Q\mathbf{1} \\ Q^\top\mathbf{1} \end{pmatrix},
 
-    one linear solve of size :math:`\min(m, k)`, whatever the number of iterations.
+    one symmetric solve of size :math:`\min(m, k)` (the Schur complement), whatever the
+    number of iterations. The system is singular along the potentials' gauge, and nearly
+    so along one more direction for each block of a nearly hard plan (small ``eps``:
+    blocks that exchange almost no mass); it is solved by a pseudo-inverse that drops
+    eigenvalues below 1e-12 times the largest column mass, which changes the gradient
+    only where :math:`P_{ij}` is that small, so the backward pass runs at any ``eps``.
     ``a`` and ``b`` are constants (no gradient).
 
     Parameters
@@ -188,20 +265,12 @@ def entropic_plan(C: torch.Tensor, a: Any = None, b: Any = None, *, eps: float, 
     if not C.dtype.is_floating_point:
         raise TypeError(f"C must be a floating-point tensor, got {C.dtype}")
     eps = check_eps(eps)
+    tol, max_iter = check_stopping(tol, max_iter)
     m, k = C.shape
     at = torch.as_tensor(weights(a, m, "a"), dtype=torch.float64, device=C.device)
     bt = torch.as_tensor(weights(b, k, "b"), dtype=torch.float64, device=C.device)
     warm = None
     if warm_start is not None:
-        try:
-            f, g = (torch.as_tensor(np.asarray(v.detach().cpu()) if isinstance(v, torch.Tensor) else v,
-                                    dtype=torch.float64).to(C.device) for v in warm_start)
-        except (TypeError, ValueError):
-            raise TypeError("warm_start must be a pair (f, g) of potentials of shapes (m,) and (k,)") from None
-        if f.shape != (m,) or g.shape != (k,):
-            raise ValueError(f"warm_start potentials must have shapes ({m},) and ({k},), got "
-                             f"{tuple(f.shape)} and {tuple(g.shape)}")
-        if not bool(torch.isfinite(f).all() and torch.isfinite(g).all()):
-            raise ValueError("warm_start potentials must be finite")
-        warm = (f, g)
+        warm = tuple(torch.as_tensor(v, dtype=torch.float64).to(C.device)
+                     for v in _potentials(warm_start, m, k))
     return _EntropicPlan.apply(C, at, bt, eps, tol, max_iter, warm)

@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from otviz.lab import _doc_corpus
-from otviz.lab._ot import solve, weights as _weights
+from otviz.lab._ot import coordinate_scale, solve, weights as _weights
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -141,10 +141,24 @@ def _embeddings(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _euclidean(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+def _euclidean(X: np.ndarray, Y: np.ndarray, what: str = "the word vectors") -> np.ndarray:
+    """Euclidean distances, right for embeddings of any finite size: coordinates beyond about
+    1e120 (or below 1e-120) are first divided by a power of two (exact), whose squares no
+    longer overflow (underflow), and the distances multiplied back."""
     from scipy.spatial.distance import cdist
 
-    return cdist(X, Y, metric="euclidean")
+    s = coordinate_scale(X, Y)
+    if s == 1.0:
+        return cdist(X, Y, metric="euclidean")
+    with np.errstate(over="ignore"):
+        D = s * cdist(X / s, Y / s, metric="euclidean")
+    if not np.isfinite(D).all():
+        raise ValueError(
+            f"{what} are so large (largest |value| {max(np.abs(X).max(), np.abs(Y).max()):.3g}) that "
+            f"their distances overflow float64 (largest {np.finfo(np.float64).max:.3g}); divide all "
+            f"embeddings by one common scale first: the transport plan does not change and the "
+            f"distance is divided by that scale")
+    return D
 
 
 # --------------------------------------------------------------------------- WMD
@@ -176,7 +190,9 @@ def word_movers_plan(doc_a: Any, doc_b: Any, weights_a: Any = None, weights_b: A
     ------
     ValueError
         An empty document, embeddings that are not 2-D, of different dimensions or not
-        finite, weights of the wrong length, negative, not finite or summing to 0.
+        finite, weights of the wrong length, negative, not finite or summing to 0;
+        embeddings so large that their distances overflow float64 (near 1e308: finite
+        embeddings of any smaller size are handled).
 
     References
     ----------
@@ -189,7 +205,7 @@ def word_movers_plan(doc_a: Any, doc_b: Any, weights_a: Any = None, weights_b: A
                          f"{A.shape[1]} and {B.shape[1]} (the same word vectors for both documents)")
     a = _weights(weights_a, A.shape[0], "weights_a")
     b = _weights(weights_b, B.shape[0], "weights_b")
-    return solve(_euclidean(A, B), a, b)
+    return solve(_euclidean(A, B, "doc_a and doc_b"), a, b)
 
 
 def word_movers_distance(doc_a: Any, doc_b: Any, weights_a: Any = None, weights_b: Any = None

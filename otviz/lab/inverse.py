@@ -82,15 +82,21 @@ sampled pairs (counts are fine: every plan is rescaled to total mass 1). A point
 with no mass in an observed plan is left out of that plan's problem, which is
 exact: a point of weight 0 does not change the entropic plan of the others. An
 observed plan sharper than any entropic plan (a permutation, an exact OT plan)
-pulls the fitted cost towards infinity; pass ``reg > 0`` (a ridge penalty on the
+pulls the fitted cost towards infinity (the fit stops where the stopping rule says,
+at a scale the plan does not set); pass ``reg > 0`` (a ridge penalty on the
 parameters) or a larger ``eps`` for such data.
 
 Every iterate's entropic plans are solved to a marginal error of at most 1e-6
 (trial points of the line search may be solved more loosely). Sinkhorn converges
-slowly when the cost spans a few hundred ``eps`` or more; a fit whose iterate cannot
-be solved to that accuracy raises ``RuntimeError`` saying so, and the accuracy of
-the solves bounds that of the recovered cost (measured: relative error ~1e-10 at
-``eps = 0.5`` on 30 standard-normal points a set, ~1e-3 at ``eps = 0.3`` on 60).
+slowly when the cost spans a few hundred ``eps`` or more (a nearly hard plan): such a
+solve is redone by eps-scaling (from ``eps`` = a tenth of the cost's range, halved stage
+by stage, each stage warm-started from the last one's potentials) and finished by
+Newton's method on the dual, and that plan's later solves start from its potentials.
+A fit whose iterate still cannot be solved to that accuracy raises ``RuntimeError``
+saying so; the accuracy of the solves bounds that of the recovered cost (measured:
+relative error ~1e-10 at ``eps = 0.5`` on 30 standard-normal points a set, ~1e-3 at
+``eps = 0.3`` on 60; 2.5e-4 for a 5 x 5 plan generated at ``eps = 0.01`` and fitted
+at ``eps = 0.1``, whose costs span 100 to 1000 ``eps``).
 
 Reference
 ---------
@@ -101,6 +107,7 @@ Functions for Optimal Transport.* arXiv:2002.09650, 2020.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -111,7 +118,7 @@ import numpy as np
 import torch
 
 from otviz._device import resolve_device
-from otviz.lab._ot import check_eps, solve
+from otviz.lab._ot import check_eps, coordinate_scale, solve
 
 __all__ = [
     "CostFit",
@@ -134,7 +141,10 @@ _MARGINAL_RTOL = 1e-6   # observed marginals vs given weights
 _SOLVE_TOL = 1e-10      # marginal error the inner entropic solves aim at
 _SOLVE_ACCEPT = 1e-6    # ... and the largest one accepted when the solver stops short
 _SOLVE_ITER = 10_000    # Sinkhorn iterations of a solve
-_SOLVE_ITER_RETRY = 60_000  # ... and of its second try where the result must be accurate
+_ANNEAL_ITER = 1_000    # Sinkhorn iterations of each eps-scaling stage (Newton finishes the last)
+_NEWTON_STEPS = 20      # at most, finishing a sharp problem's eps-scaling (each one solve of m + k)
+_M_TINY = np.finfo(np.float64).tiny * 2.0 ** 53  # a fitted M's scale below this loses precision
+_M_HUGE = np.finfo(np.float64).max * 2.0 ** -53  # ... and above this its costs overflow
 
 
 # ----------------------------------------------------------------------------
@@ -250,6 +260,7 @@ class _Problem:
         self.P_t = torch.as_tensor(Q, dtype=torch.float64, device=device)
         self.last_error = 0.0  # marginal error of the last entropic solve
         self.strict = True  # solve to _SOLVE_ACCEPT or raise (False: a line-search trial point)
+        self.warm: tuple[np.ndarray, np.ndarray] | None = None  # potentials, once eps-scaling was needed
 
     def full(self, Q: np.ndarray) -> np.ndarray:
         out = np.zeros(self.shape)
@@ -280,28 +291,107 @@ _SHARP_HINT = {
 
 
 def _entropic(C: np.ndarray, a: np.ndarray, b: np.ndarray, eps: float, what: str,
-              strict: str | None = "fit") -> tuple[np.ndarray, float]:
+              strict: str | None = "fit", problem: "_Problem | None" = None) -> tuple[np.ndarray, float]:
     """The entropic plan (library solver) and its marginal error.
 
     ``strict`` names the context of the error raised when the solver stops short of
     :data:`_SOLVE_ACCEPT`; ``None`` accepts any finite plan (a trial point of a line
-    search, judged by the value it gives)."""
+    search, judged by the value it gives). A cost the solver cannot finish from a cold
+    start is solved again by eps-scaling (:func:`_annealed`); the ``problem`` it came from
+    then keeps its potentials, and its next costs (close ones, along the minimisation)
+    start from them by Newton's method."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # judged below
-        al = solve(C, a, b, eps=eps, tol=_SOLVE_TOL, max_iter=_SOLVE_ITER)
-        if strict is not None and not al.converged and not al.marginal_error <= _SOLVE_ACCEPT:
-            al = solve(C, a, b, eps=eps, tol=_SOLVE_TOL, max_iter=_SOLVE_ITER_RETRY)
-    P = np.asarray(al.plan, dtype=np.float64)
-    err = float(al.marginal_error)
+        if problem is not None and problem.warm is not None:  # a sharp problem: no cold start
+            P, err, pots = _newton(C, a, b, eps, *problem.warm)
+            if not err <= _SOLVE_TOL:
+                P, err, pots = _annealed(C, a, b, eps)
+            problem.warm = pots
+            ok = err <= _SOLVE_ACCEPT
+        else:
+            al = solve(C, a, b, eps=eps, tol=_SOLVE_TOL, max_iter=_SOLVE_ITER)
+            P = np.asarray(al.plan, dtype=np.float64)
+            err = float(al.marginal_error)
+            ok = al.converged or err <= _SOLVE_ACCEPT
+            if strict is not None and not ok:
+                P, err, pots = _annealed(C, a, b, eps)
+                ok = err <= _SOLVE_ACCEPT
+                if problem is not None:
+                    problem.warm = pots
     if not np.isfinite(P).all():
         raise RuntimeError(f"entropic OT gave a non-finite plan for {what} at eps={eps:g}; "
                            + _SHARP_HINT[strict or "fit"])
-    if strict is not None and not al.converged and not err <= _SOLVE_ACCEPT:
+    if strict is not None and not ok:
         raise RuntimeError(
             f"entropic OT did not converge for {what} (marginal error {err:.1e} after the solver's "
             f"iterations): the cost is too sharp for eps={eps:g} (its entries span {np.ptp(C) / eps:.3g} "
             f"eps); " + _SHARP_HINT[strict])
     return P, err
+
+
+def _annealed(C: np.ndarray, a: np.ndarray, b: np.ndarray, eps: float
+              ) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray]]:
+    """The entropic plan of a cost too sharp for a cold start: eps-scaling, then Newton.
+
+    Sinkhorn's rate degrades as the plan nears a permutation: on a sharp 5 x 5 plan at
+    eps = 0.1 (a cost spanning 100 to 1000 eps) it stalls at a marginal error of 1e-6 after
+    60,000 iterations. So the problem is solved at ``eps0 = ptp(C) / 10`` (a smooth plan),
+    then at ``eps0`` halved stage by stage down to ``eps``, each stage started from the
+    previous stage's potentials; the last stage's potentials, already close, are finished
+    by Newton's method on the dual (:func:`_newton`). Returns the plan, its marginal error
+    and its potentials."""
+    e = max(eps, float(np.ptp(C)) / 10.0)
+    regs = []
+    while e > eps * 1.5:
+        regs.append(e)
+        e /= 2.0
+    regs.append(eps)
+    warm = None
+    for i, r in enumerate(regs):
+        last = i == len(regs) - 1
+        al = solve(C, a, b, eps=r, tol=_SOLVE_TOL if last else _SOLVE_ACCEPT, max_iter=_ANNEAL_ITER,
+                   warm_start=warm)
+        warm = al.potentials
+    return _newton(C, a, b, eps, *warm)
+
+
+def _newton(C: np.ndarray, a: np.ndarray, b: np.ndarray, eps: float, f: np.ndarray, g: np.ndarray
+            ) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray]]:
+    r"""Newton's method on the entropic dual from potentials ``(f, g)`` (absolute), damped,
+    until the marginal error is :data:`_SOLVE_TOL` or no step lowers it.
+
+    With :math:`P_{ij} = a_i b_j e^{(f_i + g_j - C_{ij})/\varepsilon}`, a step solves
+    :math:`[\mathrm{diag}(P1), P; P^\top, \mathrm{diag}(P^\top 1)]\,(\delta f, \delta g)
+    = \varepsilon\,(a - P1, b - P^\top 1)` (least squares: the system is singular along the
+    potentials' gauge). It converges quadratically where Sinkhorn crawls (nearly hard plans)."""
+    f, g = np.asarray(f, dtype=np.float64), np.asarray(g, dtype=np.float64)
+    la, lb = np.log(a), np.log(b)
+    m = C.shape[0]
+
+    def state(f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        with np.errstate(over="ignore"):
+            P = np.exp((f[:, None] + g[None, :] - C) / eps + la[:, None] + lb[None, :])
+        rows, cols = P.sum(1), P.sum(0)
+        err = float(np.abs(rows - a).sum() + np.abs(cols - b).sum())
+        return P, rows, cols, err if np.isfinite(err) else math.inf
+
+    P, rows, cols, err = state(f, g)
+    for _ in range(_NEWTON_STEPS):
+        if err <= _SOLVE_TOL:
+            break
+        H = np.block([[np.diag(rows), P], [P.T, np.diag(cols)]])
+        step = np.linalg.lstsq(H, eps * np.concatenate([a - rows, b - cols]), rcond=1e-13)[0]
+        t = 1.0
+        while t >= 1.0 / 64:  # damped: the full step once close, shorter ones before
+            trial = state(f + t * step[:m], g + t * step[m:])
+            if trial[3] < err:
+                break
+            t /= 2.0
+        else:
+            break  # no step lowers the error: as accurate as float64 allows here
+        f, g = f + t * step[:m], g + t * step[m:]
+        P, rows, cols, err = trial
+    return P, err, (f, g)
 
 
 def _kl_terms(P_obs: np.ndarray, P_model: np.ndarray, C: np.ndarray, a: np.ndarray, b: np.ndarray,
@@ -324,7 +414,8 @@ class _InverseKL(torch.autograd.Function):
     def forward(ctx, C, problem, eps, what):
         C_np = C.detach().to("cpu", torch.float64).numpy()
         P_model, problem.last_error = _entropic(C_np, problem.a, problem.b, eps, what,
-                                                strict="fit" if problem.strict else None)
+                                                strict="fit" if problem.strict else None,
+                                                problem=problem)
         value = _kl_terms(problem.P, P_model, C_np, problem.a, problem.b, eps, problem.kl_independent)
         G = (problem.P_t - torch.as_tensor(P_model, dtype=torch.float64, device=C.device)) / eps
         ctx.save_for_backward(G)
@@ -428,6 +519,8 @@ def _minimise(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], p
 def _check_iter(max_iter: Any, tol: Any, reg: Any) -> tuple[int, float, float]:
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol must be a non-negative finite number, got {type(tol).__name__} {tol!r}")
     tol = float(tol)
     if not (tol >= 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a non-negative finite number, got {tol!r}")
@@ -477,7 +570,14 @@ def mahalanobis_cost(x: Any, y: Any, M: Any) -> np.ndarray:
     if A.shape[0] != X.shape[1]:
         raise ValueError(f"M is {A.shape[0]}x{A.shape[0]} but the points have {X.shape[1]} coordinates")
     D = X[:, None, :] - Y[None, :, :]
-    return np.maximum(np.einsum("ijk,kl,ijl->ij", D, A, D), 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        C = np.maximum(np.einsum("ijk,kl,ijl->ij", D, A, D), 0.0)
+    if not np.isfinite(C).all():
+        top = max(np.abs(X).max(), np.abs(Y).max())
+        raise ValueError(f"the cost overflows float64 (points up to |{top:.3g}|, "
+                         f"M up to |{np.abs(A).max():.3g}|); divide the points by a common scale s "
+                         f"(and multiply M by s**2 for the same cost)")
+    return C
 
 
 def _mahalanobis_t(X: torch.Tensor, Y: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
@@ -606,10 +706,10 @@ class CostFit:
         if on_span:
             Pi = self.span @ self.span.T
             A, Mh = Pi @ A @ Pi, Pi @ Mh @ Pi
-        den = np.linalg.norm(A)
-        if den == 0:
+        c = float(np.abs(A).max())  # both divided by one number (norms of 1e±200 entries overflow)
+        if c == 0:
             raise ValueError("M_true is zero (on the span): the relative error is undefined")
-        return float(np.linalg.norm(Mh - A) / den)
+        return float(np.linalg.norm(Mh / c - A / c) / np.linalg.norm(A / c))
 
 
 def _span(xs: list[np.ndarray], ys: list[np.ndarray], problems: list[_Problem]) -> np.ndarray:
@@ -649,6 +749,12 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
     ``eps``), and only on the span of the centred points (:attr:`CostFit.span`); see
     the module's documentation.
 
+    **Units**: points far from unit size (beyond about 1e±18) are divided by a power of two
+    for the fit (the same problem, with ``reg`` and ``init`` converted) and :math:`M` is
+    converted back; points so large or small that :math:`M` (of the order of ``eps`` over
+    their squared distances) leaves the range float64 holds to full precision are refused
+    with a ``ValueError`` that says how to rescale them.
+
     Parameters
     ----------
     xs, ys : array (m, d) and (k, d), or sequences of T such arrays
@@ -664,7 +770,11 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
         Starting :math:`M` (PSD); default the best isotropic cost.
     reg : float
         Ridge penalty on :math:`M` (0 by default); use it for plans sharper than
-        entropic plans (exact or permutation couplings).
+        entropic plans (exact or permutation couplings): without it their cost grows until
+        the stopping rule stops it, reproducing the plan with a scale the plan does not set.
+        Sharp entropic plans (costs spanning hundreds of ``eps``) need no ``reg``: a solve
+        that Sinkhorn cannot finish from a cold start is redone by eps-scaling and
+        finished by Newton's method on the dual.
     max_iter, tol : the stopping rule.
     device : where the costs and gradients are computed (the OT solves run on the CPU).
 
@@ -700,6 +810,22 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
     Y_np = [_points(y, f"ys[{t}]", d) for t, y in enumerate(Y_list)]
     P_np = [_plan(p, f"plans[{t}]", (len(x), len(y))) for t, (p, x, y) in enumerate(zip(P_list, X_np, Y_np))]
     problems = _problems(P_np, _weights_list(a, T, "a"), _weights_list(b, T, "b"), dev)
+    # Points far from unit size (beyond about 1e±18) are divided by a power of two u (exact):
+    # the cost (x - y)^T M (x - y) is unchanged with M u^2 for the points / u, whose squared
+    # distances (and their squares, in the objective's scale) stay far from overflow. The fit
+    # is the same problem (reg scales by u^-4, init by u^2); M, L and the isotropic scale are
+    # scaled back at the end.
+    u = coordinate_scale(*X_np, *Y_np, bits=60)
+    top = max(float(np.abs(v).max()) for v in X_np + Y_np)
+    e = math.frexp(u)[1] - 1  # u = 2**e
+    if u != 1.0:
+        X_np, Y_np = [x / u for x in X_np], [y / u for y in Y_np]
+        try:
+            reg = math.ldexp(reg, -4 * e)
+        except OverflowError:
+            raise ValueError(f"reg = {reg:g} is too large for points this small (largest |coordinate| "
+                             f"{top:.3g}): the ridge reg * ||M||^2 overflows; pass a smaller reg or "
+                             f"divide the points by a common scale") from None
     span = _span(X_np, Y_np, problems)
     Xs = [torch.as_tensor(x, dtype=torch.float64, device=dev) for x in X_np]
     Ys = [torch.as_tensor(y, dtype=torch.float64, device=dev) for y in Y_np]
@@ -718,6 +844,19 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
 
     iso_hist, _, _ = _minimise([theta], iso_loss, problems, eps, max_iter=50, tol=tol)
     s_iso = float(theta.detach() ** 2)
+    if u != 1.0 and s_iso > 0.0:
+        try:
+            m_scale = math.ldexp(s_iso, -2 * e)
+        except OverflowError:
+            m_scale = math.inf
+        if not _M_TINY <= m_scale <= _M_HUGE:
+            raise ValueError(
+                f"xs and ys are so {'large' if u > 1.0 else 'small'} (largest |coordinate| {top:.3g}) "
+                f"that the fitted M, of the order of eps over their squared distances (here about "
+                f"1e{math.log10(s_iso) - 2 * e * math.log10(2.0):.0f}), is outside the range float64 "
+                f"holds to full precision ({_M_TINY:.3g} to {_M_HUGE:.3g}); divide every point set by one common scale s "
+                f"first (e.g. s = {top:.3g}): the observed plans stay the same, and the M fitted to "
+                f"the points divided by s is s**2 times the M of the points as given")
     # 2. the full matrix
     if init is None:
         L0 = math.sqrt(s_iso) * np.eye(d)
@@ -725,6 +864,10 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
         A0 = _check_psd(init, "init")
         if A0.shape != (d, d):
             raise ValueError(f"init must be a ({d}, {d}) matrix, got {A0.shape}")
+        A0 = A0 * (u * u)  # in the units of the rescaled points
+        if not np.isfinite(A0).all():
+            raise ValueError(f"init times the points' squared scale overflows float64; pass a "
+                             f"smaller init (about eps over the points' squared distances)")
         w, V = np.linalg.eigh(A0)
         L0 = V * np.sqrt(np.maximum(w, 0.0))
     L = torch.as_tensor(L0, dtype=torch.float64, device=dev).clone().requires_grad_(True)
@@ -746,6 +889,8 @@ def fit_cost(xs: Any, ys: Any, plans: Any, *, eps: float, a: Any = None, b: Any 
             fitted.append(pb.full(P_model))
     kl_arr = np.maximum(np.asarray(kl), 0.0)  # the formula is exact up to the solver's accuracy
     kl_ind = np.asarray([pb.kl_independent for pb in problems])
+    if u != 1.0:  # back to the units of the points as given (exact: u is a power of two)
+        L_np, s_iso = np.ldexp(L_np, -e), math.ldexp(s_iso, -2 * e)
     return CostFit(M=L_np @ L_np.T, L=L_np, eps=eps, loss=np.asarray(history), kl=kl_arr,
                    kl_independent=kl_ind, explained=_explained(kl_arr, kl_ind), plans=fitted,
                    marginal_error=merr, isotropic_scale=s_iso, kl_isotropic=float(iso_hist[-1]),

@@ -411,6 +411,22 @@ def _sqdist(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return np.maximum(D, 0.0)
 
 
+def _scaled_sqdist(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(D, s)``: the squared distances of ``X / s`` and ``Y / s``, ``s`` a power of two
+    (:func:`otviz.lab._ot.coordinate_scale`, 1 for coordinates within about 1e±120), so
+    that ``D`` neither overflows nor underflows; the true ones are ``s**2 * D``."""
+    s = _ot.coordinate_scale(X, Y)
+    return (_sqdist(X, Y) if s == 1.0 else _sqdist(X / s, Y / s)), s
+
+
+def _overflow_error(X: np.ndarray, Y: np.ndarray, what: str, quantity: str) -> ValueError:
+    top = max(float(np.abs(X).max()), float(np.abs(Y).max()))
+    return ValueError(
+        f"{what} are so large (largest |value| {top:.3g}) that {quantity} float64 "
+        f"(largest {np.finfo(np.float64).max:.3g}); divide both by one common scale s first (e.g. "
+        f"s = {top:.3g}): the transport plan does not change, and distances are divided by s")
+
+
 def w2_samples(X: Any, Y: Any) -> float:
     r""":math:`W_2` between two point clouds with uniform weights, by exact OT.
 
@@ -419,10 +435,17 @@ def w2_samples(X: Any, Y: Any) -> float:
 
     (network simplex via :func:`otviz.lab._ot.solve`). Between two samples of the
     *same* distribution this is not 0: it shrinks like :math:`n^{-1/2}` in 2-D (up to a log).
+    Points of any finite size are handled (beyond about 1e±120 they are first divided by a
+    power of two, which leaves the plan as it is); a ``ValueError`` says so when
+    :math:`W_2` itself exceeds float64's range.
     """
     X = _points(X, "X")
     Y = _points(Y, "Y", dim=X.shape[1])
-    return math.sqrt(max(_ot.solve(_sqdist(X, Y)).distance, 0.0))
+    D, s = _scaled_sqdist(X, Y)  # the plan does not change with the scale; W2 scales with s
+    w2 = s * math.sqrt(max(_ot.solve(D).distance, 0.0))
+    if not math.isfinite(w2):
+        raise _overflow_error(X, Y, "X and Y", "their W2 distance overflows")
+    return w2
 
 
 @dataclass
@@ -451,7 +474,7 @@ class BarycentricMap:
 
     def __call__(self, x: Any) -> np.ndarray:
         X = _points(x, "x", dim=self.source.shape[1])
-        return self.images[np.argmin(_sqdist(X, self.source), axis=1)]
+        return self.images[np.argmin(_scaled_sqdist(X, self.source)[0], axis=1)]
 
 
 def barycentric_map(source: Any, target: Any, a: Any = None, b: Any = None) -> BarycentricMap:
@@ -470,10 +493,24 @@ def barycentric_map(source: Any, target: Any, a: Any = None, b: Any = None) -> B
     ----------
     source, target : arrays (n, d) and (m, d)
     a, b : optional weights (uniform by default).
+
+    Raises
+    ------
+    ValueError
+        Points of different dimensions, not finite, or so large that their squared
+        distances (the alignment's cost matrix) overflow float64: divide both by one
+        common scale first (the plan does not change).
     """
     X = _points(source, "source")
     Y = _points(target, "target", dim=X.shape[1])
-    al = _ot.solve(_sqdist(X, Y), a, b)
+    D, s = _scaled_sqdist(X, Y)
+    if s != 1.0:
+        with np.errstate(over="ignore"):
+            D = D * (s * s)
+        if not np.isfinite(D).all():
+            raise _overflow_error(X, Y, "source and target", "their squared distances (the "
+                                  "alignment's cost matrix and W2 squared, its distance) overflow")
+    al = _ot.solve(D, a, b)
     P = np.asarray(al.plan)
     row = P.sum(1)
     images = (P @ Y) / np.where(row > 0, row, 1.0)[:, None]

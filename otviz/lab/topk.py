@@ -64,7 +64,7 @@ import torch
 
 from otviz._device import resolve_device
 
-from ._ot import check_eps, entropic_plan
+from ._ot import check_eps, check_stopping, entropic_plan
 
 if TYPE_CHECKING:
     from torch import nn
@@ -259,7 +259,8 @@ def soft_topk(scores: Any, k: int, eps: float, *, rescale: bool = True, tol: flo
     ------
     ValueError, TypeError
         Empty, non-finite or non-real scores, more than two dimensions, ``k`` not an
-        integer in ``1..n``, ``eps`` not a positive finite number.
+        integer in ``1..n``, ``eps`` or ``tol`` not a positive finite number,
+        ``max_iter`` not a positive integer.
 
     Notes
     -----
@@ -293,6 +294,7 @@ def soft_topk(scores: Any, k: int, eps: float, *, rescale: bool = True, tol: flo
     n = x.shape[-1]
     k = _check_k(k, n)
     eps = check_eps(eps)
+    tol, max_iter = check_stopping(tol, max_iter)
     if k == n:
         return x * 0 + 1  # keep everything: constant, on x's graph, dtype and device
     rows = x.reshape(-1, n).to(torch.float64)
