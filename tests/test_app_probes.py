@@ -89,6 +89,10 @@ def test_refused_probes_are_one_error_each_and_the_page_keeps_serving(tmp_path, 
                                                   "shape": (10_000_000, 1000)})
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("x.npy", header.getvalue() + bytes(1 << 20))
+    huge = tmp_path / "huge.npy"  # a sparse file that holds the 75 GiB its header declares
+    with open(huge, "wb") as fh:
+        fh.write(header.getvalue())
+        fh.truncate(len(header.getvalue()) + 80_000_000_000)
     images = tmp_path / "images"
     images.mkdir()
     black_png(images / "big.png", 12000, 12000)
@@ -106,7 +110,8 @@ def test_refused_probes_are_one_error_each_and_the_page_keeps_serving(tmp_path, 
 
     by_label(at.radio, "Probe inputs").set_value("file").run()
     for path, expected in ((fifo, "is a named pipe (FIFO); otviz reads only regular files"),
-                           (bomb, "would need 74.5 GiB (80,000,000,000 bytes), more than the memory limit "
+                           (bomb, "entry 'x' is truncated: its header declares 10000000x1000 float64"),
+                           (huge, "would need 74.5 GiB (80,000,000,000 bytes), more than the memory limit "
                                   "of 2 GiB; nothing was read")):
         by_label(at.text_input, FILE_BOX).set_value(str(path)).run()
         assert not at.exception, [e.value for e in at.exception]

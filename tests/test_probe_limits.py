@@ -322,6 +322,10 @@ def test_npy_and_safetensors_headers_are_checked_before_their_data(tmp_path):
     st_bomb = tmp_path / "huge.safetensors"
     header = json.dumps({"x": {"dtype": "F32", "shape": [10**6, 10**4], "data_offsets": [0, 4 * 10**10]}}).encode()
     st_bomb.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    with pytest.raises(ValueError, match="corrupt safetensors header: .* has only 16 bytes"):
+        ex.load_tensor_file(st_bomb)  # the header lies about the data it holds
+    with open(st_bomb, "r+b") as fh:  # sparse: the declared 37 GiB of data, nothing written
+        fh.truncate(8 + len(header) + 4 * 10**10)
     with pytest.raises(ModelTooLargeError, match="the probe tensors .* nothing was read"):
         ex.load_tensor_file(st_bomb)
 
