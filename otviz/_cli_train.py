@@ -15,6 +15,8 @@ import re
 import sys
 from typing import Any
 
+from .cli import _non_negative_int, _positive_int
+
 #: The :class:`otviz.train.TrainConfig` defaults that ``otviz train`` passes on (listed here
 #: so that parsing needs no torch; tests/test_cli.py checks them against the class).
 CONFIG_DEFAULTS: dict[str, Any] = {"setting": "distill", "method": "ot", "seed": 0, "device": "cpu"}
@@ -77,23 +79,6 @@ def _steps(text: str) -> int | None:
     return n or None
 
 
-def _int_min(minimum: int) -> Any:
-    """An argparse type: an integer >= ``minimum`` (what training checks, said before it starts)."""
-    what = "a positive integer" if minimum == 1 else "a non-negative integer"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return value
-
-    parse.__name__ = what
-    return parse
-
-
 def _real(*, positive: bool) -> Any:
     """An argparse type: a finite number, > 0 (``positive``) or >= 0."""
     what = "a positive number" if positive else "a non-negative number"
@@ -111,7 +96,6 @@ def _real(*, positive: bool) -> Any:
     return parse
 
 
-_POS_INT, _NONNEG_INT = _int_min(1), _int_min(0)
 _POS_REAL, _NONNEG_REAL = _real(positive=True), _real(positive=False)
 
 
@@ -242,11 +226,11 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                    help=f"conv neurons: one feature per input and position (flatten) or per input "
                         f"(mean) (recipe: {C['spatial']})")
     o = p.add_argument_group("optimisation; default: the recipe")
-    o.add_argument("--epochs", type=_POS_INT, default=R, help=f"evaluations (recipe: {_by_setting('epochs')})")
+    o.add_argument("--epochs", type=_positive_int, default=R, help=f"evaluations (recipe: {_by_setting('epochs')})")
     o.add_argument("--steps-per-epoch", type=_steps, default=R,
                    help=f"steps between evaluations, 0 = one pass over the training set (recipe: "
                         f"{_by_setting('steps_per_epoch')})")
-    o.add_argument("--batch-size", type=_POS_INT, default=R, help=f"minibatch size (recipe: {_by_setting('batch_size')})")
+    o.add_argument("--batch-size", type=_positive_int, default=R, help=f"minibatch size (recipe: {_by_setting('batch_size')})")
     o.add_argument("--lr", type=_POS_REAL, default=R,
                    help=f"Adam learning rate (recipe: {_by_setting('lr')})")
     o.add_argument("--schedule", default=R, choices=["cosine", "constant"],
@@ -268,7 +252,7 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
     b.add_argument("--sp-weight", type=_NONNEG_REAL, default=R,
                    help=f"weight of the similarity-preserving term, sp only (recipe: {C['sp_weight']:g})")
     t = p.add_argument_group("task and run")
-    t.add_argument("--k", type=_POS_INT, default=R,
+    t.add_argument("--k", type=_positive_int, default=R,
                    help="labelled images per class (default: the setting's, 10 in the transfer settings; "
                         "distill uses the full training split, and --k there departs from the setting)")
     t.add_argument("--val-size", type=_val_size, default=R, metavar="FRACTION|N",
@@ -278,11 +262,11 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                         "few-label settings the k labels per class are drawn from the rest "
                         "(default: none, the test accuracy is logged every epoch)")
     t.add_argument("--student-width", type=_POS_REAL, default=R, help="override the student's width multiplier")
-    t.add_argument("--seed", type=_NONNEG_INT, default=d.seed,
+    t.add_argument("--seed", type=_non_negative_int, default=d.seed,
                    help="seed of the validation part, label draw, initialisation and batch order "
                         "(the same seed gives every method the same ones)")
     t.add_argument("--device", default=d.device, type=_device, help="cpu, cuda or cuda:N (default cpu)")
-    t.add_argument("--threads", type=_POS_INT, default=None, help="torch threads for this run (per process)")
+    t.add_argument("--threads", type=_positive_int, default=None, help="torch threads for this run (per process)")
     t.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
                    help="train in N processes with DistributedDataParallel: starts `torchrun "
                         "--standalone --nproc_per_node=N -m otviz train ...` with the other options "
@@ -509,16 +493,6 @@ def add_runs(subparsers: Any) -> None:
     p.add_argument("--limit", type=_positive_int, default=30, help="rows to print (default 30)")
     _add_store_option(p)
     p.set_defaults(func=_run_runs)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
 
 
 def _run_runs(args: argparse.Namespace) -> int:

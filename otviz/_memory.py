@@ -86,7 +86,8 @@ def meta_nbytes(build: Callable[[], nn.Module]) -> int:
     return module_nbytes(module)
 
 
-def check_limit(nbytes: int, max_bytes: int | None, what: str, *, fix: str = "") -> None:
+def check_limit(nbytes: int, max_bytes: int | None, what: str, *, fix: str = "",
+                of: str = " of parameters and buffers", done: str = "nothing was allocated") -> None:
     """Raise :class:`ModelTooLargeError` when ``nbytes > max_bytes`` (``None`` = no limit).
 
     Parameters
@@ -99,6 +100,10 @@ def check_limit(nbytes: int, max_bytes: int | None, what: str, *, fix: str = "")
         What is being loaded, for the message.
     fix : str, optional
         Extra advice appended to the message.
+    of : str, optional
+        What the bytes are, after the amount (" of parameters and buffers" for a model).
+    done : str, optional
+        What the refusal spared ("nothing was allocated" for a model, "nothing was read" for a probe).
     """
     if max_bytes is None:
         return
@@ -106,8 +111,8 @@ def check_limit(nbytes: int, max_bytes: int | None, what: str, *, fix: str = "")
         raise ValueError(f"max_bytes must be a positive number of bytes or None, got {max_bytes!r}")
     if nbytes > max_bytes:
         raise ModelTooLargeError(
-            f"{what} would need {format_bytes(nbytes)} ({nbytes:,} bytes) of parameters and buffers, "
-            f"more than the memory limit of {format_bytes(max_bytes)}; nothing was allocated. "
+            f"{what} would need {format_bytes(nbytes)} ({nbytes:,} bytes){of}, "
+            f"more than the memory limit of {format_bytes(max_bytes)}; {done}. "
             + (fix or "Raise the limit (max_bytes=...) if this machine has the memory."),
             nbytes, int(max_bytes),
         )

@@ -67,9 +67,10 @@ def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {what} (>= {minimum}), got {text!r}")
         return value
 
+    parse.__name__ = what
     return parse
 
 

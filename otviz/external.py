@@ -1137,15 +1137,9 @@ MAX_NPZ_MEMBERS: int = 1024
 
 def _probe_limit(nbytes: int, max_bytes: int | None, what: str) -> None:
     """Refuse a probe declaring more than ``max_bytes`` (a :class:`ModelTooLargeError`), before reading it."""
-    if max_bytes is None:
-        return
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, float)) or max_bytes <= 0:
-        raise ValueError(f"max_bytes must be a positive number of bytes or None, got {max_bytes!r}")
-    if nbytes > max_bytes:
-        raise ModelTooLargeError(
-            f"{what} would need {format_bytes(nbytes)} ({nbytes:,} bytes), more than the memory limit of "
-            f"{format_bytes(max_bytes)}; nothing was read. Probe with fewer inputs (limit=, a smaller file), "
-            "or raise the limit (max_bytes=...) if this machine has the memory.", nbytes, int(max_bytes))
+    check_limit(nbytes, max_bytes, what, of="", done="nothing was read",
+                fix="Probe with fewer inputs (limit=, a smaller file), or raise the limit (max_bytes=...) if this "
+                    "machine has the memory.")
 
 
 def _to_tensor(arr: Any, what: str) -> torch.Tensor:
