@@ -214,6 +214,14 @@ def _rank_process(pid: int, rank: int, timeout: float = 120):
     raise AssertionError(f"no rank {rank} process under {pid}")
 
 
+def _start_long_training(db, stderr=subprocess.PIPE) -> subprocess.Popen:
+    """``otviz train --nproc 2`` of a training long enough to be stopped or killed while it runs."""
+    long = dict(TINY, steps_per_epoch=5000)
+    return subprocess.Popen([sys.executable, "-m", "otviz", "train", "--nproc", "2", "--config-json",
+                             json.dumps(long), "--store", str(db), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=_env(), cwd=ROOT)
+
+
 def _running_run(store: RunStore, proc: subprocess.Popen, timeout: float = 180) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -229,10 +237,7 @@ def _running_run(store: RunStore, proc: subprocess.Popen, timeout: float = 180) 
 def test_stop_or_crash_ends_every_process(tmp_path, how):
     pytest.importorskip("psutil")
     db = tmp_path / "runs.db"
-    long = dict(TINY, steps_per_epoch=5000)
-    proc = subprocess.Popen([sys.executable, "-m", "otviz", "train", "--nproc", "2", "--config-json",
-                             json.dumps(long), "--store", str(db), "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    proc = _start_long_training(db)
     try:
         store = RunStore(db)
         rid = _running_run(store, proc)
@@ -264,10 +269,7 @@ def test_stop_or_crash_ends_every_process(tmp_path, how):
 def test_killed_rank_is_stored_as_a_one_line_reason(tmp_path):
     pytest.importorskip("psutil")
     db = tmp_path / "runs.db"
-    long = dict(TINY, steps_per_epoch=5000)
-    proc = subprocess.Popen([sys.executable, "-m", "otviz", "train", "--nproc", "2", "--config-json",
-                             json.dumps(long), "--store", str(db), "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    proc = _start_long_training(db)
     try:
         store = RunStore(db)
         rid = _running_run(store, proc)
@@ -315,10 +317,7 @@ def test_lost_peer_error_becomes_one_line():
 def test_killing_the_launcher_stops_every_process(tmp_path):
     psutil = pytest.importorskip("psutil")
     db = tmp_path / "runs.db"
-    long = dict(TINY, steps_per_epoch=5000)
-    proc = subprocess.Popen([sys.executable, "-m", "otviz", "train", "--nproc", "2", "--config-json",
-                             json.dumps(long), "--store", str(db), "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=ROOT)
+    proc = _start_long_training(db, stderr=subprocess.DEVNULL)
     workers = []
     try:
         store = RunStore(db)
