@@ -251,6 +251,28 @@ def test_standardize_huge_float32_values(big):
     assert reg(ctx).item() == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+def test_regularizer_of_float32_features_at_extreme_scales_is_the_float64_value(scale):
+    """Unnormalised float32 features whose distance float32 cannot hold: the term stays finite and
+    nonzero (returned in float64, as ot_distance does), and its gradient reaches the student."""
+    T, S = layers(m=30, k=20, d=40, noise=0.3)
+    reg = OTRegularizer([("x", "x")], weight=1.0, normalize=None, feature_scale="sum")
+
+    def term(t, s):
+        ctx = StepContext(inputs=t, targets=torch.zeros(40, dtype=torch.long),
+                          student_logits=torch.zeros(40, 2), teacher_logits=None,
+                          student_features={"x": s}, teacher_features={"x": t})
+        return reg(ctx)
+
+    ref = term(T.T.contiguous() * scale, S.T.contiguous() * scale)  # float64 features
+    sf = (S.T * scale).float().requires_grad_(True)
+    value = term((T.T * scale).float(), sf)
+    assert torch.isfinite(value) and value.item() > 0
+    assert value.item() == pytest.approx(ref.item(), rel=1e-5)
+    value.backward()
+    assert torch.isfinite(sf.grad).all() and sf.grad.abs().sum() > 0
+
+
 def test_autodiff_at_tiny_eps_warns_with_the_fix():
     T, S = layers(m=20, k=15, d=20, noise=1.0)
     with pytest.warns(RuntimeWarning, match="grad='envelope'"):

@@ -311,7 +311,8 @@ class OTRegularizer(_PairLoss):
         # below runs in otviz.transport.compute_dtype (float64 on the CPU, float32
         # at least elsewhere) with autocast off; the gradient flows back to the
         # student's features in their own dtype, and the value is returned in
-        # float32 (or the features' dtype if wider).
+        # float32 (or the features' dtype if wider; float64 where float32 would
+        # round it to inf or 0, as otviz.ot_distance does).
         out_dtype = torch.promote_types(sn.dtype, torch.float32)
         with _transport._no_autocast(sn.device):
             dtype = _transport.compute_dtype(tn, sn)
@@ -333,7 +334,7 @@ class OTRegularizer(_PairLoss):
         self._alignments[key] = alignment
         if alignment.potentials is not None:
             self._potentials[key] = alignment.potentials
-        return value.to(out_dtype)
+        return _transport._as_out_dtype(value, out_dtype)
 
     def pair_distances(self, ctx: StepContext, *, grad: bool = True) -> dict[str, torch.Tensor]:
         """Scaled OT distance of every pair on this step's features (unweighted)."""
