@@ -973,6 +973,8 @@ def _median_torch(C: torch.Tensor) -> float:
 def _solve(C: np.ndarray, a: np.ndarray, b: np.ndarray, method: str, eps: float | None,
            reg_m: float, tol: float, max_iter: int, warm: tuple | None,
            scale: float | None = None) -> dict[str, Any]:
+    if method != "emd" and not (a.all() and b.all()):
+        return _solve_on_support(C, a, b, method, eps, reg_m, tol, max_iter, warm, scale)
     if isinstance(C, torch.Tensor):
         return _solve_torch(C, a, b, method, eps, reg_m, tol, max_iter, warm, scale)
     if scale is None:
@@ -1003,6 +1005,51 @@ def _solve(C: np.ndarray, a: np.ndarray, b: np.ndarray, method: str, eps: float 
                          omega_init=omega0)
     return dict(plan=res.plan, reg=reg, n_iter=res.n_iter, converged=res.converged, scale=scale,
                 potentials=(res.f, res.g), omega=res.omega)
+
+
+def _solve_on_support(C: np.ndarray | torch.Tensor, a: np.ndarray, b: np.ndarray, method: str,
+                      eps: float | None, reg_m: float, tol: float, max_iter: int, warm: tuple | None,
+                      scale: float | None) -> dict[str, Any]:
+    r"""The entropic solve when some weights are 0: points without mass carry no plan entry, so
+    the problem is solved on the rows and columns of positive weight (the scaling kernels'
+    logarithms would be :math:`-\infty` there) and the plan is embedded back with zeros. The
+    eps scale is taken on the whole cost, as without zeros. A massless point's potential is
+    the value the Sinkhorn update gives it,
+
+    .. math:: f_i = -\varphi\, \varepsilon \log \sum_{j: b_j > 0} b_j\, e^{(g_j - C_{ij})/\varepsilon},
+              \qquad \varphi = \rho / (\rho + \varepsilon) \ (1 \text{ for balanced OT}),
+
+    (the same for :math:`g_j`), so that the potentials stay finite and can warm-start a
+    problem whose weights change."""
+    from scipy.special import logsumexp
+
+    on_torch = isinstance(C, torch.Tensor)
+    if scale is None:
+        scale = _median_torch(C) if on_torch else eps_scale(C)
+    ia, ib = np.flatnonzero(a > 0), np.flatnonzero(b > 0)
+    if on_torch:
+        ta, tb = (torch.as_tensor(i, device=C.device) for i in (ia, ib))
+        sub = C.index_select(0, ta).index_select(1, tb)
+    else:
+        sub = C[np.ix_(ia, ib)]
+    if warm is not None:
+        warm = (np.asarray(warm[0])[ia], np.asarray(warm[1])[ib], *warm[2:])
+    sol = _solve(sub, a[ia], b[ib], method, eps, reg_m, tol, max_iter, warm, scale)
+    if on_torch:
+        plan = torch.zeros(C.shape, dtype=sol["plan"].dtype, device=C.device)
+        plan[ta[:, None], tb[None, :]] = sol["plan"]
+        C64 = C.detach().to("cpu", torch.float64).numpy()
+    else:
+        plan = np.zeros(C.shape, dtype=np.float64)
+        plan[np.ix_(ia, ib)] = sol["plan"]
+        C64 = C
+    reg = sol["reg"]
+    phi = 1.0 if method == "sinkhorn" else reg_m * scale / (reg_m * scale + reg)
+    fs, gs = sol["potentials"]
+    f = -phi * reg * logsumexp((gs[None, :] - C64[:, ib]) / reg, b=b[ib][None, :], axis=1)
+    g = -phi * reg * logsumexp((fs[:, None] - C64[ia, :]) / reg, b=a[ia][:, None], axis=0)
+    f[ia], g[ib] = fs, gs
+    return dict(sol, plan=plan, potentials=(f, g))
 
 
 def _solve_torch(C: torch.Tensor, a: np.ndarray, b: np.ndarray, method: str, eps: float | None,

@@ -310,3 +310,45 @@ def test_otviz_align_is_the_function_not_a_module():
 
     importlib.import_module("otviz.layers")
     assert callable(otviz.align) and otviz.align is align
+
+
+@pytest.mark.parametrize("method", ["sinkhorn", "unbalanced"])
+def test_entropic_solvers_accept_zero_weights(method):
+    """A point of weight 0 gets no mass: the entropic plan is the one of the problem without
+    that point (same eps scale, taken on the whole cost), with zero rows/columns, finite
+    potentials, and a finite gradient; the numpy and torch solvers agree. (Before, the
+    log-domain kernels met log 0 and raised 'non-finite marginal'.)"""
+    import otviz.lab as lab
+
+    g = torch.Generator().manual_seed(0)
+    T = torch.randn(5, 20, dtype=torch.float64, generator=g)
+    S = torch.randn(4, 20, dtype=torch.float64, generator=g)
+    a = np.array([0.25, 0.25, 0.0, 0.25, 0.25])
+    b = np.array([0.0, 0.5, 0.25, 0.25])
+    full = align(T, S, method=method, eps=0.1, a=a, b=b, tol=1e-12)
+    assert full.converged
+    assert np.all(full.plan[2] == 0) and np.all(full.plan[:, 0] == 0)
+    assert all(np.isfinite(p).all() for p in full.potentials)
+    # the same absolute regularisation on the reduced problem gives the same plan
+    keep_a, keep_b = np.flatnonzero(a), np.flatnonzero(b)
+    reduced = lab.solve(full.cost_matrix[np.ix_(keep_a, keep_b)], a[keep_a], b[keep_b],
+                        eps=full.reg, tol=1e-12) if method == "sinkhorn" else None
+    if reduced is not None:
+        np.testing.assert_allclose(full.plan[np.ix_(keep_a, keep_b)], reduced.plan, atol=1e-12)
+    # the massless point's potential is its Sinkhorn update: one more update changes nothing
+    f, gp = full.potentials
+    phi = 1.0 if method == "sinkhorn" else full.reg_m * full.cost_scale / (full.reg_m * full.cost_scale + full.reg)
+    from scipy.special import logsumexp
+    f2 = -phi * full.reg * logsumexp((gp[keep_b][None, :] - full.cost_matrix[2:3, keep_b]) / full.reg,
+                                     b=b[keep_b][None, :], axis=1)
+    assert f[2] == pytest.approx(f2[0], rel=1e-12)
+    Sg = S.clone().requires_grad_(True)
+    d = ot_distance(T, Sg, method=method, eps=0.1, a=a, b=b, tol=1e-12)
+    d.backward()
+    assert torch.isfinite(Sg.grad).all() and float(Sg.grad[0].abs().sum()) == 0.0  # no mass, no pull
+    assert d.item() == pytest.approx(full.distance, rel=1e-10)
+    dt = ot_distance(T, S, method=method, eps=0.1, a=a, b=b, tol=1e-12, backend="torch")
+    assert dt.item() == pytest.approx(full.distance, rel=1e-8)
+    # a warm start from these potentials is accepted
+    again = align(T, S, method=method, eps=0.1, a=a, b=b, tol=1e-12, warm_start=full)
+    np.testing.assert_allclose(again.plan, full.plan, atol=1e-10)
