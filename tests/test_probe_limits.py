@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from otviz import external as ex
+from otviz import probes
 from otviz._memory import ModelTooLargeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -395,7 +396,7 @@ def test_archives_and_folders_with_too_many_inputs_are_refused(tmp_path, monkeyp
     folder.mkdir()
     for i in range(4):
         write_png(folder / f"{i}.png", 8, 8)
-    monkeypatch.setattr(ex, "MAX_PROBE_INPUTS", 3)
+    monkeypatch.setattr(probes, "MAX_PROBE_INPUTS", 3)  # where the readers live (otviz.external serves them too)
     with pytest.raises(ValueError, match=r"has 4 images, more than the 3 a probe may hold; pass limit="):
         ex.load_image_folder(folder)
     assert ex.load_image_folder(folder, limit=3).shape == (3, 1, 8, 8)
