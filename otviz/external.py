@@ -74,6 +74,13 @@ from ._files import check_regular_file, loads_json, open_regular, read_json
 from ._memory import DEFAULT_MAX_BYTES, ModelTooLargeError, check_limit, format_bytes, module_nbytes, zip_nbytes
 from ._pt2 import check_archive, check_graph, forced_weights_only
 
+#: The probe readers of :mod:`otviz.probes` (and its limits), served from this module too
+#: (:func:`__getattr__`); the same names as ``otviz.probes.__all__`` (tested).
+_PROBE_FUNCTIONS = ("load_probe", "load_tensor_file", "load_image_folder", "tokenize_sentences", "shipped_probe",
+                    "check_probe")
+_PROBE_NAMES = frozenset(_PROBE_FUNCTIONS + ("MAX_PROBE_INPUTS", "MAX_IMAGE_PIXELS", "MAX_IMAGE_FILE_BYTES",
+                                             "MAX_TEXT_READ_BYTES", "CHARS_PER_TOKEN", "MAX_NPZ_MEMBERS"))
+
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "ModelTooLargeError",
@@ -85,12 +92,7 @@ __all__ = [
     "load_state_dict_model",
     "estimate_nbytes",
     "safetensors_header",
-    "load_probe",
-    "load_tensor_file",
-    "load_image_folder",
-    "tokenize_sentences",
-    "shipped_probe",
-    "check_probe",
+    *_PROBE_FUNCTIONS,
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -1096,7 +1098,6 @@ def estimate_nbytes(path: PathLike, *, arch: str | None = None, num_classes: int
 
 
 # --------------------------------------------------------------------------- probe inputs
-_PROBE_NAMES = frozenset(('load_probe', 'load_tensor_file', 'load_image_folder', 'tokenize_sentences', 'shipped_probe', 'check_probe', 'MAX_PROBE_INPUTS', 'MAX_IMAGE_PIXELS', 'MAX_IMAGE_FILE_BYTES', 'MAX_TEXT_READ_BYTES', 'CHARS_PER_TOKEN', 'MAX_NPZ_MEMBERS'))
 
 
 def __getattr__(name: str) -> Any:

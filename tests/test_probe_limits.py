@@ -400,3 +400,11 @@ def test_archives_and_folders_with_too_many_inputs_are_refused(tmp_path, monkeyp
     with pytest.raises(ValueError, match=r"has 4 images, more than the 3 a probe may hold; pass limit="):
         ex.load_image_folder(folder)
     assert ex.load_image_folder(folder, limit=3).shape == (3, 1, 8, 8)
+
+
+def test_otviz_external_serves_exactly_the_probe_readers_names():
+    assert ex._PROBE_NAMES == set(probes.__all__)
+    for name in probes.__all__:
+        assert getattr(ex, name) is getattr(probes, name)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        ex.nope  # noqa: B018
