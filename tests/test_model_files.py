@@ -167,13 +167,15 @@ def test_a_huge_view_of_a_tiny_record_is_refused_by_its_declared_shape(program, 
     assert info.value.nbytes >= 2**32
     # measured in a child: the refusal allocates nothing near the declared size
     script = textwrap.dedent(f"""
-        import resource
         from otviz import external as ex
         try:
             ex.load_external({str(path)!r}, max_bytes=2 * 1024**3)
         except ValueError as exc:
             print("refused", type(exc).__name__)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        # VmHWM is this process's own peak: ru_maxrss would also carry the forking parent's peak
+        # (the pytest process, over 1.5 GB late in a full run) across the exec
+        with open("/proc/self/status") as fh:
+            print(next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) // 1024)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
