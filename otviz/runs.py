@@ -1138,7 +1138,7 @@ class RunStore:
             raise RunNotFoundError(f"no run with id {run_id} in {self._path}")
 
     def log_metrics(self, run_id: int, metrics: Mapping[str, float], *, step: int,
-                    epoch: int | None = None) -> None:
+                    epoch: int | None = None, at: float | None = None) -> None:
         """Record scalar metrics of one step, in one transaction.
 
         Logging a key again at the same step replaces the earlier value. The
@@ -1153,6 +1153,9 @@ class RunStore:
             The global step (>= 0).
         epoch : int, optional
             The epoch the step belongs to (>= 0).
+        at : float, optional
+            When the values were measured (Unix seconds); default now. For runs
+            recorded elsewhere and copied in (``otviz sweep``'s workers).
 
         Raises
         ------
@@ -1169,12 +1172,13 @@ class RunStore:
         epoch = _check_int(epoch, "epoch", allow_none=True)
         rows = _check_metrics(metrics, step)
         now = time.time()
+        when = now if at is None else self._check_seconds(at, "at")
         with self._write() as con:
             self._touch(con, run_id, now, step, epoch)
             con.executemany(
                 "INSERT OR REPLACE INTO metrics (run_id, step, epoch, key, value, time) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(run_id, step, epoch, key, value, now) for key, value in rows],
+                [(run_id, step, epoch, key, value, when) for key, value in rows],
             )
 
     def log_snapshot(self, run_id: int, key: str, array: Any, *, epoch: int, step: int,
@@ -2022,6 +2026,38 @@ class RunStore:
             paths["metrics"] = out / "metrics.csv"
             self._write_metrics_csv(paths["metrics"], ids)
         return paths
+
+    # ----------------------------------------------------------------- sweeps
+
+    def save_sweep(self, name: str, spec: Mapping[str, Any]) -> None:
+        """Record (or replace) the specification of the sweep ``name`` (see :mod:`otviz.sweep`).
+
+        Sweeps live in a ``sweeps`` table (name, spec as JSON, times) created on the first
+        call; a store without it stays a valid store of this schema version, which older
+        otviz versions read as before.
+
+        Parameters
+        ----------
+        name : str
+        spec : dict
+            The sweep's specification, JSON-serialisable.
+        """
+        name = _check_key(name, "name")
+        text = _to_json(dict(spec), "spec")
+        now = time.time()
+        with self._write() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS sweeps (name TEXT PRIMARY KEY, spec TEXT NOT NULL, "
+                        "created_at REAL NOT NULL, updated_at REAL NOT NULL)")
+            con.execute("INSERT INTO sweeps (name, spec, created_at, updated_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, "
+                        "updated_at = excluded.updated_at", (name, text, now, now))
+
+    def sweeps(self) -> dict[str, dict[str, Any]]:
+        """The sweeps recorded in the store: ``{name: spec}`` (empty when there are none)."""
+        if not self._read("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'sweeps'"):
+            return {}
+        return {str(n): loads_json(t, f"the stored spec of sweep {n!r}")
+                for n, t in self._read("SELECT name, spec FROM sweeps ORDER BY created_at")}
 
     def integrity_check(self) -> str:
         """Run SQLite's ``PRAGMA integrity_check``; ``"ok"`` means the file is sound."""

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["mean_ci", "paired_difference", "PairedDifference"]
+__all__ = ["mean_ci", "paired_difference", "PairedDifference", "holm"]
 
 #: Differences are rounded to this many decimals before testing: accuracies are fractions
 #: k / N, and floating-point noise in ``a - b`` must not make equal differences unequal
@@ -267,3 +267,50 @@ def paired_difference(a: Mapping[Any, float] | Sequence[float], b: Mapping[Any, 
         p_w = float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
     return PairedDifference(n=n, mean=mean, low=low, high=high, p_ttest=p_t, p_wilcoxon=p_w,
                             confidence=confidence, seeds=seeds)
+
+
+def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
+    r"""Holm's step-down adjustment of a family of p-values (family-wise error control).
+
+    With the :math:`m` p-values sorted increasingly, :math:`p_{(1)} \le \dots \le p_{(m)}`,
+    the adjusted values are
+
+    .. math::
+        \tilde p_{(i)} = \min\Big(1,\ \max_{j \le i}\, (m - j + 1)\, p_{(j)}\Big),
+
+    returned in the input's order. Rejecting every hypothesis with
+    :math:`\tilde p \le \alpha` keeps the probability of any false rejection in the
+    family at most :math:`\alpha`, whatever the dependence between the tests (Holm 1979).
+    NaN p-values (a comparison that could not be made) stay NaN and do not count in
+    :math:`m`.
+
+    Parameters
+    ----------
+    pvalues : sequence of float
+        The family's p-values, each in [0, 1] or NaN.
+
+    Returns
+    -------
+    numpy.ndarray
+        The adjusted p-values (float64), same length and order.
+
+    Examples
+    --------
+    >>> holm([0.01, 0.04, 0.03]).round(3).tolist()
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"pvalues must be a 1-d sequence, got shape {p.shape}")
+    ok = ~np.isnan(p)
+    if np.any((p[ok] < 0) | (p[ok] > 1)):
+        raise ValueError(f"p-values must lie in [0, 1], got {p[ok][(p[ok] < 0) | (p[ok] > 1)][:3].tolist()}")
+    out = np.full_like(p, np.nan)
+    idx = np.flatnonzero(ok)
+    m = len(idx)
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    scaled = (m - np.arange(m)) * p[order]
+    out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return out

@@ -56,7 +56,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -77,7 +77,8 @@ from otviz._recipes import (  # noqa: F401
     recipe_table,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingError", "OptionWarning", "LaunchedRun", "train", "launch",
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "StopTraining", "OptionWarning", "LaunchedRun", "train",
+           "launch",
            "stop", "default_pairs", "recipe", "recipe_table", "RECIPES", "RECIPE_COMMON", "FROM_RECIPE"]
 
 PROBE_SIZE = 128  # inputs of the fixed probe batch used for the per-epoch plan snapshots
@@ -85,6 +86,24 @@ PROBE_SIZE = 128  # inputs of the fixed probe batch used for the per-epoch plan 
 
 class TrainingError(RuntimeError):
     """A training that cannot go on (e.g. the loss became NaN); the run is marked failed."""
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_epoch`` callback of :func:`train` to end the run early (a pruned
+    hyper-parameter trial): the run is recorded as ``interrupted`` with the reason, and
+    :func:`train` raises it again with ``run_id`` and ``history`` (the epochs done) set.
+
+    Parameters
+    ----------
+    reason : str
+        Why the run stops; stored as the run's error text.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = str(reason)
+        self.run_id: int | None = None
+        self.history: list[dict[str, float]] = []
 
 
 class OptionWarning(UserWarning):
@@ -712,7 +731,8 @@ def _snapshot_plans(s: _Setup) -> tuple[dict[str, np.ndarray], dict[str, float]]
 
 
 def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progress: bool = True,
-          run_id_file: str | os.PathLike[str] | None = None) -> TrainResult:
+          run_id_file: str | os.PathLike[str] | None = None,
+          on_epoch: Callable[[int, Mapping[str, float]], None] | None = None) -> TrainResult:
     """Train a student under a transfer method, logging everything to the run store.
 
     Parameters
@@ -725,6 +745,15 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
         Show a tqdm progress bar on stderr.
     run_id_file : path, optional
         Write the run id there as soon as the run exists (used by :func:`launch`).
+    on_epoch : callable, optional
+        ``on_epoch(epoch, row)``, called after each epoch's evaluation (epoch 0,
+        the starting point, included) with the metrics just logged (``row``
+        holds ``val/accuracy`` when the task has a validation part). Raising
+        :class:`StopTraining` in it ends the run there: the run is recorded as
+        ``interrupted`` with the reason, and :func:`train` raises the
+        :class:`StopTraining` again, with ``run_id`` and ``history`` set. This is
+        how ``otviz sweep`` prunes a trial (:mod:`otviz.sweep`). Called on the
+        process that records only (rank 0 of a distributed training).
 
     Returns
     -------
@@ -768,7 +797,8 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
     _resolve_device(config.device)
     dctx = _distributed.init(config.device)  # joins torchrun's process group; nothing in one process
     try:
-        result = _train(config, dctx, store=store, progress=progress, run_id_file=run_id_file)
+        result = _train(config, dctx, store=store, progress=progress, run_id_file=run_id_file,
+                        on_epoch=on_epoch)
     except BaseException:
         dctx.close()
         raise
@@ -777,7 +807,8 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
 
 
 def _train(config: TrainConfig, dctx: Any, *, store: Any, progress: bool,
-           run_id_file: str | os.PathLike[str] | None) -> TrainResult:
+           run_id_file: str | os.PathLike[str] | None,
+           on_epoch: Callable[[int, Mapping[str, float]], None] | None = None) -> TrainResult:
     """:func:`train` in this process, one of ``dctx.world_size`` (a :class:`otviz._distributed.DistContext`)."""
     from tqdm.auto import tqdm
 
@@ -828,9 +859,12 @@ def _train(config: TrainConfig, dctx: Any, *, store: Any, progress: bool,
                                                 final=final))
         if not dctx.is_main:
             history.append(dict(row, epoch=epoch, step=step))
+        elif on_epoch is not None:
+            on_epoch(epoch, dict(row))
         return row
 
     t_start = time.perf_counter()
+    stopped: StopTraining | None = None
     with _distributed.track(dctx, open_store, run_config, name=config.name, total_steps=total) as rec:
         if run_id_file is not None and dctx.is_main:
             Path(run_id_file).write_text(str(rec.run_id))
@@ -889,9 +923,17 @@ def _train(config: TrainConfig, dctx: Any, *, store: Any, progress: bool,
                              message=f"epoch {epoch}/{config.epochs}: {split} accuracy "
                                      f"{row[f'{split}/accuracy']:.3f}")
                 bar.set_postfix({f"{split}_acc": f"{row[f'{split}/accuracy']:.3f}"})
+        except StopTraining as exc:  # asked by on_epoch: the run ends here, recorded as stopped
+            if dctx.active:
+                raise TypeError("on_epoch cannot stop a training over several processes") from exc
+            rec.finish("interrupted", f"stopped early: {exc.reason}")
+            stopped = exc
         finally:
             bar.close()
         run_id = rec.run_id
+    if stopped is not None:
+        stopped.run_id, stopped.history = run_id, history
+        raise stopped
     last = history[-1]
     return TrainResult(run_id=run_id, test_accuracy=last["test/accuracy"],
                        train_accuracy=last["train/accuracy"], history=history,
