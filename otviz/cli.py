@@ -777,7 +777,13 @@ def _add_train_commands(subparsers: Any) -> None:
     add_teachers(subparsers)
 
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_align, _add_train_commands, _add_dashboard]
+def _add_sweep(subparsers: Any) -> None:
+    from otviz._cli_sweep import add_sweep
+
+    add_sweep(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_align, _add_train_commands, _add_sweep, _add_dashboard]
 
 
 def build_parser(*, lazy: bool = False) -> argparse.ArgumentParser:

@@ -181,8 +181,9 @@ class _Sweep:
     """The jobs of one sweep, their state, and the store writes."""
 
     def __init__(self, spec: SweepSpec, store: Any, *, threads: int, stages: tuple[str, ...],
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], settings: tuple[str, ...] | None = None) -> None:
         self.spec, self.store, self.threads, self.stages, self.log = spec, store, threads, stages, log
+        self.settings = [st for st in spec.settings if settings is None or st.name in settings]
         self.summary = SweepSummary(spec.name)
         self.existing = sweep_runs(store, spec.name)
         self.by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -193,12 +194,12 @@ class _Sweep:
         self.studies: dict[str, _Study] = {}
         self.chosen: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.final_values: dict[tuple[str, str, int], tuple[float, float]] = {}
-        self.stage_of: dict[str, str] = {s.name: "tune" for s in spec.settings}
+        self.stage_of: dict[str, str] = {s.name: "tune" for s in self.settings}
         self.ready: list[dict[str, Any]] = []  # final / axes jobs to submit
         self.outstanding: dict[str, int] = defaultdict(int)  # setting -> final/axes jobs not finished
         self.live: dict[tuple[str, int], int] = {}  # (job key, run index) -> run id being written
         self.jobs: dict[str, dict[str, Any]] = {}
-        for st in spec.settings:
+        for st in self.settings:
             for m in st.methods:
                 self.studies[f"{st.name}/{m}"] = _Study(st.name, m, st.trials[m])
 
@@ -322,7 +323,7 @@ class _Sweep:
 
     def advance(self) -> None:
         """Move each setting to its next stage when the current one is done."""
-        for st in self.spec.settings:
+        for st in self.settings:
             s = st.name
             if self.stage_of[s] == "tune" and all(self.studies[f"{s}/{m}"].done for m in st.methods):
                 for m in st.methods:
@@ -493,9 +494,58 @@ def _init_ray(address: str | None, workers: int | None, gpus: float) -> bool:
 
 def run_sweep(spec: SweepSpec, store: Any = None, *, workers: int | None = None, address: str | None = None,
               cpus_per_trial: int = 1, gpus_per_trial: float | None = None,
-              stages: tuple[str, ...] = ("tune", "final", "axes"), progress: bool = True,
+              stages: tuple[str, ...] = ("tune", "final", "axes"), settings: Any = None,
               log: Callable[[str], None] | None = None) -> SweepSummary:
-    """Run (or continue) a sweep on Ray; see :mod:`otviz.sweep`."""
+    r"""Run (or continue) a sweep on Ray: tune, final runs, axes (see :mod:`otviz.sweep`).
+
+    Parameters
+    ----------
+    spec : SweepSpec
+        From :func:`otviz.sweep.load_spec`.
+    store : RunStore, path or None
+        The run store the driver writes (default: :func:`otviz.runs.default_store_path`).
+        It records the spec; a later call with the same sweep name and another spec is
+        refused, with the fields that differ.
+    workers : int, optional
+        CPUs of the local Ray started for the sweep (default: the machine's cores).
+    address : str, optional
+        A running Ray cluster (``ray://host:10001``, ``auto``); default ``$RAY_ADDRESS``,
+        else a local Ray is started, and shut down at the end.
+    cpus_per_trial : int, default 1
+        CPUs (and torch threads) each task asks Ray for.
+    gpus_per_trial : float, optional
+        GPUs per task; default 1 when a setting's options set ``device`` to CUDA, else 0.
+    stages : tuple of str, default ("tune", "final", "axes")
+    settings : sequence of str, optional
+        Run only these settings of the spec this time (the spec itself is unchanged).
+    log : callable, optional
+        Receives one line per event (default: print to stderr).
+
+    Returns
+    -------
+    SweepSummary
+        Runs trained and read back per stage, trials pruned, runs failed, wall time,
+        nodes.
+
+    Raises
+    ------
+    SpecError
+        The store holds this sweep with another spec.
+    KeyboardInterrupt
+        Ctrl-C: the tasks are cancelled, the runs in progress are marked interrupted;
+        running the same call again continues the sweep.
+
+    Notes
+    -----
+    A trial of (setting, method) trains on each tuning seed :math:`s \in S` in turn; its
+    value is :math:`\frac{1}{|S|}\sum_{s \in S} \mathrm{acc}_{val}(s)` at the last
+    epoch. The pruner sees :math:`\mathrm{acc}_{val}` of the :math:`i`-th tuning seed
+    after epoch :math:`e` at step :math:`i E + e` (:math:`E` epochs), and stops the trial
+    when it falls below the median of the completed trials at that step (``median``)
+    or out of the top rung (``halving``), never before ``warmup_epochs``. The final runs
+    use each method's best complete trial (ties: the earlier trial); pruned and failed
+    trials are never chosen.
+    """
     import ray
 
     from otviz.runs import RunStore
@@ -530,7 +580,13 @@ def run_sweep(spec: SweepSpec, store: Any = None, *, workers: int | None = None,
     store.save_sweep(spec.name, wanted)
 
     t0 = time.perf_counter()
-    sweep = _Sweep(spec, store, threads=cpus_per_trial, stages=stages, log=say)
+    if settings is not None:
+        settings = tuple(settings)
+        unknown = [s for s in settings if s not in {st.name for st in spec.settings}]
+        if unknown:
+            raise ValueError(f"settings: {unknown[0]!r} is not a setting of the sweep {spec.name!r} "
+                             f"({[st.name for st in spec.settings]})")
+    sweep = _Sweep(spec, store, threads=cpus_per_trial, stages=stages, log=say, settings=settings)
     started = _init_ray(address, workers if not address else None, gpus)
     refs: dict[Any, dict[str, Any]] = {}
     try:

@@ -19,7 +19,7 @@ Top level::
     [search]                     # Optuna: TPE sampler, pruner on the per-epoch validation accuracy
     seed = 0
     pruner = "median"            # "median", "halving" or "none"
-    warmup_epochs = 3            # epochs of a run before the pruner may stop it
+    warmup_epochs = 3            # epochs a run trains before the pruner may stop it (after epoch 3 at the earliest)
     startup_trials = 3           # completed trials per method before TPE models and the pruner prunes
 
     [space.common]               # every method's knobs; [space.<term>] those of a loss term
@@ -272,6 +272,8 @@ class _Reader:
         self.used: set[str] = set()
 
     def path(self, key: str) -> str:
+        if not key:
+            return self.where
         return f"{self.where}.{key}" if self.where else key
 
     def fail(self, key: str, msg: str) -> SpecError:
@@ -349,6 +351,7 @@ def _parse(data: Mapping[str, Any], source: str) -> SweepSpec:
     start = top.get("start_from_recipe", True)
     if not isinstance(start, bool):
         raise top.fail("start_from_recipe", f"must be true or false, got {_show(start)}")
+    ours_given = top.has("ours")
     ours = top.names("ours", ("ot", "kd+ot"))
     fields = _config_fields()
 
@@ -406,6 +409,8 @@ def _parse(data: Mapping[str, Any], source: str) -> SweepSpec:
         if parts[0] == parts[1]:
             raise top.fail("comparisons", f"{text!r} compares a method with itself")
         comparisons.append((parts[0], parts[1]))
+    if not ours_given:  # the default: OT and KD+OT where the sweep has them
+        ours = tuple(m for m in ours if m in methods_anywhere)
     for m in ours:
         if m not in methods_anywhere:
             raise top.fail("ours", f"{m!r} is not a method of any setting")
