@@ -232,6 +232,7 @@ def test_the_median_pruner_stops_a_trial_behind_the_completed_ones_after_the_war
     from otviz.sweep._search import Coordinator
 
     d = tiny(search={"pruner": "median", "warmup_epochs": 2, "startup_trials": 2})
+    d["settings"]["transfer-small"]["budget"]["epochs"] = 3
     c = Coordinator(SweepSpec.from_dict(d).to_dict())
     good = {"params": {"lr": 0.01}, "state": "complete", "value": 0.8, "intermediate": {1: 0.7, 2: 0.8}}
     c.restore("transfer-small/scratch", [good, dict(good, params={"lr": 0.02})])
@@ -242,8 +243,10 @@ def test_the_median_pruner_stops_a_trial_behind_the_completed_ones_after_the_war
     assert c.report("bad", 0, 2, {"val/accuracy": 0.2}) is True   # behind the median (0.8) after epoch 2
     assert c.report("fine", 0, 1, {"val/accuracy": 0.75}) is False
     assert c.report("fine", 0, 2, {"val/accuracy": 0.9}) is False
+    assert c.report("fine", 0, 3, {"val/accuracy": 0.1}) is False  # the last epoch: the run is done anyway
     events = c.drain()
-    assert [(e[0], e[2]) for e in events] == [("bad", 0), ("bad", 1), ("bad", 2), ("fine", 1), ("fine", 2)]
+    assert [(e[0], e[2]) for e in events] == [("bad", 0), ("bad", 1), ("bad", 2), ("fine", 1), ("fine", 2),
+                                              ("fine", 3)]
     assert c.drain() == []
     c.tell("bad", "pruned")
     c.tell("fine", "complete", 0.9)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -213,7 +215,10 @@ class _Sweep:
             return None
         import pandas as pd
 
-        ids = matching_runs(pd.DataFrame(rows), config, ignore=("name", "num_threads", "device"))
+        # the options the sweep gives; those left to the trainer (None: k, student width...) are
+        # stored resolved, so they are not compared
+        wanted = {k: v for k, v in config.items() if v is not None}
+        ids = matching_runs(pd.DataFrame(rows), wanted, ignore=("name", "num_threads", "device"))
         if not ids:
             return None
         return next(r for r in rows if int(r["run_id"]) == ids[0])
@@ -589,6 +594,12 @@ def run_sweep(spec: SweepSpec, store: Any = None, *, workers: int | None = None,
     sweep = _Sweep(spec, store, threads=cpus_per_trial, stages=stages, log=say, settings=settings)
     started = _init_ray(address, workers if not address else None, gpus)
     refs: dict[Any, dict[str, Any]] = {}
+    # Ctrl-C sets a flag that the loop checks between Ray calls: a KeyboardInterrupt raised
+    # inside one of Ray's calls can leave its core worker in a broken state
+    interrupted: list[int] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
         coordinator = ray.remote(num_cpus=0)(Coordinator).options(max_concurrency=1).remote(wanted)
         task = ray.remote(run_job).options(num_cpus=cpus_per_trial, num_gpus=gpus, max_retries=0)
@@ -606,6 +617,8 @@ def run_sweep(spec: SweepSpec, store: Any = None, *, workers: int | None = None,
             f"{slots} trial(s) at a time on {len(ray.nodes())} node(s)")
         last_beat = time.monotonic()
         while True:
+            if interrupted:
+                raise KeyboardInterrupt("Ctrl-C")
             sweep.advance()
             while len(refs) < slots:
                 job = _next_job(sweep, coordinator, _call)
@@ -641,6 +654,8 @@ def run_sweep(spec: SweepSpec, store: Any = None, *, workers: int | None = None,
         sweep.abandon("the sweep's driver stopped on an error; run the same command again to continue")
         raise
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         if started:
             ray.shutdown()
     sweep.summary.seconds = time.perf_counter() - t0

@@ -145,6 +145,9 @@ class Coordinator:
         if trial is None or epoch == 0 or value is None or not math.isfinite(value):
             return False
         key = trial.study.study_name.split("/", 1)[1]
+        if epoch >= self.epochs[key]:  # the run is done: stopping it would save nothing
+            trial.report(float(value), index * self.epochs[key] + epoch)
+            return False
         step = index * self.epochs[key] + epoch
         trial.report(float(value), step)
         return bool(trial.should_prune())
