@@ -361,7 +361,9 @@ def _modules_after(code: str) -> set[str]:
 
 def test_import_otviz_imports_no_heavy_dependency():
     loaded = _modules_after("import otviz")
-    assert not loaded & set(_HEAVY + ("torch",)), loaded & set(_HEAVY + ("torch",))
+    assert not loaded & set(_HEAVY + ("torch", "ray", "optuna")), loaded & set(_HEAVY + ("torch",))
+    loaded = _modules_after("import otviz.sweep")  # the spec reader; Optuna and Ray load when a sweep runs
+    assert not loaded & {"ray", "optuna", "torch"}, loaded & {"ray", "optuna", "torch"}
 
 
 def test_public_functions_import_without_pot_sklearn_pandas_plotly():
@@ -410,6 +412,11 @@ _PARSE_ONLY = [
     ["align", "cnn-mnist5k", "/nonexistent/student.pt"],
     ["align", "cnn-mnist5k", __file__],  # a text file
     ["teachers"],
+    ["sweep", "--help"],
+    ["sweep", "run", "--help"],
+    ["sweep", "report", "--help"],
+    ["sweep", "run", "/nonexistent/spec.toml"],
+    ["sweep", "run", "spec.toml", "--workers", "0"],
 ]
 
 
@@ -422,7 +429,7 @@ def test_help_and_argument_errors_import_no_heavy_module(argv):
             f"try:\n    code = main({argv!r})\nexcept SystemExit as exc:\n    code = exc.code\n"
             "assert code in (0, 2), code\n")
     loaded = _modules_after(code)
-    heavy = {"torch", "ot", "sklearn", "pandas", "numpy", "scipy"}
+    heavy = {"torch", "ot", "sklearn", "pandas", "numpy", "scipy", "ray", "optuna"}
     assert not loaded & heavy, loaded & heavy
 
 

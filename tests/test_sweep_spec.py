@@ -348,3 +348,33 @@ def test_a_diverging_trial_fails_with_its_error_recorded(sweep_parts):
     rid = sweep.write_record(job, rec, result["node"])
     assert sweep.store.run(rid)["status"] == "failed"
     assert "non-finite" in sweep.store.run(rid)["error"]
+
+
+# ----------------------------------------------------------------------------- the command (no training)
+def test_sweep_run_dry_run_checks_the_spec_and_says_what_it_would_train(capsys):
+    from otviz.cli import main
+
+    assert main(["sweep", "run", str(PAIRED), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep 'paired'" in out and "valid" in out
+    assert "at most 216 tuning, 220 final and 135 axis runs" in out
+    assert "distill: trials per method: scratch 6, kd 6" in out
+
+
+def test_sweep_command_errors_are_one_line(tmp_path, capsys):
+    from otviz.cli import main
+    from otviz.runs import RunStore
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ntrials = 0\nseeds = [0, 1]\n')
+    assert main(["sweep", "run", str(bad)]) == 2
+    assert "otviz sweep: error: " in capsys.readouterr().err
+    assert main(["sweep", "run", str(PAIRED), "--stages", "final"]) == 2
+    assert "final needs tune" in capsys.readouterr().err
+    db = tmp_path / "runs.db"
+    RunStore(db).create_run({"setting": "distill"})
+    assert main(["sweep", "report", "paired", "--store", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "has no sweep 'paired'" in err and "otviz sweep run SPEC" in err
+    assert main(["sweep", "report", "paired", "--store", str(tmp_path / "missing.db")]) == 2
+    assert "no run store" in capsys.readouterr().err
