@@ -235,8 +235,6 @@ class _Sweep:
         from otviz.sweep._worker import _call
 
         for key, study in self.studies.items():
-            if "tune" not in self.stages and not self.by_name:
-                continue
             st = self.spec.setting(study.setting)
             trials: dict[int, dict[str, Any]] = {}
             for row in self.existing.to_dict("records"):
@@ -254,8 +252,6 @@ class _Sweep:
                        "value": sum(values) / len(values) if outcome == "complete" else None}
                 study.finished[trial] = rec
                 records.append(rec)
-                if outcome == "pruned":
-                    self.summary.read_back["tune"] += 0
             if records:
                 _call(coordinator, "restore", key, records)
             if len(study.finished) > study.total:  # cannot happen under the same spec; be safe
@@ -407,14 +403,12 @@ class _Sweep:
             tags.update(node=info.get("node"), host=info.get("host"))
         cfg["sweep"] = tags
         cfg["name"] = run["name"]
-        st = self.spec.setting(run["tags"]["setting"])
         total = None
         if cfg.get("steps_per_epoch") and cfg.get("epochs"):
             total = int(cfg["steps_per_epoch"]) * int(cfg["epochs"])
         elif cfg.get("n_train") and cfg.get("batch_size") and cfg.get("epochs"):
             n = int(cfg["n_train"])
             total = math.ceil(n / min(int(cfg["batch_size"]), n)) * int(cfg["epochs"])
-        del st
         return self.store.create_run(cfg, name=run["name"], total_steps=total)
 
     def on_epoch(self, job_key: str, index: int, epoch: int, row: dict[str, float],

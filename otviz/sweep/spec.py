@@ -422,7 +422,7 @@ def _parse(data: Mapping[str, Any], source: str) -> SweepSpec:
 
 def _param(tr: _Reader, knob: str, fields: Mapping[str, Any]) -> Param:
     if knob not in fields:
-        raise tr.fail(knob, f"is not a TrainConfig field; see `otviz train --help` for the options")
+        raise tr.fail(knob, "is not a TrainConfig field; see `otviz train --help` for the options")
     if knob in _OWN_FIELDS:
         raise tr.fail(knob, "is set by the sweep itself (per run); it cannot be searched or fixed")
     v = tr.get(knob)
