@@ -146,3 +146,14 @@ def test_search_progress_names_bad_input():
         figures.search_progress(bsf, "cifar")
     with pytest.raises(ValueError, match="empty"):
         figures.search_progress(bsf.iloc[:0], "transfer")
+
+
+def test_search_progress_leaves_a_running_trial_uncounted():
+    from otviz.sweep import best_so_far
+
+    trials = _trials().assign(state="complete")
+    last = trials.index[(trials.setting == "transfer") & (trials.method == "ot")][-1]
+    trials.loc[last, ["state", "val_accuracy"]] = ["running", float("nan")]
+    scratch, ot = figures.search_progress(best_so_far(trials), "transfer").data
+    assert list(scratch.x) == [1, 2, 3, 4] and list(ot.x) == [1, 2, 3]  # ot's 4th trial still runs
+    assert list(ot.y[1:]) == pytest.approx([55.0, 80.0])

@@ -299,11 +299,14 @@ def best_so_far(trials: Any) -> Any:
     """Best validation accuracy so far against the trial count, per (setting, method).
 
     Trials are counted in their order (trial numbers); a pruned or failed trial counts
-    and keeps the best so far. Columns ``setting, method, trials, best_val_accuracy``.
+    and keeps the best so far, a running one is not counted yet. Columns ``setting,
+    method, trials, best_val_accuracy``.
     """
     import pandas as pd
 
     rows = []
+    if "state" in trials.columns:
+        trials = trials[trials["state"] != "running"]
     for (s, m), g in trials.groupby(["setting", "method"], sort=False):
         best = math.nan
         for i, v in enumerate(g.sort_values("trial").val_accuracy, 1):
