@@ -54,7 +54,7 @@ def titles(at: AppTest) -> list[str]:
 
 
 def comparison_table(at: AppTest):
-    found = [df.value for df in at.dataframe if "Holm p" in str(df.proto.columns) or "p_holm" in df.value.columns]
+    found = [df.value for df in at.dataframe if "p_holm" in df.value.columns]
     assert len(found) == 1, [list(df.value.columns) for df in at.dataframe]
     return found[0]
 
@@ -78,9 +78,11 @@ def test_compare_page_shows_a_sweep_its_figures_and_comparisons(store_path, tmp_
     expected = comparisons(sweep_tables(store, spec.name))
     expected = expected[expected.setting == "transfer-small"]
     assert list(table["point"]) == ["own", "k=5"]
-    assert list(table["methods"]) == ["ot - scratch", "ot - scratch"]
+    assert list(table["comparison"]) == ["ot - best_baseline: ot - scratch"] * 2
     assert list(table["mean"]) == pytest.approx(list(100 * expected["mean"]))
     assert list(table["p_holm"]) == pytest.approx(list(expected["p_holm"]))
+    low, high = 100 * expected["low"].iloc[0], 100 * expected["high"].iloc[0]
+    assert table["ci"].iloc[0] == f"[{low:+.1f}, {high:+.1f}]"
     assert (table["mean"] > 2).all()  # the fixture's ot gains 4 points on scratch
     report = " ".join(m.value for m in at.markdown)
     assert "# Sweep `demo`" in report and "## Declared comparisons" in report
@@ -102,6 +104,7 @@ def test_a_running_sweep_shows_what_is_done_and_its_new_results_on_rerun(store_p
     assert "final 3 of 6" in captions
     assert "None yet: a comparison needs" in captions
     assert "The paired gains of ot appear once" in captions
+    assert "No finished final run yet: ot." in captions
     assert "transfer-small: is each method's search still improving?" in titles(at)
     assert not [df for df in at.dataframe if "p_holm" in df.value.columns]
     write_fake_sweep(store, spec)  # the sweep goes on: every run written again, finished
@@ -109,7 +112,7 @@ def test_a_running_sweep_shows_what_is_done_and_its_new_results_on_rerun(store_p
     assert_ok(at)
     assert "final 6 of 6" in " ".join(c.value for c in at.caption)
     assert "transfer-small: ot minus each baseline, paired by seed" in titles(at)
-    assert list(comparison_table(at)["methods"]) == ["ot - scratch"]
+    assert list(comparison_table(at)["comparison"]) == ["ot - best_baseline: ot - scratch"]
 
 
 def test_several_sweeps_are_chosen_with_a_select_box(store_path, tmp_path, monkeypatch):

@@ -199,6 +199,9 @@ def sweep_figures(path: str, name: str, state: tuple, spec_text: str, setting: s
         return out
     out.append(("pi", figures.method_intervals(final, setting)))
     seeds = {m: set(g["seed"]) for m, g in final.groupby("method")}
+    waiting = [m for m in tables.spec.setting(setting).methods if m not in seeds]
+    if waiting:
+        out.append(("note", "No finished final run yet: " + ", ".join(map(dk.md_escape, waiting)) + "."))
     for m in [m for m in tables.spec.ours if m in tables.spec.setting(setting).methods]:
         # the baselines with two seeds in common with m so far (a running sweep fills the rest)
         paired = [b for b in seeds if b not in ("ot", "kd+ot", m) and len(seeds[b] & seeds.get(m, set())) >= 2]
@@ -275,25 +278,27 @@ def sweep_view(path: str, names: list[str], specs: dict) -> None:
     if comp.empty:
         st.caption("None yet: a comparison needs both of its methods finished on at least 2 common final seeds.")
     else:
+        records = comp.to_dict("records")
         table = pd.DataFrame({
-            "point": [_point(r) for r in comp.to_dict("records")], "comparison": comp["comparison"],
-            "methods": comp["a"] + " - " + comp["b"], "n": comp["n"],
-            "mean": 100 * comp["mean"], "low": 100 * comp["low"], "high": 100 * comp["high"],
+            "point": [_point(r) for r in records],
+            "comparison": [r["comparison"] if r["comparison"] == f"{r['a']} - {r['b']}"
+                           else f"{r['comparison']}: {r['a']} - {r['b']}" for r in records],
+            "n": comp["n"], "mean": 100 * comp["mean"],
+            "ci": [f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]" for r in records],
             "p_ttest": comp["p_ttest"], "p_wilcoxon": comp["p_wilcoxon"], "p_holm": comp["p_holm"],
-            "verdict": [("above" if m > 0 else "below") if p < 0.05 else "no difference shown"
-                        for m, p in zip(comp["mean"], comp["p_holm"])]})
-        pp = "%+.1f pp"
+            "verdict": [("above" if r["mean"] > 0 else "below") if r["p_holm"] < 0.05 else "no difference shown"
+                        for r in records]})
         st.dataframe(table, hide_index=True, key=f"cmp_sweep_comparisons_{setting}", column_config={
             "point": st.column_config.TextColumn(help="own: the setting's final runs; field=value: a point of "
-                                                      "its axis"),
-            "comparison": st.column_config.TextColumn(help="As declared in the spec; best_baseline and "
-                                                           "best_ours resolved on validation accuracy."),
-            "n": st.column_config.NumberColumn("seeds", help="Seeds both methods finished (the pairs)."),
-            "mean": st.column_config.NumberColumn("difference", format=pp,
+                                                      "its axis."),
+            "comparison": st.column_config.TextColumn(help="As declared in the spec, then the two methods "
+                                                           "when a keyword (best_baseline, best_ours) was "
+                                                           "resolved, on the final runs' validation accuracy."),
+            "n": st.column_config.NumberColumn("seeds", help="Seeds both methods finished: the pairs."),
+            "mean": st.column_config.NumberColumn("difference", format="%+.1f pp",
                                                   help="Mean of the paired differences in test accuracy, "
                                                        "percentage points."),
-            "low": st.column_config.NumberColumn("95 % CI low", format=pp),
-            "high": st.column_config.NumberColumn("95 % CI high", format=pp),
+            "ci": st.column_config.TextColumn("95 % CI (pp)", help="Student t interval of the mean difference."),
             "p_ttest": st.column_config.NumberColumn("paired t p", format="%.3g"),
             "p_wilcoxon": st.column_config.NumberColumn("Wilcoxon p", format="%.3g",
                                                         help="Cannot go below 2/2^n: 0.25 for 3 seeds."),
@@ -301,8 +306,8 @@ def sweep_view(path: str, names: list[str], specs: dict) -> None:
                                                     help="The paired t p-value adjusted by Holm over every "
                                                          "declared comparison of the sweep (all settings "
                                                          "and points)."),
-            "verdict": st.column_config.TextColumn("Holm p < 0.05", help="above / below: the difference's "
-                                                   "sign where Holm p < 0.05."),
+            "verdict": st.column_config.TextColumn("Holm p < 0.05", help="above / below: the sign of the "
+                                                   "difference where Holm p < 0.05."),
         })
     with st.expander("The sweep's report (every setting: tables, p-values, chosen options)"):
         st.markdown(data["report"])
