@@ -145,5 +145,33 @@ def test_a_sweep_that_cannot_be_read_is_reported(store_path, tmp_path, monkeypat
     at.run()
     at.switch_page("views/compare.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert any("Could not read the sweep 'broken'" in e.value and "is missing" in e.value for e in at.error), \
+    assert any("Could not read the sweep broken" in e.value and "is missing" in e.value for e in at.error), \
         [e.value for e in at.error]
+
+
+def test_sweep_figures_are_kept_until_the_sweeps_runs_change(store_path, tmp_path, monkeypatch):
+    """A second visit (another session) draws the sweep without building its figures again;
+    a new result of the sweep builds them again."""
+    import otviz.figures
+
+    built = []
+    real = otviz.figures.search_progress
+
+    def counted(best, setting, **kw):
+        built.append(setting)
+        return real(best, setting, **kw)
+
+    monkeypatch.setattr(otviz.figures, "search_progress", counted)
+    store = RunStore(store_path)
+    spec = write_fake_sweep(store, running=True)
+    at = open_compare(tmp_path, monkeypatch)
+    assert "transfer-small: is each method's search still improving?" in titles(at)
+    n = len(built)
+    assert n >= 1
+    again = open_compare(tmp_path, monkeypatch)
+    assert "transfer-small: is each method's search still improving?" in titles(again)
+    assert len(built) == n  # taken from the server's cache
+    write_fake_sweep(store, spec)  # the running trial and the final runs finish
+    again.run()
+    assert_ok(again)
+    assert len(built) == n + 1

@@ -191,6 +191,8 @@ def sweep_figures(path: str, name: str, state: tuple, spec_text: str, setting: s
     best = _data["best"]
     if setting in set(best["setting"]):
         out.append(("sp", figures.search_progress(best, setting)))
+    else:
+        out.append(("note", "The search's progress appears here once a tuning trial has finished."))
     final = tables.final
     final = final[(final["setting"] == setting) & (final["status"] == "completed")
                   & final["test_accuracy"].notna()]
@@ -236,7 +238,7 @@ def sweep_view(path: str, names: list[str], specs: dict) -> None:
         progress = sweep_progress(path, name)
         data = sweep_data(path, name, progress["state"], spec_text)
     except (RunStoreError, OSError, ValueError, KeyError) as exc:
-        dk.show_error(exc, f"Could not read the sweep {name!r}")
+        dk.show_error(exc, f"Could not read the sweep {dk.md_escape(name)}")
         return
     tables = data["tables"]
     spec = tables.spec
