@@ -1,4 +1,4 @@
-"""Compare: the runs of the store side by side, the benchmark table, CSV export."""
+"""Compare: the runs of the store side by side, the store's sweeps, the benchmark tables, CSV export."""
 
 import pandas as pd
 import streamlit as st
