@@ -102,3 +102,58 @@ def test_a_diverged_run_is_left_out_and_the_pairs_use_the_seeds_both_finished():
     assert mean == pytest.approx(100 * (ot - fn).mean())
     mean_ot, _, _ = _interval_of(figures.method_intervals(df, "distill"), "ot")
     assert mean_ot == pytest.approx(100 * ot.mean())
+
+
+def _trials():
+    """Tuning trials of two methods in two settings; NaN: a pruned, failed or running trial."""
+    nan = float("nan")
+    rows = []
+    for setting, per_method in (("transfer", {"scratch": [0.5, nan, 0.7, 0.6], "ot": [nan, 0.55, 0.8, 0.9]}),
+                                ("distill", {"scratch": [0.3, 0.4], "ot": [nan, nan]})):
+        for method, values in per_method.items():
+            rows += [dict(setting=setting, method=method, trial=i, val_accuracy=v) for i, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_search_progress_draws_the_best_so_far_per_method_in_percent():
+    from otviz.sweep import best_so_far
+
+    fig = figures.search_progress(best_so_far(_trials()), "transfer")
+    assert [tr.name for tr in fig.data] == ["scratch", "ot"]
+    scratch, ot = fig.data
+    assert list(scratch.x) == [1, 2, 3, 4] and list(ot.x) == [1, 2, 3, 4]
+    # the best so far never falls: a pruned trial (NaN) and a worse one keep it
+    assert list(scratch.y) == pytest.approx([50.0, 50.0, 70.0, 70.0])
+    assert ot.y[0] is None and list(ot.y[1:]) == pytest.approx([55.0, 80.0, 90.0])
+    # the colours of the other benchmark figures
+    assert scratch.line.color == figures.method_intervals(_final(), "distill").data[0].marker.color
+    assert "best validation accuracy" in fig.layout.yaxis.title.text and "%" in fig.layout.yaxis.title.text
+    assert "trials" in fig.layout.xaxis.title.text
+    assert "best validation accuracy" in ot.hovertemplate
+    # a method without a complete trial says so in the legend
+    distill = figures.search_progress(best_so_far(_trials()), "distill")
+    assert [tr.name for tr in distill.data] == ["scratch", "ot (no complete trial yet)"]
+    assert list(distill.data[0].y) == pytest.approx([30.0, 40.0])
+
+
+def test_search_progress_names_bad_input():
+    from otviz.sweep import best_so_far
+
+    bsf = best_so_far(_trials())
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['best_val_accuracy'\]"):
+        figures.search_progress(bsf.drop(columns="best_val_accuracy"), "transfer")
+    with pytest.raises(ValueError, match="no trials of setting 'cifar'.*'distill', 'transfer'"):
+        figures.search_progress(bsf, "cifar")
+    with pytest.raises(ValueError, match="empty"):
+        figures.search_progress(bsf.iloc[:0], "transfer")
+
+
+def test_search_progress_leaves_a_running_trial_uncounted():
+    from otviz.sweep import best_so_far
+
+    trials = _trials().assign(state="complete")
+    last = trials.index[(trials.setting == "transfer") & (trials.method == "ot")][-1]
+    trials.loc[last, ["state", "val_accuracy"]] = ["running", float("nan")]
+    scratch, ot = figures.search_progress(best_so_far(trials), "transfer").data
+    assert list(scratch.x) == [1, 2, 3, 4] and list(ot.x) == [1, 2, 3]  # ot's 4th trial still runs
+    assert list(ot.y[1:]) == pytest.approx([55.0, 80.0])

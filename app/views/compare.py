@@ -1,4 +1,4 @@
-"""Compare: the runs of the store side by side, the benchmark table, CSV export."""
+"""Compare: the runs of the store side by side, the store's sweeps, the benchmark tables, CSV export."""
 
 import pandas as pd
 import streamlit as st
@@ -164,6 +164,178 @@ def runs_section() -> None:
                     st.rerun()
 
 
+# ----------------------------------------------------------------------------- sweeps
+STAGE_NAMES = {"tune": "tuning", "final": "final", "axes": "axes"}
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def sweep_data(path: str, name: str, state: tuple, spec_text: str) -> dict:
+    """A sweep's tables, comparisons, search progress and report (:mod:`otviz.sweep.results`),
+    read once per server for each ``state`` of its runs (:func:`otviz.sweep.results.sweep_progress`)
+    and spec, and shared read-only by every session."""
+    from otviz.sweep.results import best_so_far, comparisons, sweep_report, sweep_tables
+
+    tables = sweep_tables(path, name)
+    return {"tables": tables, "comparisons": comparisons(tables), "best": best_so_far(tables.trials),
+            "report": sweep_report(path, tables.spec)}
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def sweep_figures(path: str, name: str, state: tuple, spec_text: str, setting: str,
+                  _data: dict) -> list[tuple[str, object]]:
+    """One setting's figures of a sweep: the search, then (once final runs exist) each method's
+    interval, the paired gains of each of ``ours`` and the axis; a caption where one cannot be
+    drawn yet. Kept like :func:`sweep_data`."""
+    tables = _data["tables"]
+    out: list[tuple[str, object]] = []
+    best = _data["best"]
+    if setting in set(best["setting"]):
+        out.append(("sp", figures.search_progress(best, setting)))
+    else:
+        out.append(("note", "The search's progress appears here once a tuning trial has finished."))
+    final = tables.final
+    final = final[(final["setting"] == setting) & (final["status"] == "completed")
+                  & final["test_accuracy"].notna()]
+    if final.empty:
+        out.append(("note", "The final runs' figures appear here once the first final run has finished."))
+        return out
+    out.append(("pi", figures.method_intervals(final, setting)))
+    seeds = {m: set(g["seed"]) for m, g in final.groupby("method")}
+    waiting = [m for m in tables.spec.setting(setting).methods if m not in seeds]
+    if waiting:
+        out.append(("note", "No finished final run yet: " + ", ".join(map(dk.md_escape, waiting)) + "."))
+    for m in [m for m in tables.spec.ours if m in tables.spec.setting(setting).methods]:
+        # the baselines with two seeds in common with m so far (a running sweep fills the rest)
+        paired = [b for b in seeds if b not in ("ot", "kd+ot", m) and len(seeds[b] & seeds.get(m, set())) >= 2]
+        if paired:
+            out.append((f"pg_{m}", figures.paired_gains(final[final["method"].isin([m, *paired])], setting,
+                                                        ours=m)))
+        else:
+            out.append(("note", f"The paired gains of {dk.md_escape(m)} appear once it and a baseline "
+                                "share two finished final seeds."))
+    axes = tables.axes
+    if len(axes) and (axes.loc[axes["setting"] == setting, "test_accuracy"].notna()).any():
+        out.append(("ax", figures.axis_curves(axes, setting)))
+    return out
+
+
+def _point(row: dict) -> str:
+    axis, value = row["axis"], row["value"]
+    if axis is None or axis != axis:
+        return "own"
+    return f"{axis}={value:g}" if isinstance(value, (int, float)) else f"{axis}={value}"
+
+
+def sweep_view(path: str, names: list[str], specs: dict) -> None:
+    """The chosen sweep, one setting at a time (a fragment: it reruns alone while the sweep runs)."""
+    from otviz.sweep.results import sweep_progress
+
+    name = names[0] if len(names) == 1 else st.selectbox(
+        "Sweep", names, index=len(names) - 1, key="cmp_sweep",
+        help="The sweeps recorded in the run store, oldest first.")
+    spec_text = json.dumps(specs[name], sort_keys=True)
+    try:
+        progress = sweep_progress(path, name)
+        data = sweep_data(path, name, progress["state"], spec_text)
+    except (RunStoreError, OSError, ValueError, KeyError) as exc:
+        dk.show_error(exc, f"Could not read the sweep {dk.md_escape(name)}")
+        return
+    tables = data["tables"]
+    spec = tables.spec
+    planned = spec.run_counts()
+    done = ", ".join(f"{STAGE_NAMES[s]} {progress['finished'][s]} of {'at most ' if s == 'tune' else ''}"
+                     f"{planned[s]}" for s in ("tune", "final", "axes") if planned[s])
+    live = f"; {progress['running']} running (this view follows them)" if progress["running"] else ""
+    st.caption(f"Sweep **{dk.md_escape(name)}**: every method tuned by Optuna with the same number of trials "
+               f"on the mean validation accuracy of its tuning seeds, then trained on "
+               f"{len(spec.seeds)} paired seeds. Runs finished: {done}{live}.")
+    settings = [s.name for s in spec.settings]
+    setting = st.segmented_control("Setting shown", settings, default=settings[0], required=True,
+                                   key=f"cmp_sweep_setting_{name}") or settings[0]
+    if setting not in settings:  # the spec changed under a kept choice
+        setting = settings[0]
+    trials = tables.trials[tables.trials["setting"] == setting]
+    per_method = []
+    for m in spec.setting(setting).methods:
+        counts = trials.loc[trials["method"] == m, "state"].value_counts()
+        words = [f"{counts[s]} {s if s != 'fail' else 'failed'}" for s in ("complete", "pruned", "fail", "running")
+                 if counts.get(s, 0)]
+        per_method.append(f"{dk.md_escape(m)} {', '.join(words) or 'none yet'}"
+                          f" (of {spec.setting(setting).trials[m]})")
+    st.caption("Trials per method: " + "; ".join(per_method) + ". A pruned trial was stopped early by the "
+               "pruner, its validation accuracy behind the other trials' at the same epoch.")
+    try:
+        shown = sweep_figures(path, name, progress["state"], spec_text, setting, data)
+    except (ValueError, KeyError) as exc:
+        dk.show_error(exc, "Could not draw the sweep")
+        shown = []
+    for key, item in shown:
+        if isinstance(item, str):
+            st.caption(item)
+        else:
+            dk.chart(item, key=f"cmp_sweep_{key}_{setting}")
+    comp = data["comparisons"]
+    comp = comp[comp["setting"] == setting]
+    st.markdown("**Declared comparisons** (test accuracy, paired by seed)")
+    if comp.empty:
+        st.caption("None yet: a comparison needs both of its methods finished on at least 2 common final seeds.")
+    else:
+        records = comp.to_dict("records")
+        table = pd.DataFrame({
+            "point": [_point(r) for r in records],
+            "comparison": [r["comparison"] if r["comparison"] == f"{r['a']} - {r['b']}"
+                           else f"{r['comparison']}: {r['a']} - {r['b']}" for r in records],
+            "n": comp["n"], "mean": 100 * comp["mean"],
+            "ci": [f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]" for r in records],
+            "p_ttest": comp["p_ttest"], "p_wilcoxon": comp["p_wilcoxon"], "p_holm": comp["p_holm"],
+            "verdict": [("above" if r["mean"] > 0 else "below") if r["p_holm"] < 0.05 else "no difference shown"
+                        for r in records]})
+        st.dataframe(table, hide_index=True, key=f"cmp_sweep_comparisons_{setting}", column_config={
+            "point": st.column_config.TextColumn(help="own: the setting's final runs; field=value: a point of "
+                                                      "its axis."),
+            "comparison": st.column_config.TextColumn(help="As declared in the spec, then the two methods "
+                                                           "when a keyword (best_baseline, best_ours) was "
+                                                           "resolved, on the final runs' validation accuracy."),
+            "n": st.column_config.NumberColumn("seeds", help="Seeds both methods finished: the pairs."),
+            "mean": st.column_config.NumberColumn("difference", format="%+.1f pp",
+                                                  help="Mean of the paired differences in test accuracy, "
+                                                       "percentage points."),
+            "ci": st.column_config.TextColumn("95 % CI (pp)", help="Student t interval of the mean difference."),
+            "p_ttest": st.column_config.NumberColumn("paired t p", format="%.3g"),
+            "p_wilcoxon": st.column_config.NumberColumn("Wilcoxon p", format="%.3g",
+                                                        help="Cannot go below 2/2^n: 0.25 for 3 seeds."),
+            "p_holm": st.column_config.NumberColumn("Holm p", format="%.3g",
+                                                    help="The paired t p-value adjusted by Holm over every "
+                                                         "declared comparison of the sweep (all settings "
+                                                         "and points)."),
+            "verdict": st.column_config.TextColumn("Holm p < 0.05", help="above / below: the sign of the "
+                                                   "difference where Holm p < 0.05."),
+        })
+    with st.expander("The sweep's report (every setting: tables, p-values, chosen options)"):
+        st.markdown(data["report"])
+
+
+def sweeps_section() -> None:
+    """The sweeps recorded in the store (``otviz sweep run``), live while one runs."""
+    store = dk.open_store(quiet=True)  # runs_section has said why when it cannot be opened
+    if store is None:
+        return
+    specs = dk.read_store(store, "the sweeps", store.sweeps)
+    if not specs:
+        return
+    st.subheader("Sweeps: tuned on validation, paired seeds")
+    path = str(store.path)
+    names = list(specs)
+    try:
+        from otviz.sweep.results import sweep_progress
+
+        live = any(sweep_progress(path, n)["running"] for n in names)
+    except (RunStoreError, OSError, ValueError) as exc:
+        dk.show_error(exc, "Could not read the sweeps' runs")
+        return
+    st.fragment(sweep_view, run_every=5.0 if live else None)(path, names, specs)
+
+
 BENCHMARK_TABS = {"transfer": "Seeds 0-2 (options tuned on them)", "transfer_heldout": "Held-out seeds 3-5"}
 
 
@@ -277,5 +449,6 @@ def paired_section() -> None:
 
 
 runs_section()
+sweeps_section()
 paired_section()
 benchmark_section()

@@ -29,7 +29,9 @@ Benchmarks
     draw the tables of ``benchmarks/bench_paired.py``: each method's test
     accuracy with its 95 % interval over seeds, the paired difference of OT to
     each baseline, accuracy against labels per class or student width, and
-    :func:`budget_curves`, the scratch baseline's validation curve per setting.
+    :func:`budget_curves`, the scratch baseline's validation curve per setting;
+    :func:`search_progress` draws a sweep's search, the best validation
+    accuracy so far against the number of trials per method.
 
 Conventions: one template (:data:`TEMPLATE`), teacher in blue and student in
 orange (:data:`TEACHER_COLOR`, :data:`STUDENT_COLOR`), plans on a perceptually
@@ -45,7 +47,7 @@ from otviz.figures._common import (
     TEACHER_COLOR,
     TEMPLATE,
 )
-from otviz.figures.benchmark import axis_curves, budget_curves, method_intervals, paired_gains
+from otviz.figures.benchmark import axis_curves, budget_curves, method_intervals, paired_gains, search_progress
 from otviz.figures.curves import (
     accuracy_curves,
     chance_level,
@@ -86,5 +88,6 @@ __all__ = [
     "plan_snapshots",
     "point_cloud_transport",
     "reallocation_chart",
+    "search_progress",
     "training_curves",
 ]

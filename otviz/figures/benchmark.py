@@ -1,5 +1,8 @@
 r"""Figures of a paired benchmark: which method wins, by how much, and where.
 
+:func:`search_progress` draws how a sweep's search went (the best validation accuracy
+so far against the number of trials, :func:`otviz.sweep.best_so_far`).
+
 They read the long tables that ``benchmarks/bench_paired.py`` writes (one row
 per final run): ``setting, method, seed, test_accuracy`` (accuracies as
 fractions) and, for the axes, ``axis, value``. Rows without an accuracy (a run
@@ -18,7 +21,7 @@ import plotly.graph_objects as go
 
 from otviz.figures._common import STUDENT_COLOR, TEACHER_COLOR, TEMPLATE
 
-__all__ = ["method_intervals", "paired_gains", "axis_curves", "budget_curves"]
+__all__ = ["method_intervals", "paired_gains", "axis_curves", "budget_curves", "search_progress"]
 
 #: Colours of the methods that recur across the benchmark's figures.
 METHOD_COLORS = {"ot": STUDENT_COLOR, "kd+ot": "#9c3d8f", "scratch": "#7f7f7f", "finetune": TEACHER_COLOR,
@@ -238,5 +241,73 @@ def budget_curves(df: Any, *, title: str | None = None) -> go.Figure:
                       title=title or "Is the budget long enough? Scratch's validation accuracy",
                       xaxis_title="epoch (0 = initialisation); mean and 95 % CI over seeds",
                       yaxis_title="validation accuracy (%)",
+                      legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=20, t=50, b=80))
+    return fig
+
+
+def search_progress(df: Any, setting: str, *, title: str | None = None) -> go.Figure:
+    """Best validation accuracy so far against the number of trials, per method of ``setting``.
+
+    Answers "is each method's search still improving?": a line still climbing at its
+    last trials would gain from more trials, a flat one has found its best options. Every
+    method is searched with the same number of trials, so the lines end at the same x
+    once the search is over; a method still being searched ends earlier.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        :func:`otviz.sweep.best_so_far` of a sweep's trials: ``setting, method, trials,
+        best_val_accuracy`` (a fraction; NaN until a trial of the method completes).
+    setting : str
+        The setting to draw.
+    title : str, optional
+        Replaces the default title.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+        A step line per method (the method colours of the other benchmark figures)
+        through the best mean validation accuracy (in %) of its trials 1 to ``x``; a
+        pruned or failed trial counts as a trial and keeps the best so far. A method
+        without a complete trial yet is listed in the legend with no line.
+
+    Raises
+    ------
+    ValueError
+        A table without those columns, an empty one, or no row of ``setting``.
+    """
+    if not hasattr(df, "columns"):
+        raise TypeError(f"search_progress needs a pandas DataFrame, got {type(df).__name__}")
+    needed = ["setting", "method", "trials", "best_val_accuracy"]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(f"search_progress: the table lacks the column(s) {missing}; it has {list(df.columns)} "
+                         "(pass otviz.sweep.best_so_far(sweep_tables(store, name).trials))")
+    if len(df) == 0:
+        raise ValueError("search_progress: the table is empty (the sweep has no tuning trial yet)")
+    sub = df[df["setting"] == setting]
+    if sub.empty:
+        raise ValueError(f"search_progress: no trials of setting {setting!r}; the table has "
+                         f"{sorted(set(df['setting']))}")
+    order = list(dict.fromkeys(sub["method"]))
+    fig = go.Figure()
+    for m in order:
+        g = sub[sub["method"] == m].sort_values("trials")
+        best = g["best_val_accuracy"].astype(float)
+        y = [None if v != v else 100 * v for v in best]
+        done = best.notna().any()
+        fig.add_trace(go.Scatter(
+            x=[int(t) for t in g["trials"]], y=y, mode="lines+markers", line_shape="hv",
+            name=m if done else f"{m} (no complete trial yet)",
+            line=dict(color=_color(m, order), width=2), marker=dict(size=6),
+            hovertemplate=f"<b>{m}</b><br>after %{{x}} trial(s): best validation accuracy "
+                          f"%{{y:.1f}} %<extra></extra>"))
+    n = int(sub["trials"].max())
+    fig.update_xaxes(tickmode="linear", tick0=1, dtick=1 if n <= 12 else max(1, round(n / 10)),
+                     range=[0.7, n + 0.3])
+    fig.update_layout(template=TEMPLATE, height=340,
+                      title=title or f"{setting}: is each method's search still improving?",
+                      xaxis_title="trials run (complete, pruned or failed), in trial order",
+                      yaxis_title="best validation accuracy so far (%)",
                       legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=20, t=50, b=80))
     return fig

@@ -20,7 +20,8 @@ import numpy as np
 
 from otviz.sweep.spec import KEYWORDS, SweepSpec
 
-__all__ = ["SweepTables", "sweep_tables", "sweep_report", "export_tables", "comparisons", "best_so_far"]
+__all__ = ["SweepTables", "sweep_tables", "sweep_report", "export_tables", "comparisons", "best_so_far",
+           "sweep_progress"]
 
 
 @dataclass
@@ -200,6 +201,47 @@ def _curves(store: Any, final: Any) -> Any:
     return pd.DataFrame(rows, columns=["setting", "epoch", "seed", "val_accuracy"])
 
 
+def sweep_progress(store: Any, name: str) -> dict[str, Any]:
+    """Where the sweep ``name`` stands, from its runs' rows alone (no metric is read).
+
+    Cheap enough for every rerun of a live view, and its ``state`` tells when the tables
+    of :func:`sweep_tables` must be read again.
+
+    Parameters
+    ----------
+    store : RunStore or path
+    name : str
+        The sweep's name (its runs need not exist yet).
+
+    Returns
+    -------
+    dict
+        ``runs``: ``{stage: runs recorded}`` (a name trained again counts once),
+        ``finished``: ``{stage: runs completed, failed or pruned}``, ``running``: runs
+        still running, and ``state``: a tuple that changes whenever a run of the sweep is
+        created, logs a step, beats or ends (its count, largest run id, step total, latest
+        heartbeat and end, statuses): a cache key.
+    """
+    from otviz.runs import RunStore
+    from otviz.sweep._driver import _finished, sweep_runs
+
+    store = store if isinstance(store, RunStore) else RunStore(store, readonly=True)
+    runs = sweep_runs(store, name)
+    stages = ("tune", "final", "axes")
+    if runs.empty:
+        return {"runs": dict.fromkeys(stages, 0), "finished": dict.fromkeys(stages, 0), "running": 0,
+                "state": (0,)}
+    runs = runs.assign(stage=[t.get("stage") for t in runs["tags"]]).sort_values("run_id")
+    newest = runs.drop_duplicates("name", keep="last")
+    done = np.array([_finished(s, e) for s, e in zip(newest["status"], newest["error"])], dtype=bool)
+    latest = [str(runs[c].max()) if runs[c].notna().any() else "" for c in ("heartbeat_at", "ended_at")]
+    state = (len(runs), int(runs["run_id"].max()), int(runs["step"].fillna(0).sum()), *latest,
+             tuple(sorted(runs["status"].value_counts().items())))
+    return {"runs": {s: int((newest["stage"] == s).sum()) for s in stages},
+            "finished": {s: int(((newest["stage"] == s) & done).sum()) for s in stages},
+            "running": int((newest["status"] == "running").sum()), "state": state}
+
+
 # ----------------------------------------------------------------------------- statistics
 def _resolve(spec: SweepSpec, final: Any, setting: str, name: str) -> str | None:
     if name not in KEYWORDS:
@@ -257,11 +299,14 @@ def best_so_far(trials: Any) -> Any:
     """Best validation accuracy so far against the trial count, per (setting, method).
 
     Trials are counted in their order (trial numbers); a pruned or failed trial counts
-    and keeps the best so far. Columns ``setting, method, trials, best_val_accuracy``.
+    and keeps the best so far, a running one is not counted yet. Columns ``setting,
+    method, trials, best_val_accuracy``.
     """
     import pandas as pd
 
     rows = []
+    if "state" in trials.columns:
+        trials = trials[trials["state"] != "running"]
     for (s, m), g in trials.groupby(["setting", "method"], sort=False):
         best = math.nan
         for i, v in enumerate(g.sort_values("trial").val_accuracy, 1):
