@@ -206,7 +206,7 @@ def sweep_figures(path: str, name: str, state: tuple, spec_text: str, setting: s
         out.append(("note", "No finished final run yet: " + ", ".join(map(dk.md_escape, waiting)) + "."))
     for m in [m for m in tables.spec.ours if m in tables.spec.setting(setting).methods]:
         # the baselines with two seeds in common with m so far (a running sweep fills the rest)
-        paired = [b for b in seeds if b not in ("ot", "kd+ot", m) and len(seeds[b] & seeds.get(m, set())) >= 2]
+        paired = [b for b in seeds if b not in (*tables.spec.ours, m) and len(seeds[b] & seeds.get(m, set())) >= 2]
         if paired:
             out.append((f"pg_{m}", figures.paired_gains(final[final["method"].isin([m, *paired])], setting,
                                                         ours=m)))

@@ -39,12 +39,13 @@ from typing import Any
 from otviz.sweep.spec import SpecError, SweepSpec, load_spec
 
 __all__ = ["SweepSpec", "SpecError", "load_spec", "run_sweep", "SweepSummary", "sweep_tables", "SweepTables",
-           "sweep_report", "export_tables", "comparisons", "best_so_far", "PRUNED_PREFIX"]
+           "sweep_report", "export_tables", "comparisons", "best_so_far", "sweep_progress", "PRUNED_PREFIX"]
 
 _LAZY = {
     "run_sweep": "otviz.sweep._driver", "SweepSummary": "otviz.sweep._driver", "PRUNED_PREFIX": "otviz.sweep._driver",
     "sweep_tables": "otviz.sweep.results", "SweepTables": "otviz.sweep.results", "sweep_report": "otviz.sweep.results",
     "export_tables": "otviz.sweep.results", "comparisons": "otviz.sweep.results", "best_so_far": "otviz.sweep.results",
+    "sweep_progress": "otviz.sweep.results",
 }
 
 
