@@ -43,6 +43,7 @@ in its own process (:func:`launch`, used by the dashboard).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -229,8 +230,9 @@ class TrainConfig:
         3000 (see :class:`otviz.losses.NST` and
         :class:`otviz.losses.SimilarityPreserving`).
     num_threads : int, optional
-        ``torch.set_num_threads`` for this run (small models on few cores are
-        often faster with 1).
+        Threads of torch (``torch.set_num_threads``) and of the BLAS/OpenMP
+        pools (threadpoolctl) for this run (small models on few cores are often
+        faster with 1; several trainings side by side need it).
     ot_gather : bool
         In a training over several processes (``torchrun``, ``otviz train
         --nproc``; see :mod:`otviz._distributed`): gather the paired layers'
@@ -797,13 +799,28 @@ def train(config: TrainConfig | Mapping[str, Any], *, store: Any = None, progres
     _resolve_device(config.device)
     dctx = _distributed.init(config.device)  # joins torchrun's process group; nothing in one process
     try:
-        result = _train(config, dctx, store=store, progress=progress, run_id_file=run_id_file,
-                        on_epoch=on_epoch)
+        with _thread_limits(config.num_threads):
+            result = _train(config, dctx, store=store, progress=progress, run_id_file=run_id_file,
+                            on_epoch=on_epoch)
     except BaseException:
         dctx.close()
         raise
     dctx.close(barrier=True)  # every rank finished: leave the group together
     return result
+
+
+def _thread_limits(num_threads: int | None) -> Any:
+    """With ``num_threads``, the BLAS and OpenMP pools (NumPy's OpenBLAS, which POT's solvers
+    use) are limited to it for the training, as torch's are: two trainings side by side on two
+    cores otherwise each start a BLAS thread per core, and both run about 3x slower
+    (benchmarks/results/sweep.md)."""
+    if not num_threads:
+        return contextlib.nullcontext()
+    import ot  # noqa: F401 - loads its OpenMP runtime now: threadpoolctl limits the loaded ones
+    import scipy.linalg  # noqa: F401 - and SciPy's BLAS
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=int(num_threads))
 
 
 def _train(config: TrainConfig, dctx: Any, *, store: Any, progress: bool,

@@ -378,3 +378,19 @@ def test_sweep_command_errors_are_one_line(tmp_path, capsys):
     assert "has no sweep 'paired'" in err and "otviz sweep run SPEC" in err
     assert main(["sweep", "report", "paired", "--store", str(tmp_path / "missing.db")]) == 2
     assert "no run store" in capsys.readouterr().err
+
+
+def test_num_threads_limits_the_blas_pools_during_the_training(tmp_path):
+    from threadpoolctl import threadpool_info
+
+    from otviz.runs import RunStore
+    from otviz.train import TrainConfig, train
+
+    seen = []
+    train(TrainConfig(setting="transfer-small", method="ot", epochs=1, steps_per_epoch=1, num_threads=1),
+          store=RunStore(tmp_path / "r.db"), progress=False,
+          on_epoch=lambda e, row: seen.append({p["filepath"]: p["num_threads"] for p in threadpool_info()}))
+    assert seen and all(v == 1 for threads in seen for v in threads.values()), seen
+    assert any(threads for threads in seen)  # NumPy's BLAS was seen
+    after = {p["filepath"]: p["num_threads"] for p in threadpool_info()}
+    assert after != seen[0] or os.cpu_count() == 1  # restored afterwards
