@@ -116,6 +116,18 @@ def _val_size(text: str) -> float | int | None:
         f"(e.g. 400), got {text!r}")
 
 
+def _unlabelled(text: str) -> int | float:
+    """``--unlabelled``: images per step (an integer) or a multiple of the labelled batch (e.g. 1.0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value > 0 and value != float("inf"):
+        return int(value) if "." not in text and value == int(value) else value
+    raise argparse.ArgumentTypeError(f"expected a number of unlabelled images per step (e.g. 64) or a "
+                                     f"multiple of the labelled batch (e.g. 1.0), got {text!r}")
+
+
 def _pairs(text: str) -> list[str] | None:
     if text.strip().lower() == "all":
         return None
@@ -131,7 +143,7 @@ _FIELDS = ("lam", "pairs", "cost", "normalize", "ot_method", "eps", "spatial", "
            "steps_per_epoch", "batch_size", "lr", "schedule", "weight_decay", "kd_weight",
            "temperature", "l2sp_weight", "fitnets_weight", "at_weight", "nst_weight", "sp_weight", "k",
            "val_size", "lam_schedule",
-           "student_width", "ot_gather")
+           "student_width", "ot_gather", "unlabelled")
 
 
 def _by_setting(field: str) -> str:
@@ -261,6 +273,11 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
                         "validation accuracy and the test set is evaluated once, at the end. In the "
                         "few-label settings the k labels per class are drawn from the rest "
                         "(default: none, the test accuracy is logged every epoch)")
+    t.add_argument("--unlabelled", type=_unlabelled, default=None, metavar="N|MULTIPLE",
+                   help="semi-supervised variant of the few-label settings: each step the teacher-guided "
+                        "terms (kd, fitnets, at, nst, sp, ot) also see N images (or MULTIPLE x the labelled "
+                        "batch, e.g. 1.0) from the rest of the training split, whose labels are not used; "
+                        "the cross-entropy stays on the k labels (default: labelled images only)")
     t.add_argument("--student-width", type=_POS_REAL, default=R, help="override the student's width multiplier")
     t.add_argument("--seed", type=_non_negative_int, default=d.seed,
                    help="seed of the validation part, label draw, initialisation and batch order "
@@ -329,6 +346,8 @@ def _describe(cfg: Any, given: set[str]) -> str:
         parts.append(fmt("lam_schedule"))
     if cfg.ot_gather:
         parts.append(fmt("ot_gather"))
+    if cfg.unlabelled is not None:
+        parts.append(fmt("unlabelled"))
     return ", ".join(parts)
 
 

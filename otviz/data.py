@@ -526,6 +526,12 @@ class TaskData:
         The validation part carved from the training split (see
         :func:`validation_indices`), disjoint from the training and test
         parts; None when the task has none.
+    X_unlabelled : torch.Tensor or None
+        With ``k`` labels per class: the rest of the training split, whose
+        labels are not used (neither the labelled examples, nor the validation
+        or test parts); what the teacher-guided terms of a semi-supervised
+        training may look at (``TrainConfig(unlabelled=...)``). None for a
+        task trained on its full training split.
     """
 
     name: str
@@ -538,6 +544,7 @@ class TaskData:
     k: int | None = None
     X_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    X_unlabelled: torch.Tensor | None = None
 
     @property
     def has_validation(self) -> bool:
@@ -646,14 +653,19 @@ def _subset(
     if val_size is not None:  # first the validation part, then the labelled examples from the rest
         rest, val = validation_indices(y_tr[tr], val_size, seed=seed)
         tr, va = tr[rest], tr[val]
+    un = None
     if k is not None:
         _check_k_after_validation(y_tr[tr], k, val_size)
-        tr = tr[few_shot_indices(y_tr[tr], k, seed=seed)]
+        chosen = few_shot_indices(y_tr[tr], k, seed=seed)
+        un = np.delete(tr, chosen)  # the remainder: images whose labels the task does not use
+        tr = tr[chosen]
     Xtr, Xte = torch.from_numpy(X_tr[tr]), torch.from_numpy(X_te[te])
     Xva = None if va is None else torch.from_numpy(X_tr[va])
+    Xun = None if un is None else torch.from_numpy(X_tr[un])
     if size is not None:
         Xtr, Xte = resize_images(Xtr, size), resize_images(Xte, size)
         Xva = None if Xva is None else resize_images(Xva, size)
+        Xun = None if Xun is None or not len(Xun) else resize_images(Xun, size)
     span = f"{classes[0]}-{classes[-1]}" if classes == list(range(classes[0], classes[-1] + 1)) else ",".join(map(str, classes))
     name = f"{dataset}[{span}]" + ("" if k is None else f" k={k}") + ("" if size is None else f" @{size}x{size}")
     return TaskData(
@@ -667,6 +679,7 @@ def _subset(
         k=k,
         X_val=Xva,
         y_val=None if va is None else torch.from_numpy(lut[y_tr[va]]),
+        X_unlabelled=Xun,
     )
 
 

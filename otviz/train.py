@@ -84,6 +84,9 @@ __all__ = ["TrainConfig", "TrainResult", "TrainingError", "StopTraining", "Optio
 
 PROBE_SIZE = 128  # inputs of the fixed probe batch used for the per-epoch plan snapshots
 
+#: The loss terms that look at the teacher on the inputs (and so may see unlabelled ones).
+GUIDED_TERMS = ("kd", "fitnets", "at", "nst", "sp", "ot")
+
 
 class TrainingError(RuntimeError):
     """A training that cannot go on (e.g. the loss became NaN); the run is marked failed."""
@@ -229,6 +232,18 @@ class TrainConfig:
         Weights of the baseline terms; recipe: 1, 4, 0.01, 1, 100, 15 and
         3000 (see :class:`otviz.losses.NST` and
         :class:`otviz.losses.SimilarityPreserving`).
+    unlabelled : int or float, optional
+        The semi-supervised variant of the few-label settings: each step
+        also draws this many images (an int; a float: that multiple of the
+        labelled batch size) from the rest of the student's training split,
+        whose labels are not used (:attr:`otviz.data.TaskData.X_unlabelled`:
+        never a labelled, validation or test image), and the teacher-guided
+        terms (``kd``, ``fitnets``, ``at``, ``nst``, ``sp``, ``ot``) see them
+        with the labelled batch; the cross-entropy stays on the labelled
+        images. Ignored, with an :class:`OptionWarning`, by methods without
+        such a term (``scratch``, ``finetune``, ``l2sp``: they train the same
+        epochs on the labelled images). Needs ``k`` (a full-data setting has
+        no unlabelled images). Default None: labelled images only.
     num_threads : int, optional
         Threads of torch (``torch.set_num_threads``) and of the BLAS/OpenMP
         pools (threadpoolctl) for this run (small models on few cores are often
@@ -280,6 +295,7 @@ class TrainConfig:
     at_weight: float | None = FROM_RECIPE
     nst_weight: float | None = FROM_RECIPE
     sp_weight: float | None = FROM_RECIPE
+    unlabelled: int | float | None = None
     num_threads: int | None = None
     ot_gather: bool = False
     name: str | None = None
@@ -317,6 +333,10 @@ class TrainConfig:
         if self.eps is not None and ot_method == "emd":
             notes.append(f"eps={self.eps!r} is ignored: ot_method 'emd' is exact OT, without entropic "
                          f"regularisation; pass ot_method 'sinkhorn' or 'unbalanced' to use eps")
+        if self.unlabelled is not None and not set(terms) & set(GUIDED_TERMS):
+            notes.append(f"unlabelled={self.unlabelled!r} is ignored: method {self.method!r} has no "
+                         f"teacher-guided term to show the unlabelled images to (one of "
+                         f"{', '.join(GUIDED_TERMS)}); it trains on the labelled images")
         if self.ot_gather and "ot" not in terms:
             notes.append(f"ot_gather={self.ot_gather!r} is ignored: method {self.method!r} has no "
                          f"OT regulariser term (add 'ot' to the method to use it)")
@@ -348,6 +368,8 @@ class TrainConfig:
                 values[name] = None
         if values["ot_method"] == "emd":
             values["eps"] = None
+        if values["unlabelled"] is not None and any(n.startswith("unlabelled=") for n in notes):
+            values["unlabelled"] = None
         if warn:
             for note in notes:
                 warnings.warn(note, OptionWarning, stacklevel=2)
@@ -528,10 +550,11 @@ class _Setup:
     probe: torch.Tensor
     from_teacher: bool  # the student starts from the teacher's weights
     order_seed: int = 0  # seed of the minibatch order (_minibatch_indices)
+    unlabelled: int = 0  # unlabelled images per step (0: none)
 
 
 #: The random streams of a run, each seeded from the run's seed by :func:`_stream_seed`.
-_STREAMS = {"init": 1, "order": 2, "steps": 3}
+_STREAMS = {"init": 1, "order": 2, "steps": 3, "unlabelled": 4}
 
 
 def _stream_seed(seed: int, stream: str) -> int:
@@ -645,7 +668,25 @@ def _prepare(config: TrainConfig) -> _Setup:
         kwargs["monitor_pairs"] = pairs
     loss = build_loss(config.method, **kwargs).to(device)
     return _Setup(config, task, teacher, student, loss, pairs, device, probe, from_teacher,
-                  order_seed=_stream_seed(config.seed, "order"))
+                  order_seed=_stream_seed(config.seed, "order"),
+                  unlabelled=_unlabelled_per_step(config, task))
+
+
+def _unlabelled_per_step(config: TrainConfig, task: Any) -> int:
+    """Unlabelled images per step for ``config.unlabelled`` (0 when None), checked against the task."""
+    u = config.unlabelled
+    if u is None:
+        return 0
+    if isinstance(u, bool) or not isinstance(u, (int, float)) or not math.isfinite(u) or u <= 0:
+        raise ValueError(f"unlabelled must be a positive number of images per step (an int) or a multiple "
+                         f"of the labelled batch (a float such as 1.0), got {u!r}")
+    pool = task.target.X_unlabelled
+    if pool is None or not len(pool):
+        raise ValueError(f"unlabelled={u!r} needs unlabelled images, but setting {config.setting!r} "
+                         f"trains on {'all its' if task.k is None else 'every one of its'} training images "
+                         "with their labels; pass k (labelled images per class) to keep the rest unlabelled")
+    n = int(u) if isinstance(u, int) else max(1, round(u * min(config.batch_size, len(task.target.X_train))))
+    return min(n, len(pool))
 
 
 def _check_maps(teacher: nn.Module, student: nn.Module, pairs: Sequence[tuple[str, str]],
@@ -862,10 +903,19 @@ def _train(config: TrainConfig, dctx: Any, *, store: Any, progress: bool,
     base_lam = [t.weight for t in ot_terms]
     if config.ot_gather:
         dctx.gather_features(ot_terms)  # the OT plans see the global batch
-    cache = _TeacherCache.build(s.teacher, X, t_layers, device) if needs_teacher else None
+    # the unlabelled images of the semi-supervised variant: indices n.. of X_all, drawn per step
+    # from a stream of their own (the labelled batches are the same with or without them)
+    if s.unlabelled and dctx.active:
+        raise ValueError("unlabelled is not supported in a training over several processes yet; "
+                         "train in one process (no --nproc)")
+    X_all = torch.cat([X, task.target.X_unlabelled]) if s.unlabelled else X
+    u_batches = (_minibatch_indices(len(X_all) - n, s.unlabelled, _stream_seed(config.seed, "unlabelled"))
+                 if s.unlabelled else None)
+    cache = _TeacherCache.build(s.teacher, X_all, t_layers, device) if needs_teacher else None
     run_config = dict(config.to_dict(), teacher=task.teacher, student_width=task.student_width,
                       student_init="teacher" if s.from_teacher else "scratch",
                       k=task.k, n_train=n, n_test=len(task.target.X_test),
+                      n_unlabelled=len(X_all) - n if s.unlabelled else None,
                       n_val=len(task.target.X_val) if task.target.has_validation else None,
                       world_size=dctx.world_size, backend=dctx.backend)
     history: list[dict[str, float]] = []
@@ -899,7 +949,10 @@ def _train(config: TrainConfig, dctx: Any, *, store: Any, progress: bool,
             for epoch in range(1, config.epochs + 1):
                 for _ in range(steps_per_epoch):
                     idx = dctx.shard(next(batches))
-                    xb, yb = X[idx].to(device), y[idx].to(device)
+                    yb = y[idx].to(device)
+                    if u_batches is not None:  # labelled first, then the unlabelled ones
+                        idx = torch.cat([idx, next(u_batches) + n])
+                    xb = X_all[idx].to(device)
                     if cache is not None:
                         t_logits, t_feats = cache.batch(idx)
                     elif needs_teacher:
@@ -913,7 +966,8 @@ def _train(config: TrainConfig, dctx: Any, *, store: Any, progress: bool,
                         term.weight = lam * factor
                     ctx = StepContext(inputs=xb, targets=yb, student_logits=s_logits,
                                       teacher_logits=t_logits, student_features=s_feats,
-                                      teacher_features=t_feats, student=s.student, step=step)
+                                      teacher_features=t_feats, student=s.student, step=step,
+                                      labelled=len(yb) if u_batches is not None else None)
                     loss = s.loss(ctx)
                     step += 1
                     values = {k: float(v) for k, v in s.loss.diagnostics().items()

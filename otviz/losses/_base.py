@@ -56,6 +56,11 @@ class StepContext:
         The student network (L2-SP reads its parameters).
     step : int, default 0
         Global step counter, starting at 0.
+    labelled : int, optional
+        When set, only the first ``labelled`` inputs carry ``targets``; the
+        others are unlabelled images that only the teacher-guided terms use
+        (the cross-entropy takes the first ``labelled`` logits). Default None:
+        every input is labelled.
     """
 
     inputs: torch.Tensor
@@ -66,6 +71,7 @@ class StepContext:
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
     student: nn.Module | None = None
     step: int = 0
+    labelled: int | None = None
 
 
 # ----------------------------------------------------------------------------

@@ -40,6 +40,12 @@ class CrossEntropy(TransferLoss):
             raise ValueError(
                 f"ce: student logits have shape {tuple(logits.shape)}; expected (n, classes)."
             )
+        labelled = ctx.labelled
+        if labelled is not None:  # the inputs after the first `labelled` are unlabelled
+            if isinstance(labelled, bool) or not isinstance(labelled, int) or not 0 < labelled <= logits.shape[0]:
+                raise ValueError(f"ce: labelled={labelled!r} must be a count between 1 and the "
+                                 f"{logits.shape[0]} inputs")
+            logits = logits[:labelled]
         if targets.ndim != 1 or targets.shape[0] != logits.shape[0]:
             raise ValueError(
                 f"ce: targets have shape {tuple(targets.shape)} but the logits are "
