@@ -394,3 +394,25 @@ def test_num_threads_limits_the_blas_pools_during_the_training(tmp_path):
     assert any(threads for threads in seen)  # NumPy's BLAS was seen
     after = {p["filepath"]: p["num_threads"] for p in threadpool_info()}
     assert after != seen[0] or os.cpu_count() == 1  # restored afterwards
+
+
+def test_a_variant_of_a_setting_is_tuned_on_its_own_with_its_options(sweep_parts):
+    d = tiny()
+    d["settings"]["small-k5-unlabelled"] = {"setting": "transfer-small", "methods": ["scratch", "ot"],
+                                            "budget": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 32},
+                                            "options": {"k": 5, "unlabelled": 1.0}}
+    spec, coord, sweep = sweep_parts(d)
+    assert SweepSpec.from_dict(spec.to_dict()) == spec
+    st = spec.setting("small-k5-unlabelled")
+    assert st.setting == "transfer-small" and spec.setting("transfer-small").setting == "transfer-small"
+    assert "small-k5-unlabelled/ot" in sweep.studies and "transfer-small/ot" in sweep.studies
+    study = sweep.studies["small-k5-unlabelled/ot"]
+    job = sweep.tune_job(study, 0, coord.ask(study.key, "j"))
+    run = job["runs"][0]
+    assert run["name"] == "tiny/tune/small-k5-unlabelled/ot/t0/s100"
+    assert run["config"]["setting"] == "transfer-small" and run["config"]["k"] == 5
+    assert run["config"]["unlabelled"] == 1.0 and run["tags"]["setting"] == "small-k5-unlabelled"
+    bad = tiny()
+    bad["settings"]["odd"] = {"setting": "mnist", "methods": ["ot"], "budget": {"epochs": 1}}
+    with pytest.raises(SpecError, match=r"settings\.odd\.setting: is not a setting"):
+        SweepSpec.from_dict(bad)

@@ -116,7 +116,7 @@ def _base_config(spec: SweepSpec, setting: str, method: str, seed: int) -> dict[
     st = spec.setting(setting)
     cfg = dict(st.budget)
     cfg.update(st.options)
-    cfg.update(setting=setting, method=method, seed=seed, val_size=spec.val_size)
+    cfg.update(setting=st.setting, method=method, seed=seed, val_size=spec.val_size)
     for name, p in spec.method_space(method).items():
         if p.kind == "fixed":
             cfg[name] = p.value
@@ -135,6 +135,21 @@ def _resolved(cfg: dict[str, Any]) -> dict[str, Any]:
     out.pop("name", None)
     out.pop("num_threads", None)
     return out
+
+
+def own_value(spec: SweepSpec, label: str) -> Any:
+    """The value of the axis' field at the setting's own point (whose runs are its final runs)."""
+    from otviz._recipes import SETTINGS
+
+    st = spec.setting(label)
+    field_ = st.axis.field
+    if field_ in st.options:
+        return st.options[field_]
+    if field_ == "k":
+        return SETTINGS[st.setting].default_k
+    if field_ == "student_width":
+        return SETTINGS[st.setting].student_width
+    return _resolved(_base_config(spec, label, st.methods[0], 0)).get(field_)
 
 
 def _decode(spec: SweepSpec, method: str, labels: dict[str, Any]) -> dict[str, Any]:
@@ -384,15 +399,7 @@ class _Sweep:
         return jobs
 
     def _own_value(self, st: Any) -> Any:
-        from otviz._recipes import SETTINGS
-
-        if st.axis.field in st.options:
-            return st.options[st.axis.field]
-        if st.axis.field == "k":
-            return SETTINGS[st.name].default_k
-        if st.axis.field == "student_width":
-            return SETTINGS[st.name].student_width
-        return _resolved(_base_config(self.spec, st.name, st.methods[0], 0)).get(st.axis.field)
+        return own_value(self.spec, st.name)
 
     # -------------------------------------------------------------- store writes
     def _create(self, job: dict[str, Any], run: dict[str, Any], config: dict[str, Any] | None,

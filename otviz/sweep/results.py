@@ -153,17 +153,9 @@ def _order(spec: SweepSpec, column: str):
 
 
 def _own_value(spec: SweepSpec, setting: str, field: str) -> Any:
-    from otviz._recipes import SETTINGS
-    from otviz.sweep._driver import _base_config, _resolved
+    from otviz.sweep._driver import own_value
 
-    st = spec.setting(setting)
-    if field in st.options:
-        return st.options[field]
-    if field == "k":
-        return SETTINGS[setting].default_k
-    if field == "student_width":
-        return SETTINGS[setting].student_width
-    return _resolved(_base_config(spec, setting, st.methods[0], 0)).get(field)
+    return own_value(spec, setting)
 
 
 def _axes(spec: SweepSpec, df: Any, final: Any) -> Any:

@@ -34,6 +34,11 @@ Top level::
     budget = { epochs = 10, steps_per_epoch = 15, batch_size = 64 }
     options = {}                 # other TrainConfig fields, fixed for every run of the setting
     tune_seeds = [100, 101]      # optional: overrides the top-level list
+    [settings.transfer-k5]       # a variant: another label, the otviz setting named inside,
+    setting = "transfer"         # tuned on its own (e.g. at k = 5, or with unlabelled images)
+    methods = ["scratch", "ot"]
+    budget = { epochs = 10, steps_per_epoch = 15, batch_size = 64 }
+    options = { k = 5, unlabelled = 1.0 }
     [settings.transfer.axis]     # optional: more points on one TrainConfig field
     field = "k"
     values = [5, 25, 100]        # the setting's own point (k = 10 here) is its final runs
@@ -133,7 +138,12 @@ class Axis:
 
 @dataclass(frozen=True)
 class SettingSpec:
-    """One setting of a sweep: its methods, budget, fixed options, tuning seeds and axis."""
+    """One setting of a sweep: its methods, budget, fixed options, tuning seeds and axis.
+
+    ``name`` is the label in the spec (and in run names and reports); ``setting`` the otviz
+    setting it trains (the same unless the table names one, e.g. two variants of
+    ``transfer-small`` at k = 5 and k = 10, each tuned on its own).
+    """
 
     name: str
     methods: tuple[str, ...]
@@ -142,6 +152,11 @@ class SettingSpec:
     tune_seeds: tuple[int, ...]
     trials: Mapping[str, int]
     axis: Axis | None = None
+    setting: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.setting:
+            object.__setattr__(self, "setting", self.name)
 
 
 @dataclass(frozen=True)
@@ -181,7 +196,8 @@ class SweepSpec:
             "settings": {},
         }
         for st in self.settings:
-            d: dict[str, Any] = {"methods": list(st.methods), "budget": dict(st.budget),
+            d: dict[str, Any] = {} if st.setting == st.name else {"setting": st.setting}
+            d |= {"methods": list(st.methods), "budget": dict(st.budget),
                                  "options": dict(st.options), "tune_seeds": list(st.tune_seeds),
                                  "trials": dict(st.trials)}
             if st.axis is not None:
@@ -388,9 +404,14 @@ def _parse(data: Mapping[str, Any], source: str) -> SweepSpec:
         raise sets.fail("", "is empty: name at least one setting, e.g. [settings.transfer-small]")
     settings = []
     for sname in list(settings_data):
-        if sname not in SETTINGS:
-            raise sets.fail(sname, f"is not a setting; the settings are {list(SETTINGS)}")
-        settings.append(_setting(_Reader(sets.get(sname), f"settings.{sname}", source), sname,
+        table = sets.get(sname)
+        named = isinstance(table, Mapping) and "setting" in table
+        if not named and sname not in SETTINGS:
+            raise sets.fail(sname, f"is not a setting; the settings are {list(SETTINGS)} (or give the table "
+                                   f"a setting = \"...\" to make it a variant of one, e.g. at another k)")
+        if named and not _NAME.match(str(sname)):
+            raise sets.fail(sname, "a variant's label must be 1-64 letters, digits, '_', '-' or '.'")
+        settings.append(_setting(_Reader(table, f"settings.{sname}", source), sname,
                                  trials_default, tune_default, seeds, fields, ours))
     sets.done()
 
@@ -455,8 +476,11 @@ def _param(tr: _Reader, knob: str, fields: Mapping[str, Any]) -> Param:
 
 def _setting(r: _Reader, name: str, trials_default: int, tune_default: tuple[int, ...],
              seeds: tuple[int, ...], fields: Mapping[str, Any], ours: tuple[str, ...]) -> SettingSpec:
-    from otviz._recipes import parse_method
+    from otviz._recipes import SETTINGS, parse_method
 
+    setting = r.get("setting", name)
+    if setting not in SETTINGS:
+        raise r.fail("setting", f"is not a setting; the settings are {list(SETTINGS)}")
     methods = r.names("methods")
     if not methods:
         raise r.fail("methods", "is empty: list the methods to compare, e.g. ['scratch', 'ot']")
@@ -520,4 +544,4 @@ def _setting(r: _Reader, name: str, trials_default: int, tune_default: tuple[int
         axis = Axis(fld, tuple(values), amethods, aseeds)
     r.done()
     return SettingSpec(name=name, methods=tuple(methods), budget=budget, options=dict(options),
-                       tune_seeds=tune_seeds, trials=trials, axis=axis)
+                       tune_seeds=tune_seeds, trials=trials, axis=axis, setting=setting)
