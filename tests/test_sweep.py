@@ -101,7 +101,13 @@ def test_a_tiny_sweep_on_a_local_ray_tunes_trains_paired_seeds_and_reports(tmp_p
     cfg = json.loads(final_ot[0]["config"])
     assert {k: cfg[k] for k in ("lr", "lam")} == json.loads(chosen.options)
     assert sorted(tables.final.seed[tables.final.method == "ot"]) == [0, 1]
+    # the OT term's share of the loss, first and last epoch: alive in ot, absent from scratch
+    shares = tables.final.set_index("method")
+    assert shares.loc["ot", "ot_share_start"].between(0.01, 0.99).all()
+    assert shares.loc["ot", "ot_share_end"].between(0.0, 0.99).all()
+    assert shares.loc["scratch", "ot_share_start"].isna().all()
     report = sweep_report(store, "tiny")
+    assert "| transfer-small | ot |" in report and " % -> " in report
     assert "| transfer-small | own | ot - scratch | ot - scratch | 2 |" in report
     # run again: everything is read back, nothing trained
     again = run_sweep(spec, db, workers=2, log=lines.append)

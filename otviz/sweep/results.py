@@ -38,7 +38,9 @@ class SweepTables:
         run), ``options`` (JSON of the trial's values), ``chosen``.
     final
         One row per final run: ``setting, method, seed, val_accuracy, test_accuracy,
-        seconds, run_id, status``.
+        seconds, run_id, status``, and for a method with an OT term ``ot_share_start``
+        and ``ot_share_end``: ``loss/ot / loss/total`` averaged over its first and its
+        last epoch's steps (NaN without an OT term).
     axes
         One row per run at a point of a setting's axis, the own point's final runs
         included: ``setting, axis, value, method, seed, val_accuracy, test_accuracy,
@@ -102,9 +104,32 @@ def sweep_tables(store: Any, sweep: str | SweepSpec) -> SweepTables:
     final = df[df.stage == "final"][["setting", "method", "seed", "val_accuracy", "test_accuracy", "seconds",
                                      "run_id", "status"]].reset_index(drop=True)
     final = final.astype({"seed": int}) if not final.empty else final
+    start, end = _ot_shares(store, [int(r) for r in final.run_id]) if not final.empty else ({}, {})
+    final["ot_share_start"] = [start.get(int(r), math.nan) for r in final.run_id]
+    final["ot_share_end"] = [end.get(int(r), math.nan) for r in final.run_id]
     axes = _axes(spec, df, final)
     curves = _curves(store, final)
     return SweepTables(spec, trials, final, axes, curves)
+
+
+def _ot_shares(store: Any, run_ids: list[int]) -> tuple[dict[int, float], dict[int, float]]:
+    """Each run's OT share of the loss, ``loss/ot / loss/total`` averaged over the steps of its
+    first epoch and of its last: is the OT term alive, and how much does it weigh? Runs
+    without an OT term are left out."""
+    start, end = {}, {}
+    for rid in run_ids:
+        m = store.metrics(rid, ["loss/ot", "loss/total"])
+        if m.empty or "loss/ot" not in set(m.key):
+            continue
+        wide = m.pivot_table(index=["step", "epoch"], columns="key", values="value").reset_index()
+        wide = wide[wide["loss/total"] != 0]
+        if wide.empty:
+            continue
+        share = wide["loss/ot"] / wide["loss/total"]
+        epochs = wide["epoch"]
+        start[rid] = float(share[epochs == epochs.min()].mean())
+        end[rid] = float(share[epochs == epochs.max()].mean())
+    return start, end
 
 
 def _trials(spec: SweepSpec, df: Any) -> Any:
@@ -328,7 +353,8 @@ def sweep_report(store: Any, sweep: str | SweepSpec, *, confidence: float = 0.95
              f"({', '.join(map(str, spec.seeds))}). Test accuracy in %, mean and {level} confidence interval "
              f"(Student t). Trials: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none") + ".", ""]
     lines += ["| setting | method | test accuracy, mean [CI] | validation accuracy | runs | trials (complete / "
-              "pruned / failed) | chosen options |", "|---|---|---|---|---|---|---|"]
+              "pruned / failed) | OT share of the loss, first -> last epoch | chosen options |",
+              "|---|---|---|---|---|---|---|---|"]
     for st in spec.settings:
         for m in st.methods:
             g = final[(final.setting == st.name) & (final.method == m) & final.test_accuracy.notna()]
@@ -341,8 +367,11 @@ def sweep_report(store: Any, sweep: str | SweepSpec, *, confidence: float = 0.95
                 acc = f"{_pct(mean)} [{_pct(lo)}, {_pct(hi)}]"
             else:
                 acc = _pct(g.test_accuracy.mean()) if len(g) else "-"
+            share = "-"
+            if len(g) and g.ot_share_start.notna().any():
+                share = f"{_pct(g.ot_share_start.mean())} % -> {_pct(g.ot_share_end.mean())} %"
             lines.append(f"| {st.name} | {m} | {acc} | {_pct(g.val_accuracy.mean()) if len(g) else '-'} | {len(g)} | "
-                         f"{n['complete']} / {n['pruned']} / {n['fail']} | {opts} |")
+                         f"{n['complete']} / {n['pruned']} / {n['fail']} | {share} | {opts} |")
     comp = comparisons(t, confidence)
     lines += ["", "## Declared comparisons (test accuracy, percentage points)", "",
               f"Each row pairs the two methods' runs seed by seed. `best_baseline` / `best_ours` are resolved per "
