@@ -182,7 +182,7 @@ def test_a_stopped_sweep_continues_where_it_stopped(tmp_path, how):
     assert done_before >= 2
     if how == "Ctrl-C":  # nothing is left looking alive: the runs in progress were marked interrupted
         assert "running" not in set(before.status)
-        interrupted = before[(before.status == "interrupted") & ~before.error.str.startswith(PRUNED_PREFIX)]
+        interrupted = before[(before.status == "interrupted") & ~before.error.fillna("").str.startswith(PRUNED_PREFIX)]
         assert all("stopped (Ctrl-C)" in e for e in interrupted.error), list(interrupted.error)
     summary = run_sweep(load_spec(spec_file), db, workers=2, log=lambda t: None)
     assert summary.read_back["tune"] + summary.read_back["final"] >= done_before
