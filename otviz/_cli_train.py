@@ -143,7 +143,7 @@ _FIELDS = ("lam", "pairs", "cost", "normalize", "ot_method", "eps", "spatial", "
            "steps_per_epoch", "batch_size", "lr", "schedule", "weight_decay", "kd_weight",
            "temperature", "l2sp_weight", "fitnets_weight", "at_weight", "nst_weight", "sp_weight", "k",
            "val_size", "lam_schedule",
-           "student_width", "ot_gather", "unlabelled")
+           "student_width", "ot_gather", "unlabelled", "reg_m")
 
 
 def _by_setting(field: str) -> str:
@@ -229,6 +229,10 @@ def _fill_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lam-schedule", default=R, choices=["constant", "linear"],
                    help="lambda over the steps: constant, or linear decay from lambda to 0 "
                         "(default constant)")
+    g.add_argument("--reg-m", type=_POS_REAL, default=None,
+                   help="with --ot-method unbalanced: weight of the KL penalties on the plan's marginals, "
+                        "relative to the median cost (small: a student neuron may take more or less than its "
+                        "share; large: balanced OT; default 1)")
     g.add_argument("--ot-gather", action="store_true", default=R,
                    help="with several processes (--nproc, torchrun): gather the paired layers' "
                         "activations of every process so the OT plan sees the global batch (an "
@@ -340,6 +344,8 @@ def _describe(cfg: Any, given: set[str]) -> str:
     parts += [fmt("pairs"), fmt("normalize"), fmt("cost"), fmt("ot_method")]
     if cfg.eps is not None:
         parts.append(fmt("eps"))
+    if cfg.reg_m is not None:
+        parts.append(fmt("reg_m"))
     if cfg.val_size is not None:
         parts.append(fmt("val_size"))
     if cfg.lam is not None and cfg.lam_schedule != "constant":

@@ -232,6 +232,12 @@ class TrainConfig:
         Weights of the baseline terms; recipe: 1, 4, 0.01, 1, 100, 15 and
         3000 (see :class:`otviz.losses.NST` and
         :class:`otviz.losses.SimilarityPreserving`).
+    reg_m : float, optional
+        With ``ot_method="unbalanced"``: the weight of the KL penalties on the
+        plan's marginals, relative to the median cost like ``eps`` (small: a
+        student neuron may take less or more than its share of the teachers'
+        mass; large: balanced OT). Ignored, with an :class:`OptionWarning`, by
+        the other solvers. Default None: the solver's default (1.0).
     unlabelled : int or float, optional
         The semi-supervised variant of the few-label settings: each step
         also draws this many images (an int; a float: that multiple of the
@@ -295,6 +301,7 @@ class TrainConfig:
     at_weight: float | None = FROM_RECIPE
     nst_weight: float | None = FROM_RECIPE
     sp_weight: float | None = FROM_RECIPE
+    reg_m: float | None = None
     unlabelled: int | float | None = None
     num_threads: int | None = None
     ot_gather: bool = False
@@ -333,6 +340,9 @@ class TrainConfig:
         if self.eps is not None and ot_method == "emd":
             notes.append(f"eps={self.eps!r} is ignored: ot_method 'emd' is exact OT, without entropic "
                          f"regularisation; pass ot_method 'sinkhorn' or 'unbalanced' to use eps")
+        if self.reg_m is not None and ot_method != "unbalanced":
+            notes.append(f"reg_m={self.reg_m!r} is ignored: it relaxes the marginals of unbalanced OT; pass "
+                         f"ot_method 'unbalanced' to use it")
         if self.unlabelled is not None and not set(terms) & set(GUIDED_TERMS):
             notes.append(f"unlabelled={self.unlabelled!r} is ignored: method {self.method!r} has no "
                          f"teacher-guided term to show the unlabelled images to (one of "
@@ -368,6 +378,8 @@ class TrainConfig:
                 values[name] = None
         if values["ot_method"] == "emd":
             values["eps"] = None
+        if values["reg_m"] is not None and values["ot_method"] != "unbalanced":
+            values["reg_m"] = None
         if values["unlabelled"] is not None and any(n.startswith("unlabelled=") for n in notes):
             values["unlabelled"] = None
         if warn:
@@ -655,6 +667,11 @@ def _prepare(config: TrainConfig) -> _Setup:
         ot_method=config.ot_method, eps=config.eps, spatial=config.spatial,
         feature_scale=config.feature_scale,
     )
+    if config.reg_m is not None:
+        if (isinstance(config.reg_m, bool) or not isinstance(config.reg_m, (int, float))
+                or not math.isfinite(config.reg_m) or config.reg_m <= 0):
+            raise ValueError(f"reg_m must be a positive number (relative to the median cost), got {config.reg_m!r}")
+        kwargs["reg_m"] = float(config.reg_m)
     # the weights of the method's own terms (the others are None: they do not apply)
     kwargs.update({name: getattr(config, name) for name in TERM_OPTIONS if getattr(config, name) is not None})
     if "l2sp" in terms:

@@ -105,3 +105,21 @@ def test_deeply_nested_or_huge_config_is_a_short_value_error(tmp_path):
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['k0', .*\] \(100000 items\)") as info:
         TrainConfig.from_dict({f"k{i}": i for i in range(100_000)})
     assert len(str(info.value)) < 1000
+
+
+def test_reg_m_reaches_the_unbalanced_ot_term_and_is_ignored_by_the_other_solvers():
+    import warnings
+
+    from otviz.train import OptionWarning, TrainConfig, _ot_terms, _prepare
+
+    s = _prepare(TrainConfig(setting="transfer-small", method="ot", ot_method="unbalanced", eps=0.1, reg_m=0.05,
+                             epochs=1))
+    (term,) = _ot_terms(s.loss)
+    assert term.method == "unbalanced" and term.solver_options == {"reg_m": 0.05}
+    with pytest.warns(OptionWarning, match="reg_m=0.5 is ignored"):
+        cfg = TrainConfig(setting="transfer-small", method="ot", reg_m=0.5).resolved()
+    assert cfg.reg_m is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="reg_m must be a positive number"):
+            _prepare(TrainConfig(setting="transfer-small", method="ot", ot_method="unbalanced", eps=0.1, reg_m=-1.0))
