@@ -69,19 +69,25 @@ def _env():
 
 
 def test_a_tiny_sweep_on_a_local_ray_tunes_trains_paired_seeds_and_reports(tmp_path):
-    spec = SweepSpec.from_dict(TINY)
+    d = copy.deepcopy(TINY)
+    d["settings"]["transfer-small"]["axis"] = {"field": "k", "values": [5], "methods": ["scratch", "best_ours"],
+                                               "seeds": [0, 1]}
+    spec = SweepSpec.from_dict(d)
     db = tmp_path / "runs.db"
     lines = []
     summary = run_sweep(spec, db, workers=2, log=lines.append)
     assert not ray.is_initialized()  # the sweep started its own Ray and shut it down
-    assert dict(summary.trained) == {"tune": 4, "final": 4}
+    assert dict(summary.trained) == {"tune": 4, "final": 4, "axes": 4}
     assert summary.failed == 0 and len(summary.nodes) == 1
     store = RunStore(db)
     runs = sweep_runs(store, "tiny")
-    assert len(runs) == 8 and set(runs.status) == {"completed"}
+    assert len(runs) == 12 and set(runs.status) == {"completed"}
     assert sorted(runs.name) == sorted(
         [f"tiny/tune/transfer-small/{m}/t{t}/s100" for m in ("scratch", "ot") for t in (0, 1)]
-        + [f"tiny/final/transfer-small/{m}/s{s}" for m in ("scratch", "ot") for s in (0, 1)])
+        + [f"tiny/final/transfer-small/{m}/s{s}" for m in ("scratch", "ot") for s in (0, 1)]
+        + [f"tiny/axes/transfer-small/k=5/{m}/s{s}" for m in ("scratch", "ot") for s in (0, 1)])
+    axis_cfg = json.loads(runs[runs.name == "tiny/axes/transfer-small/k=5/ot/s0"].config.iloc[0])
+    assert axis_cfg["k"] == 5 and axis_cfg["n_train"] == 25
     tags = {r["name"]: r["tags"] for r in runs.to_dict("records")}
     # trial 0 is the recipe (transfer-small: lr 1e-2, lam 1); trial 1 drawn by TPE within the space
     assert tags["tiny/tune/transfer-small/ot/t0/s100"]["params"] == {"lr": 0.01, "lam": 1.0}
@@ -94,6 +100,8 @@ def test_a_tiny_sweep_on_a_local_ray_tunes_trains_paired_seeds_and_reports(tmp_p
         assert not store.snapshots(int(rid)).empty  # the OT plans per epoch
     tables = sweep_tables(store, "tiny")
     assert len(tables.trials) == 4 and set(tables.trials.state) == {"complete"}
+    # the axis: k = 5 trained, k = 10 (the setting's own point) is the final runs
+    assert sorted(set(tables.axes.value)) == [5, 10] and len(tables.axes) == 8
     assert tables.trials.groupby("method").chosen.sum().to_dict() == {"ot": 1, "scratch": 1}
     chosen = tables.trials[tables.trials.chosen & (tables.trials.method == "ot")].iloc[0]
     # the final runs use the chosen trial's options, on the paired seeds
@@ -112,7 +120,8 @@ def test_a_tiny_sweep_on_a_local_ray_tunes_trains_paired_seeds_and_reports(tmp_p
     # run again: everything is read back, nothing trained
     again = run_sweep(spec, db, workers=2, log=lines.append)
     assert dict(again.trained) == {} and again.read_back["tune"] == 4 and again.read_back["final"] == 4
-    assert len(sweep_runs(RunStore(db), "tiny")) == 8
+    assert again.read_back["axes"] == 4
+    assert len(sweep_runs(RunStore(db), "tiny")) == 12
 
 
 def test_a_changed_spec_is_refused_with_the_difference_named(tmp_path):

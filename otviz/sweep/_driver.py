@@ -368,17 +368,16 @@ class _Sweep:
                 self.stage_of[s] = "done"
 
     def resolve(self, setting: str, keyword: str) -> str | None:
-        """best_baseline / best_ours of a setting: the highest mean final validation accuracy."""
-        st = self.spec.setting(setting)
-        pool = [m for m in st.methods if (m in self.spec.ours) == (keyword == "best_ours")]
-        means = {}
-        for m in pool:
-            vals = [self.final_values[(setting, m, s)][0] for s in self.spec.seeds
-                    if (setting, m, s) in self.final_values]
-            vals = [v for v in vals if math.isfinite(v)]
-            if vals:
-                means[m] = sum(vals) / len(vals)
-        return max(means, key=means.get) if means else None
+        """best_baseline / best_ours of a setting, from the final runs done (see
+        :func:`otviz.sweep.results.resolve`)."""
+        import pandas as pd
+
+        from otviz.sweep.results import resolve
+
+        final = pd.DataFrame([dict(setting=s, method=m, seed=seed, val_accuracy=v, status="completed")
+                              for (s, m, seed), (v, _) in self.final_values.items()],
+                             columns=["setting", "method", "seed", "val_accuracy", "status"])
+        return resolve(self.spec, final, setting, keyword)
 
     def _axis_jobs(self, st: Any) -> list[dict[str, Any]]:
         methods = []
@@ -695,10 +694,8 @@ def _next_job(sweep: _Sweep, coordinator: Any, call: Any) -> dict[str, Any] | No
         study.finished[trial] = {"params": labels, "state": outcome or "fail", "value": value}
         call(coordinator, "tell", job_key, outcome or "fail", value)
         return _next_job(sweep, coordinator, call)
+    job["stored_values"] = [sweep._values(r["stored"])[0] for r in job["runs"] if "stored" in r]
     job["runs"] = todo
-    job["stored_values"] = []
-    for r in [r for r in sweep.tune_job(study, trial, labels)["runs"] if "stored" in r]:
-        job["stored_values"].append(sweep._values(r["stored"])[0])
     return job
 
 

@@ -260,7 +260,10 @@ def sweep_progress(store: Any, name: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- statistics
-def _resolve(spec: SweepSpec, final: Any, setting: str, name: str) -> str | None:
+def resolve(spec: SweepSpec, final: Any, setting: str, name: str) -> str | None:
+    """The method a comparison's or an axis' name stands for in ``setting``: itself, or for
+    ``best_baseline`` / ``best_ours`` the method of that group (``spec.ours`` or not) with the
+    highest mean validation accuracy over its completed final runs (None when none has one)."""
     if name not in KEYWORDS:
         return name if name in spec.setting(setting).methods else None
     sub = final[(final.setting == setting) & (final.status == "completed")]
@@ -292,7 +295,7 @@ def comparisons(tables: SweepTables, confidence: float = 0.95) -> Any:
             own = _own_value(spec, st.name, st.axis.field)
             points += [(st.axis.field, v, g) for v, g in sub.groupby("value") if v != own]
         for a_name, b_name in spec.comparisons:
-            a, b = _resolve(spec, final, st.name, a_name), _resolve(spec, final, st.name, b_name)
+            a, b = resolve(spec, final, st.name, a_name), resolve(spec, final, st.name, b_name)
             if a is None or b is None or a == b:
                 continue
             for axis, value, g in points:
