@@ -7,10 +7,35 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
-__all__ = ["LazyModule", "pot", "linear_sum_assignment"]
+__all__ = ["LazyModule", "pot", "linear_sum_assignment", "lazy_attributes"]
+
+
+def lazy_attributes(package: str, names: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """PEP 562 ``__getattr__`` and ``__dir__`` for the package ``package``, whose public
+    ``names`` (name -> the submodule that defines it) are imported on first use and then
+    kept in the package's namespace.
+
+    Use as ``__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)`` in the package.
+    """
+    module = sys.modules[package]
+
+    def __getattr__(name: str) -> Any:
+        source = names.get(name)
+        if source is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(source), name)
+        setattr(module, name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(module)) | set(getattr(module, "__all__", ())))
+
+    return __getattr__, __dir__
 
 
 class LazyModule:

@@ -20,7 +20,7 @@ Names are imported on first use, so ``import otviz.lab`` is instant.
 
 from __future__ import annotations
 
-import importlib as _importlib
+from otviz._lazy import lazy_attributes
 
 #: public name -> the submodule that defines it
 _LAZY: dict[str, str] = {
@@ -71,15 +71,4 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'otviz.lab' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

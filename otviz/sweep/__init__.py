@@ -34,8 +34,7 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any
-
+from otviz._lazy import lazy_attributes
 from otviz.sweep.spec import SpecError, SweepSpec, load_spec
 
 __all__ = ["SweepSpec", "SpecError", "load_spec", "run_sweep", "SweepSummary", "sweep_tables", "SweepTables",
@@ -48,13 +47,4 @@ _LAZY = {
     "sweep_progress": "otviz.sweep.results",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'otviz.sweep' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
