@@ -8,7 +8,6 @@ Training processes started here are killed at teardown.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -21,11 +20,11 @@ pytest.importorskip("streamlit")
 pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from _apptest import ENTRY, TIMEOUT, by_label, errors, figures_of  # noqa: E402
+
 from otviz.runs import RunStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ENTRY = str(ROOT / "app" / "otviz_app.py")
-TIMEOUT = 180  # seconds for one script run; generous, never a speed check
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -70,22 +69,8 @@ def assert_ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
-def by_label(widgets, label: str):
-    found = [w for w in widgets if w.label == label]
-    assert found, f"no widget labelled {label!r}; have {[w.label for w in widgets]}"
-    return found[0]
-
-
-def figures_of(at: AppTest) -> list[dict]:
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-
-
 def trace_types(at: AppTest) -> set[str]:
     return {t.get("type", "scatter") for fig in figures_of(at) for t in fig.get("data", [])}
-
-
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
 
 
 def wait_for_status(path: Path, run_id: int, statuses: tuple[str, ...], timeout: float = 300) -> dict:

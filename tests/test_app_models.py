@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +15,10 @@ pytest.importorskip("streamlit")
 pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from _apptest import ENTRY, TIMEOUT, by_label, errors  # noqa: E402
+
 from otviz.models import build_model  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-ENTRY = str(ROOT / "app" / "otviz_app.py")
-TIMEOUT = 180  # seconds for one script run; generous, never a speed check
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz",
          "the", "cat", "sat", "on", "mat", "dog", "ran", "a", "big", "small", "red", "house"]
 
@@ -38,16 +36,6 @@ def open_alignments() -> AppTest:
     at.switch_page("views/alignments.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def by_label(widgets, label: str):
-    found = [w for w in widgets if w.label == label]
-    assert found, f"no widget labelled {label!r}; have {[w.label for w in widgets]}"
-    return found[0]
-
-
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
 
 
 def option(widget, prefix: str) -> str:

@@ -21,22 +21,11 @@ pytest.importorskip("plotly")
 pytest.importorskip("PIL.Image")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from _apptest import ENTRY, TIMEOUT, by_label, errors  # noqa: E402
+
 from otviz.models import build_model  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-ENTRY = str(ROOT / "app" / "otviz_app.py")
-TIMEOUT = 180  # seconds for one script run; generous, never a speed check
 FILE_BOX = "Path of a .npy, .npz, .safetensors or .pt file"
-
-
-def by_label(widgets, label: str):
-    found = [w for w in widgets if w.label == label]
-    assert found, f"no widget labelled {label!r}; have {[w.label for w in widgets]}"
-    return found[0]
-
-
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
 
 
 def black_png(path: Path, width: int, height: int) -> None:

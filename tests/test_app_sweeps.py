@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
@@ -12,13 +10,12 @@ pytest.importorskip("streamlit")
 pytest.importorskip("plotly")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from _apptest import ENTRY, TIMEOUT, figures_of  # noqa: E402
+
 from _sweep_fixtures import sweep_spec, write_fake_sweep  # noqa: E402
 from otviz.runs import RunStore  # noqa: E402
 from otviz.sweep import comparisons, sweep_tables  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-ENTRY = str(ROOT / "app" / "otviz_app.py")
-TIMEOUT = 180  # seconds for one script run; generous, never a speed check
 SECTION = "Sweeps: tuned on validation, paired seeds"
 
 
@@ -50,7 +47,7 @@ def assert_ok(at: AppTest) -> None:
 
 
 def titles(at: AppTest) -> list[str]:
-    return [json.loads(el.proto.spec)["layout"]["title"]["text"] for el in at.get("plotly_chart")]
+    return [fig["layout"]["title"]["text"] for fig in figures_of(at)]
 
 
 def comparison_table(at: AppTest):
